@@ -1,0 +1,34 @@
+//! Choosing the device and the compute dtype from command-line flags.
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Device};
+
+/// `cpu` (f32) or `cuda[:N]` (bf16 by default); `auto` picks CUDA when built with it and present.
+pub fn device_and_dtype(name: &str, dtype: Option<&str>) -> Result<(Device, DType)> {
+    let device = match name {
+        "cpu" => Device::Cpu,
+        "auto" => Device::cuda_if_available(0)?,
+        s if s.starts_with("cuda") => {
+            let ordinal = s
+                .strip_prefix("cuda:")
+                .map(|n| n.parse::<usize>())
+                .transpose()
+                .map_err(|_| anyhow::anyhow!("--device {s}: expected cuda or cuda:N"))?
+                .unwrap_or(0);
+            match Device::new_cuda(ordinal) {
+                Ok(d) => d,
+                Err(e) => bail!("--device {s}: {e} (was temper built with --features cuda?)"),
+            }
+        }
+        other => bail!("--device {other}: expected cpu, cuda, cuda:N or auto"),
+    };
+    let dtype = match dtype {
+        None if device.is_cpu() => DType::F32,
+        None => DType::BF16,
+        Some("f32") => DType::F32,
+        Some("bf16") => DType::BF16,
+        Some("f16") => DType::F16,
+        Some(other) => bail!("--dtype {other}: expected f32, bf16 or f16"),
+    };
+    Ok((device, dtype))
+}

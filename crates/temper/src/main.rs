@@ -1,0 +1,54 @@
+//! `temper`: the command line of Tempering. Parses arguments and hands each subcommand to the
+//! library crates; holds no algorithm of its own.
+
+mod commands;
+mod device;
+
+use clap::{Parser, Subcommand};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(
+    name = "temper",
+    version,
+    about = "Post-train language models to reason, and scale their reasoning at test time"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show a model's architecture, sizes, storage per tensor group, tokenizer and chat template.
+    Inspect(commands::model::InspectArgs),
+    /// Convert a GGUF file (or an HF directory) to an HF model directory.
+    Convert(commands::model::ConvertArgs),
+    /// Print a prompt's token ids and the top next tokens with their logits.
+    Logits(commands::model::LogitsArgs),
+    /// Print the token ids and pieces of a text.
+    Tokenize(commands::model::TokenizeArgs),
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TEMPER_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Inspect(a) => commands::model::inspect(a),
+        Command::Convert(a) => commands::model::convert(a),
+        Command::Logits(a) => commands::model::logits(a),
+        Command::Tokenize(a) => commands::model::tokenize(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,279 @@
+//! Fused, differentiable ops the Llama-family transformer is built from: RMSNorm, RoPE, softmax and
+//! log-softmax over the last dimension, per-token log-probabilities, SwiGLU, and the product with a
+//! frozen weight.
+//!
+//! candle's own fused versions of these drop gradients silently, and its matmul computes gradients for
+//! frozen weights too; these are candle `CustomOp`s with fast row-parallel CPU loops (f32, and f64 for
+//! finite-difference tests) and hand-written backward passes. On other devices they fall back to the
+//! equivalent compositions of differentiable candle ops in [`composed`]; on the CPU, f16 and bf16 run
+//! through the f32 loops. This module knows tensors only: nothing of layers, models or training.
+
+mod kernels;
+mod linear;
+mod norm;
+mod rope;
+mod softmax;
+mod swiglu;
+
+pub mod composed;
+
+use crate::{ModelError, Result};
+use candle_core::{DType, Tensor};
+
+/// Where an op runs: its fused CPU loops, the same loops after a cast to f32, or the composition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Path {
+    Fused,
+    CastF32,
+    Composed,
+}
+
+fn path(ts: &[&Tensor]) -> Path {
+    if !ts.iter().all(|t| t.device().is_cpu()) {
+        return Path::Composed;
+    }
+    match ts.first().map(|t| t.dtype()) {
+        Some(DType::F32 | DType::F64) => Path::Fused,
+        Some(DType::F16 | DType::BF16) => Path::CastF32,
+        _ => Path::Composed,
+    }
+}
+
+fn unsupported(op: &str, msg: impl std::fmt::Display) -> ModelError {
+    ModelError::Unsupported(format!("{op}: {msg}"))
+}
+
+fn same_dtype(op: &str, a: &Tensor, b: &Tensor) -> Result<()> {
+    if a.dtype() != b.dtype() {
+        return Err(unsupported(
+            op,
+            format!("dtypes differ: {:?} and {:?}", a.dtype(), b.dtype()),
+        ));
+    }
+    Ok(())
+}
+
+/// RMSNorm over the last dimension: `x / sqrt(mean(x^2) + eps) * weight`, with gradients to both
+/// `x` and `weight`. `weight` has the size of `x`'s last dimension.
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    const OP: &str = "rms_norm";
+    let d = x.dims().last().copied().unwrap_or(0);
+    if d == 0 {
+        return Err(unsupported(
+            OP,
+            format!("x {:?} has no last dimension to normalise", x.dims()),
+        ));
+    }
+    if weight.dims() != [d] {
+        return Err(unsupported(
+            OP,
+            format!("weight {:?} does not match x {:?}", weight.dims(), x.dims()),
+        ));
+    }
+    same_dtype(OP, x, weight)?;
+    match path(&[x, weight]) {
+        Path::Fused => norm::rms_norm(&x.contiguous()?, &weight.contiguous()?, eps),
+        Path::CastF32 => {
+            let dt = x.dtype();
+            let y = norm::rms_norm(&x.to_dtype(DType::F32)?, &weight.to_dtype(DType::F32)?, eps)?;
+            Ok(y.to_dtype(dt)?)
+        }
+        Path::Composed => composed::rms_norm(x, weight, eps),
+    }
+}
+
+/// Rotary position embedding in the HF "rotate_half" (non-interleaved) convention. `x` is
+/// `[B, H, T, D]`; `cos` and `sin` are `[B, T, D/2]` (positions per row, for padded batches) or
+/// `[T, D/2]` (shared by the batch). With `x1, x2` the halves of the last dimension the result is
+/// `cat(x1*cos - x2*sin, x2*cos + x1*sin)`. Gradient flows to `x` only: cos and sin are constants.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    const OP: &str = "rope";
+    let (b, _h, t, d) = x
+        .dims4()
+        .map_err(|_| unsupported(OP, format!("x must be [B, H, T, D], got {:?}", x.dims())))?;
+    if d % 2 != 0 {
+        return Err(unsupported(OP, format!("head dim {d} is odd")));
+    }
+    let ok = cos.dims() == [b, t, d / 2] || cos.dims() == [t, d / 2];
+    if !ok || sin.dims() != cos.dims() {
+        return Err(unsupported(
+            OP,
+            format!(
+                "cos {:?} and sin {:?} must both be [B, T, D/2] or [T, D/2] for x {:?}",
+                cos.dims(),
+                sin.dims(),
+                x.dims()
+            ),
+        ));
+    }
+    same_dtype(OP, x, cos)?;
+    same_dtype(OP, x, sin)?;
+    match path(&[x, cos, sin]) {
+        Path::Fused => rope::rope(&x.contiguous()?, &cos.contiguous()?, &sin.contiguous()?),
+        Path::CastF32 => {
+            let dt = x.dtype();
+            let f = |t: &Tensor| t.to_dtype(DType::F32);
+            Ok(rope::rope(&f(x)?, &f(cos)?, &f(sin)?)?.to_dtype(dt)?)
+        }
+        Path::Composed => composed::rope(x, cos, sin),
+    }
+}
+
+/// Numerically stable softmax over the last dimension, differentiable.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    match path(&[x]) {
+        Path::Fused => softmax::softmax(&x.contiguous()?),
+        Path::CastF32 => Ok(softmax::softmax(&x.to_dtype(DType::F32)?)?.to_dtype(x.dtype())?),
+        Path::Composed => composed::softmax_last_dim(x),
+    }
+}
+
+/// Log-softmax over the last dimension, differentiable.
+pub fn log_softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    match path(&[x]) {
+        Path::Fused => softmax::log_softmax(&x.contiguous()?),
+        Path::CastF32 => Ok(softmax::log_softmax(&x.to_dtype(DType::F32)?)?.to_dtype(x.dtype())?),
+        Path::Composed => composed::log_softmax_last_dim(x),
+    }
+}
+
+/// `log p(target)` per row: `logits` `[N, V]`, `targets` `[N]` (u32 or i64) give `[N]`. The fused
+/// path never builds the `[N, V]` log-softmax: one pass per row finds the max, the log-sum-exp and
+/// the target's logit. Gradient flows to `logits`. Half-precision logits are read as f32 and the
+/// result is f32 (log-probabilities are kept in f32, see DESIGN.md); a target outside the
+/// vocabulary is an error.
+pub fn token_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    const OP: &str = "token_logprobs";
+    let (n, v) = logits.dims2().map_err(|_| {
+        unsupported(
+            OP,
+            format!("logits must be [N, V], got {:?}", logits.dims()),
+        )
+    })?;
+    if v == 0 {
+        return Err(unsupported(OP, "the vocabulary is empty"));
+    }
+    if targets.dims() != [n] {
+        return Err(unsupported(
+            OP,
+            format!("targets {:?} must be [{n}]", targets.dims()),
+        ));
+    }
+    if !matches!(targets.dtype(), DType::U32 | DType::I64) {
+        return Err(unsupported(
+            OP,
+            format!("targets must be u32 or i64, got {:?}", targets.dtype()),
+        ));
+    }
+    let on_cpu = logits.device().is_cpu() && targets.device().is_cpu();
+    match (on_cpu, logits.dtype()) {
+        (true, DType::F32 | DType::F64) => {
+            softmax::token_logprobs(&logits.contiguous()?, &targets.contiguous()?)
+        }
+        (true, DType::F16 | DType::BF16) => {
+            softmax::token_logprobs(&logits.to_dtype(DType::F32)?, &targets.contiguous()?)
+        }
+        _ => composed::token_logprobs(logits, targets),
+    }
+}
+
+/// `x @ w.T` for a frozen weight `w` `[N, K]` and `x` `[..., K]`, giving `[..., N]`. The backward
+/// returns the gradient of `x` only (`g @ w`): no gradient for `w` is computed or stored, even if
+/// `w` is a `Var`. The forward is candle's own matmul kernel, on every device.
+pub fn linear_frozen(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    const OP: &str = "linear_frozen";
+    let (n, k) = w
+        .dims2()
+        .map_err(|_| unsupported(OP, format!("weight must be [N, K], got {:?}", w.dims())))?;
+    let dims = x.dims();
+    if dims.last() != Some(&k) {
+        return Err(unsupported(
+            OP,
+            format!(
+                "x {:?} does not end in K = {k} (weight {:?})",
+                dims,
+                w.dims()
+            ),
+        ));
+    }
+    same_dtype(OP, x, w)?;
+    let m: usize = dims[..dims.len() - 1].iter().product();
+    let x2 = x.reshape((m, k))?;
+    let y = linear::linear_frozen(&x2, w)?;
+    let mut out_dims = dims.to_vec();
+    if let Some(last) = out_dims.last_mut() {
+        *last = n;
+    }
+    Ok(y.reshape(out_dims)?)
+}
+
+/// SwiGLU's gate: `silu(gate) * up`, fused, with gradients to both. Shapes must be equal.
+pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    const OP: &str = "silu_mul";
+    if gate.dims() != up.dims() {
+        return Err(unsupported(
+            OP,
+            format!("gate {:?} and up {:?} differ", gate.dims(), up.dims()),
+        ));
+    }
+    same_dtype(OP, gate, up)?;
+    match path(&[gate, up]) {
+        Path::Fused => swiglu::silu_mul(&gate.contiguous()?, &up.contiguous()?),
+        Path::CastF32 => {
+            let dt = gate.dtype();
+            let f = |t: &Tensor| t.to_dtype(DType::F32);
+            Ok(swiglu::silu_mul(&f(gate)?, &f(up)?)?.to_dtype(dt)?)
+        }
+        Path::Composed => composed::silu_mul(gate, up),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn path_follows_device_and_dtype() -> Result<()> {
+        let f32t = Tensor::zeros(3, DType::F32, &Device::Cpu)?;
+        let bf = Tensor::zeros(3, DType::BF16, &Device::Cpu)?;
+        let u = Tensor::zeros(3, DType::U32, &Device::Cpu)?;
+        assert_eq!(path(&[&f32t]), Path::Fused);
+        assert_eq!(path(&[&bf]), Path::CastF32);
+        assert_eq!(path(&[&u]), Path::Composed);
+        Ok(())
+    }
+
+    #[test]
+    fn half_precision_goes_through_f32_loops() -> Result<()> {
+        let x = Tensor::new(&[[1.0f32, -2.0, 0.5, 3.0]], &Device::Cpu)?;
+        let w = Tensor::new(&[1.0f32, 0.5, 2.0, -1.0], &Device::Cpu)?;
+        let want = rms_norm(&x, &w, 1e-6)?;
+        let got = rms_norm(&x.to_dtype(DType::BF16)?, &w.to_dtype(DType::BF16)?, 1e-6)?;
+        assert_eq!(got.dtype(), DType::BF16);
+        let diff = (got.to_dtype(DType::F32)? - want)?.abs()?.max_all()?;
+        assert!(diff.to_scalar::<f32>()? < 2e-2);
+        let lp = token_logprobs(
+            &x.to_dtype(DType::F16)?,
+            &Tensor::new(&[2u32], &Device::Cpu)?,
+        )?;
+        assert_eq!(lp.dtype(), DType::F32);
+        Ok(())
+    }
+
+    #[test]
+    fn bad_shapes_are_errors_not_panics() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::zeros((2, 3), DType::F32, &dev)?;
+        assert!(rms_norm(&x, &Tensor::zeros(4, DType::F32, &dev)?, 1e-5).is_err());
+        assert!(rope(&x, &x, &x).is_err());
+        let x4 = Tensor::zeros((1, 2, 3, 5), DType::F32, &dev)?;
+        let cs = Tensor::zeros((3, 2), DType::F32, &dev)?;
+        assert!(rope(&x4, &cs, &cs).is_err());
+        assert!(token_logprobs(&x, &Tensor::new(&[0u32], &dev)?).is_err());
+        assert!(token_logprobs(&x, &Tensor::new(&[0u32, 3], &dev)?).is_err());
+        assert!(linear_frozen(&x, &Tensor::zeros((4, 2), DType::F32, &dev)?).is_err());
+        assert!(silu_mul(&x, &Tensor::zeros((3, 2), DType::F32, &dev)?).is_err());
+        Ok(())
+    }
+}

@@ -1,0 +1,652 @@
+//! The Llama-family decoder (Llama 2/3, Mistral, Qwen2, SmolLM): one implementation for training and
+//! for cached inference. Every op is differentiable (the fused ops of [`crate::ops`] carry their own
+//! backward); trainable weights are candle `Var`s, frozen ones plain tensors that get no gradient.
+//! Knows nothing of file formats (see [`crate::weights`]), training loops or sampling.
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Device, Tensor, Var, D};
+
+use crate::config::ModelConfig;
+use crate::error::{ModelError, Result};
+use crate::ops;
+use crate::weights::Weights;
+
+/// Added to attention scores of keys a query must not see. Finite, so that a padded query row with no
+/// visible key gives a uniform (ignored) distribution rather than NaNs.
+const MASKED: f32 = -1e9;
+
+/// A linear map `x W^T (+ b)`. A frozen `W` goes through [`ops::linear_frozen`], whose backward
+/// computes no gradient for it.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = if self.weight.is_variable() {
+            let (dims, k) = split_last(x)?;
+            let x2 = x.reshape(((), k))?;
+            let y = x2.matmul(&self.weight.t()?)?;
+            let mut out = dims;
+            out.push(self.weight.dim(0)?);
+            y.reshape(out)?
+        } else {
+            ops::linear_frozen(x, &self.weight)?
+        };
+        match &self.bias {
+            Some(b) => Ok(y.broadcast_add(b)?),
+            None => Ok(y),
+        }
+    }
+}
+
+fn split_last(x: &Tensor) -> Result<(Vec<usize>, usize)> {
+    let dims = x.dims();
+    let (last, rest) = dims
+        .split_last()
+        .ok_or_else(|| ModelError::Unsupported("linear on a scalar".into()))?;
+    Ok((rest.to_vec(), *last))
+}
+
+#[derive(Clone, Debug)]
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+}
+
+#[derive(Clone, Debug)]
+pub struct Mlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+#[derive(Clone, Debug)]
+pub struct Layer {
+    pub input_layernorm: Tensor,
+    pub self_attn: Attention,
+    pub post_attention_layernorm: Tensor,
+    pub mlp: Mlp,
+}
+
+/// Keys and values of every layer for the tokens seen so far, with each row's key positions
+/// (`None` for padding) so that masks and RoPE stay right across decode steps.
+#[derive(Clone, Debug, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    key_positions: Vec<Vec<Option<u32>>>,
+}
+
+impl KvCache {
+    pub fn new(num_layers: usize) -> Self {
+        KvCache {
+            layers: vec![None; num_layers],
+            key_positions: vec![],
+        }
+    }
+    /// Number of key slots held per row (padding included).
+    pub fn len(&self) -> usize {
+        self.key_positions.first().map_or(0, |r| r.len())
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn key_positions(&self) -> &[Vec<Option<u32>>] {
+        &self.key_positions
+    }
+    /// Keeps only the rows in `rows` (in that order), e.g. to drop finished sequences.
+    pub fn select_rows(&mut self, rows: &[u32]) -> Result<()> {
+        let dev = match self.layers.iter().flatten().next() {
+            Some((k, _)) => k.device().clone(),
+            None => Device::Cpu,
+        };
+        let idx = Tensor::new(rows, &dev)?;
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.index_select(&idx, 0)?;
+            *v = v.index_select(&idx, 0)?;
+        }
+        self.key_positions = rows
+            .iter()
+            .map(|&r| self.key_positions[r as usize].clone())
+            .collect();
+        Ok(())
+    }
+}
+
+/// Where each new token sits: its position (for RoPE and causality) and whether it is real or
+/// padding (padding keys are never attended to).
+#[derive(Clone, Debug)]
+pub struct TokenLayout {
+    pub positions: Vec<Vec<u32>>,
+    pub valid: Vec<Vec<bool>>,
+}
+
+impl TokenLayout {
+    /// `b` rows of `t` real tokens at positions `start..start + t`.
+    pub fn contiguous(b: usize, t: usize, start: u32) -> Self {
+        TokenLayout {
+            positions: vec![(start..start + t as u32).collect(); b],
+            valid: vec![vec![true; t]; b],
+        }
+    }
+    /// Rows of the given lengths, right-padded to `t` (training batches).
+    pub fn right_padded(lengths: &[usize], t: usize) -> Self {
+        TokenLayout {
+            positions: lengths.iter().map(|_| (0..t as u32).collect()).collect(),
+            valid: lengths
+                .iter()
+                .map(|&l| (0..t).map(|i| i < l).collect())
+                .collect(),
+        }
+    }
+    /// Rows of the given lengths, left-padded to `t` (generation prompts): positions start at 0 on
+    /// each row's first real token.
+    pub fn left_padded(lengths: &[usize], t: usize) -> Self {
+        TokenLayout {
+            positions: lengths
+                .iter()
+                .map(|&l| (0..t).map(|i| (i + l).saturating_sub(t) as u32).collect())
+                .collect(),
+            valid: lengths
+                .iter()
+                .map(|&l| (0..t).map(|i| i + l >= t).collect())
+                .collect(),
+        }
+    }
+}
+
+/// The decoder. Weights are shared `Tensor`s (cheap clones), so a `Transformer` is cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Transformer {
+    pub config: ModelConfig,
+    pub embed_tokens: Tensor,
+    pub layers: Vec<Layer>,
+    pub norm: Tensor,
+    /// `None` when the LM head is tied to the embeddings.
+    pub lm_head: Option<Tensor>,
+    inv_freq: Vec<f64>,
+    device: Device,
+    dtype: DType,
+}
+
+impl Transformer {
+    /// Builds the decoder from HF-named weights, checking every shape against the config.
+    pub fn from_weights(config: &ModelConfig, w: &Weights) -> Result<Self> {
+        let c = config;
+        let h = c.hidden_size;
+        let q = c.num_heads * c.head_dim;
+        let kv = c.num_kv_heads * c.head_dim;
+        let embed_tokens = w.get("model.embed_tokens.weight", &[c.vocab_size, h])?;
+        let lin = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
+            Ok(Linear {
+                weight: w.get(&format!("{name}.weight"), &[out, inp])?,
+                bias: if bias {
+                    Some(w.get(&format!("{name}.bias"), &[out])?)
+                } else {
+                    None
+                },
+            })
+        };
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for i in 0..c.num_layers {
+            let p = format!("model.layers.{i}");
+            layers.push(Layer {
+                input_layernorm: w.get(&format!("{p}.input_layernorm.weight"), &[h])?,
+                self_attn: Attention {
+                    q_proj: lin(&format!("{p}.self_attn.q_proj"), q, h, c.attention_bias)?,
+                    k_proj: lin(&format!("{p}.self_attn.k_proj"), kv, h, c.attention_bias)?,
+                    v_proj: lin(&format!("{p}.self_attn.v_proj"), kv, h, c.attention_bias)?,
+                    o_proj: lin(&format!("{p}.self_attn.o_proj"), h, q, false)?,
+                },
+                post_attention_layernorm: w
+                    .get(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                mlp: Mlp {
+                    gate_proj: lin(&format!("{p}.mlp.gate_proj"), c.intermediate_size, h, false)?,
+                    up_proj: lin(&format!("{p}.mlp.up_proj"), c.intermediate_size, h, false)?,
+                    down_proj: lin(&format!("{p}.mlp.down_proj"), h, c.intermediate_size, false)?,
+                },
+            });
+        }
+        let lm_head = if c.tie_word_embeddings {
+            None
+        } else {
+            Some(w.get("lm_head.weight", &[c.vocab_size, h])?)
+        };
+        let norm = w.get("model.norm.weight", &[h])?;
+        Ok(Transformer {
+            config: c.clone(),
+            device: embed_tokens.device().clone(),
+            dtype: embed_tokens.dtype(),
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            inv_freq: c.rope_inv_freq(),
+        })
+    }
+
+    /// A freshly initialised decoder (weights ~ N(0, 0.02), norms at 1), reproducible from `seed`:
+    /// the start of a model trained from scratch.
+    pub fn init_random(
+        config: &ModelConfig,
+        seed: u64,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        let c = config;
+        let (h, q, kv) = (
+            c.hidden_size,
+            c.num_heads * c.head_dim,
+            c.num_kv_heads * c.head_dim,
+        );
+        let mut rng = SplitMix64(seed);
+        let mut tensors = std::collections::HashMap::new();
+        let normal = |shape: &[usize], rng: &mut SplitMix64| -> Result<Tensor> {
+            let n: usize = shape.iter().product();
+            let data: Vec<f32> = (0..n).map(|_| 0.02 * rng.normal()).collect();
+            Ok(Tensor::from_vec(data, shape, device)?.to_dtype(dtype)?)
+        };
+        tensors.insert(
+            "model.embed_tokens.weight".to_string(),
+            normal(&[c.vocab_size, h], &mut rng)?,
+        );
+        if !c.tie_word_embeddings {
+            tensors.insert(
+                "lm_head.weight".to_string(),
+                normal(&[c.vocab_size, h], &mut rng)?,
+            );
+        }
+        for i in 0..c.num_layers {
+            let p = format!("model.layers.{i}");
+            for (n, out, inp) in [
+                ("self_attn.q_proj", q, h),
+                ("self_attn.k_proj", kv, h),
+                ("self_attn.v_proj", kv, h),
+                ("self_attn.o_proj", h, q),
+                ("mlp.gate_proj", c.intermediate_size, h),
+                ("mlp.up_proj", c.intermediate_size, h),
+                ("mlp.down_proj", h, c.intermediate_size),
+            ] {
+                tensors.insert(format!("{p}.{n}.weight"), normal(&[out, inp], &mut rng)?);
+            }
+            if c.attention_bias {
+                for (n, out) in [("q_proj", q), ("k_proj", kv), ("v_proj", kv)] {
+                    tensors.insert(
+                        format!("{p}.self_attn.{n}.bias"),
+                        Tensor::zeros(out, dtype, device)?,
+                    );
+                }
+            }
+        }
+        let ones = Tensor::ones(h, dtype, device)?;
+        for i in 0..c.num_layers {
+            let p = format!("model.layers.{i}");
+            tensors.insert(format!("{p}.input_layernorm.weight"), ones.clone());
+            tensors.insert(format!("{p}.post_attention_layernorm.weight"), ones.clone());
+        }
+        tensors.insert("model.norm.weight".into(), ones);
+        Self::from_weights(c, &Weights::new(tensors, "<random init>".into()))
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Every weight under its HF name.
+    pub fn named_tensors(&self) -> BTreeMap<String, Tensor> {
+        let mut m = BTreeMap::new();
+        m.insert(
+            "model.embed_tokens.weight".into(),
+            self.embed_tokens.clone(),
+        );
+        m.insert("model.norm.weight".into(), self.norm.clone());
+        if let Some(h) = &self.lm_head {
+            m.insert("lm_head.weight".into(), h.clone());
+        }
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            let mut put = |n: &str, lin: &Linear| {
+                m.insert(format!("{p}.{n}.weight"), lin.weight.clone());
+                if let Some(b) = &lin.bias {
+                    m.insert(format!("{p}.{n}.bias"), b.clone());
+                }
+            };
+            put("self_attn.q_proj", &l.self_attn.q_proj);
+            put("self_attn.k_proj", &l.self_attn.k_proj);
+            put("self_attn.v_proj", &l.self_attn.v_proj);
+            put("self_attn.o_proj", &l.self_attn.o_proj);
+            put("mlp.gate_proj", &l.mlp.gate_proj);
+            put("mlp.up_proj", &l.mlp.up_proj);
+            put("mlp.down_proj", &l.mlp.down_proj);
+            m.insert(
+                format!("{p}.input_layernorm.weight"),
+                l.input_layernorm.clone(),
+            );
+            m.insert(
+                format!("{p}.post_attention_layernorm.weight"),
+                l.post_attention_layernorm.clone(),
+            );
+        }
+        m
+    }
+
+    /// Turns the weights whose HF name satisfies `trainable` into `Var`s (returned with their names);
+    /// the others stay frozen tensors.
+    pub fn make_trainable(
+        &mut self,
+        trainable: impl Fn(&str) -> bool,
+    ) -> Result<Vec<(String, Var)>> {
+        let mut vars = Vec::new();
+        let mut visit = |name: String, t: &mut Tensor| -> Result<()> {
+            if trainable(&name) {
+                let v = Var::from_tensor(t)?;
+                *t = v.as_tensor().clone();
+                vars.push((name, v));
+            }
+            Ok(())
+        };
+        visit("model.embed_tokens.weight".into(), &mut self.embed_tokens)?;
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            let p = format!("model.layers.{i}");
+            visit(
+                format!("{p}.input_layernorm.weight"),
+                &mut l.input_layernorm,
+            )?;
+            for (n, lin) in [
+                ("self_attn.q_proj", &mut l.self_attn.q_proj),
+                ("self_attn.k_proj", &mut l.self_attn.k_proj),
+                ("self_attn.v_proj", &mut l.self_attn.v_proj),
+                ("self_attn.o_proj", &mut l.self_attn.o_proj),
+            ] {
+                visit(format!("{p}.{n}.weight"), &mut lin.weight)?;
+                if let Some(b) = lin.bias.as_mut() {
+                    visit(format!("{p}.{n}.bias"), b)?;
+                }
+            }
+            visit(
+                format!("{p}.post_attention_layernorm.weight"),
+                &mut l.post_attention_layernorm,
+            )?;
+            for (n, lin) in [
+                ("mlp.gate_proj", &mut l.mlp.gate_proj),
+                ("mlp.up_proj", &mut l.mlp.up_proj),
+                ("mlp.down_proj", &mut l.mlp.down_proj),
+            ] {
+                visit(format!("{p}.{n}.weight"), &mut lin.weight)?;
+            }
+        }
+        visit("model.norm.weight".into(), &mut self.norm)?;
+        if let Some(h) = self.lm_head.as_mut() {
+            visit("lm_head.weight".into(), h)?;
+        }
+        Ok(vars)
+    }
+
+    /// A fresh cache for this model.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.config.num_layers)
+    }
+
+    /// Final hidden states [B, T, H] for `input_ids` [B, T] laid out as `layout`, appending to (and
+    /// attending over) `cache` when given.
+    pub fn forward_hidden(
+        &self,
+        input_ids: &Tensor,
+        layout: &TokenLayout,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let (b, t) = input_ids.dims2()?;
+        if layout.positions.len() != b || layout.positions.iter().any(|r| r.len() != t) {
+            return Err(ModelError::Unsupported(format!(
+                "token layout does not match input of shape [{b}, {t}]"
+            )));
+        }
+        let max_pos = self.config.max_position_embeddings as u32;
+        if let Some(p) = layout.positions.iter().flatten().find(|&&p| p >= max_pos) {
+            return Err(ModelError::Unsupported(format!(
+                "position {p} is beyond the model's context of {max_pos} tokens"
+            )));
+        }
+        // Key positions: the cache's history followed by the new tokens.
+        let mut keys: Vec<Vec<Option<u32>>> = match cache.as_deref() {
+            Some(c) if !c.key_positions.is_empty() => {
+                if c.key_positions.len() != b {
+                    return Err(ModelError::Unsupported(format!(
+                        "cache holds {} rows, input has {b}",
+                        c.key_positions.len()
+                    )));
+                }
+                c.key_positions.clone()
+            }
+            _ => vec![vec![]; b],
+        };
+        for (row, (pos, valid)) in keys
+            .iter_mut()
+            .zip(layout.positions.iter().zip(&layout.valid))
+        {
+            row.extend(pos.iter().zip(valid).map(|(&p, &v)| v.then_some(p)));
+        }
+        let s = keys[0].len();
+        let past = s - t;
+        let mask = self.attention_mask(layout, &keys, past)?;
+        let (cos, sin) = self.rope_tables(layout)?;
+
+        let mut x = self
+            .embed_tokens
+            .index_select(&input_ids.flatten_all()?, 0)?
+            .reshape((b, t, self.config.hidden_size))?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let residual = x.clone();
+            let hs = ops::rms_norm(&x, &layer.input_layernorm, self.config.rms_norm_eps)?;
+            let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            let attn = self.attention(&layer.self_attn, &hs, &cos, &sin, &mask, slot)?;
+            x = (residual + attn)?;
+            let residual = x.clone();
+            let hs = ops::rms_norm(
+                &x,
+                &layer.post_attention_layernorm,
+                self.config.rms_norm_eps,
+            )?;
+            let gate = layer.mlp.gate_proj.forward(&hs)?;
+            let up = layer.mlp.up_proj.forward(&hs)?;
+            let mlp = layer.mlp.down_proj.forward(&(gate.silu()? * up)?)?;
+            x = (residual + mlp)?;
+        }
+        if let Some(c) = cache {
+            c.key_positions = keys;
+        }
+        Ok(ops::rms_norm(&x, &self.norm, self.config.rms_norm_eps)?)
+    }
+
+    /// Logits [.., vocab] for hidden states [.., H].
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        Linear {
+            weight: head.clone(),
+            bias: None,
+        }
+        .forward(hidden)
+    }
+
+    /// Logits [B, T, V] at every position.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        layout: &TokenLayout,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let h = self.forward_hidden(input_ids, layout, cache)?;
+        self.logits(&h)
+    }
+
+    /// Logits [B, V] at the last column only: what prefill and decode need, without the LM head's
+    /// cost at every other position.
+    pub fn forward_last(
+        &self,
+        input_ids: &Tensor,
+        layout: &TokenLayout,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let h = self.forward_hidden(input_ids, layout, cache)?;
+        let t = h.dim(1)?;
+        self.logits(&h.narrow(1, t - 1, 1)?.squeeze(1)?)
+    }
+
+    /// Plain causal forward over unpadded rows (no cache): logits [B, T, V].
+    pub fn forward_causal(&self, input_ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = input_ids.dims2()?;
+        self.forward(input_ids, &TokenLayout::contiguous(b, t, 0), None)
+    }
+
+    fn attention_mask(
+        &self,
+        layout: &TokenLayout,
+        keys: &[Vec<Option<u32>>],
+        past: usize,
+    ) -> Result<Tensor> {
+        let b = keys.len();
+        let s = keys[0].len();
+        let t = s - past;
+        let window = self.config.sliding_window.map(|w| w as u32);
+        let mut m = vec![0f32; b * t * s];
+        for (bi, row) in keys.iter().enumerate() {
+            for ti in 0..t {
+                let qp = layout.positions[bi][ti];
+                let out = &mut m[(bi * t + ti) * s..(bi * t + ti + 1) * s];
+                for (si, kp) in row.iter().enumerate() {
+                    let visible = match kp {
+                        None => false,
+                        Some(kp) => {
+                            si <= past + ti && *kp <= qp && window.is_none_or(|w| qp - kp < w)
+                        }
+                    };
+                    if !visible {
+                        out[si] = MASKED;
+                    }
+                }
+            }
+        }
+        Ok(Tensor::from_vec(m, (b, 1, 1, t, s), &self.device)?.to_dtype(self.dtype)?)
+    }
+
+    fn rope_tables(&self, layout: &TokenLayout) -> Result<(Tensor, Tensor)> {
+        let b = layout.positions.len();
+        let t = layout.positions[0].len();
+        let half = self.inv_freq.len();
+        let mut cos = Vec::with_capacity(b * t * half);
+        let mut sin = Vec::with_capacity(b * t * half);
+        for row in &layout.positions {
+            for &p in row {
+                for f in &self.inv_freq {
+                    // HF computes the angle in f32; so do we, for identical rounding.
+                    let angle = (p as f32) * (*f as f32);
+                    cos.push(angle.cos());
+                    sin.push(angle.sin());
+                }
+            }
+        }
+        let cos = Tensor::from_vec(cos, (b, t, half), &self.device)?.to_dtype(self.dtype)?;
+        let sin = Tensor::from_vec(sin, (b, t, half), &self.device)?.to_dtype(self.dtype)?;
+        Ok((cos, sin))
+    }
+
+    fn attention(
+        &self,
+        a: &Attention,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Tensor,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let (b, t, _) = x.dims3()?;
+        let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        let rep = nh / nkv;
+        let q = a
+            .q_proj
+            .forward(x)?
+            .reshape((b, t, nh, hd))?
+            .transpose(1, 2)?;
+        let k = a
+            .k_proj
+            .forward(x)?
+            .reshape((b, t, nkv, hd))?
+            .transpose(1, 2)?;
+        let v = a
+            .v_proj
+            .forward(x)?
+            .reshape((b, t, nkv, hd))?
+            .transpose(1, 2)?;
+        let q = ops::rope(&q.contiguous()?, cos, sin)?;
+        let k = ops::rope(&k.contiguous()?, cos, sin)?;
+        let v = v.contiguous()?;
+        let (k, v) = match cache {
+            None => (k, v),
+            Some(slot) => {
+                let (k, v) = match slot.take() {
+                    None => (k, v),
+                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+                };
+                *slot = Some((k.clone(), v.clone()));
+                (k, v)
+            }
+        };
+        let s = k.dim(2)?;
+        // Query heads grouped by their KV head: [B, nkv, rep*T, hd] against keys [B, nkv, S, hd],
+        // so GQA needs no copy of the keys.
+        let q = q.reshape((b, nkv, rep * t, hd))?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)? * scale)?;
+        let scores = scores.reshape((b, nkv, rep, t, s))?.broadcast_add(mask)?;
+        let probs = ops::softmax_last_dim(&scores)?;
+        let out = probs.reshape((b, nkv, rep * t, s))?.matmul(&v)?;
+        let out = out
+            .reshape((b, nh, t, hd))?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b, t, nh * hd))?;
+        a.o_proj.forward(&out)
+    }
+}
+
+/// A tiny deterministic generator for initialisation, stable across crate versions.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn uniform(&mut self) -> f64 {
+        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+    /// Box-Muller (one of the pair), enough for initialisation.
+    fn normal(&mut self) -> f32 {
+        let (u1, u2) = (self.uniform(), self.uniform());
+        ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+    }
+}
+
+/// The log-probability of each next token under `logits` [B, T, V] for `targets` [B, T]: [B, T].
+pub fn sequence_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let (b, t, v) = logits.dims3()?;
+    let lp = ops::token_logprobs(&logits.reshape((b * t, v))?, &targets.reshape(b * t)?)?;
+    Ok(lp.reshape((b, t))?)
+}
+
+/// Index of the largest value along the last dimension.
+pub fn argmax_last(x: &Tensor) -> Result<Tensor> {
+    Ok(x.argmax(D::Minus1)?)
+}
