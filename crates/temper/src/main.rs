@@ -30,6 +30,14 @@ enum Command {
     Logits(commands::model::LogitsArgs),
     /// Print the token ids and pieces of a text.
     Tokenize(commands::model::TokenizeArgs),
+    /// Fold a PEFT LoRA adapter into its base model and write the merged HF directory.
+    Merge(commands::merge::MergeArgs),
+    /// Complete a prompt, or a JSONL file of prompts, with the local generation engine.
+    Generate(commands::generate::GenerateArgs),
+    /// Built-in verifiable reasoning tasks: list, generate.
+    Tasks(commands::tasks::TasksArgs),
+    /// Chat with a model in the terminal (streams tokens; /reset, /system TEXT, /quit).
+    Chat(commands::chat::ChatArgs),
 }
 
 fn main() {
@@ -46,6 +54,10 @@ fn main() {
         Command::Convert(a) => commands::model::convert(a),
         Command::Logits(a) => commands::model::logits(a),
         Command::Tokenize(a) => commands::model::tokenize(a),
+        Command::Merge(a) => commands::merge::merge(a),
+        Command::Generate(a) => commands::generate::generate(a),
+        Command::Chat(a) => commands::chat::chat(a),
+        Command::Tasks(a) => commands::tasks::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

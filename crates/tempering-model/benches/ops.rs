@@ -28,9 +28,11 @@ fn row(name: &str, what: &str, ms: f64) {
     println!("{name:<16} {what:<40} {ms:>9.3} ms");
 }
 
-/// Forward + backward through `f`, with the input as a Var; the loss is a plain sum.
+/// Forward + backward through `f`, with the input as a Var. The loss is `sum(y * y)`, so the
+/// gradient reaching the op is a real contiguous tensor (a plain sum would hand it a broadcast).
 fn fwd_bwd(x: &Var, f: &dyn Fn(&Tensor) -> Res<Tensor>) -> Res<()> {
-    let g = f(x.as_tensor())?.sum_all()?.backward()?;
+    let y = f(x.as_tensor())?;
+    let g = y.sqr()?.sum_all()?.backward()?;
     assert!(g.get(x.as_tensor()).is_some());
     Ok(())
 }
@@ -67,6 +69,11 @@ fn main() -> Res<()> {
         })?,
     );
     let xv = Var::from_tensor(&x)?;
+    row(
+        name,
+        "baseline: loss + backward of x * 1",
+        median_ms(n, || fwd_bwd(&xv, &|t| Ok(t.affine(1.0, 0.0)?)))?,
+    );
     row(
         name,
         "fused fwd+bwd",
@@ -229,6 +236,16 @@ fn main() -> Res<()> {
         "candle x.matmul(w.t()) fwd",
         median_ms(n, || {
             x.matmul(&w.t()?)?;
+            Ok(())
+        })?,
+    );
+    // Measured again after candle's: the first timing after the 200 MB token_logprobs buffers
+    // pays for the allocator's page faults.
+    row(
+        name,
+        "fused fwd, again",
+        median_ms(n, || {
+            ops::linear_frozen(&x, &w)?;
             Ok(())
         })?,
     );

@@ -57,6 +57,8 @@ pub enum RopeScaling {
         factor: f64,
     },
     Llama3(Llama3RopeScaling),
+    /// Per-frequency divisors (llama.cpp's `rope_freqs.weight`) that match no named scheme.
+    FreqFactors(Vec<f64>),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -167,49 +169,50 @@ impl ModelConfig {
             ));
         }
         let head_dim = opt_usize(v, "head_dim")?.unwrap_or(hidden_size / num_heads);
-        let rope_scaling =
-            match v.get("rope_scaling") {
-                None | Some(Value::Null) => None,
-                Some(rs) => {
-                    let kind = rs
-                        .get("rope_type")
-                        .or_else(|| rs.get("type"))
-                        .and_then(|x| x.as_str())
-                        .unwrap_or("default");
-                    let f = |name: &str| -> Result<f64> {
-                        opt_f64(rs, name)?.ok_or_else(|| {
-                            ModelError::config(format!("rope_scaling.{name}"), "missing")
-                        })
-                    };
-                    match kind {
-                        "default" => None,
-                        "linear" => Some(RopeScaling::Linear {
-                            factor: f("factor")?,
-                        }),
-                        "llama3" => Some(RopeScaling::Llama3(Llama3RopeScaling {
-                            factor: f("factor")?,
-                            low_freq_factor: f("low_freq_factor")?,
-                            high_freq_factor: f("high_freq_factor")?,
-                            original_max_position_embeddings: opt_usize(
-                                rs,
-                                "original_max_position_embeddings",
-                            )?
-                            .ok_or_else(|| {
-                                ModelError::config(
-                                    "rope_scaling.original_max_position_embeddings",
-                                    "missing",
-                                )
-                            })?,
-                        })),
-                        other => return Err(ModelError::config(
+        let rope_scaling = match v.get("rope_scaling") {
+            None | Some(Value::Null) => None,
+            Some(rs) => {
+                let kind = rs
+                    .get("rope_type")
+                    .or_else(|| rs.get("type"))
+                    .and_then(|x| x.as_str())
+                    .unwrap_or("default");
+                let f = |name: &str| -> Result<f64> {
+                    opt_f64(rs, name)?.ok_or_else(|| {
+                        ModelError::config(format!("rope_scaling.{name}"), "missing")
+                    })
+                };
+                match kind {
+                    "default" => None,
+                    "linear" => Some(RopeScaling::Linear {
+                        factor: f("factor")?,
+                    }),
+                    "llama3" => Some(RopeScaling::Llama3(Llama3RopeScaling {
+                        factor: f("factor")?,
+                        low_freq_factor: f("low_freq_factor")?,
+                        high_freq_factor: f("high_freq_factor")?,
+                        original_max_position_embeddings: opt_usize(
+                            rs,
+                            "original_max_position_embeddings",
+                        )?
+                        .ok_or_else(|| {
+                            ModelError::config(
+                                "rope_scaling.original_max_position_embeddings",
+                                "missing",
+                            )
+                        })?,
+                    })),
+                    other => {
+                        return Err(ModelError::config(
                             "rope_scaling.rope_type",
                             format!(
                                 "unsupported rope scaling `{other}` (supported: linear, llama3)"
                             ),
-                        )),
+                        ))
                     }
                 }
-            };
+            }
+        };
         let sliding_window = match architecture {
             // Qwen2 configs carry a window that is off unless `use_sliding_window` says otherwise.
             Architecture::Qwen2 => {
@@ -291,7 +294,12 @@ impl ModelConfig {
         let opt_u = |key: &str| {
             get(key).and_then(|v| v.to_u64().ok().or_else(|| v.to_u32().ok().map(u64::from)))
         };
-        let opt_f = |key: &str| get(key).and_then(|v| v.to_f32().ok().map(f64::from));
+        // Through the shortest decimal form, so that an f32 1e-5 reads as 1e-5 and not 9.9999997e-6.
+        let opt_f = |key: &str| {
+            get(key)
+                .and_then(|v| v.to_f32().ok())
+                .and_then(|x| x.to_string().parse::<f64>().ok())
+        };
         let hidden_size = req_u("embedding_length")?;
         let num_heads = req_u("attention.head_count")?;
         if num_heads == 0 {
@@ -339,7 +347,8 @@ impl ModelConfig {
             rope_scaling,
             max_position_embeddings: opt_u("context_length").map(|x| x as usize).unwrap_or(2048),
             tie_word_embeddings: tied,
-            attention_bias: architecture == Architecture::Qwen2,
+            attention_bias: architecture == Architecture::Qwen2
+                || content.tensor_infos.contains_key("blk.0.attn_q.bias"),
             sliding_window: None,
             bos_token_id: tok_u("tokenizer.ggml.bos_token_id"),
             eos_token_ids: tok_u("tokenizer.ggml.eos_token_id").into_iter().collect(),
@@ -380,6 +389,9 @@ impl ModelConfig {
                     json!({"rope_type": "linear", "factor": factor}),
                 );
             }
+            Some(RopeScaling::FreqFactors(_)) => {
+                // No HF field holds arbitrary divisors; `to_hf_json` callers check `hf_representable`.
+            }
             Some(RopeScaling::Llama3(s)) => {
                 obj.insert(
                     "rope_scaling".into(),
@@ -418,6 +430,41 @@ impl ModelConfig {
         v
     }
 
+    /// Whether `to_hf_json` can express this configuration exactly.
+    pub fn hf_representable(&self) -> bool {
+        !matches!(self.rope_scaling, Some(RopeScaling::FreqFactors(_)))
+    }
+
+    /// Reads llama.cpp's `rope_freqs.weight` divisors: recognised as Llama-3 scaling when some
+    /// standard parameters reproduce them, kept as raw divisors otherwise.
+    pub fn set_rope_freq_factors(&mut self, factors: &[f64]) {
+        let mut plain = self.clone();
+        plain.rope_scaling = None;
+        let base = plain.rope_inv_freq();
+        let factor = factors.iter().cloned().fold(1.0, f64::max);
+        for (low, high, orig) in [(1.0, 4.0, 8192usize), (1.0, 4.0, 4096), (1.0, 4.0, 2048)] {
+            let candidate = RopeScaling::Llama3(Llama3RopeScaling {
+                factor,
+                low_freq_factor: low,
+                high_freq_factor: high,
+                original_max_position_embeddings: orig,
+            });
+            plain.rope_scaling = Some(candidate.clone());
+            let scaled = plain.rope_inv_freq();
+            let matches = base.len() == factors.len()
+                && base
+                    .iter()
+                    .zip(&scaled)
+                    .zip(factors)
+                    .all(|((b, s), f)| ((b / s) - f).abs() <= 1e-3 * f.abs().max(1.0));
+            if matches {
+                self.rope_scaling = Some(candidate);
+                return;
+            }
+        }
+        self.rope_scaling = Some(RopeScaling::FreqFactors(factors.to_vec()));
+    }
+
     /// Number of parameters the decoder holds (embeddings counted once when tied).
     pub fn num_parameters(&self) -> usize {
         let h = self.hidden_size;
@@ -439,6 +486,7 @@ impl ModelConfig {
         match &self.rope_scaling {
             None => base,
             Some(RopeScaling::Linear { factor }) => base.iter().map(|f| f / factor).collect(),
+            Some(RopeScaling::FreqFactors(d)) => base.iter().zip(d).map(|(f, d)| f / d).collect(),
             Some(RopeScaling::Llama3(s)) => {
                 let old = s.original_max_position_embeddings as f64;
                 let low_wavelen = old / s.low_freq_factor;

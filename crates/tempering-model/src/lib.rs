@@ -1,6 +1,7 @@
 //! Tensors to logits. This crate holds the model configuration, the Llama-family decoder (one
 //! implementation for training and cached inference), the fused differentiable ops it is built from,
-//! loading and saving of HF safetensors directories and GGUF files, the tokenizer and chat templates.
+//! LoRA adapters (PEFT's format), loading and saving of HF safetensors directories and GGUF files,
+//! the tokenizer and chat templates.
 //!
 //! It knows nothing of training loops, datasets, generation strategies or search: those live in the
 //! crates above it and reach the model only through the types exported here.
@@ -10,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod known;
 pub mod loader;
+pub mod lora;
 pub mod ops;
 pub mod tokenizer;
 pub mod transformer;
@@ -19,6 +21,7 @@ pub use chat::{ChatMessage, ChatTemplate};
 pub use config::{Architecture, ModelConfig};
 pub use error::{ModelError, Result};
 pub use loader::{ModelFiles, ModelFormat, ModelInfo};
+pub use lora::{load_peft, save_peft, DropoutRng, LoraConfig, LoraLinear, LoraTarget, PeftAdapter};
 pub use tokenizer::Tokenizer;
 pub use transformer::{KvCache, TokenLayout, Transformer};
 pub use weights::Weights;

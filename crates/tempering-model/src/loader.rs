@@ -101,21 +101,32 @@ impl ModelInfo {
             }
             ModelFormat::Gguf => {
                 let content = read_gguf(path)?;
-                let config = ModelConfig::from_gguf(&content, path)?;
+                let config = gguf_config(&content, path)?;
                 let stored = crate::weights::list_gguf(&content);
-                let tokenizer = Tokenizer::from_gguf(&content, path)?;
-                let chat_template = gguf_chat_template(&content, &tokenizer)?;
+                let tokenizer = gguf_tokenizer(&content, path)?;
+                let chat_template = match &tokenizer {
+                    Some(t) => gguf_chat_template(&content, t)?,
+                    None => None,
+                };
                 Ok(ModelInfo {
                     path: path.to_path_buf(),
                     format,
                     config,
                     stored,
-                    tokenizer: Some(tokenizer),
+                    tokenizer,
                     chat_template,
                 })
             }
         }
     }
+}
+
+/// The GGUF's tokenizer, or `None` when the file carries no vocabulary at all.
+fn gguf_tokenizer(content: &gguf_file::Content, path: &Path) -> Result<Option<Tokenizer>> {
+    if !content.metadata.contains_key("tokenizer.ggml.model") {
+        return Ok(None);
+    }
+    Tokenizer::from_gguf(content, path).map(Some)
 }
 
 fn gguf_chat_template(
@@ -179,16 +190,19 @@ impl ModelFiles {
 
     fn open_gguf(path: &Path, dtype: DType, device: &Device) -> Result<Self> {
         let content = read_gguf(path)?;
-        let config = ModelConfig::from_gguf(&content, path)?;
+        let config = gguf_config(&content, path)?;
         let weights = Weights::from_gguf(&content, path, &config, dtype, device)?;
-        let tokenizer = Tokenizer::from_gguf(&content, path)?;
-        let chat_template = gguf_chat_template(&content, &tokenizer)?;
+        let tokenizer = gguf_tokenizer(&content, path)?;
+        let chat_template = match &tokenizer {
+            Some(t) => gguf_chat_template(&content, t)?,
+            None => None,
+        };
         Ok(ModelFiles {
             path: path.to_path_buf(),
             format: ModelFormat::Gguf,
             config,
             weights,
-            tokenizer: Some(tokenizer),
+            tokenizer,
             chat_template,
             generation_config: None,
         })
@@ -205,6 +219,21 @@ impl ModelFiles {
 }
 
 /// Reads a GGUF file's header, metadata and tensor index.
+/// The config of a GGUF file, with llama.cpp's `rope_freqs.weight` (Llama-3 RoPE scaling) applied.
+pub fn gguf_config(content: &gguf_file::Content, path: &Path) -> Result<ModelConfig> {
+    let mut config = ModelConfig::from_gguf(content, path)?;
+    if content.tensor_infos.contains_key("rope_freqs.weight") {
+        let mut f = File::open(path).map_err(|e| ModelError::io(path, e))?;
+        let factors: Vec<f64> = content
+            .tensor(&mut f, "rope_freqs.weight", &Device::Cpu)
+            .and_then(|q| q.dequantize(&Device::Cpu))
+            .and_then(|t| t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>())
+            .map_err(|e| ModelError::tensor(path, "rope_freqs.weight", e.to_string()))?;
+        config.set_rope_freq_factors(&factors);
+    }
+    Ok(config)
+}
+
 pub fn read_gguf(path: &Path) -> Result<gguf_file::Content> {
     let mut f = File::open(path).map_err(|e| ModelError::io(path, e))?;
     gguf_file::Content::read(&mut f)
@@ -221,8 +250,13 @@ pub fn save_hf_dir(
     chat_template: Option<&ChatTemplate>,
     dtype: DType,
 ) -> Result<()> {
-    std::fs::create_dir_all(out).map_err(|e| ModelError::io(out, e))?;
     let cfg = &model.config;
+    if !cfg.hf_representable() {
+        return Err(ModelError::Unsupported(
+            "RoPE frequency factors (rope_freqs.weight) that match no HF rope_scaling".into(),
+        ));
+    }
+    std::fs::create_dir_all(out).map_err(|e| ModelError::io(out, e))?;
     let dtype_name = match dtype {
         DType::BF16 => "bfloat16",
         DType::F16 => "float16",
@@ -251,23 +285,12 @@ pub fn save_hf_dir(
             obj.insert("pad_token_id".into(), json!(id));
             genobj.insert("pad_token_id".into(), json!(id));
         }
-        let mut tc = json!({
-            "tokenizer_class": "PreTrainedTokenizerFast",
-            "clean_up_tokenization_spaces": false,
-            "model_max_length": cfg.max_position_embeddings,
-            "add_bos_token": false,
-            "add_eos_token": false,
-        });
+        let mut tc = serde_json::Value::Object(tok.hf_config_fields());
         let tcobj = tc.as_object_mut().expect("object");
-        if let Some((_, s)) = tok.bos_token() {
-            tcobj.insert("bos_token".into(), json!(s));
-        }
-        if let Some((_, s)) = tok.eos_token() {
-            tcobj.insert("eos_token".into(), json!(s));
-        }
-        if let Some((_, s)) = tok.pad_token() {
-            tcobj.insert("pad_token".into(), json!(s));
-        }
+        tcobj.insert(
+            "model_max_length".into(),
+            json!(cfg.max_position_embeddings),
+        );
         if let Some(ct) = chat_template {
             tcobj.insert("chat_template".into(), json!(ct.source()));
         }

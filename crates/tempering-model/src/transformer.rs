@@ -9,6 +9,7 @@ use candle_core::{DType, Device, Tensor, Var, D};
 
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
+use crate::lora::LoraLinear;
 use crate::ops;
 use crate::weights::Weights;
 
@@ -16,16 +17,35 @@ use crate::weights::Weights;
 /// visible key gives a uniform (ignored) distribution rather than NaNs.
 const MASKED: f32 = -1e9;
 
-/// A linear map `x W^T (+ b)`. A frozen `W` goes through [`ops::linear_frozen`], whose backward
-/// computes no gradient for it.
+/// A linear map `x W^T (+ b)`, plus a LoRA update when it carries an adapter (see [`crate::lora`]).
+/// A frozen `W` goes through [`ops::linear_frozen`], whose backward computes no gradient for it.
 #[derive(Clone, Debug)]
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    pub lora: Option<LoraLinear>,
 }
 
 impl Linear {
+    /// A linear map without adapter.
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Linear {
+            weight,
+            bias,
+            lora: None,
+        }
+    }
+
+    /// `x W^T (+ b) (+ LoRA(x))` for `x` `[..., in]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.forward_base(x)?;
+        match &self.lora {
+            Some(l) => Ok((y + l.forward(x)?)?),
+            None => Ok(y),
+        }
+    }
+
+    fn forward_base(&self, x: &Tensor) -> Result<Tensor> {
         let y = if self.weight.is_variable() {
             let (dims, k) = split_last(x)?;
             let x2 = x.reshape(((), k))?;
@@ -183,14 +203,14 @@ impl Transformer {
         let kv = c.num_kv_heads * c.head_dim;
         let embed_tokens = w.get("model.embed_tokens.weight", &[c.vocab_size, h])?;
         let lin = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
-            Ok(Linear {
-                weight: w.get(&format!("{name}.weight"), &[out, inp])?,
-                bias: if bias {
+            Ok(Linear::new(
+                w.get(&format!("{name}.weight"), &[out, inp])?,
+                if bias {
                     Some(w.get(&format!("{name}.bias"), &[out])?)
                 } else {
                     None
                 },
-            })
+            ))
         };
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
@@ -300,7 +320,9 @@ impl Transformer {
         self.dtype
     }
 
-    /// Every weight under its HF name.
+    /// Every weight under its HF name: the base model's only (LoRA adapters are listed by
+    /// [`Transformer::lora_tensors`] under PEFT's names, and folded in by
+    /// [`Transformer::merge_lora`]).
     pub fn named_tensors(&self) -> BTreeMap<String, Tensor> {
         let mut m = BTreeMap::new();
         m.insert(
@@ -469,11 +491,7 @@ impl Transformer {
     /// Logits [.., vocab] for hidden states [.., H].
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        Linear {
-            weight: head.clone(),
-            bias: None,
-        }
-        .forward(hidden)
+        Linear::new(head.clone(), None).forward(hidden)
     }
 
     /// Logits [B, T, V] at every position.

@@ -129,6 +129,10 @@ impl Weights {
                     t = unpermute_qk(&t, cfg.num_heads)?;
                 } else if hf_name.ends_with("k_proj.weight") {
                     t = unpermute_qk(&t, cfg.num_kv_heads)?;
+                } else if hf_name.ends_with("q_proj.bias") {
+                    t = unpermute_qk(&t.unsqueeze(1)?, cfg.num_heads)?.squeeze(1)?;
+                } else if hf_name.ends_with("k_proj.bias") {
+                    t = unpermute_qk(&t.unsqueeze(1)?, cfg.num_kv_heads)?.squeeze(1)?;
                 }
             }
             stored.push(StoredTensor {

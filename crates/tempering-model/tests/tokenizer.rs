@@ -284,7 +284,13 @@ fn sentencepiece_gguf_matches_llamacpp_on_the_whole_corpus() {
     let tok = Tokenizer::from_gguf(&content, &path).unwrap();
     let fx = fixture_named("tiny_spm_llamacpp.json");
     let bad = mismatches(&tok, &fx.cases);
-    assert!(bad.is_empty(), "{} of {} differ:\n{}", bad.len(), fx.cases.len(), bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "{} of {} differ:\n{}",
+        bad.len(),
+        fx.cases.len(),
+        bad.join("\n")
+    );
     assert_eq!(tok.adds_bos(), fx.adds_bos);
     assert_eq!(tok.bos_token().map(|t| t.0), Some(fx.bos));
     assert_eq!(tok.eos_token().map(|t| t.0), Some(fx.eos));
@@ -294,10 +300,13 @@ fn sentencepiece_gguf_matches_llamacpp_on_the_whole_corpus() {
         assert_eq!(with[0], fx.bos);
         assert_eq!(&with[1..], &c.ids[..]);
     }
-    // Through save_hf and back, the same ids.
+    // Through save_hf and back, the same ids (TEMPER_SAVE_TOKENIZER_DIR keeps the file).
     let tmp = tempfile::tempdir().unwrap();
-    tok.save_hf(tmp.path()).unwrap();
-    let back = Tokenizer::from_file(&tmp.path().join("tokenizer.json")).unwrap();
+    let dir = std::env::var_os("TEMPER_SAVE_TOKENIZER_DIR")
+        .map(|d| PathBuf::from(d).join("tiny_spm"))
+        .unwrap_or_else(|| tmp.path().to_path_buf());
+    tok.save_hf(&dir).unwrap();
+    let back = Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
     let bad = mismatches(&back, &fx.cases);
     assert!(bad.is_empty(), "after save_hf:\n{}", bad.join("\n"));
 }

@@ -234,3 +234,51 @@ impl Task for Arithmetic {
         alphabet_of(&[PROMPT_PREFIX, "+-*()="])
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worked_example_from_the_issue() {
+        let p = Arithmetic
+            .problem_from_record("Compute: (7+5)*3-4\n", "32", 3)
+            .unwrap();
+        assert_eq!(p.solution, "7+5=12\n12*3=36\n36-4=32\nAnswer: 32");
+        assert_eq!(
+            Arithmetic.verify(&p, "7+5=12\nAnswer: 32"),
+            Verdict::Correct
+        );
+        assert_eq!(Arithmetic.verify(&p, "Answer: 31"), Verdict::Incorrect);
+        assert_eq!(
+            Arithmetic.verify(&p, "Answer: thirty"),
+            Verdict::Unparseable
+        );
+        assert!(Arithmetic
+            .problem_from_record("Compute: (7+5)*3-4\n", "33", 3)
+            .is_err());
+    }
+
+    #[test]
+    fn every_intermediate_stays_within_the_cap() {
+        let mut rng = SplitMix64::new(9);
+        for level in Arithmetic.levels() {
+            let params = ArithmeticParams::for_level(level).unwrap();
+            for _ in 0..50 {
+                let p = Arithmetic.sample(level, &mut rng).unwrap();
+                let Spec::Arithmetic { expr } = &p.spec else {
+                    panic!("not arithmetic")
+                };
+                let (_, steps) = expr.eval_steps().unwrap();
+                assert_eq!(steps.len(), params.operations as usize);
+                for s in steps {
+                    assert!((0..=params.max_value as i64).contains(&s.result), "{s}");
+                }
+                assert!(expr
+                    .leaves()
+                    .iter()
+                    .all(|&n| (1..=params.max_operand as i64).contains(&n)));
+            }
+        }
+    }
+}

@@ -315,3 +315,59 @@ impl Task for Countdown {
         alphabet_of(&[PROMPT_PREFIX, PROMPT_MIDDLE, "+-*/()="])
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn judges_hand_worked_answers() {
+        let p = Countdown
+            .problem_from_record("Make 24 from: 2 3 4 8\n", "(2+4)*(8/2)", 4)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        // The reference above uses 2 twice: refused.
+        assert!(p.contains("only the given numbers"), "{p}");
+        let p = Countdown
+            .problem_from_record("Make 24 from: 2 3 4 8\n", "8*3", 4)
+            .unwrap();
+        assert_eq!(p.solution, "8*3=24\nAnswer: 8*3");
+        for (answer, want) in [
+            ("3*8", Verdict::Correct),
+            ("(4-2)*3*4", Verdict::Incorrect),
+            ("8*(4-2+(3-2))", Verdict::Incorrect),
+            ("4*3*2", Verdict::Correct),
+            ("(8/3)*9", Verdict::Incorrect),
+            ("8*3=24", Verdict::Correct),
+            ("24", Verdict::Incorrect),
+            ("eight times three", Verdict::Unparseable),
+        ] {
+            assert_eq!(
+                Countdown.verify(&p, &format!("Answer: {answer}")),
+                want,
+                "{answer}"
+            );
+        }
+    }
+
+    #[test]
+    fn generated_problems_respect_their_level() {
+        let mut rng = SplitMix64::new(4);
+        for level in Countdown.levels() {
+            let params = CountdownParams::for_level(level).unwrap();
+            for _ in 0..50 {
+                let p = Countdown.sample(level, &mut rng).unwrap();
+                let Spec::Countdown { numbers, target } = &p.spec else {
+                    panic!("not countdown")
+                };
+                assert_eq!(numbers.len(), params.given as usize);
+                assert!(numbers.windows(2).all(|w| w[0] <= w[1]));
+                assert!(*target >= 1 && *target as u64 <= params.max_target);
+                assert!(!numbers.contains(target));
+                let used = expr::parse(&p.answer).unwrap().leaves().len();
+                assert_eq!(used, params.used as usize);
+            }
+        }
+    }
+}

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use tempering_tasks::dataset::{
     load_preference, load_rl_prompts, load_sft, load_stepwise, load_unpaired, read_jsonl,
-    read_rows, Message, PreferenceExample, Row, SftExample, TextOrChat,
+    read_rows, Message, PreferenceExample, SftExample, TextOrChat,
 };
 use tempering_tasks::TaskError;
 
@@ -24,12 +24,6 @@ fn message(role: &str, content: &str) -> Message {
         role: role.into(),
         content: content.into(),
     }
-}
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fixtures/datasets")
-        .join(name)
 }
 
 #[test]
@@ -264,10 +258,28 @@ fn unknown_extension_is_refused() {
     assert!(msg.contains("data.csv") && msg.contains(".jsonl"), "{msg}");
 }
 
+#[cfg(not(feature = "parquet"))]
+#[test]
+fn parquet_without_the_feature_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(dir.path(), "d.parquet", "PAR1");
+    let msg = read_rows(&p).unwrap_err().to_string();
+    assert!(
+        msg.contains("d.parquet") && msg.contains("feature `parquet`"),
+        "{msg}"
+    );
+}
+
 #[cfg(feature = "parquet")]
 mod parquet {
     use super::*;
-    use tempering_tasks::dataset::read_parquet;
+    use tempering_tasks::dataset::{read_parquet, Row};
+
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fixtures/datasets")
+            .join(name)
+    }
 
     #[test]
     fn parquet_rows_equal_their_jsonl_twin() {

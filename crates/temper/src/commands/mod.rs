@@ -1,1 +1,5 @@
+pub mod chat;
+pub mod generate;
+pub mod merge;
 pub mod model;
+pub mod tasks;

@@ -60,6 +60,9 @@ pub struct LogitsArgs {
     pub chat: bool,
     #[arg(long)]
     pub json: bool,
+    /// A PEFT LoRA adapter directory to run on top of the model.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -307,7 +310,12 @@ pub fn logits(a: LogitsArgs) -> Result<()> {
             files.config.max_position_embeddings
         );
     }
-    let model = files.transformer()?;
+    let mut model = files.transformer()?;
+    if let Some(dir) = &a.adapter {
+        model
+            .apply_peft(dir)
+            .with_context(|| format!("--adapter {}", dir.display()))?;
+    }
     let input = Tensor::new(ids.as_slice(), &device)?.unsqueeze(0)?;
     let last = model
         .forward_last(

@@ -174,12 +174,12 @@ pub(crate) fn sum<T: Real>(xs: &[T]) -> T {
     let rest = chunks.remainder();
     for c in chunks {
         for i in 0..LANES {
-            acc[i] = acc[i] + c[i];
+            acc[i] += c[i];
         }
     }
     let mut s = T::ZERO;
     for r in rest {
-        s = s + *r;
+        s += *r;
     }
     fold(acc) + s
 }
@@ -194,12 +194,12 @@ pub(crate) fn dot<T: Real>(a: &[T], b: &[T]) -> T {
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
         for i in 0..LANES {
-            acc[i] = acc[i] + x[i] * y[i];
+            acc[i] += x[i] * y[i];
         }
     }
     let mut s = T::ZERO;
     for (x, y) in ra.iter().zip(rb) {
-        s = s + *x * *y;
+        s += *x * *y;
     }
     fold(acc) + s
 }
@@ -232,12 +232,12 @@ pub(crate) fn sum_exp<T: Real>(xs: &[T], shift: T) -> T {
     let rest = chunks.remainder();
     for c in chunks {
         for i in 0..LANES {
-            acc[i] = acc[i] + (c[i] - shift).exp_();
+            acc[i] += (c[i] - shift).exp_();
         }
     }
     let mut s = T::ZERO;
     for r in rest {
-        s = s + (*r - shift).exp_();
+        s += (*r - shift).exp_();
     }
     fold(acc) + s
 }

@@ -110,19 +110,19 @@ impl RmsNormBwd {
                 let inv = T::ONE / (dot(xr, xr) * inv_d + eps).sqrt_();
                 let mut s = T::ZERO;
                 for ((&gv, &wv), &xv) in gr.iter().zip(w).zip(xr) {
-                    s = s + gv * wv * xv;
+                    s += gv * wv * xv;
                 }
                 let k = inv * inv * inv * s * inv_d;
                 for (j, o) in dxr.iter_mut().enumerate() {
                     *o = inv * gr[j] * w[j] - k * xr[j];
-                    pw[j] = pw[j] + gr[j] * xr[j] * inv;
+                    pw[j] += gr[j] * xr[j] * inv;
                 }
             }
             pw
         });
         for pw in partials {
             for (o, v) in dw.iter_mut().zip(pw) {
-                *o = *o + v;
+                *o += v;
             }
         }
         Ok((T::to_cpu_storage_owned(out), Shape::from((rows + 1, d))))

@@ -48,7 +48,7 @@ impl Softmax {
                 }
                 let inv = T::ONE / sum(yr);
                 for o in yr.iter_mut() {
-                    *o = *o * inv;
+                    *o *= inv;
                 }
             }
         });
@@ -242,7 +242,7 @@ impl TokenLogprobsBwd {
             for (o, &xv) in dr.iter_mut().zip(xr) {
                 *o = -(g * (xv - lse).exp_());
             }
-            dr[tgt[r]] = dr[tgt[r]] + g;
+            dr[tgt[r]] += g;
         });
         Ok((T::to_cpu_storage_owned(dx), ll.shape().clone()))
     }

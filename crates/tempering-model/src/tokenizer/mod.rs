@@ -234,14 +234,17 @@ impl Tokenizer {
         self.inner.get_vocab_size(true)
     }
 
+    /// The beginning-of-sequence token (GGUF `bos_token_id`, or `bos_token` of `tokenizer_config.json`).
     pub fn bos_token(&self) -> Option<(u32, String)> {
         self.bos.clone()
     }
 
+    /// The end-of-sequence token (GGUF `eos_token_id`, or `eos_token` of `tokenizer_config.json`).
     pub fn eos_token(&self) -> Option<(u32, String)> {
         self.eos.clone()
     }
 
+    /// The padding token (GGUF `padding_token_id`, or `pad_token` of `tokenizer_config.json`).
     pub fn pad_token(&self) -> Option<(u32, String)> {
         self.pad.clone()
     }
@@ -618,7 +621,8 @@ mod tests {
         assert_eq!(t[&'Ċ'], b'\n');
         assert_eq!(t[&'ĉ'], b'\t');
         assert_eq!(t[&'A'], b'A');
-        assert_eq!(t[&'ł'], 0xAD);
+        assert_eq!(t[&'ł'], 0xA0);
+        assert_eq!(t[&'Ń'], 0xAD);
     }
 
     #[test]

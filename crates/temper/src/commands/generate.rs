@@ -1,0 +1,340 @@
+//! `temper generate`: complete one prompt (`--prompt`) or a JSONL file of prompts (`--input`,
+//! `--output`), with the local generation engine. Parses flags and files, shows progress, writes
+//! results; the engine does the rest.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{json, Value};
+use tempering_generate::{
+    render_chat, Backend, Completion, EngineOptions, GenEvent, GenRequest, LocalEngine,
+    SamplingParams,
+};
+use tempering_model::{ChatMessage, ChatTemplate, ModelFiles};
+
+use crate::commands::model::DeviceArgs;
+use crate::device::device_and_dtype;
+
+/// Sampling flags shared by `generate` and `chat`.
+#[derive(Args, Clone, Debug)]
+pub struct SamplingArgs {
+    /// Most new tokens per completion.
+    #[arg(long, default_value_t = 256)]
+    pub max_new_tokens: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f32,
+    /// Keep only the k most likely tokens (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Nucleus sampling: keep the most likely tokens up to this probability mass, in (0, 1].
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Drop tokens less likely than this fraction of the most likely one, in [0, 1].
+    #[arg(long, default_value_t = 0.0)]
+    pub min_p: f32,
+    /// Stop when the text contains this string (repeatable).
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// Seed of the sampler.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl SamplingArgs {
+    pub fn params(&self) -> SamplingParams {
+        SamplingParams {
+            max_new_tokens: self.max_new_tokens,
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            seed: self.seed,
+            stop: self.stop.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// An HF model directory or a GGUF file.
+    pub model: PathBuf,
+    /// The prompt to complete.
+    #[arg(long, required_unless_present = "input", conflicts_with = "input")]
+    pub prompt: Option<String>,
+    /// A JSONL file of prompts: each line has `prompt` (text) or `messages` (a chat).
+    #[arg(long, requires = "output")]
+    pub input: Option<PathBuf>,
+    /// Where to write one JSON line per input line (lines are flushed as they finish).
+    #[arg(long, requires = "input")]
+    pub output: Option<PathBuf>,
+    /// Completions per prompt (they share one prefill).
+    #[arg(long, default_value_t = 1)]
+    pub n: usize,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// Include each token's log-probability.
+    #[arg(long)]
+    pub logprobs: bool,
+    /// Also include this many most likely alternatives per token.
+    #[arg(long, default_value_t = 0)]
+    pub top_logprobs: usize,
+    /// Apply the model's chat template (a `prompt` becomes one user message).
+    #[arg(long)]
+    pub chat: bool,
+    /// Print one JSON object (single prompt).
+    #[arg(long)]
+    pub json: bool,
+    /// Most sequences decoded together.
+    #[arg(long, default_value_t = 32)]
+    pub batch_rows: usize,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+/// The engine for a model path, with its chat template.
+pub fn load_engine(
+    model: &Path,
+    device: &DeviceArgs,
+    batch_rows: usize,
+) -> Result<(LocalEngine, Option<ChatTemplate>)> {
+    let (dev, dtype) = device_and_dtype(&device.device, device.dtype.as_deref())?;
+    let files = ModelFiles::open(model, dtype, &dev)
+        .with_context(|| format!("loading {}", model.display()))?;
+    let tok = files
+        .tokenizer
+        .clone()
+        .with_context(|| format!("{}: the model has no tokenizer", model.display()))?;
+    let transformer = files.transformer()?;
+    if batch_rows == 0 {
+        bail!("--batch-rows: expected at least 1");
+    }
+    let engine = LocalEngine::new(transformer, tok).with_options(EngineOptions {
+        max_batch_rows: batch_rows,
+    });
+    Ok((engine, files.chat_template))
+}
+
+/// Prompt ids for plain text (with the model's BOS rule) or for a chat (the template writes any
+/// special tokens itself, so none are added, as transformers' `apply_chat_template` does).
+fn prompt_ids(
+    engine: &LocalEngine,
+    template: Option<&ChatTemplate>,
+    text: Option<&str>,
+    messages: Option<Vec<ChatMessage>>,
+    chat: bool,
+) -> Result<Vec<u32>> {
+    let tok = engine.tokenizer();
+    let messages = match (messages, text) {
+        (Some(m), _) => Some(m),
+        (None, Some(t)) if chat => Some(vec![ChatMessage::new("user", t)]),
+        (None, Some(t)) => return Ok(tok.encode(t, true)?),
+        (None, None) => bail!("expected a `prompt` or `messages` field"),
+    };
+    let template = template.context("--chat (or a `messages` field) needs a chat template")?;
+    let text = render_chat(template, &messages.unwrap_or_default(), true)?;
+    Ok(tok.encode(&text, false)?)
+}
+
+fn completion_json(c: &Completion) -> Value {
+    let mut v = json!({
+        "text": c.text,
+        "tokens": c.tokens,
+        "finish_reason": c.finish_reason.as_str(),
+    });
+    if let Some(s) = &c.stop_string {
+        v["stop_string"] = json!(s);
+    }
+    if let Some(l) = &c.logprobs {
+        v["logprobs"] = json!(l);
+    }
+    if let Some(t) = &c.top_logprobs {
+        v["top_logprobs"] = json!(t
+            .iter()
+            .map(|step| step
+                .iter()
+                .map(|a| json!({"token": a.token, "logprob": a.logprob}))
+                .collect::<Vec<_>>())
+            .collect::<Vec<_>>());
+    }
+    v
+}
+
+pub fn generate(a: GenerateArgs) -> Result<()> {
+    let mut params = a.sampling.params();
+    params.logprobs = a.logprobs;
+    params.top_logprobs = a.top_logprobs;
+    // Check the flags before the (slow) model load.
+    params.validate(0).context("invalid sampling flags")?;
+    if a.n == 0 {
+        bail!("--n: expected at least 1");
+    }
+    let (engine, template) = load_engine(&a.model, &a.device, a.batch_rows)?;
+    match (&a.prompt, &a.input, &a.output) {
+        (Some(p), _, _) => single(&engine, template.as_ref(), &a, p, params),
+        (None, Some(i), Some(o)) => file(&engine, template.as_ref(), &a, i, o, params),
+        _ => bail!("give --prompt, or --input with --output"),
+    }
+}
+
+fn single(
+    engine: &LocalEngine,
+    template: Option<&ChatTemplate>,
+    a: &GenerateArgs,
+    prompt: &str,
+    params: SamplingParams,
+) -> Result<()> {
+    let ids = prompt_ids(engine, template, Some(prompt), None, a.chat).context("--prompt")?;
+    let req = GenRequest::new(ids.clone(), a.n, params);
+    let stream = !a.json && a.n == 1;
+    let mut stdout = std::io::stdout();
+    let out = engine
+        .generate_with(&[req], &mut |ev| {
+            if let (true, GenEvent::Token { text, .. }) = (stream, ev) {
+                // A closed stdout only loses the display; the result still comes back.
+                let _ = stdout.write_all(text.as_bytes());
+                let _ = stdout.flush();
+            }
+        })
+        .context("--prompt")?
+        .remove(0);
+    if a.json {
+        let v = json!({
+            "prompt": prompt,
+            "prompt_tokens": ids,
+            "completions": out.iter().map(completion_json).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string(&v)?);
+    } else if stream {
+        println!();
+        eprintln!("[finish: {}]", out[0].finish_reason.as_str());
+    } else {
+        for (j, c) in out.iter().enumerate() {
+            println!("--- sample {j} ({}) ---", c.finish_reason.as_str());
+            println!("{}", c.text);
+        }
+    }
+    Ok(())
+}
+
+/// One input line, read.
+struct Line {
+    record: Value,
+    ids: Vec<u32>,
+}
+
+fn read_lines(
+    engine: &LocalEngine,
+    template: Option<&ChatTemplate>,
+    path: &Path,
+    chat: bool,
+) -> Result<Vec<Line>> {
+    let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut lines = Vec::new();
+    for (i, line) in BufReader::new(f).lines().enumerate() {
+        let at = || format!("{} line {}", path.display(), i + 1);
+        let line = line.with_context(at)?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let record: Value = serde_json::from_str(&line).with_context(at)?;
+        let text = record.get("prompt").and_then(|v| v.as_str());
+        let messages = match record
+            .get("messages")
+            .or(record.get("prompt").filter(|v| v.is_array()))
+        {
+            Some(m) => Some(
+                serde_json::from_value::<Vec<ChatMessage>>(m.clone()).with_context(|| {
+                    format!("{}: `messages`: expected a list of {{role, content}}", at())
+                })?,
+            ),
+            None => None,
+        };
+        let ids = prompt_ids(engine, template, text, messages, chat).with_context(at)?;
+        lines.push(Line { record, ids });
+    }
+    Ok(lines)
+}
+
+fn file(
+    engine: &LocalEngine,
+    template: Option<&ChatTemplate>,
+    a: &GenerateArgs,
+    input: &Path,
+    output: &Path,
+    params: SamplingParams,
+) -> Result<()> {
+    let lines = read_lines(engine, template, input, a.chat)?;
+    let reqs: Vec<GenRequest> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            // Each line its own stream, so equal prompts on two lines give different samples.
+            let p = SamplingParams {
+                seed: params.seed.wrapping_add(i as u64),
+                ..params.clone()
+            };
+            GenRequest::new(l.ids.clone(), a.n, p)
+        })
+        .collect();
+    let mut out = File::create(output).with_context(|| format!("creating {}", output.display()))?;
+    let bar = ProgressBar::new(reqs.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} prompts  {msg}  [{elapsed} < {eta}]")
+            .context("progress style")?,
+    );
+    let start = Instant::now();
+    let mut new_tokens = 0usize;
+    // Chunks of about one batch, so finished lines reach the file (and survive Ctrl-C) early.
+    let per_chunk = (a.batch_rows / a.n).max(1);
+    for (c, chunk) in reqs.chunks(per_chunk).enumerate() {
+        let base = c * per_chunk;
+        let results = engine
+            .generate_with(chunk, &mut |ev| {
+                if let GenEvent::Token { .. } = ev {
+                    new_tokens += 1;
+                    if new_tokens % 16 == 0 {
+                        let rate = new_tokens as f64 / start.elapsed().as_secs_f64();
+                        bar.set_message(format!("{new_tokens} tokens, {rate:.1} tok/s"));
+                    }
+                }
+            })
+            .map_err(|e| {
+                // The engine names requests by their index in the chunk; the user knows lines.
+                anyhow::anyhow!("{}: prompt {} onwards: {e}", input.display(), base + 1)
+            })?;
+        for (k, comps) in results.iter().enumerate() {
+            let line = &lines[base + k];
+            let mut v = json!({"index": base + k});
+            if let Some(id) = line.record.get("id") {
+                v["id"] = id.clone();
+            }
+            v["prompt"] = line
+                .record
+                .get("prompt")
+                .or(line.record.get("messages"))
+                .cloned()
+                .unwrap_or(Value::Null);
+            v["completions"] = json!(comps.iter().map(completion_json).collect::<Vec<_>>());
+            let mut s = serde_json::to_string(&v)?;
+            s.push('\n');
+            out.write_all(s.as_bytes())
+                .and_then(|_| out.flush())
+                .with_context(|| format!("writing {}", output.display()))?;
+            bar.inc(1);
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    bar.finish_with_message(format!(
+        "{new_tokens} tokens in {secs:.1}s, {:.1} tok/s",
+        new_tokens as f64 / secs
+    ));
+    eprintln!("wrote {} lines to {}", reqs.len(), output.display());
+    Ok(())
+}

@@ -1,0 +1,86 @@
+//! Benchmark of the local engine's decode throughput (used by `scripts/bench/generate.sh`): greedy,
+//! EOS ignored, on the first `BATCH` prompts of a prompt file (one per line, `\n` escaped), printing
+//! one JSON line with new tokens/s, time to first token and peak resident memory.
+//!
+//! Usage: cargo run --example generate_bench -- MODEL PROMPTS BATCH NEW_TOKENS
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device};
+use tempering_generate::{
+    Backend, EngineOptions, GenEvent, GenRequest, LocalEngine, SamplingParams,
+};
+use tempering_model::ModelFiles;
+
+fn peak_rss_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, model, prompts, batch, new_tokens] = args.as_slice() else {
+        anyhow::bail!("usage: generate_bench MODEL PROMPTS BATCH NEW_TOKENS");
+    };
+    let batch: usize = batch.parse().context("BATCH")?;
+    let new_tokens: usize = new_tokens.parse().context("NEW_TOKENS")?;
+    let files = ModelFiles::open(model.as_ref(), DType::F32, &Device::Cpu)?;
+    let tok = files.tokenizer.clone().context("tokenizer")?;
+    let engine = LocalEngine::new(files.transformer()?, tok).with_options(EngineOptions {
+        max_batch_rows: batch,
+    });
+    let text = std::fs::read_to_string(prompts).context("PROMPTS")?;
+    let params = SamplingParams {
+        ignore_eos: true,
+        ..SamplingParams::greedy(new_tokens)
+    };
+    let reqs: Vec<GenRequest> = text
+        .lines()
+        .take(batch)
+        .map(|l| {
+            Ok(GenRequest::new(
+                engine.encode(&l.replace("\\n", "\n"))?,
+                1,
+                params.clone(),
+            ))
+        })
+        .collect::<Result<_>>()?;
+    anyhow::ensure!(
+        reqs.len() == batch,
+        "the prompt file has fewer than {batch} lines"
+    );
+    // Warm-up: one short run, so first-touch page faults do not count.
+    engine.generate(&[GenRequest::new(
+        reqs[0].prompt.clone(),
+        1,
+        SamplingParams::greedy(2),
+    )])?;
+    let start = Instant::now();
+    let mut first = None;
+    let out = engine.generate_with(&reqs, &mut |ev| {
+        if let (None, GenEvent::Token { .. }) = (first, ev) {
+            first = Some(start.elapsed().as_secs_f64());
+        }
+    })?;
+    let total = start.elapsed().as_secs_f64();
+    let n: usize = out.iter().flatten().map(|c| c.tokens.len()).sum();
+    let ttft = first.unwrap_or(total);
+    println!(
+        "{}",
+        serde_json::json!({
+            "engine": "tempering",
+            "batch": batch,
+            "new_tokens": n,
+            "seconds": total,
+            "tokens_per_s": n as f64 / total,
+            "decode_tokens_per_s": (n - batch) as f64 / (total - ttft),
+            "ttft_s": ttft,
+            "peak_rss_mib": peak_rss_mib(),
+            "first_tokens": out[0][0].tokens.iter().take(8).collect::<Vec<_>>(),
+        })
+    );
+    Ok(())
+}

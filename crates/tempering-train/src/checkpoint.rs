@@ -1,0 +1,168 @@
+//! Checkpoints: everything a run needs to continue exactly (trainable weights, optimiser moments,
+//! step, data position, RNG state), written into a temporary directory and renamed, so a kill at any
+//! moment leaves the previous checkpoint intact. Knows files and tensors; nothing of objectives.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::data::DataPosition;
+use crate::error::{Result, TrainError};
+use crate::optim::AdamW;
+use crate::rng::Rng;
+
+const STATE: &str = "state.json";
+const PARAMS: &str = "params.safetensors";
+const OPTIMIZER: &str = "optimizer.safetensors";
+
+/// The scalar part of a checkpoint (`state.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Optimiser steps completed.
+    pub step: usize,
+    pub data: DataPosition,
+    pub rng: Rng,
+    /// AdamW's step counter (bias corrections).
+    pub optimizer_steps: u64,
+    /// Tokens processed so far.
+    pub tokens_seen: u64,
+}
+
+/// `run_dir/checkpoints`.
+pub fn checkpoints_dir(run_dir: &Path) -> PathBuf {
+    run_dir.join("checkpoints")
+}
+
+fn step_dir(run_dir: &Path, step: usize) -> PathBuf {
+    checkpoints_dir(run_dir).join(format!("step-{step:07}"))
+}
+
+/// Complete checkpoints under `run_dir`, oldest first.
+pub fn list(run_dir: &Path) -> Vec<(usize, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(checkpoints_dir(run_dir)) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(usize, PathBuf)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            let step = name.strip_prefix("step-")?.parse::<usize>().ok()?;
+            e.path().join(STATE).is_file().then(|| (step, e.path()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The newest complete checkpoint, or an error naming the run directory.
+pub fn latest(run_dir: &Path) -> Result<PathBuf> {
+    list(run_dir)
+        .pop()
+        .map(|(_, p)| p)
+        .ok_or_else(|| TrainError::NoCheckpoint {
+            dir: run_dir.to_path_buf(),
+        })
+}
+
+/// Writes a checkpoint for `state.step` and keeps only the newest `keep` (at least one).
+pub fn save(run_dir: &Path, state: &TrainState, opt: &AdamW, keep: usize) -> Result<PathBuf> {
+    let final_dir = step_dir(run_dir, state.step);
+    let tmp = checkpoints_dir(run_dir).join(format!(".tmp-step-{:07}", state.step));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
+
+    let cpu = Device::Cpu;
+    let mut params: HashMap<String, Tensor> = HashMap::new();
+    let mut moments: HashMap<String, Tensor> = HashMap::new();
+    for (i, p) in opt.params().iter().enumerate() {
+        params.insert(p.name.clone(), p.var.as_tensor().to_device(&cpu)?);
+        let (m, v) = opt.moments(i)?;
+        moments.insert(format!("{}.exp_avg", p.name), m);
+        moments.insert(format!("{}.exp_avg_sq", p.name), v);
+    }
+    let path = tmp.join(PARAMS);
+    candle_core::safetensors::save(&params, &path)
+        .map_err(|e| TrainError::format(&path, e.to_string()))?;
+    let path = tmp.join(OPTIMIZER);
+    candle_core::safetensors::save(&moments, &path)
+        .map_err(|e| TrainError::format(&path, e.to_string()))?;
+    let path = tmp.join(STATE);
+    let text = serde_json::to_string_pretty(state)
+        .map_err(|e| TrainError::format(&path, e.to_string()))?;
+    std::fs::write(&path, text).map_err(|e| TrainError::io(&path, e))?;
+
+    // Replace an older checkpoint of the same step (a re-run) only once the new one is complete.
+    if final_dir.exists() {
+        std::fs::remove_dir_all(&final_dir).map_err(|e| TrainError::io(&final_dir, e))?;
+    }
+    std::fs::rename(&tmp, &final_dir).map_err(|e| TrainError::io(&final_dir, e))?;
+
+    let all = list(run_dir);
+    let excess = all.len().saturating_sub(keep.max(1));
+    for (_, old) in all.into_iter().take(excess) {
+        std::fs::remove_dir_all(&old).map_err(|e| TrainError::io(&old, e))?;
+    }
+    Ok(final_dir)
+}
+
+/// Reads the checkpoint in `dir` into `opt` (weights and moments) and returns its state. Every
+/// trainable parameter must be present with the same shape.
+pub fn load(dir: &Path, opt: &mut AdamW) -> Result<TrainState> {
+    let path = dir.join(STATE);
+    let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
+    let state: TrainState = serde_json::from_str(&text)
+        .map_err(|e| TrainError::format(&path, format!("not a checkpoint state: {e}")))?;
+    let cpu = Device::Cpu;
+    let ppath = dir.join(PARAMS);
+    let params = candle_core::safetensors::load(&ppath, &cpu)
+        .map_err(|e| TrainError::format(&ppath, e.to_string()))?;
+    let opath = dir.join(OPTIMIZER);
+    let moments = candle_core::safetensors::load(&opath, &cpu)
+        .map_err(|e| TrainError::format(&opath, e.to_string()))?;
+    let mismatch = |path: &Path, msg: String| TrainError::CheckpointMismatch {
+        path: path.to_path_buf(),
+        msg,
+    };
+    if params.len() != opt.params().len() {
+        return Err(mismatch(
+            &ppath,
+            format!(
+                "it holds {} trainable tensors, the model has {}",
+                params.len(),
+                opt.params().len()
+            ),
+        ));
+    }
+    for i in 0..opt.params().len() {
+        let p = &opt.params()[i];
+        let name = p.name.clone();
+        let w = params
+            .get(&name)
+            .ok_or_else(|| mismatch(&ppath, format!("no tensor `{name}`")))?;
+        if w.dims() != p.var.dims() {
+            return Err(mismatch(
+                &ppath,
+                format!(
+                    "`{name}` has shape {:?}, expected {:?}",
+                    w.dims(),
+                    p.var.dims()
+                ),
+            ));
+        }
+        p.var
+            .set(&w.to_dtype(p.var.dtype())?.to_device(p.var.device())?)?;
+        let get = |suffix: &str| {
+            moments
+                .get(&format!("{name}.{suffix}"))
+                .ok_or_else(|| mismatch(&opath, format!("no tensor `{name}.{suffix}`")))
+        };
+        let (m, v) = (get("exp_avg")?.clone(), get("exp_avg_sq")?.clone());
+        opt.set_moments(i, &m, &v)?;
+    }
+    opt.steps = state.optimizer_steps;
+    Ok(state)
+}

@@ -1,0 +1,395 @@
+//! The SFT run configuration: one flat set of keys, read from TOML (`--config sft.toml`), overridden
+//! key by key (the command line), validated with errors naming the key, and written back resolved
+//! into the run directory. An unknown key is an error suggesting the nearest known one. Knows keys and
+//! values; nothing of how training runs.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tempering_model::{LoraConfig, LoraTarget};
+
+use crate::error::{Result, TrainError};
+use crate::optim::AdamWConfig;
+use crate::schedule::ScheduleKind;
+use crate::sft::SftDataOptions;
+use crate::trainer::TrainConfig;
+
+/// Every key of an SFT run. Defaults follow TRL's `SFTConfig` where it has one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SftConfig {
+    /// The model: an HF directory or a GGUF file.
+    pub model: Option<PathBuf>,
+    /// Training data: JSONL or Parquet in TRL's columns (`text`, `prompt`/`completion`, `messages`).
+    pub data: Option<PathBuf>,
+    pub eval_data: Option<PathBuf>,
+    /// The run directory.
+    pub output: Option<PathBuf>,
+
+    pub learning_rate: f64,
+    /// constant, linear or cosine (after warm-up).
+    pub lr_scheduler: ScheduleKind,
+    pub warmup_steps: usize,
+    pub min_lr_ratio: f64,
+    /// Optimiser steps; 0: `epochs` passes over the data.
+    pub max_steps: usize,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub grad_accum: usize,
+    /// 0 disables clipping.
+    pub max_grad_norm: f64,
+    pub weight_decay: f64,
+    pub adam_beta1: f64,
+    pub adam_beta2: f64,
+    pub adam_eps: f64,
+    /// 0: evaluate only at the end.
+    pub eval_every: usize,
+    pub eval_batch_size: usize,
+    /// 0: checkpoint only at the end.
+    pub save_every: usize,
+    pub keep_checkpoints: usize,
+    pub seed: u64,
+    pub shuffle: bool,
+
+    pub max_length: usize,
+    pub completion_only_loss: bool,
+    pub packing: bool,
+
+    /// LoRA rank; 0 means full fine-tuning.
+    pub lora_r: usize,
+    pub lora_alpha: f64,
+    pub lora_dropout: f64,
+    /// Comma-separated: q,k,v,o,gate,up,down or all.
+    pub lora_targets: String,
+
+    /// cpu, cuda, cuda:N or auto.
+    pub device: String,
+    /// f32, bf16 or f16; empty: f32 on CPU, bf16 on CUDA.
+    pub dtype: String,
+}
+
+impl Default for SftConfig {
+    fn default() -> Self {
+        let t = TrainConfig::default();
+        let d = SftDataOptions::default();
+        let l = LoraConfig::default();
+        SftConfig {
+            model: None,
+            data: None,
+            eval_data: None,
+            output: None,
+            learning_rate: t.learning_rate,
+            lr_scheduler: t.schedule,
+            warmup_steps: t.warmup_steps,
+            min_lr_ratio: t.min_lr_ratio,
+            max_steps: t.max_steps,
+            epochs: t.epochs,
+            batch_size: t.batch_size,
+            grad_accum: t.grad_accum,
+            max_grad_norm: t.max_grad_norm,
+            weight_decay: t.adamw.weight_decay,
+            adam_beta1: t.adamw.beta1,
+            adam_beta2: t.adamw.beta2,
+            adam_eps: t.adamw.eps,
+            eval_every: t.eval_every,
+            eval_batch_size: t.eval_batch_size,
+            save_every: t.save_every,
+            keep_checkpoints: t.keep_checkpoints,
+            seed: t.seed,
+            shuffle: t.shuffle,
+            max_length: d.max_length,
+            completion_only_loss: d.completion_only_loss,
+            packing: d.packing,
+            lora_r: 0,
+            lora_alpha: l.alpha,
+            lora_dropout: l.dropout,
+            lora_targets: "q,v".into(),
+            device: "cpu".into(),
+            dtype: String::new(),
+        }
+    }
+}
+
+/// Every key an SFT config may hold, in the order written.
+pub const SFT_KEYS: &[&str] = &[
+    "model",
+    "data",
+    "eval_data",
+    "output",
+    "learning_rate",
+    "lr_scheduler",
+    "warmup_steps",
+    "min_lr_ratio",
+    "max_steps",
+    "epochs",
+    "batch_size",
+    "grad_accum",
+    "max_grad_norm",
+    "weight_decay",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_eps",
+    "eval_every",
+    "eval_batch_size",
+    "save_every",
+    "keep_checkpoints",
+    "seed",
+    "shuffle",
+    "max_length",
+    "completion_only_loss",
+    "packing",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "lora_targets",
+    "device",
+    "dtype",
+];
+
+/// Edit distance, for "did you mean".
+fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// The known key nearest to `key`, if it is near enough to be a plausible typo.
+pub fn nearest_key(key: &str) -> Option<String> {
+    let norm = key.replace('-', "_").to_ascii_lowercase();
+    SFT_KEYS
+        .iter()
+        .map(|k| (levenshtein(&norm, k), *k))
+        .min()
+        .filter(|(d, k)| *d <= (k.len() / 2).max(2))
+        .map(|(_, k)| k.to_string())
+}
+
+fn check_keys(table: &toml::Table, file: Option<&Path>) -> Result<()> {
+    for key in table.keys() {
+        if !SFT_KEYS.contains(&key.as_str()) {
+            return Err(TrainError::UnknownKey {
+                file: file.map(Path::to_path_buf),
+                key: key.clone(),
+                suggestion: nearest_key(key),
+                known: SFT_KEYS.iter().map(|s| s.to_string()).collect(),
+            });
+        }
+    }
+    Ok(())
+}
+
+impl SftConfig {
+    /// Defaults, then the TOML file's keys, then `overrides` (the command line's), validated.
+    pub fn resolve(file: Option<&Path>, overrides: toml::Table) -> Result<Self> {
+        let mut table = match file {
+            None => toml::Table::new(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+                let t: toml::Table = text
+                    .parse()
+                    .map_err(|e: toml::de::Error| TrainError::format(path, e.to_string()))?;
+                check_keys(&t, Some(path))?;
+                t
+            }
+        };
+        check_keys(&overrides, None)?;
+        table.extend(overrides);
+        let cfg: SftConfig = match toml::Value::Table(table.clone()).try_into() {
+            Ok(c) => c,
+            Err(e) => {
+                // Name the key whose value does not fit: the first one that fails on its own.
+                let e: toml::de::Error = e;
+                let bad = table.iter().find(|(k, v)| {
+                    let mut one = toml::Table::new();
+                    one.insert((*k).clone(), (*v).clone());
+                    toml::Value::Table(one).try_into::<SftConfig>().is_err()
+                });
+                let key = bad
+                    .map(|(k, _)| k.clone())
+                    .unwrap_or_else(|| "<config>".into());
+                return Err(TrainError::config(
+                    key,
+                    format!(
+                        "{} (from {})",
+                        e.message(),
+                        file.map(|f| f.display().to_string())
+                            .unwrap_or_else(|| "the command line".into())
+                    ),
+                ));
+            }
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks every value that can be checked without touching files.
+    pub fn validate(&self) -> Result<()> {
+        self.train_config().validate()?;
+        if self.max_length < 2 {
+            return Err(TrainError::config(
+                "max_length",
+                "expected at least 2 tokens",
+            ));
+        }
+        if self.keep_checkpoints == 0 {
+            return Err(TrainError::config(
+                "keep_checkpoints",
+                "expected at least 1",
+            ));
+        }
+        if let Some(l) = self.lora()? {
+            l.validate()
+                .map_err(|e| TrainError::config("lora", e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    pub fn train_config(&self) -> TrainConfig {
+        TrainConfig {
+            learning_rate: self.learning_rate,
+            schedule: self.lr_scheduler,
+            warmup_steps: self.warmup_steps,
+            min_lr_ratio: self.min_lr_ratio,
+            max_steps: self.max_steps,
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            grad_accum: self.grad_accum,
+            max_grad_norm: self.max_grad_norm,
+            adamw: AdamWConfig {
+                beta1: self.adam_beta1,
+                beta2: self.adam_beta2,
+                eps: self.adam_eps,
+                weight_decay: self.weight_decay,
+            },
+            eval_every: self.eval_every,
+            eval_batch_size: self.eval_batch_size,
+            save_every: self.save_every,
+            keep_checkpoints: self.keep_checkpoints,
+            seed: self.seed,
+            shuffle: self.shuffle,
+            progress: true,
+        }
+    }
+
+    pub fn data_options(&self) -> SftDataOptions {
+        SftDataOptions {
+            max_length: self.max_length,
+            completion_only_loss: self.completion_only_loss,
+            packing: self.packing,
+        }
+    }
+
+    /// The LoRA configuration, or `None` for full fine-tuning (`lora_r = 0`).
+    pub fn lora(&self) -> Result<Option<LoraConfig>> {
+        if self.lora_r == 0 {
+            return Ok(None);
+        }
+        let targets = LoraTarget::parse_list(&self.lora_targets)
+            .map_err(|e| TrainError::config("lora_targets", e.to_string()))?;
+        Ok(Some(LoraConfig::new(
+            self.lora_r,
+            self.lora_alpha,
+            self.lora_dropout,
+            targets,
+        )))
+    }
+
+    /// The resolved config as TOML (what `config.toml` in the run directory holds).
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string_pretty(self)
+            .map_err(|e| TrainError::config("<config>", format!("cannot write as TOML: {e}")))
+    }
+
+    /// Writes `config.toml` into `dir` (temporary name, then rename).
+    pub fn write(&self, dir: &Path) -> Result<PathBuf> {
+        let path = dir.join("config.toml");
+        let tmp = dir.join(".config.toml.tmp");
+        std::fs::write(&tmp, self.to_toml()?).map_err(|e| TrainError::io(&tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| TrainError::io(&path, e))?;
+        Ok(path)
+    }
+
+    /// Reads a run directory's `config.toml` (as written by [`SftConfig::write`]).
+    pub fn read_run(dir: &Path) -> Result<Self> {
+        let path = dir.join("config.toml");
+        if !path.is_file() {
+            return Err(TrainError::NoCheckpoint {
+                dir: dir.to_path_buf(),
+            });
+        }
+        Self::resolve(Some(&path), toml::Table::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_field_is_a_known_key_and_round_trips() {
+        let cfg = SftConfig {
+            model: Some("m".into()),
+            data: Some("d.jsonl".into()),
+            eval_data: Some("e.jsonl".into()),
+            output: Some("runs/x".into()),
+            lora_r: 4,
+            ..Default::default()
+        };
+        let text = cfg.to_toml().unwrap();
+        let table: toml::Table = text.parse().unwrap();
+        let mut keys: Vec<&str> = table.keys().map(|k| k.as_str()).collect();
+        let mut known = SFT_KEYS.to_vec();
+        keys.sort();
+        known.sort();
+        assert_eq!(keys, known);
+        let back = SftConfig::resolve(None, table).unwrap();
+        assert_eq!(back, cfg);
+    }
+
+    #[test]
+    fn unknown_key_suggests_the_nearest() {
+        let mut t = toml::Table::new();
+        t.insert("learnig_rate".into(), toml::Value::Float(1e-4));
+        let err = SftConfig::resolve(None, t).unwrap_err().to_string();
+        assert!(err.contains("unknown config key `learnig_rate`"), "{err}");
+        assert!(err.contains("did you mean `learning_rate`"), "{err}");
+        assert_eq!(nearest_key("batch-size").as_deref(), Some("batch_size"));
+        assert_eq!(nearest_key("zzzzzzzzzzzzzzzz"), None);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (key, value, expect) in [
+            ("learning_rate", toml::Value::Float(0.0), "learning_rate"),
+            ("learning_rate", toml::Value::Float(-1e-3), "learning_rate"),
+            ("batch_size", toml::Value::Integer(0), "batch_size"),
+            (
+                "lora_targets",
+                toml::Value::String("q,x".into()),
+                "lora_targets",
+            ),
+            (
+                "lr_scheduler",
+                toml::Value::String("exp".into()),
+                "lr_scheduler",
+            ),
+        ] {
+            let mut t = toml::Table::new();
+            t.insert(key.into(), value);
+            if key == "lora_targets" {
+                t.insert("lora_r".into(), toml::Value::Integer(8));
+            }
+            let err = SftConfig::resolve(None, t).unwrap_err().to_string();
+            assert!(err.contains(expect), "{key}: {err}");
+        }
+    }
+}
