@@ -38,6 +38,8 @@ enum Command {
     Tasks(commands::tasks::TasksArgs),
     /// Chat with a model in the terminal (streams tokens; /reset, /system TEXT, /quit).
     Chat(commands::chat::ChatArgs),
+    /// Supervised fine-tuning (full or LoRA) on JSONL/Parquet data; --resume continues a run.
+    Sft(Box<commands::sft::SftArgs>),
 }
 
 fn main() {
@@ -58,6 +60,7 @@ fn main() {
         Command::Generate(a) => commands::generate::generate(a),
         Command::Chat(a) => commands::chat::chat(a),
         Command::Tasks(a) => commands::tasks::run(a),
+        Command::Sft(a) => commands::sft::sft(*a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

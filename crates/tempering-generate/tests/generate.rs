@@ -317,3 +317,59 @@ fn unknown_chat_roles_are_rejected() {
     let text = tempering_generate::render_chat(&t, &msgs[..1], true).unwrap();
     assert!(text.ends_with("<|im_start|>assistant\n"), "{text}");
 }
+
+#[test]
+fn a_cloned_cache_decodes_independently_of_its_original() {
+    let Some(e) = engine("cloned_cache") else {
+        return;
+    };
+    use tempering_model::TokenLayout;
+    let m = e.model();
+    let dev = Device::Cpu;
+    let prompt: Vec<u32> = vec![504, 3575, 282, 4649, 314];
+    let input = Tensor::new(prompt.as_slice(), &dev)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let step = |cache: &mut tempering_model::KvCache, tok: u32| {
+        let x = Tensor::new(&[[tok]], &dev).unwrap();
+        m.forward_last(&x, &TokenLayout::contiguous(1, 1, 5), Some(cache))
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let mut a = m.new_cache();
+    m.forward_last(&input, &TokenLayout::contiguous(1, 5, 0), Some(&mut a))
+        .unwrap();
+    let mut b = a.clone();
+    let mut fresh = a.clone();
+    // The original writes its next keys first; the clone must not see them.
+    step(&mut a, 7042);
+    let got = step(&mut b, 260);
+    let want = step(&mut fresh, 260);
+    assert_eq!(got, want);
+    assert_eq!((a.len(), b.len()), (6, 6));
+    // Nor does the original see the clone's keys: its next step matches an unshared history.
+    let x = Tensor::new(&[[13u32]], &dev).unwrap();
+    let next = |cache: &mut tempering_model::KvCache| {
+        m.forward_last(&x, &TokenLayout::contiguous(1, 1, 6), Some(cache))
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let mut solo = m.new_cache();
+    let longer = Tensor::new(&[[504u32, 3575, 282, 4649, 314, 7042]], &dev).unwrap();
+    m.forward_last(&longer, &TokenLayout::contiguous(1, 6, 0), Some(&mut solo))
+        .unwrap();
+    let (got, want) = (next(&mut a), next(&mut solo));
+    let d = got
+        .iter()
+        .zip(&want)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(d < 1e-3, "max logit difference {d}");
+}

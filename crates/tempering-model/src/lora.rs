@@ -688,15 +688,19 @@ pub fn save_peft(dir: &Path, model: &Transformer, base_model_name_or_path: &str)
 /// per-layer ranks, `modules_to_save`, regex targets, ...) are refused with the field named.
 pub fn load_peft(dir: &Path) -> Result<PeftAdapter> {
     if !dir.is_dir() {
-        return Err(ModelError::io(
+        return Err(ModelError::format(
             dir,
-            std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "no such adapter directory (expected adapter_config.json and adapter_model.safetensors)",
-            ),
+            "no such adapter directory (a PEFT adapter directory holds adapter_config.json and \
+             adapter_model.safetensors)",
         ));
     }
     let cfg_path = dir.join(ADAPTER_CONFIG_FILE);
+    if !cfg_path.is_file() {
+        return Err(ModelError::format(
+            &cfg_path,
+            "missing from the adapter directory",
+        ));
+    }
     let text = std::fs::read_to_string(&cfg_path).map_err(|e| ModelError::io(&cfg_path, e))?;
     let v: Value = serde_json::from_str(&text)
         .map_err(|e| ModelError::format(&cfg_path, format!("invalid JSON: {e}")))?;

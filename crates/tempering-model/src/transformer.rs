@@ -95,11 +95,59 @@ pub struct Layer {
 }
 
 /// Keys and values of every layer for the tokens seen so far, with each row's key positions
-/// (`None` for padding) so that masks and RoPE stay right across decode steps.
+/// (`None` for padding) so that masks and RoPE stay right across decode steps. It holds values, not
+/// a gradient graph: new keys are copied into preallocated buffers.
 #[derive(Clone, Debug, Default)]
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    layers: Vec<Option<LayerKv>>,
     key_positions: Vec<Vec<Option<u32>>>,
+}
+
+/// One layer's keys and values in buffers `[B, nkv, capacity, hd]` filled up to `len`: a decode
+/// step writes its keys in place instead of copying the whole history (`Tensor::cat`).
+#[derive(Clone, Debug)]
+struct LayerKv {
+    k: Tensor,
+    v: Tensor,
+    len: usize,
+    /// Shared by clones of the cache: buffers are written in place only when no clone sees them.
+    owner: std::sync::Arc<()>,
+}
+
+impl LayerKv {
+    /// Appends keys and values `[B, nkv, T, hd]` to `slot`; returns views of all it holds.
+    fn append(slot: &mut Option<LayerKv>, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (b, h, t, d) = k.dims4()?;
+        let len = slot.as_ref().map_or(0, |s| s.len);
+        let need = len + t;
+        let fits = match slot.as_ref() {
+            Some(s) => s.k.dim(2)? >= need && std::sync::Arc::strong_count(&s.owner) == 1,
+            None => false,
+        };
+        if !fits {
+            // Growth by half plus a margin keeps appends amortised O(1) per token.
+            let cap = need + need / 2 + 64;
+            let nk = Tensor::zeros((b, h, cap, d), k.dtype(), k.device())?;
+            let nv = Tensor::zeros((b, h, cap, d), v.dtype(), v.device())?;
+            if let Some(s) = slot.as_ref().filter(|s| s.len > 0) {
+                nk.slice_set(&s.k.narrow(2, 0, s.len)?.contiguous()?, 2, 0)?;
+                nv.slice_set(&s.v.narrow(2, 0, s.len)?.contiguous()?, 2, 0)?;
+            }
+            *slot = Some(LayerKv {
+                k: nk,
+                v: nv,
+                len,
+                owner: std::sync::Arc::new(()),
+            });
+        }
+        let s = slot
+            .as_mut()
+            .ok_or_else(|| ModelError::Unsupported("kv cache slot left empty".into()))?;
+        s.k.slice_set(&k.contiguous()?, 2, s.len)?;
+        s.v.slice_set(&v.contiguous()?, 2, s.len)?;
+        s.len = need;
+        Ok((s.k.narrow(2, 0, need)?, s.v.narrow(2, 0, need)?))
+    }
 }
 
 impl KvCache {
@@ -122,13 +170,15 @@ impl KvCache {
     /// Keeps only the rows in `rows` (in that order), e.g. to drop finished sequences.
     pub fn select_rows(&mut self, rows: &[u32]) -> Result<()> {
         let dev = match self.layers.iter().flatten().next() {
-            Some((k, _)) => k.device().clone(),
+            Some(l) => l.k.device().clone(),
             None => Device::Cpu,
         };
         let idx = Tensor::new(rows, &dev)?;
-        for (k, v) in self.layers.iter_mut().flatten() {
-            *k = k.index_select(&idx, 0)?;
-            *v = v.index_select(&idx, 0)?;
+        for l in self.layers.iter_mut().flatten() {
+            // New buffers: clones of the cache keep theirs.
+            l.k = l.k.index_select(&idx, 0)?;
+            l.v = l.v.index_select(&idx, 0)?;
+            l.owner = std::sync::Arc::new(());
         }
         self.key_positions = rows
             .iter()
@@ -361,7 +411,8 @@ impl Transformer {
     }
 
     /// Turns the weights whose HF name satisfies `trainable` into `Var`s (returned with their names);
-    /// the others stay frozen tensors.
+    /// the others stay frozen tensors. Base weights only: LoRA adapters come with their `Var`s from
+    /// [`Transformer::add_lora`] / [`Transformer::apply_peft`].
     pub fn make_trainable(
         &mut self,
         trainable: impl Fn(&str) -> bool,
@@ -479,13 +530,13 @@ impl Transformer {
             )?;
             let gate = layer.mlp.gate_proj.forward(&hs)?;
             let up = layer.mlp.up_proj.forward(&hs)?;
-            let mlp = layer.mlp.down_proj.forward(&(gate.silu()? * up)?)?;
+            let mlp = layer.mlp.down_proj.forward(&ops::silu_mul(&gate, &up)?)?;
             x = (residual + mlp)?;
         }
         if let Some(c) = cache {
             c.key_positions = keys;
         }
-        Ok(ops::rms_norm(&x, &self.norm, self.config.rms_norm_eps)?)
+        ops::rms_norm(&x, &self.norm, self.config.rms_norm_eps)
     }
 
     /// Logits [.., vocab] for hidden states [.., H].
@@ -583,7 +634,7 @@ impl Transformer {
         cos: &Tensor,
         sin: &Tensor,
         mask: &Tensor,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        cache: Option<&mut Option<LayerKv>>,
     ) -> Result<Tensor> {
         let c = &self.config;
         let (b, t, _) = x.dims3()?;
@@ -609,14 +660,7 @@ impl Transformer {
         let v = v.contiguous()?;
         let (k, v) = match cache {
             None => (k, v),
-            Some(slot) => {
-                let (k, v) = match slot.take() {
-                    None => (k, v),
-                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-                };
-                *slot = Some((k.clone(), v.clone()));
-                (k, v)
-            }
+            Some(slot) => LayerKv::append(slot, &k, &v)?,
         };
         let s = k.dim(2)?;
         // Query heads grouped by their KV head: [B, nkv, rep*T, hd] against keys [B, nkv, S, hd],

@@ -195,7 +195,8 @@ per_type!(f32, f16, q8_0, q4_0, q4_1, q4_k, q5_k, q6_k);
 /// that mis-read the blocks, ignored a scale or rounded through another type could not pass.
 #[test]
 fn fixtures_discriminate_between_types() {
-    let mut by_base: BTreeMap<String, Vec<(&str, Vec<Vec<Vec<f64>>>)>> = BTreeMap::new();
+    type Logits = Vec<Vec<Vec<f64>>>;
+    let mut by_base: BTreeMap<String, Vec<(&str, Logits)>> = BTreeMap::new();
     for ty in TYPES {
         let fx = fixture(ty);
         let base = fx["base"].as_str().unwrap().to_string();

@@ -561,3 +561,21 @@ fn gguf_errors_name_the_key_or_value() {
     let err = Tokenizer::from_gguf(&c, path).unwrap_err().to_string();
     assert!(err.contains("tokenizer.ggml.tokens"), "{err}");
 }
+
+#[test]
+fn char_level_tokenizer_round_trips_and_saves() {
+    use tempering_model::Tokenizer;
+    let tok = Tokenizer::char_level("0123456789+-*/()=: \nAnswerMakfom".chars()).unwrap();
+    let text = "Make 24 from: 2 3 4\n3*4=12\nAnswer: 3*4*2";
+    let ids = tok.encode(text, false).unwrap();
+    assert_eq!(ids.len(), text.chars().count());
+    assert_eq!(tok.decode(&ids, false).unwrap(), text);
+    assert_eq!(tok.eos_token().map(|e| e.0), Some(1));
+    assert_eq!(tok.stop_token_ids()[0], 1);
+    assert_eq!(tok.unknown_chars("Make €5 é"), vec!['é', '€']);
+    let dir = tempfile::tempdir().unwrap();
+    tok.save_hf(dir.path()).unwrap();
+    let back = Tokenizer::from_file(&dir.path().join("tokenizer.json")).unwrap();
+    assert_eq!(back.encode(text, false).unwrap(), ids);
+    assert_eq!(back.decode(&ids, false).unwrap(), text);
+}

@@ -16,6 +16,7 @@ pub mod optim;
 pub mod rng;
 pub mod schedule;
 pub mod sft;
+pub mod tiny;
 pub mod trainer;
 
 pub use config::SftConfig;

@@ -37,19 +37,16 @@ pub struct Schedule {
 
 impl Schedule {
     /// The learning rate of optimiser step `step` (0-based). Warm-up rises linearly to `lr` at step
-    /// `warmup_steps - 1` (so the first step already moves; HF starts at 0), then the decay runs from
-    /// `lr` to `lr * min_lr_ratio` at the last step.
+    /// `warmup_steps - 1` (so the first step already moves; HF starts at 0); then the decay follows
+    /// HF's curves, with progress `(step - warmup) / (total - warmup)`, so the last step's rate is
+    /// still above the floor `lr * min_lr_ratio`, which the curve reaches one step after the end.
     pub fn lr_at(&self, step: usize) -> f64 {
         if step < self.warmup_steps {
             return self.lr * (step + 1) as f64 / self.warmup_steps as f64;
         }
         let min = self.lr * self.min_lr_ratio;
-        let decay_steps = self.total_steps.saturating_sub(self.warmup_steps);
-        let progress = if decay_steps <= 1 {
-            0.0
-        } else {
-            ((step - self.warmup_steps) as f64 / (decay_steps - 1) as f64).min(1.0)
-        };
+        let decay_steps = self.total_steps.saturating_sub(self.warmup_steps).max(1);
+        let progress = ((step - self.warmup_steps) as f64 / decay_steps as f64).min(1.0);
         match self.kind {
             ScheduleKind::Constant => self.lr,
             ScheduleKind::Linear => min + (self.lr - min) * (1.0 - progress),
@@ -89,19 +86,15 @@ mod tests {
     }
 
     #[test]
-    fn decays_end_at_the_floor_and_constant_stays() {
+    fn decays_follow_hf_curves_and_constant_stays() {
         assert_eq!(s(ScheduleKind::Constant).lr_at(13), 1.0);
-        assert!((s(ScheduleKind::Linear).lr_at(13) - 0.1).abs() < 1e-12);
-        assert!((s(ScheduleKind::Cosine).lr_at(13) - 0.1).abs() < 1e-12);
-        // Linear: halfway through the decay, halfway between peak and floor.
-        let lin = s(ScheduleKind::Linear);
-        assert!((lin.lr_at(4 + 9 / 2) - (0.1 + 0.9 * (1.0 - 4.0 / 9.0))).abs() < 1e-12);
-        // Cosine at its midpoint: the mean of peak and floor.
-        let cos = Schedule {
-            total_steps: 15,
-            ..s(ScheduleKind::Cosine)
-        };
-        assert!((cos.lr_at(4 + 5) - 0.55).abs() < 1e-12);
+        // 10 decay steps: the last (step 13) is 9/10 of the way down.
+        assert!((s(ScheduleKind::Linear).lr_at(13) - (0.1 + 0.9 * 0.1)).abs() < 1e-12);
+        assert!((s(ScheduleKind::Linear).lr_at(14) - 0.1).abs() < 1e-12);
+        let half_cos = 0.5 * (1.0 + (std::f64::consts::PI * 0.9).cos());
+        assert!((s(ScheduleKind::Cosine).lr_at(13) - (0.1 + 0.9 * half_cos)).abs() < 1e-12);
+        // Cosine halfway through the decay: the mean of peak and floor.
+        assert!((s(ScheduleKind::Cosine).lr_at(4 + 5) - 0.55).abs() < 1e-12);
         // Monotone non-increasing after warm-up.
         for kind in [ScheduleKind::Linear, ScheduleKind::Cosine] {
             let sc = s(kind);

@@ -279,6 +279,8 @@ impl Trainer {
                 return Err(TrainError::NonFinite { step, value: loss });
             }
 
+            let backward_s = started.elapsed().as_secs_f64();
+
             // The gradient of the mean loss, clipped by its global norm, then one AdamW step.
             let mut sq = 0.0;
             for g in grads.iter().flatten() {
@@ -316,6 +318,8 @@ impl Trainer {
             rec.insert("tokens".into(), json!(tokens));
             rec.insert("tokens_per_s".into(), json!(tokens as f64 / secs));
             rec.insert("step_s".into(), json!(secs));
+            rec.insert("forward_backward_s".into(), json!(backward_s));
+            rec.insert("optimizer_s".into(), json!(secs - backward_s));
             for (k, v) in &metric_sums {
                 rec.insert(k.clone(), json!(v / weight));
             }

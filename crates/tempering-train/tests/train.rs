@@ -481,11 +481,11 @@ fn bad_data_and_config_fail_clearly() {
     );
     let e = load("empty.jsonl", "\n");
     assert!(e.contains("empty"), "{e}");
-    let e = load(
-        "long.jsonl",
+    std::fs::write(
+        dir.path().join("long.jsonl"),
         "{\"prompt\": \"aaaaaaaaaaaaaaaaaaaa\", \"completion\": \"b\"}\n",
-    );
-    let _ = e;
+    )
+    .unwrap();
     let short = SftDataOptions {
         max_length: 4,
         ..Default::default()

@@ -9,7 +9,7 @@ use clap::Args;
 use tempering_generate::{render_chat, Backend, GenEvent, GenRequest};
 use tempering_model::ChatMessage;
 
-use crate::commands::generate::{load_engine, SamplingArgs};
+use crate::commands::generate::{check_flags, load_engine, SamplingArgs};
 use crate::commands::model::DeviceArgs;
 
 #[derive(Args)]
@@ -29,7 +29,7 @@ const HELP: &str = "commands: /reset (forget the conversation), /system TEXT (se
 
 pub fn chat(a: ChatArgs) -> Result<()> {
     let mut params = a.sampling.params();
-    params.validate(0).context("invalid sampling flags")?;
+    check_flags(&params)?;
     let (engine, template) = load_engine(&a.model, &a.device, 1)?;
     let template =
         template.with_context(|| format!("{}: chat needs a chat template", a.model.display()))?;

@@ -12,7 +12,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 use tempering_generate::{
-    render_chat, Backend, Completion, EngineOptions, GenEvent, GenRequest, LocalEngine,
+    render_chat, Backend, Completion, EngineOptions, GenError, GenEvent, GenRequest, LocalEngine,
     SamplingParams,
 };
 use tempering_model::{ChatMessage, ChatTemplate, ModelFiles};
@@ -27,7 +27,7 @@ pub struct SamplingArgs {
     #[arg(long, default_value_t = 256)]
     pub max_new_tokens: usize,
     /// Sampling temperature; 0 is greedy.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_hyphen_values = true)]
     pub temperature: f32,
     /// Keep only the k most likely tokens (0: all).
     #[arg(long, default_value_t = 0)]
@@ -96,6 +96,22 @@ pub struct GenerateArgs {
     pub batch_rows: usize,
     #[command(flatten)]
     pub device: DeviceArgs,
+}
+
+/// The sampling flags' ranges, checked before the (slow) model load, named as flags.
+pub fn check_flags(params: &SamplingParams) -> Result<()> {
+    match params.validate(0) {
+        Err(GenError::InvalidParam {
+            field,
+            got,
+            expected,
+            ..
+        }) => bail!(
+            "--{}: got {got}, expected {expected}",
+            field.replace('_', "-")
+        ),
+        other => Ok(other?),
+    }
 }
 
 /// The engine for a model path, with its chat template.
@@ -171,7 +187,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     params.logprobs = a.logprobs;
     params.top_logprobs = a.top_logprobs;
     // Check the flags before the (slow) model load.
-    params.validate(0).context("invalid sampling flags")?;
+    check_flags(&params)?;
     if a.n == 0 {
         bail!("--n: expected at least 1");
     }
@@ -210,14 +226,14 @@ fn single(
             "prompt_tokens": ids,
             "completions": out.iter().map(completion_json).collect::<Vec<_>>(),
         });
-        println!("{}", serde_json::to_string(&v)?);
+        writeln!(stdout, "{}", serde_json::to_string(&v)?)?;
     } else if stream {
-        println!();
+        writeln!(stdout)?;
         eprintln!("[finish: {}]", out[0].finish_reason.as_str());
     } else {
         for (j, c) in out.iter().enumerate() {
-            println!("--- sample {j} ({}) ---", c.finish_reason.as_str());
-            println!("{}", c.text);
+            writeln!(stdout, "--- sample {j} ({}) ---", c.finish_reason.as_str())?;
+            writeln!(stdout, "{}", c.text)?;
         }
     }
     Ok(())
@@ -225,6 +241,7 @@ fn single(
 
 /// One input line, read.
 struct Line {
+    number: usize,
     record: Value,
     ids: Vec<u32>,
 }
@@ -257,7 +274,11 @@ fn read_lines(
             None => None,
         };
         let ids = prompt_ids(engine, template, text, messages, chat).with_context(at)?;
-        lines.push(Line { record, ids });
+        lines.push(Line {
+            number: i + 1,
+            record,
+            ids,
+        });
     }
     Ok(lines)
 }
@@ -283,6 +304,18 @@ fn file(
             GenRequest::new(l.ids.clone(), a.n, p)
         })
         .collect();
+    // Every line is checked before any compute, and a bad one is named by its line number.
+    let (context, vocab) = (
+        engine.model().config.max_position_embeddings,
+        engine.model().config.vocab_size,
+    );
+    for (r, l) in reqs.iter().zip(&lines) {
+        r.validate(0, context, vocab).map_err(|e| {
+            let msg = e.to_string();
+            let msg = msg.strip_prefix("request 0: ").unwrap_or(&msg).to_string();
+            anyhow::anyhow!("{} line {}: {msg}", input.display(), l.number)
+        })?;
+    }
     let mut out = File::create(output).with_context(|| format!("creating {}", output.display()))?;
     let bar = ProgressBar::new(reqs.len() as u64);
     bar.set_style(

@@ -2,4 +2,5 @@ pub mod chat;
 pub mod generate;
 pub mod merge;
 pub mod model;
+pub mod sft;
 pub mod tasks;

@@ -194,6 +194,77 @@ impl Tokenizer {
         })
     }
 
+    /// A character-level tokenizer over `chars` (one token per character, in sorted order after the
+    /// specials `<pad>` = 0, `<eos>` = 1, `<unk>` = 2), for small models trained from scratch on a task
+    /// with a small alphabet. It saves as an ordinary `tokenizer.json` that HF loads.
+    pub fn char_level(chars: impl IntoIterator<Item = char>) -> Result<Self> {
+        let mut chars: Vec<char> = chars.into_iter().collect();
+        chars.sort_unstable();
+        chars.dedup();
+        let specials = ["<pad>", "<eos>", "<unk>"];
+        let mut vocab = serde_json::Map::new();
+        for (i, s) in specials.iter().enumerate() {
+            vocab.insert(s.to_string(), Json::from(i));
+        }
+        for c in &chars {
+            let id = vocab.len();
+            vocab.entry(c.to_string()).or_insert(Json::from(id));
+        }
+        let added: Vec<Json> = specials
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                serde_json::json!({"id": i, "content": s, "single_word": false, "lstrip": false,
+                    "rstrip": false, "normalized": false, "special": true})
+            })
+            .collect();
+        let doc = serde_json::json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": added,
+            "normalizer": null,
+            "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "[\\s\\S]"},
+                "behavior": "Isolated", "invert": false},
+            "post_processor": null,
+            "decoder": {"type": "Fuse"},
+            "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"},
+        });
+        let inner = tokenizers::Tokenizer::from_bytes(doc.to_string().as_bytes())
+            .map_err(|e| ModelError::Tokenizer(format!("building a character tokenizer: {e}")))?;
+        let style = piece_style(inner.get_decoder());
+        let kind = format!(
+            "character-level, {} tokens ({} characters + <pad> <eos> <unk>)",
+            inner.get_vocab_size(true),
+            chars.len()
+        );
+        Ok(Tokenizer {
+            inner,
+            bos: None,
+            eos: Some((1, "<eos>".into())),
+            pad: Some((0, "<pad>".into())),
+            add_bos: false,
+            add_eos: false,
+            kind,
+            style,
+        })
+    }
+
+    /// The characters of `text` this tokenizer cannot represent (maps to `<unk>`), if any.
+    pub fn unknown_chars(&self, text: &str) -> Vec<char> {
+        let unk = self.inner.token_to_id("<unk>");
+        let mut out: Vec<char> = text
+            .chars()
+            .filter(|c| {
+                let ids = self.encode(&c.to_string(), false).unwrap_or_default();
+                ids.is_empty() || (unk.is_some() && ids.iter().any(|i| Some(*i) == unk))
+            })
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
     /// Token ids of `text`. Special-token text inside it is read as the special token; with
     /// `add_special_tokens`, BOS (and EOS) are added where the model's rules say so.
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
