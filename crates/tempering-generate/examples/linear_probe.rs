@@ -1,5 +1,8 @@
-//! Probe (for the profile in scripts/bench/generate.sh's notes): time of the frozen linear op at decode
-//! shapes against alternatives, to show where decode time goes. Usage: cargo run --example linear_probe
+//! Profile probe: time of the frozen linear op (`ops::linear_frozen`, candle gemm) at SmolLM2's
+//! decode shapes against two alternatives, to show where decode time goes: `perf` puts most of a
+//! decode step in gemm's operand packing, which copies the whole weight on every call when `M` is
+//! small. Usage: cargo run --example linear_probe
+
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};

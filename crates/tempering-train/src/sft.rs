@@ -277,9 +277,10 @@ pub fn pack(mut seqs: Vec<SftSequence>, max_len: usize) -> Vec<SftSequence> {
 /// head (the prompt's and padding's logits are never computed), and log-probabilities come from the
 /// fused op that never materialises a full log-softmax.
 pub struct SftObjective {
+    /// The model as trained: LoRA dropout on.
+    train_model: Transformer,
+    /// The same weights with LoRA dropout off, for evaluation and saving.
     model: Transformer,
-    /// The same weights with LoRA dropout off, for evaluation.
-    eval_model: Transformer,
     dropout: Option<DropoutRng>,
     pad_id: u32,
 }
@@ -287,22 +288,22 @@ pub struct SftObjective {
 impl SftObjective {
     /// `model` must already carry its trainable `Var`s (full fine-tuning or LoRA).
     pub fn new(model: Transformer, pad_id: u32) -> Self {
-        let eval_model = model.clone();
-        let mut model = model;
+        let mut train_model = model.clone();
         let dropout = model.has_lora().then(|| DropoutRng::new(0));
         if let Some(rng) = &dropout {
-            model.set_lora_dropout(Some(rng.clone()));
+            train_model.set_lora_dropout(Some(rng.clone()));
         }
         SftObjective {
+            train_model,
             model,
-            eval_model,
             dropout,
             pad_id,
         }
     }
 
+    /// The trained model with dropout off (what to save or evaluate).
     pub fn model(&self) -> &Transformer {
-        &self.eval_model
+        &self.model
     }
 }
 
@@ -320,9 +321,9 @@ impl Objective for SftObjective {
                 if let Some(rng) = &self.dropout {
                     rng.set_state(ctx.rng.next_u64());
                 }
-                &self.model
+                &self.train_model
             }
-            Mode::Eval => &self.eval_model,
+            Mode::Eval => &self.model,
         };
         let device = model.device().clone();
         let t = batch.iter().map(|s| s.len()).max().unwrap_or(0);

@@ -336,7 +336,7 @@ impl Trainer {
             // Evaluate and checkpoint when due (and always at the end).
             let done = self.state.step == total;
             if let Some(eval) = eval {
-                if done || (c.eval_every > 0 && self.state.step % c.eval_every == 0) {
+                if done || (c.eval_every > 0 && self.state.step.is_multiple_of(c.eval_every)) {
                     let (eval_loss, eval_metrics) = self.evaluate(objective, eval)?;
                     let mut rec = Map::new();
                     rec.insert("step".into(), json!(self.state.step));
@@ -348,7 +348,7 @@ impl Trainer {
                     last_eval = Some(eval_loss);
                 }
             }
-            if done || (c.save_every > 0 && self.state.step % c.save_every == 0) {
+            if done || (c.save_every > 0 && self.state.step.is_multiple_of(c.save_every)) {
                 checkpoint::save(&self.run_dir, &self.state, &self.opt, c.keep_checkpoints)?;
                 saved_at = Some(self.state.step);
             }

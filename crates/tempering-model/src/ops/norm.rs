@@ -73,7 +73,8 @@ impl CustomOp2 for RmsNorm {
         let packed = x.apply_op3_no_bwd(w, &g.contiguous()?, &RmsNormBwd { eps: self.eps })?;
         let dx = packed.narrow(0, 0, rows)?.reshape(x.shape())?;
         let dw = packed.narrow(0, rows, 1)?.reshape(w.shape())?;
-        Ok((Some(dx), Some(dw)))
+        // A frozen weight gets no gradient entry (it would only cost memory and confuse callers).
+        Ok((Some(dx), Some(dw).filter(|_| w.track_op())))
     }
 }
 

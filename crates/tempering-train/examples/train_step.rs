@@ -1,6 +1,6 @@
 //! Where a training step's time goes on SmolLM2-135M (batch 4 x 128, f32): forward, backward and
 //! the optimiser, timed separately for full fine-tuning and LoRA r=8 on q,v. Skips when the model
-//! file is absent. `cargo bench -p tempering-train --bench train_step`
+//! file is absent. `cargo run -p tempering-train --example train_step` (dev profile, optimised)
 
 use std::time::Instant;
 
