@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # SmolLM2-135M prefill, batch 8 x 128 tokens, f32, 2 threads: Tempering and PyTorch/transformers on
 # the same machine in one go; prints both and the ratio (ours / PyTorch, higher is better).
-# Needs a Python with torch + transformers + gguf: PYTHON=/path/to/venv/bin/python (see
+# Builds with the (optimised) dev profile. Needs a Python with torch + transformers + gguf: PYTHON=/path/to/venv/bin/python (see
 # scripts/reference/setup.sh).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -9,8 +9,8 @@ PY="${PYTHON:-python3}"
 GGUF="${TEMPER_SMOLLM2:-models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf}"
 B="${BATCH:-8}"; T="${LEN:-128}"
 export RAYON_NUM_THREADS=2 OMP_NUM_THREADS=2
-cargo build --release -q -p tempering-model --example bench_prefill
-ours=$(target/release/examples/bench_prefill "$GGUF" --batch "$B" --len "$T")
+cargo build -q -p tempering-model --example bench_prefill
+ours=$(target/debug/examples/bench_prefill "$GGUF" --batch "$B" --len "$T")
 theirs=$("$PY" scripts/bench/prefill_torch.py "$GGUF" --batch "$B" --len "$T" 2>/dev/null)
 echo "$ours"
 echo "$theirs"

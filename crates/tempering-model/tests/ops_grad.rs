@@ -410,3 +410,33 @@ fn parallel_and_serial_paths_agree() -> Result<()> {
     assert_eq!(run()?, run()?);
     Ok(())
 }
+
+#[test]
+fn linear_frozen_small_batch_kernel_matches_matmul() {
+    use candle_core::{Device, Tensor};
+    for (m, k, n) in [
+        (1usize, 576usize, 1536usize),
+        (3, 33, 70),
+        (8, 576, 129),
+        (16, 64, 64),
+        (17, 64, 64),
+    ] {
+        let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
+        let want = x.matmul(&w.t().unwrap()).unwrap();
+        let got = tempering_model::ops::linear_frozen(&x, &w).unwrap();
+        let d = (want - &got)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap();
+        let d = d.to_scalar::<f32>().unwrap();
+        assert!(
+            d < 1e-3 * (k as f32).sqrt(),
+            "m={m} k={k} n={n}: max diff {d}"
+        );
+    }
+}

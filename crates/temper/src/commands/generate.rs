@@ -332,7 +332,7 @@ fn file(
             .generate_with(chunk, &mut |ev| {
                 if let GenEvent::Token { .. } = ev {
                     new_tokens += 1;
-                    if new_tokens % 16 == 0 {
+                    if new_tokens.is_multiple_of(16) {
                         let rate = new_tokens as f64 / start.elapsed().as_secs_f64();
                         bar.set_message(format!("{new_tokens} tokens, {rate:.1} tok/s"));
                     }

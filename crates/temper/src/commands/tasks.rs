@@ -236,8 +236,7 @@ fn train_tiny_cmd(a: TrainTinyArgs) -> Result<()> {
     .with_context(|| format!("writing {}", a.output.display()))?;
     let trained_s = start.elapsed().as_secs_f64();
     println!(
-        "trained {} ({} parameters) on {} level {} for {} steps in {:.0} s; final loss {:.4}; saved to {}",
-        "tiny decoder",
+        "trained tiny decoder ({} parameters) on {} level {} for {} steps in {:.0} s; final loss {:.4}; saved to {}",
         tiny.model.config.num_parameters(),
         task.name(),
         opts.level,

@@ -12,6 +12,81 @@ pub(super) fn linear_frozen(x: &Tensor, w: &Tensor) -> crate::Result<Tensor> {
 
 struct LinearFrozen;
 
+/// Up to this many rows (decode steps, small batches), a kernel that streams each weight row once
+/// beats gemm, which repacks the whole weight on every call.
+const SMALL_M: usize = 16;
+
+/// `x [m, k] @ w[n, k]^T` for small `m`: each weight row is read once and dotted with every row of
+/// `x`; parallel over blocks of weight rows, each output summed in a fixed order (deterministic
+/// whatever the thread count).
+fn small_m_matmul(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+    use rayon::prelude::*;
+    const BLOCK: usize = 64;
+    let mut out_t = vec![0f32; n * m];
+    out_t
+        .par_chunks_mut(BLOCK * m)
+        .enumerate()
+        .for_each(|(bi, chunk)| {
+            let n0 = bi * BLOCK;
+            for (j, row_out) in chunk.chunks_mut(m).enumerate() {
+                let wr = &w[(n0 + j) * k..(n0 + j + 1) * k];
+                for (i, o) in row_out.iter_mut().enumerate() {
+                    *o = dot(&x[i * k..(i + 1) * k], wr);
+                }
+            }
+        });
+    if m == 1 {
+        return out_t;
+    }
+    let mut out = vec![0f32; m * n];
+    for j in 0..n {
+        for i in 0..m {
+            out[i * n + j] = out_t[j * m + i];
+        }
+    }
+    out
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU supports the features the function is compiled for.
+            return unsafe { dot_avx2(a, b) };
+        }
+    }
+    dot_portable(a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    dot_portable(a, b)
+}
+
+/// 16 independent lanes so the compiler vectorises (and fuses, with FMA enabled).
+#[inline(always)]
+fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
+    let len = a.len().min(b.len());
+    let chunks = len / 16;
+    let mut acc = [0f32; 16];
+    for c in 0..chunks {
+        let (pa, pb) = (&a[c * 16..c * 16 + 16], &b[c * 16..c * 16 + 16]);
+        for l in 0..16 {
+            acc[l] = pa[l].mul_add(pb[l], acc[l]);
+        }
+    }
+    let mut s = 0f32;
+    for v in acc {
+        s += v;
+    }
+    for i in chunks * 16..len {
+        s = a[i].mul_add(b[i], s);
+    }
+    s
+}
+
 /// One gemm of `[M, K]` by the transposed view of `[N, K]`, exactly as `Tensor::matmul` sets it up.
 fn fwd<S: BackendStorage>(
     xs: &S,
@@ -41,6 +116,18 @@ impl CustomOp2 for LinearFrozen {
         ws: &CpuStorage,
         wl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        if let (CpuStorage::F32(x), CpuStorage::F32(w)) = (xs, ws) {
+            let (m, k) = xl.shape().dims2()?;
+            let (n, k2) = wl.shape().dims2()?;
+            if m <= SMALL_M && k == k2 {
+                if let (Some((xa, xb)), Some((wa, wb))) =
+                    (xl.contiguous_offsets(), wl.contiguous_offsets())
+                {
+                    let y = small_m_matmul(&x[xa..xb], &w[wa..wb], m, n, k);
+                    return Ok((CpuStorage::F32(y), Shape::from((m, n))));
+                }
+            }
+        }
         fwd(xs, xl, ws, wl)
     }
 
