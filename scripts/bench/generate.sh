@@ -8,6 +8,8 @@
 # Usage: scripts/bench/generate.sh [BATCHES] [NEW_TOKENS]     e.g. scripts/bench/generate.sh "1 8 32" 64
 # Env:   TEMPER_SMOLLM2 (GGUF path), PYTHON (default /work/pyref/venv/bin/python)
 set -euo pipefail
+# The allocator settings `temper` applies itself (see crates/temper/src/main.rs).
+export MIMALLOC_PURGE_DELAY=-1 MIMALLOC_ARENA_EAGER_COMMIT=1
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$ROOT"
 BATCHES="${1:-1 8 32}"

@@ -9,6 +9,8 @@ PY="${PYTHON:-python3}"
 GGUF="${TEMPER_SMOLLM2:-models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf}"
 B="${BATCH:-8}"; T="${LEN:-128}"
 export RAYON_NUM_THREADS=2 OMP_NUM_THREADS=2
+# The allocator settings `temper` applies itself (see crates/temper/src/main.rs).
+export MIMALLOC_PURGE_DELAY=-1 MIMALLOC_ARENA_EAGER_COMMIT=1
 cargo build -q -p tempering-model --example bench_prefill
 ours=$(target/debug/examples/bench_prefill "$GGUF" --batch "$B" --len "$T")
 theirs=$("$PY" scripts/bench/prefill_torch.py "$GGUF" --batch "$B" --len "$T" 2>/dev/null)

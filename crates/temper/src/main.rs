@@ -42,7 +42,30 @@ enum Command {
     Sft(Box<commands::sft::SftArgs>),
 }
 
+// mimalloc's C API (linked through the `mimalloc` crate): option numbers from its mimalloc.h.
+extern "C" {
+    fn mi_option_set(option: std::os::raw::c_int, value: std::os::raw::c_long);
+}
+const MI_OPTION_ARENA_EAGER_COMMIT: std::os::raw::c_int = 4;
+const MI_OPTION_PURGE_DELAY: std::os::raw::c_int = 15;
+
+/// Candle allocates a fresh buffer for every op; letting mimalloc keep freed memory (no purge) and
+/// commit arenas eagerly stops the kernel from zeroing new pages over and over (measured: a training
+/// step's forward and backward went from about 5 s to 3.3 s). Environment variables still win.
+fn tune_allocator() {
+    for (var, option, value) in [
+        ("MIMALLOC_PURGE_DELAY", MI_OPTION_PURGE_DELAY, -1),
+        ("MIMALLOC_ARENA_EAGER_COMMIT", MI_OPTION_ARENA_EAGER_COMMIT, 1),
+    ] {
+        if std::env::var_os(var).is_none() {
+            // SAFETY: mi_option_set only stores an integer in mimalloc's option table.
+            unsafe { mi_option_set(option, value) };
+        }
+    }
+}
+
 fn main() {
+    tune_allocator();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TEMPER_LOG")

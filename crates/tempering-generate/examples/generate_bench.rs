@@ -13,6 +13,10 @@ use tempering_generate::{
 };
 use tempering_model::ModelFiles;
 
+// The same allocator as the `temper` binary: candle allocates a buffer per op.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn peak_rss_mib() -> Option<f64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;

@@ -418,8 +418,10 @@ fn linear_frozen_small_batch_kernel_matches_matmul() {
         (1usize, 576usize, 1536usize),
         (3, 33, 70),
         (8, 576, 129),
+        (2, 33, 70),
         (16, 64, 64),
-        (17, 64, 64),
+        (64, 64, 64),
+        (65, 64, 64),
     ] {
         let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
         let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
