@@ -55,7 +55,11 @@ const MI_OPTION_PURGE_DELAY: std::os::raw::c_int = 15;
 fn tune_allocator() {
     for (var, option, value) in [
         ("MIMALLOC_PURGE_DELAY", MI_OPTION_PURGE_DELAY, -1),
-        ("MIMALLOC_ARENA_EAGER_COMMIT", MI_OPTION_ARENA_EAGER_COMMIT, 1),
+        (
+            "MIMALLOC_ARENA_EAGER_COMMIT",
+            MI_OPTION_ARENA_EAGER_COMMIT,
+            1,
+        ),
     ] {
         if std::env::var_os(var).is_none() {
             // SAFETY: mi_option_set only stores an integer in mimalloc's option table.

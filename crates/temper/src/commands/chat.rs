@@ -16,6 +16,9 @@ use crate::commands::model::DeviceArgs;
 pub struct ChatArgs {
     /// An HF model directory or a GGUF file (with a chat template).
     pub model: PathBuf,
+    /// A PEFT LoRA adapter directory to run on top of the model.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     /// A system message to start the conversation with.
     #[arg(long)]
     pub system: Option<String>,
@@ -30,7 +33,7 @@ const HELP: &str = "commands: /reset (forget the conversation), /system TEXT (se
 pub fn chat(a: ChatArgs) -> Result<()> {
     let mut params = a.sampling.params();
     check_flags(&params)?;
-    let (engine, template) = load_engine(&a.model, &a.device, 1)?;
+    let (engine, template) = load_engine(&a.model, a.adapter.as_deref(), &a.device, 1)?;
     let template =
         template.with_context(|| format!("{}: chat needs a chat template", a.model.display()))?;
     let context = engine.model().config.max_position_embeddings;

@@ -65,6 +65,9 @@ impl SamplingArgs {
 pub struct GenerateArgs {
     /// An HF model directory or a GGUF file.
     pub model: PathBuf,
+    /// A PEFT LoRA adapter directory to run on top of the model.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     /// The prompt to complete.
     #[arg(long, required_unless_present = "input", conflicts_with = "input")]
     pub prompt: Option<String>,
@@ -117,6 +120,7 @@ pub fn check_flags(params: &SamplingParams) -> Result<()> {
 /// The engine for a model path, with its chat template.
 pub fn load_engine(
     model: &Path,
+    adapter: Option<&Path>,
     device: &DeviceArgs,
     batch_rows: usize,
 ) -> Result<(LocalEngine, Option<ChatTemplate>)> {
@@ -127,7 +131,12 @@ pub fn load_engine(
         .tokenizer
         .clone()
         .with_context(|| format!("{}: the model has no tokenizer", model.display()))?;
-    let transformer = files.transformer()?;
+    let mut transformer = files.transformer()?;
+    if let Some(dir) = adapter {
+        transformer
+            .apply_peft(dir)
+            .with_context(|| format!("--adapter {}", dir.display()))?;
+    }
     if batch_rows == 0 {
         bail!("--batch-rows: expected at least 1");
     }
@@ -191,7 +200,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     if a.n == 0 {
         bail!("--n: expected at least 1");
     }
-    let (engine, template) = load_engine(&a.model, &a.device, a.batch_rows)?;
+    let (engine, template) = load_engine(&a.model, a.adapter.as_deref(), &a.device, a.batch_rows)?;
     match (&a.prompt, &a.input, &a.output) {
         (Some(p), _, _) => single(&engine, template.as_ref(), &a, p, params),
         (None, Some(i), Some(o)) => file(&engine, template.as_ref(), &a, i, o, params),

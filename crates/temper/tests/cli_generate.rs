@@ -1,0 +1,152 @@
+//! `temper generate` end to end on SmolLM2: greedy output as transformers gives it, a JSONL file in
+//! and out with seeded sampling, and clear errors for bad flags.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+fn temper() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_temper"))
+}
+
+#[test]
+fn greedy_json_matches_the_transformers_fixture() {
+    let Some(smol) =
+        tempering_model::known::smollm2_or_skip("greedy_json_matches_the_transformers_fixture")
+    else {
+        return;
+    };
+    let fx: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            tempering_model::known::fixtures_dir().join("generate/smollm2_greedy.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let france = fx["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "capital_of_france")
+        .expect("fixture prompt");
+    let want: Vec<u64> = france["new_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect();
+    let out = temper()
+        .arg("generate")
+        .arg(&smol)
+        .args(["--prompt", "The capital of France is", "--temperature", "0"])
+        .args(["--max-new-tokens", "12", "--json", "--logprobs"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let c = &v["completions"][0];
+    let tokens: Vec<u64> = c["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect();
+    assert_eq!(tokens, want[..tokens.len()].to_vec());
+    assert_eq!(tokens.len(), 12);
+    assert_eq!(c["finish_reason"], "length");
+    assert!(c["text"].as_str().unwrap().starts_with(" Paris"), "{c}");
+    let lps = c["logprobs"].as_array().unwrap();
+    assert_eq!(lps.len(), 12);
+    assert!(lps.iter().all(|x| x.as_f64().unwrap() <= 0.0));
+}
+
+#[test]
+fn jsonl_in_and_out_with_seeded_samples() {
+    let Some(smol) =
+        tempering_model::known::smollm2_or_skip("jsonl_in_and_out_with_seeded_samples")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("prompts.jsonl");
+    std::fs::write(
+        &input,
+        "{\"prompt\": \"Once upon a time\"}\n{\"messages\": [{\"role\": \"user\", \"content\": \"Hi!\"}]}\n",
+    )
+    .unwrap();
+    let run = |name: &str| {
+        let output = dir.path().join(name);
+        let out = temper()
+            .arg("generate")
+            .arg(&smol)
+            .arg("--input")
+            .arg(&input)
+            .arg("--output")
+            .arg(&output)
+            .args([
+                "--n",
+                "2",
+                "--temperature",
+                "0.8",
+                "--top-p",
+                "0.9",
+                "--seed",
+                "7",
+            ])
+            .args(["--max-new-tokens", "8"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::read_to_string(&output).unwrap()
+    };
+    let a = run("a.jsonl");
+    let lines: Vec<Value> = a
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    for l in &lines {
+        assert_eq!(l["completions"].as_array().unwrap().len(), 2);
+    }
+    // Same seed, same samples.
+    assert_eq!(a, run("b.jsonl"));
+}
+
+#[test]
+fn bad_sampling_flags_are_clear_errors() {
+    let Some(smol) = tempering_model::known::smollm2_or_skip("bad_sampling_flags_are_clear_errors")
+    else {
+        return;
+    };
+    for (flag, value, needle) in [
+        ("--top-p", "1.5", "--top-p"),
+        ("--temperature", "-1", "--temperature"),
+    ] {
+        let out = temper()
+            .arg("generate")
+            .arg(&smol)
+            .args(["--prompt", "x"])
+            .arg(format!("{flag}={value}"))
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle) && !err.contains("panicked"), "{err}");
+    }
+    let out = temper()
+        .arg("generate")
+        .arg(&smol)
+        .args(["--prompt", ""])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+}
