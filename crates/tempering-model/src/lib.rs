@@ -13,6 +13,7 @@ pub mod known;
 pub mod loader;
 pub mod lora;
 pub mod ops;
+mod rng;
 pub mod tokenizer;
 pub mod transformer;
 pub mod weights;

@@ -19,6 +19,7 @@ use rayon::prelude::*;
 use serde_json::{json, Value};
 
 use crate::error::{ModelError, Result};
+use crate::rng::SplitMix64;
 use crate::transformer::{Layer, Linear, Transformer};
 use crate::weights::{write_atomic, Weights};
 
@@ -865,21 +866,4 @@ fn parse_adapter_config(v: &Value, path: &Path) -> Result<(LoraConfig, Option<St
         .validate()
         .map_err(|e| ModelError::format(path, e.to_string()))?;
     Ok((config, base))
-}
-
-/// A tiny deterministic generator (initialisation, dropout masks), stable across crate versions.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in (0, 1).
-    fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
 }
