@@ -150,3 +150,34 @@ fn bad_sampling_flags_are_clear_errors() {
     assert!(!out.status.success());
     assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
 }
+
+#[test]
+fn chat_keeps_the_conversation_and_takes_commands() {
+    use std::io::Write;
+    let Some(smol) = tempering_model::known::smollm2_or_skip("chat_keeps_the_conversation") else {
+        return;
+    };
+    let mut child = temper()
+        .arg("chat")
+        .arg(&smol)
+        .args(["--temperature", "0", "--max-new-tokens", "12"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            b"What is the capital of France?\n/system You answer in one word.\n/reset\nHi\n/quit\n",
+        )
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("Paris"), "{stdout}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
