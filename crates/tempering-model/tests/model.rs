@@ -245,3 +245,41 @@ fn truncated_real_gguf_names_the_tensor() {
     let e = open_err(&p);
     assert!(e.contains("cut.gguf") && e.contains("tensor"), "{e}");
 }
+
+#[test]
+fn f16_and_bf16_on_disk_load_as_their_rounded_values() {
+    let cfg = tiny_config(Architecture::Llama);
+    let model = Transformer::init_random(&cfg, 5, &Device::Cpu, DType::F32).unwrap();
+    let x = ids(&[&[1, 2, 3, 4, 5]]);
+    for dtype in [DType::F16, DType::BF16] {
+        let dir = tempfile::tempdir().unwrap();
+        save_hf_dir(dir.path(), &model, None, None, dtype).unwrap();
+        let info = tempering_model::ModelInfo::read(dir.path()).unwrap();
+        let want = if dtype == DType::F16 { "f16" } else { "bf16" };
+        assert!(info.stored.iter().all(|t| t.storage == want), "{dtype:?}");
+        let loaded = ModelFiles::open(dir.path(), DType::F32, &Device::Cpu)
+            .unwrap()
+            .transformer()
+            .unwrap();
+        // The same weights rounded through the dtype in memory give the same logits exactly.
+        let mut rounded = std::collections::HashMap::new();
+        for (n, t) in model.named_tensors() {
+            rounded.insert(n, t.to_dtype(dtype).unwrap().to_dtype(DType::F32).unwrap());
+        }
+        let rounded = Transformer::from_weights(
+            &cfg,
+            &tempering_model::Weights::new(rounded, "rounded".into()),
+        )
+        .unwrap();
+        let a = loaded.forward_causal(&x).unwrap();
+        assert_eq!(
+            max_abs_diff(&a, &rounded.forward_causal(&x).unwrap()),
+            0.0,
+            "{dtype:?}"
+        );
+        assert!(
+            max_abs_diff(&a, &model.forward_causal(&x).unwrap()) < 0.05,
+            "{dtype:?}"
+        );
+    }
+}
