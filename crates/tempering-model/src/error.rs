@@ -4,11 +4,11 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("{path}: {source}")]
+    // The io error is in the message, not a `source`, so that error chains print it once.
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: {msg}")]
     Format { path: PathBuf, msg: String },
@@ -36,7 +36,7 @@ impl ModelError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         ModelError::Io {
             path: path.into(),
-            source,
+            error: source,
         }
     }
     pub fn format(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {

@@ -48,11 +48,11 @@ pub enum TaskError {
     #[error("split check: {0}")]
     SplitCheck(String),
 
-    #[error("{path}: {source}")]
+    // The io error is in the message, not a `source`, so that error chains print it once.
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 
     #[error("{path}: the dataset is empty (no rows)")]
@@ -101,7 +101,7 @@ impl TaskError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         TaskError::Io {
             path: path.into(),
-            source,
+            error: source,
         }
     }
 

@@ -5,11 +5,11 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
-    #[error("{path}: {source}")]
+    // The io error is in the message, not a `source`, so that error chains print it once.
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 
     #[error("{path}: {msg}")]
@@ -69,7 +69,7 @@ impl TrainError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         TrainError::Io {
             path: path.into(),
-            source,
+            error: source,
         }
     }
     pub fn format(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
