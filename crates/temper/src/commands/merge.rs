@@ -10,6 +10,8 @@ use clap::Args;
 use tempering_model::loader::save_hf_dir;
 use tempering_model::ModelFiles;
 
+use crate::commands::model::{check_output_dir, disk_dtype};
+
 #[derive(Args)]
 pub struct MergeArgs {
     /// The base model: an HF directory or a GGUF file.
@@ -27,32 +29,15 @@ pub struct MergeArgs {
 }
 
 pub fn merge(a: MergeArgs) -> Result<()> {
-    let dtype = match a.dtype.as_str() {
-        "f32" => DType::F32,
-        "bf16" => DType::BF16,
-        "f16" => DType::F16,
-        other => bail!("--dtype {other}: expected f32, bf16 or f16"),
-    };
-    if a.output.exists() {
-        let same =
-            |p: &PathBuf| std::fs::canonicalize(p).ok() == std::fs::canonicalize(&a.output).ok();
-        if same(&a.base) || same(&a.adapter) {
-            bail!(
-                "{}: the output must differ from the base model and the adapter",
-                a.output.display()
-            );
-        }
-        let non_empty = std::fs::read_dir(&a.output)
-            .with_context(|| format!("reading {}", a.output.display()))?
-            .next()
-            .is_some();
-        if non_empty && !a.force {
-            bail!(
-                "{}: directory exists and is not empty (pass --force to write into it)",
-                a.output.display()
-            );
-        }
+    let dtype = disk_dtype(&a.dtype)?;
+    let same = |p: &PathBuf| std::fs::canonicalize(p).ok() == std::fs::canonicalize(&a.output).ok();
+    if a.output.exists() && (same(&a.base) || same(&a.adapter)) {
+        bail!(
+            "{}: the output must differ from the base model and the adapter",
+            a.output.display()
+        );
     }
+    check_output_dir(&a.output, a.force)?;
     // Merging runs in f32 whatever the stored dtype; `--dtype` only sets what is written.
     let files = ModelFiles::open(&a.base, DType::F32, &Device::Cpu)
         .with_context(|| format!("loading {}", a.base.display()))?;

@@ -229,25 +229,36 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn convert(a: ConvertArgs) -> Result<()> {
-    let dtype = match a.dtype.as_str() {
+/// The on-disk weight dtype named by `--dtype`.
+pub fn disk_dtype(name: &str) -> Result<DType> {
+    Ok(match name {
         "f32" => DType::F32,
         "bf16" => DType::BF16,
         "f16" => DType::F16,
         other => bail!("--dtype {other}: expected f32, bf16 or f16"),
-    };
-    if a.output.exists() {
-        let non_empty = std::fs::read_dir(&a.output)
-            .with_context(|| format!("reading {}", a.output.display()))?
+    })
+}
+
+/// Refuses to write a model into a non-empty directory unless `--force` was given.
+pub fn check_output_dir(out: &Path, force: bool) -> Result<()> {
+    if out.exists() {
+        let non_empty = std::fs::read_dir(out)
+            .with_context(|| format!("reading {}", out.display()))?
             .next()
             .is_some();
-        if non_empty && !a.force {
+        if non_empty && !force {
             bail!(
                 "{}: directory exists and is not empty (pass --force to write into it)",
-                a.output.display()
+                out.display()
             );
         }
     }
+    Ok(())
+}
+
+pub fn convert(a: ConvertArgs) -> Result<()> {
+    let dtype = disk_dtype(&a.dtype)?;
+    check_output_dir(&a.output, a.force)?;
     let files = ModelFiles::open(&a.input, DType::F32, &candle_core::Device::Cpu)
         .with_context(|| format!("reading {}", a.input.display()))?;
     let model = files.transformer()?;

@@ -1,19 +1,21 @@
 //! `temper tasks`: the built-in verifiable tasks: list them and write problem sets as JSONL.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device};
+use candle_core::DType;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use tempering_generate::{Backend, GenRequest, LocalEngine, SamplingParams};
+use tempering_generate::{Backend, EngineOptions, GenRequest, LocalEngine, SamplingParams};
 use tempering_model::loader::save_hf_dir;
-use tempering_model::ModelFiles;
 use tempering_tasks::{
     generate, records, task_by_name, write_jsonl, GenerateSpec, Problem, Split, Task,
 };
 use tempering_train::tiny::{train_tiny, TinyOptions};
+
+use crate::commands::generate::load_engine;
+use crate::commands::model::DeviceArgs;
 
 #[derive(Args)]
 pub struct TasksArgs {
@@ -262,7 +264,16 @@ fn train_tiny_cmd(a: TrainTinyArgs) -> Result<()> {
 fn eval_cmd(a: EvalTaskArgs) -> Result<()> {
     let task = task_by_name(&a.task)?;
     let level = a.level.unwrap_or(*task.levels().end());
-    let engine = load_engine(&a.model)?;
+    let device = DeviceArgs {
+        device: "cpu".into(),
+        dtype: None,
+    };
+    let (engine, _) = load_engine(
+        &a.model,
+        None,
+        &device,
+        EngineOptions::default().max_batch_rows,
+    )?;
     let problems = test_problems(task.as_ref(), level, a.n, a.seed)?;
     let start = Instant::now();
     let acc = greedy_accuracy(&engine, task.as_ref(), &problems, a.max_new_tokens)?;
@@ -276,14 +287,4 @@ fn eval_cmd(a: EvalTaskArgs) -> Result<()> {
         start.elapsed().as_secs_f64()
     );
     Ok(())
-}
-
-fn load_engine(path: &Path) -> Result<LocalEngine> {
-    let files = ModelFiles::open(path, DType::F32, &Device::Cpu)
-        .with_context(|| format!("loading {}", path.display()))?;
-    let tok = files
-        .tokenizer
-        .clone()
-        .with_context(|| format!("{}: the model has no tokenizer", path.display()))?;
-    Ok(LocalEngine::new(files.transformer()?, tok))
 }
