@@ -40,6 +40,20 @@ enum Command {
     Chat(commands::chat::ChatArgs),
     /// Supervised fine-tuning (full or LoRA) on JSONL/Parquet data; --resume continues a run.
     Sft(Box<commands::sft::SftArgs>),
+    /// Online RL with group-normalised advantages (GRPO, Dr. GRPO, DAPO, BNPO; REINFORCE++ with
+    /// --reinforce-pp); --resume continues a run.
+    Grpo(Box<GrpoArgs>),
+    /// Online RL with the leave-one-out baseline (RLOO); same flags as grpo.
+    Rloo(Box<commands::rl::RlArgs>),
+}
+
+#[derive(clap::Args)]
+struct GrpoArgs {
+    #[command(flatten)]
+    rl: commands::rl::RlArgs,
+    /// REINFORCE++: batch-whitened returns with the per-token KL in the reward.
+    #[arg(long)]
+    reinforce_pp: bool,
 }
 
 // mimalloc's C API (linked through the `mimalloc` crate): option numbers from its mimalloc.h.
@@ -88,6 +102,15 @@ fn main() {
         Command::Chat(a) => commands::chat::chat(a),
         Command::Tasks(a) => commands::tasks::run(a),
         Command::Sft(a) => commands::sft::sft(*a),
+        Command::Grpo(a) => {
+            let alg = if a.reinforce_pp {
+                tempering_train::rl::Algorithm::ReinforcePp
+            } else {
+                tempering_train::rl::Algorithm::Grpo
+            };
+            commands::rl::run(a.rl, alg)
+        }
+        Command::Rloo(a) => commands::rl::run(*a, tempering_train::rl::Algorithm::Rloo),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -2,5 +2,6 @@ pub mod chat;
 pub mod generate;
 pub mod merge;
 pub mod model;
+pub mod rl;
 pub mod sft;
 pub mod tasks;
