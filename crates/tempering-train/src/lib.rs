@@ -3,8 +3,11 @@
 //! checkpoints with exact resume, `metrics.jsonl`, a progress bar); an algorithm is an [`Objective`]
 //! that turns a batch into a summed loss and metrics. [`sft`] is the first objective.
 //!
-//! This crate knows the model layer (the decoder, LoRA, tokenizer, chat templates) and the tasks
-//! layer (datasets). It knows nothing of generation engines, search or the command line.
+//! [`rl`] holds the online algorithms (GRPO and relatives, RLOO, REINFORCE++) and their guards.
+//!
+//! This crate knows the model layer (the decoder, LoRA, tokenizer, chat templates), the tasks
+//! layer (datasets), the generation engine (rollouts) and the scorers' traits (rewards). It knows
+//! nothing of search strategies or the command line.
 
 pub mod checkpoint;
 pub mod config;
@@ -13,6 +16,7 @@ pub mod error;
 pub mod metrics;
 pub mod objective;
 pub mod optim;
+pub mod rl;
 pub mod rng;
 pub mod schedule;
 pub mod sft;
