@@ -40,6 +40,10 @@ enum Command {
     Chat(commands::chat::ChatArgs),
     /// Supervised fine-tuning (full or LoRA) on JSONL/Parquet data; --resume continues a run.
     Sft(Box<commands::sft::SftArgs>),
+    /// Solve one problem with a test-time search strategy under a budget; prints the answer, its cost and the tree.
+    Search(Box<commands::search::SearchArgs>),
+    /// Run a grid of test-time strategies over a dataset: table, plots and an HTML report.
+    Eval(Box<commands::eval::EvalArgs>),
 }
 
 // mimalloc's C API (linked through the `mimalloc` crate): option numbers from its mimalloc.h.
@@ -88,6 +92,8 @@ fn main() {
         Command::Chat(a) => commands::chat::chat(a),
         Command::Tasks(a) => commands::tasks::run(a),
         Command::Sft(a) => commands::sft::sft(*a),
+        Command::Search(a) => commands::search::search(*a),
+        Command::Eval(a) => commands::eval::eval(*a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
