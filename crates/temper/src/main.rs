@@ -45,6 +45,10 @@ enum Command {
     Grpo(Box<GrpoArgs>),
     /// Online RL with the leave-one-out baseline (RLOO); same flags as grpo.
     Rloo(Box<commands::rl::RlArgs>),
+    /// Solve one problem with a test-time search strategy under a budget; prints the answer, its cost and the tree.
+    Search(Box<commands::search::SearchArgs>),
+    /// Run a grid of test-time strategies over a dataset: table, plots and an HTML report.
+    Eval(Box<commands::eval::EvalArgs>),
 }
 
 #[derive(clap::Args)]
@@ -111,6 +115,8 @@ fn main() {
             commands::rl::run(a.rl, alg)
         }
         Command::Rloo(a) => commands::rl::run(*a, tempering_train::rl::Algorithm::Rloo),
+        Command::Search(a) => commands::search::search(*a),
+        Command::Eval(a) => commands::eval::eval(*a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

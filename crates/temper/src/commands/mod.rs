@@ -1,7 +1,9 @@
 pub mod chat;
+pub mod eval;
 pub mod generate;
 pub mod merge;
 pub mod model;
 pub mod rl;
+pub mod search;
 pub mod sft;
 pub mod tasks;
