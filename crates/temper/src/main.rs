@@ -44,6 +44,20 @@ enum Command {
     Search(Box<commands::search::SearchArgs>),
     /// Run a grid of test-time strategies over a dataset: table, plots and an HTML report.
     Eval(Box<commands::eval::EvalArgs>),
+    /// Online RL with group-normalised advantages (GRPO, Dr. GRPO, DAPO, BNPO; REINFORCE++ with
+    /// --reinforce-pp); --resume continues a run.
+    Grpo(Box<GrpoArgs>),
+    /// Online RL with the leave-one-out baseline (RLOO); same flags as grpo.
+    Rloo(Box<commands::rl::RlArgs>),
+}
+
+#[derive(clap::Args)]
+struct GrpoArgs {
+    #[command(flatten)]
+    rl: commands::rl::RlArgs,
+    /// REINFORCE++: batch-whitened returns with the per-token KL in the reward.
+    #[arg(long)]
+    reinforce_pp: bool,
 }
 
 // mimalloc's C API (linked through the `mimalloc` crate): option numbers from its mimalloc.h.
@@ -94,6 +108,15 @@ fn main() {
         Command::Sft(a) => commands::sft::sft(*a),
         Command::Search(a) => commands::search::search(*a),
         Command::Eval(a) => commands::eval::eval(*a),
+        Command::Grpo(a) => {
+            let alg = if a.reinforce_pp {
+                tempering_train::rl::Algorithm::ReinforcePp
+            } else {
+                tempering_train::rl::Algorithm::Grpo
+            };
+            commands::rl::run(a.rl, alg)
+        }
+        Command::Rloo(a) => commands::rl::run(*a, tempering_train::rl::Algorithm::Rloo),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

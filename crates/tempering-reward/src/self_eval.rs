@@ -21,7 +21,8 @@ use crate::scorer::{ScoreInput, Scored, StepScorer, Verifier};
 pub struct SelfEvalConfig {
     pub answer_template: String,
     pub step_template: String,
-    /// Words whose first token counts as "yes"; every spelling the model might start with.
+    /// Words whose token counts as "yes": every spelling the model might start its verdict with.
+    /// Words that are one token count; when none is, the first token of each word counts.
     pub yes_words: Vec<String>,
     pub no_words: Vec<String>,
     /// Render the judging prompt with the model's chat template when it has one.
@@ -72,21 +73,30 @@ impl SelfEvaluator {
                 "`batch_size` must be at least 1",
             ));
         }
-        let first_ids = |words: &[String]| -> Result<Vec<u32>> {
-            let mut ids = Vec::new();
+        // Whole-word tokens when the vocabulary has them (` Yes`); else each word's first token
+        // (a character-level vocabulary), since a first token like `Y` also starts other words.
+        let verdict_ids = |words: &[String]| -> Result<Vec<u32>> {
+            let mut whole = Vec::new();
+            let mut first = Vec::new();
             for w in words {
                 if !tokenizer.unknown_chars(w).is_empty() {
                     continue;
                 }
-                if let Some(&id) = tokenizer.encode(w, false)?.first() {
-                    ids.push(id);
+                let ids = tokenizer.encode(w, false)?;
+                if ids.len() == 1 {
+                    whole.push(ids[0]);
                 }
+                first.extend(ids.first());
             }
+            let mut ids = if whole.is_empty() { first } else { whole };
             ids.sort_unstable();
             ids.dedup();
             Ok(ids)
         };
-        let (yes, no) = (first_ids(&config.yes_words)?, first_ids(&config.no_words)?);
+        let (yes, no) = (
+            verdict_ids(&config.yes_words)?,
+            verdict_ids(&config.no_words)?,
+        );
         // A token that starts both verdicts (a bare space) tells nothing.
         let yes_ids: Vec<u32> = yes.iter().copied().filter(|i| !no.contains(i)).collect();
         let no_ids: Vec<u32> = no.iter().copied().filter(|i| !yes.contains(i)).collect();

@@ -3,6 +3,7 @@ pub mod eval;
 pub mod generate;
 pub mod merge;
 pub mod model;
+pub mod rl;
 pub mod search;
 pub mod sft;
 pub mod tasks;

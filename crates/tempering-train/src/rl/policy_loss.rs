@@ -181,6 +181,125 @@ fn f32_tensor(v: Vec<f32>, dev: &candle_core::Device) -> Result<Tensor> {
     Ok(Tensor::from_vec(v, n, dev)?)
 }
 
+/// A micro-batch's clipped loss, given the per-token logprobs `lp` of its `active` samples'
+/// completions (concatenated, differentiable) and their entropies. `weight` is the micro-batch's
+/// share of the normaliser (sequences for grpo/dr_grpo, tokens for dapo/bnpo); the trainer divides
+/// the summed `loss_sum` by the summed weights. Separate from the forward so that it can be checked
+/// against TRL on fixed logprobs.
+pub fn clipped_policy_loss(
+    c: &PolicyLossConfig,
+    lp: &Tensor,
+    entropy: &Tensor,
+    active: &[&RolloutSample],
+    weight: f64,
+) -> Result<LossParts> {
+    let device = lp.device().clone();
+    let dt = lp.dtype();
+    let n = lp.dim(0)?;
+    let vec = |v: Vec<f32>| -> Result<Tensor> { Ok(f32_tensor(v, &device)?.to_dtype(dt)?) };
+    let mut adv = Vec::with_capacity(n);
+    let mut old = Vec::with_capacity(n);
+    let mut refs = Vec::with_capacity(n);
+    let mut tok_w = Vec::with_capacity(n);
+    for s in active {
+        let len = s.completion_len();
+        adv.extend_from_slice(&s.advantages);
+        if let Some(o) = &s.old_logprobs {
+            old.extend_from_slice(o);
+        }
+        if let Some(r) = &s.ref_logprobs {
+            refs.extend_from_slice(r);
+        }
+        let w = match c.loss_type {
+            LossType::Grpo => 1.0 / len as f32,
+            LossType::DrGrpo => 1.0 / c.max_completion_length.max(1) as f32,
+            LossType::Dapo | LossType::Bnpo => 1.0,
+        };
+        tok_w.extend(std::iter::repeat_n(w, len));
+    }
+    if adv.len() != n {
+        return Err(crate::TrainError::config(
+            "advantages",
+            format!("{} advantages for {n} completion tokens", adv.len()),
+        ));
+    }
+    let old = if old.len() == n {
+        vec(old)?
+    } else {
+        lp.detach()
+    };
+    let adv_t = vec(adv.clone())?;
+    let ratio = (lp - &old)?.exp()?;
+    let clipped = ratio.clamp(1.0 - c.epsilon_low, 1.0 + c.epsilon_high)?;
+    let l1 = (&ratio * &adv_t)?;
+    let l2 = (&clipped * &adv_t)?;
+    let mut per_token = l1.minimum(&l2)?.neg()?;
+    let mut metrics = Vec::new();
+    let scalar = |t: &Tensor| -> Result<f64> { Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?) };
+    if c.beta != 0.0 || refs.len() == n {
+        if refs.len() != n {
+            return Err(crate::TrainError::config(
+                "beta",
+                "a KL penalty needs the reference's logprobs of every sample",
+            ));
+        }
+        let kl = per_token_kl(lp, &vec(refs)?, c.kl_estimator)?;
+        metrics.push(("kl".to_string(), scalar(&kl.detach().mean_all()?)? * weight));
+        if c.beta != 0.0 {
+            per_token = (per_token + (kl * c.beta)?)?;
+        }
+    }
+    let ent_mean = entropy.mean_all()?;
+    metrics.push(("entropy".to_string(), scalar(&ent_mean.detach())? * weight));
+
+    // Clip fractions as TRL counts them: the ratio beyond a bound where the advantage's sign makes
+    // the bound bind.
+    let r: Vec<f64> = ratio.detach().to_dtype(DType::F64)?.to_vec1()?;
+    let (mut low, mut high) = (0usize, 0usize);
+    for (ri, ai) in r.iter().zip(&adv) {
+        if *ri < 1.0 - c.epsilon_low && *ai < 0.0 {
+            low += 1;
+        }
+        if *ri > 1.0 + c.epsilon_high && *ai > 0.0 {
+            high += 1;
+        }
+    }
+    let nf = n as f64;
+    let max_dev = r.iter().map(|x| (x - 1.0).abs()).fold(0.0f64, f64::max);
+    metrics.push(("ratio/max_abs_dev".into(), max_dev * weight));
+    metrics.push(("clip_ratio/low_mean".into(), low as f64 / nf * weight));
+    metrics.push(("clip_ratio/high_mean".into(), high as f64 / nf * weight));
+    metrics.push((
+        "clip_ratio/region_mean".into(),
+        (low + high) as f64 / nf * weight,
+    ));
+
+    let mut loss_sum = (per_token * vec(tok_w)?)?.sum_all()?;
+    // TRL's entropy bonus: the mean token entropy, whatever the loss type's normaliser.
+    if c.entropy_coef != 0.0 {
+        loss_sum = (loss_sum - (ent_mean * (c.entropy_coef * weight))?)?;
+    }
+    let mut weight = weight;
+    if c.loss_type == LossType::Bnpo {
+        // Normalised within the micro-batch; the trainer then averages the micro-batches.
+        loss_sum = (loss_sum / weight)?;
+        metrics.iter_mut().for_each(|(_, v)| *v /= weight);
+        weight = 1.0;
+    }
+    Ok(LossParts {
+        loss_sum,
+        weight,
+        metrics,
+    })
+}
+
+/// What [`clipped_policy_loss`] returns.
+pub struct LossParts {
+    pub loss_sum: Tensor,
+    pub weight: f64,
+    pub metrics: Vec<(String, f64)>,
+}
+
 impl Objective for PolicyObjective {
     type Example = RolloutSample;
 
@@ -214,94 +333,13 @@ impl Objective for PolicyObjective {
             });
         }
         let (lp, logits) = completion_logprobs(&self.model, &active, self.pad_id)?;
-        let n = lp.dim(0)?;
-        let mut adv = Vec::with_capacity(n);
-        let mut old = Vec::with_capacity(n);
-        let mut refs = Vec::with_capacity(n);
-        let mut tok_w = Vec::with_capacity(n);
-        for s in &active {
-            let len = s.completion_len();
-            adv.extend_from_slice(&s.advantages);
-            if let Some(o) = &s.old_logprobs {
-                old.extend_from_slice(o);
-            }
-            if let Some(r) = &s.ref_logprobs {
-                refs.extend_from_slice(r);
-            }
-            let w = match c.loss_type {
-                LossType::Grpo => 1.0 / len as f32,
-                LossType::DrGrpo => 1.0 / c.max_completion_length.max(1) as f32,
-                LossType::Dapo | LossType::Bnpo => 1.0,
-            };
-            tok_w.extend(std::iter::repeat_n(w, len));
-        }
-        let old = if old.len() == n {
-            f32_tensor(old, &device)?
-        } else {
-            lp.detach()
-        };
-        let adv_t = f32_tensor(adv.clone(), &device)?;
-        let log_ratio = (&lp - &old)?;
-        let ratio = log_ratio.exp()?;
-        let clipped = ratio.clamp(1.0 - c.epsilon_low, 1.0 + c.epsilon_high)?;
-        let l1 = (&ratio * &adv_t)?;
-        let l2 = (&clipped * &adv_t)?;
-        let mut per_token = l1.minimum(&l2)?.neg()?;
-        let mut metrics = Vec::new();
-        if c.beta != 0.0 || refs.len() == n {
-            if refs.len() != n {
-                return Err(crate::TrainError::config(
-                    "beta",
-                    "a KL penalty needs the reference's logprobs of every sample",
-                ));
-            }
-            let kl = per_token_kl(&lp, &f32_tensor(refs, &device)?, c.kl_estimator)?;
-            let kl_mean = kl.detach().mean_all()?.to_scalar::<f32>()? as f64;
-            metrics.push(("kl".to_string(), kl_mean * weight));
-            if c.beta != 0.0 {
-                per_token = (per_token + (kl * c.beta)?)?;
-            }
-        }
         let entropy = if c.entropy_coef != 0.0 {
-            let e = entropy_rows(&logits)?;
-            per_token = (per_token - (&e * c.entropy_coef)?)?;
-            e.detach()
+            entropy_rows(&logits)?
         } else {
             entropy_rows(&logits.detach())?
         };
-        let ent_mean = entropy.mean_all()?.to_scalar::<f32>()? as f64;
-        metrics.push(("entropy".to_string(), ent_mean * weight));
-
-        // Clip fractions as TRL counts them: the ratio beyond a bound where the advantage's sign
-        // makes the bound bind.
-        let r: Vec<f32> = ratio.detach().to_vec1()?;
-        let (mut low, mut high) = (0usize, 0usize);
-        for (ri, ai) in r.iter().zip(&adv) {
-            if (*ri as f64) < 1.0 - c.epsilon_low && *ai < 0.0 {
-                low += 1;
-            }
-            if (*ri as f64) > 1.0 + c.epsilon_high && *ai > 0.0 {
-                high += 1;
-            }
-        }
-        let nf = n as f64;
-        let max_dev = r.iter().map(|x| (x - 1.0).abs()).fold(0.0f32, f32::max) as f64;
-        metrics.push(("ratio/max_abs_dev".into(), max_dev * weight));
-        metrics.push(("clip_ratio/low_mean".into(), low as f64 / nf * weight));
-        metrics.push(("clip_ratio/high_mean".into(), high as f64 / nf * weight));
-        metrics.push((
-            "clip_ratio/region_mean".into(),
-            (low + high) as f64 / nf * weight,
-        ));
-
-        let mut loss_sum = (per_token * f32_tensor(tok_w, &device)?)?.sum_all()?;
-        let mut weight = weight;
-        if c.loss_type == LossType::Bnpo {
-            // Normalised within the micro-batch; the trainer then averages the micro-batches.
-            loss_sum = (loss_sum / weight)?;
-            metrics.iter_mut().for_each(|(_, v)| *v /= weight);
-            weight = 1.0;
-        }
+        let parts = clipped_policy_loss(&c, &lp, &entropy, &active, weight)?;
+        let (loss_sum, weight, metrics) = (parts.loss_sum, parts.weight, parts.metrics);
         Ok(LossOutput {
             loss_sum,
             weight,
