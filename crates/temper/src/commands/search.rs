@@ -177,7 +177,7 @@ pub struct SearchArgs {
     /// The problem text the model continues (a newline is added if missing).
     #[arg(long)]
     pub problem: String,
-    /// The strategy, e.g. greedy, sc@16, bon@8:min, beam:4x4, mcts:32 (see `--strategy help`).
+    /// The strategy, e.g. greedy, sc@16, bon@8:min, beam:4x4, mcts:32 (an unknown name lists every form).
     #[arg(long, default_value = "greedy")]
     pub strategy: String,
     /// The built-in task the problem comes from (picks GoT's graph).
