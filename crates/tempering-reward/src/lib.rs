@@ -8,6 +8,8 @@
 //! nothing of training loops, search strategies or the command line.
 
 pub mod error;
+pub mod label_steps;
+pub mod learned;
 pub mod scorer;
 
 pub use error::{Result, RewardError};
