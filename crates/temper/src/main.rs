@@ -40,6 +40,14 @@ enum Command {
     Chat(commands::chat::ChatArgs),
     /// Supervised fine-tuning (full or LoRA) on JSONL/Parquet data; --resume continues a run.
     Sft(Box<commands::sft::SftArgs>),
+    /// Train a Bradley-Terry outcome reward model on preference pairs (HF sequence classifier).
+    Rm(Box<commands::rm::RmArgs>),
+    /// Train a process reward model on stepwise labels (HF token classifier).
+    Prm(Box<commands::prm::PrmArgs>),
+    /// Label the steps of a policy's solutions to a built-in task by rollouts (Math-Shepherd).
+    LabelSteps(Box<commands::label_steps::LabelStepsArgs>),
+    /// Score completions with a reward model or a process reward model.
+    Score(commands::score::ScoreArgs),
 }
 
 // mimalloc's C API (linked through the `mimalloc` crate): option numbers from its mimalloc.h.
@@ -88,6 +96,10 @@ fn main() {
         Command::Chat(a) => commands::chat::chat(a),
         Command::Tasks(a) => commands::tasks::run(a),
         Command::Sft(a) => commands::sft::sft(*a),
+        Command::Rm(a) => commands::rm::rm(*a),
+        Command::Prm(a) => commands::prm::prm(*a),
+        Command::LabelSteps(a) => commands::label_steps::run(*a),
+        Command::Score(a) => commands::score::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

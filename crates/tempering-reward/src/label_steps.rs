@@ -45,6 +45,10 @@ pub struct LabelOptions {
     pub rule: LabelRule,
     /// Splits a solution into steps.
     pub separator: String,
+    /// Keep, per problem, as many correct as incorrect solutions (problems whose samples all agree
+    /// are dropped), so that a PRM trained on the rows cannot score a problem's difficulty in
+    /// place of its solution.
+    pub balance: bool,
 }
 
 impl Default for LabelOptions {
@@ -57,6 +61,7 @@ impl Default for LabelOptions {
             seed: 0,
             rule: LabelRule::Any,
             separator: tempering_tasks::STEP_SEPARATOR.to_string(),
+            balance: false,
         }
     }
 }
@@ -169,6 +174,7 @@ pub fn label_steps(
         }
         let rollouts = backend.generate(&rollout_reqs)?;
         let mut results = rollouts.into_iter();
+        let first_row = rows.len();
         for (pi, steps, correct) in pending {
             let p = &chunk[pi];
             let mut values = Vec::with_capacity(steps.len());
@@ -196,10 +202,42 @@ pub fn label_steps(
                 correct,
             });
         }
+        if opts.balance {
+            let chunk_rows = rows.split_off(first_row);
+            rows.extend(balanced(chunk_rows));
+        }
         done += chunk.len();
         on_progress(done, problems.len());
     }
     Ok(rows)
+}
+
+/// Per prompt (in order of first appearance), the first `k` correct and first `k` incorrect rows,
+/// `k` the smaller of the two counts.
+fn balanced(rows: Vec<StepwiseRow>) -> Vec<StepwiseRow> {
+    let mut prompts: Vec<&str> = Vec::new();
+    for r in &rows {
+        if !prompts.contains(&r.prompt.as_str()) {
+            prompts.push(&r.prompt);
+        }
+    }
+    let mut keep = vec![false; rows.len()];
+    for p in prompts {
+        let of = |c: bool| -> Vec<usize> {
+            (0..rows.len())
+                .filter(|&i| rows[i].prompt == p && rows[i].correct == c)
+                .collect()
+        };
+        let (good, bad) = (of(true), of(false));
+        let k = good.len().min(bad.len());
+        for &i in good[..k].iter().chain(&bad[..k]) {
+            keep[i] = true;
+        }
+    }
+    rows.into_iter()
+        .zip(keep)
+        .filter_map(|(r, k)| k.then_some(r))
+        .collect()
 }
 
 /// The steps joined, each followed by the separator: where a rollout continues.
@@ -232,5 +270,33 @@ mod tests {
             .to_string()
             .contains("threshold"));
         assert_eq!(prefix_text(&["a".into(), "b".into()], "\n"), "a\nb\n");
+    }
+
+    #[test]
+    fn balancing_keeps_as_many_correct_as_incorrect_per_problem() {
+        let row = |p: &str, c: bool, tag: &str| StepwiseRow {
+            prompt: p.into(),
+            completions: vec![tag.into()],
+            labels: vec![c],
+            values: vec![if c { 1.0 } else { 0.0 }],
+            answer: String::new(),
+            correct: c,
+        };
+        let rows = vec![
+            row("a", true, "a1"),
+            row("a", false, "a2"),
+            row("a", false, "a3"),
+            row("b", true, "b1"),
+            row("b", true, "b2"),
+            row("c", false, "c1"),
+            row("c", true, "c2"),
+            row("c", true, "c3"),
+            row("c", false, "c4"),
+        ];
+        let tags: Vec<String> = balanced(rows)
+            .into_iter()
+            .map(|r| r.completions[0].clone())
+            .collect();
+        assert_eq!(tags, vec!["a1", "a2", "c1", "c2", "c3", "c4"]);
     }
 }

@@ -1,6 +1,11 @@
 pub mod chat;
 pub mod generate;
+pub mod label_steps;
 pub mod merge;
 pub mod model;
+pub mod prm;
+pub mod rm;
+pub mod score;
 pub mod sft;
 pub mod tasks;
+pub mod train_flags;

@@ -170,7 +170,7 @@ fn print_report(what: &Path, r: &PrepareReport, max_length: usize) {
 }
 
 /// Writes the final model through a temporary directory renamed into place.
-fn write_final(out: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+pub(crate) fn write_final(out: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let parent = out.parent().unwrap_or(Path::new("."));
     let name = out
         .file_name()

@@ -29,7 +29,13 @@ impl RewardModel {
     }
 
     pub fn open_with(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
-        let c = Classifier::open(dir, dtype, device)?;
+        Self::from_classifier(Classifier::open(dir, dtype, device)?)
+    }
+
+    /// The reward model held by an opened classifier directory.
+    pub fn from_classifier(c: Classifier) -> Result<Self> {
+        let dir = c.path.clone();
+        let dir = dir.as_path();
         if c.kind != HeadKind::Sequence {
             return Err(RewardError::Format {
                 path: dir.to_path_buf(),
