@@ -49,6 +49,14 @@ enum Command {
     Search(Box<commands::search::SearchArgs>),
     /// Run a grid of test-time strategies over a dataset: table, plots and an HTML report.
     Eval(Box<commands::eval::EvalArgs>),
+    /// Train a Bradley-Terry outcome reward model on preference pairs (HF sequence classifier).
+    Rm(Box<commands::rm::RmArgs>),
+    /// Train a process reward model on stepwise labels (HF token classifier).
+    Prm(Box<commands::prm::PrmArgs>),
+    /// Label the steps of a policy's solutions to a built-in task by rollouts (Math-Shepherd).
+    LabelSteps(Box<commands::label_steps::LabelStepsArgs>),
+    /// Score completions with a reward model or a process reward model.
+    Score(commands::score::ScoreArgs),
 }
 
 #[derive(clap::Args)]
@@ -117,6 +125,10 @@ fn main() {
         Command::Rloo(a) => commands::rl::run(*a, tempering_train::rl::Algorithm::Rloo),
         Command::Search(a) => commands::search::search(*a),
         Command::Eval(a) => commands::eval::eval(*a),
+        Command::Rm(a) => commands::rm::rm(*a),
+        Command::Prm(a) => commands::prm::prm(*a),
+        Command::LabelSteps(a) => commands::label_steps::run(*a),
+        Command::Score(a) => commands::score::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

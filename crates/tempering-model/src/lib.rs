@@ -9,6 +9,7 @@
 pub mod chat;
 pub mod config;
 pub mod error;
+pub mod heads;
 pub mod known;
 pub mod loader;
 pub mod lora;
@@ -21,6 +22,7 @@ pub mod weights;
 pub use chat::{ChatMessage, ChatTemplate};
 pub use config::{Architecture, ModelConfig};
 pub use error::{ModelError, Result};
+pub use heads::{hidden_at, save_classifier, Classifier, ClassifierSave, HeadKind, ScoreHead};
 pub use loader::{ModelFiles, ModelFormat, ModelInfo};
 pub use lora::{load_peft, save_peft, DropoutRng, LoraConfig, LoraLinear, LoraTarget, PeftAdapter};
 pub use tokenizer::Tokenizer;

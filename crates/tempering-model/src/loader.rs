@@ -256,18 +256,40 @@ pub fn save_hf_dir(
             "RoPE frequency factors (rope_freqs.weight) that match no HF rope_scaling".into(),
         ));
     }
-    std::fs::create_dir_all(out).map_err(|e| ModelError::io(out, e))?;
-    let dtype_name = match dtype {
-        DType::BF16 => "bfloat16",
-        DType::F16 => "float16",
-        _ => "float32",
-    };
     let mut tensors = model.named_tensors();
     if cfg.tie_word_embeddings {
         tensors.remove("lm_head.weight");
     }
-    Weights::save_safetensors(&tensors, &out.join("model.safetensors"), dtype)?;
-    let mut config = cfg.to_hf_json(dtype_name);
+    let config = cfg.to_hf_json(torch_dtype_name(dtype));
+    save_hf_files(out, &tensors, config, tokenizer, chat_template, dtype)
+}
+
+/// The `torch_dtype` of `config.json` for weights stored as `dtype`.
+pub(crate) fn torch_dtype_name(dtype: DType) -> &'static str {
+    match dtype {
+        DType::BF16 => "bfloat16",
+        DType::F16 => "float16",
+        _ => "float32",
+    }
+}
+
+/// Writes an HF directory from its parts: `tensors` as `model.safetensors` (in `dtype`), `config`
+/// as `config.json` (with the tokenizer's special ids added), the tokenizer files and
+/// `generation_config.json`.
+pub(crate) fn save_hf_files(
+    out: &Path,
+    tensors: &std::collections::BTreeMap<String, candle_core::Tensor>,
+    mut config: serde_json::Value,
+    tokenizer: Option<&Tokenizer>,
+    chat_template: Option<&ChatTemplate>,
+    dtype: DType,
+) -> Result<()> {
+    std::fs::create_dir_all(out).map_err(|e| ModelError::io(out, e))?;
+    let max_positions = config
+        .get("max_position_embeddings")
+        .cloned()
+        .unwrap_or(serde_json::Value::Null);
+    Weights::save_safetensors(tensors, &out.join("model.safetensors"), dtype)?;
     let mut gen = json!({"do_sample": false});
     if let Some(tok) = tokenizer {
         tok.save_hf(out)?;
@@ -287,10 +309,7 @@ pub fn save_hf_dir(
         }
         let mut tc = serde_json::Value::Object(tok.hf_config_fields());
         let tcobj = tc.as_object_mut().expect("object");
-        tcobj.insert(
-            "model_max_length".into(),
-            json!(cfg.max_position_embeddings),
-        );
+        tcobj.insert("model_max_length".into(), max_positions);
         if let Some(ct) = chat_template {
             tcobj.insert("chat_template".into(), json!(ct.source()));
         }

@@ -15,6 +15,9 @@
 //! - [`ensemble`]: conservative aggregates over several scorers, with their disagreement.
 //! - [`self_eval`]: the policy judging its own answers and steps from its verdict-token logprobs.
 
+pub mod label_steps;
+pub mod learned;
+
 pub mod answer;
 pub mod compose;
 pub mod ensemble;

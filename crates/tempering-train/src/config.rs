@@ -162,71 +162,111 @@ fn levenshtein(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
-/// The known key nearest to `key`, if it is near enough to be a plausible typo.
+/// The known key of an SFT config nearest to `key`, if it is near enough to be a plausible typo.
 pub fn nearest_key(key: &str) -> Option<String> {
+    nearest_in(key, SFT_KEYS)
+}
+
+/// The key of `keys` nearest to `key`, if it is near enough to be a plausible typo.
+pub fn nearest_in(key: &str, keys: &[&str]) -> Option<String> {
     let norm = key.replace('-', "_").to_ascii_lowercase();
-    SFT_KEYS
-        .iter()
+    keys.iter()
         .map(|k| (levenshtein(&norm, k), *k))
         .min()
         .filter(|(d, k)| *d <= (k.len() / 2).max(2))
         .map(|(_, k)| k.to_string())
 }
 
-fn check_keys(table: &toml::Table, file: Option<&Path>) -> Result<()> {
+fn check_keys(table: &toml::Table, file: Option<&Path>, keys: &[&str]) -> Result<()> {
     for key in table.keys() {
-        if !SFT_KEYS.contains(&key.as_str()) {
+        if !keys.contains(&key.as_str()) {
             return Err(TrainError::UnknownKey {
                 file: file.map(Path::to_path_buf),
                 key: key.clone(),
-                suggestion: nearest_key(key),
-                known: SFT_KEYS.iter().map(|s| s.to_string()).collect(),
+                suggestion: nearest_in(key, keys),
+                known: keys.iter().map(|s| s.to_string()).collect(),
             });
         }
     }
     Ok(())
 }
 
+/// A run config of any algorithm: its defaults, then the TOML file's keys, then `overrides` (the
+/// command line's). Every key must be one of `keys`; a value that does not fit names its key.
+pub fn resolve_keys<T: serde::de::DeserializeOwned + Serialize + Default>(
+    file: Option<&Path>,
+    overrides: toml::Table,
+    keys: &[&str],
+) -> Result<T> {
+    let defaults = toml::Table::try_from(T::default())
+        .map_err(|e| TrainError::config("<config>", format!("cannot write as TOML: {e}")))?;
+    let mut given = match file {
+        None => toml::Table::new(),
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+            let t: toml::Table = text
+                .parse()
+                .map_err(|e: toml::de::Error| TrainError::format(path, e.to_string()))?;
+            check_keys(&t, Some(path), keys)?;
+            t
+        }
+    };
+    check_keys(&overrides, None, keys)?;
+    given.extend(overrides);
+    let mut table = defaults.clone();
+    table.extend(given.clone());
+    match toml::Value::Table(table).try_into() {
+        Ok(c) => Ok(c),
+        Err(e) => {
+            // Name the key whose value does not fit: the first one that fails on its own.
+            let e: toml::de::Error = e;
+            let bad = given.iter().find(|(k, v)| {
+                let mut one = defaults.clone();
+                one.insert((*k).clone(), (*v).clone());
+                toml::Value::Table(one).try_into::<T>().is_err()
+            });
+            let key = bad
+                .map(|(k, _)| k.clone())
+                .unwrap_or_else(|| "<config>".into());
+            Err(TrainError::config(
+                key,
+                format!(
+                    "{} (from {})",
+                    e.message(),
+                    file.map(|f| f.display().to_string())
+                        .unwrap_or_else(|| "the command line".into())
+                ),
+            ))
+        }
+    }
+}
+
+/// Writes `cfg` as `config.toml` into `dir` (temporary name, then rename).
+pub fn write_config<T: Serialize>(cfg: &T, dir: &Path) -> Result<PathBuf> {
+    let text = toml::to_string_pretty(cfg)
+        .map_err(|e| TrainError::config("<config>", format!("cannot write as TOML: {e}")))?;
+    let path = dir.join("config.toml");
+    let tmp = dir.join(".config.toml.tmp");
+    std::fs::write(&tmp, text).map_err(|e| TrainError::io(&tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| TrainError::io(&path, e))?;
+    Ok(path)
+}
+
+/// The path of a run directory's `config.toml`, or the error saying there is no run to resume.
+pub fn run_config_path(dir: &Path) -> Result<PathBuf> {
+    let path = dir.join("config.toml");
+    if !path.is_file() {
+        return Err(TrainError::NoCheckpoint {
+            dir: dir.to_path_buf(),
+        });
+    }
+    Ok(path)
+}
+
 impl SftConfig {
     /// Defaults, then the TOML file's keys, then `overrides` (the command line's), validated.
     pub fn resolve(file: Option<&Path>, overrides: toml::Table) -> Result<Self> {
-        let mut table = match file {
-            None => toml::Table::new(),
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
-                let t: toml::Table = text
-                    .parse()
-                    .map_err(|e: toml::de::Error| TrainError::format(path, e.to_string()))?;
-                check_keys(&t, Some(path))?;
-                t
-            }
-        };
-        check_keys(&overrides, None)?;
-        table.extend(overrides);
-        let cfg: SftConfig = match toml::Value::Table(table.clone()).try_into() {
-            Ok(c) => c,
-            Err(e) => {
-                // Name the key whose value does not fit: the first one that fails on its own.
-                let e: toml::de::Error = e;
-                let bad = table.iter().find(|(k, v)| {
-                    let mut one = toml::Table::new();
-                    one.insert((*k).clone(), (*v).clone());
-                    toml::Value::Table(one).try_into::<SftConfig>().is_err()
-                });
-                let key = bad
-                    .map(|(k, _)| k.clone())
-                    .unwrap_or_else(|| "<config>".into());
-                return Err(TrainError::config(
-                    key,
-                    format!(
-                        "{} (from {})",
-                        e.message(),
-                        file.map(|f| f.display().to_string())
-                            .unwrap_or_else(|| "the command line".into())
-                    ),
-                ));
-            }
-        };
+        let cfg: SftConfig = resolve_keys(file, overrides, SFT_KEYS)?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -311,22 +351,12 @@ impl SftConfig {
 
     /// Writes `config.toml` into `dir` (temporary name, then rename).
     pub fn write(&self, dir: &Path) -> Result<PathBuf> {
-        let path = dir.join("config.toml");
-        let tmp = dir.join(".config.toml.tmp");
-        std::fs::write(&tmp, self.to_toml()?).map_err(|e| TrainError::io(&tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| TrainError::io(&path, e))?;
-        Ok(path)
+        write_config(self, dir)
     }
 
     /// Reads a run directory's `config.toml` (as written by [`SftConfig::write`]).
     pub fn read_run(dir: &Path) -> Result<Self> {
-        let path = dir.join("config.toml");
-        if !path.is_file() {
-            return Err(TrainError::NoCheckpoint {
-                dir: dir.to_path_buf(),
-            });
-        }
-        Self::resolve(Some(&path), toml::Table::new())
+        Self::resolve(Some(&run_config_path(dir)?), toml::Table::new())
     }
 }
 

@@ -1,13 +1,15 @@
 //! One training loop and the algorithms plugged into it. The [`Trainer`] owns the loop (AdamW with
 //! f32 moments, warm-up and decay schedules, gradient accumulation and clipping, evaluation,
 //! checkpoints with exact resume, `metrics.jsonl`, a progress bar); an algorithm is an [`Objective`]
-//! that turns a batch into a summed loss and metrics. [`sft`] is the first objective.
+//! that turns a batch into a summed loss and metrics: [`sft`], [`reward_model`] (Bradley-Terry) and
+//! [`prm`] (step classification).
 //!
 //! [`rl`] holds the online algorithms (GRPO and relatives, RLOO, REINFORCE++) and their guards.
 //!
 //! This crate knows the model layer (the decoder, LoRA, tokenizer, chat templates), the tasks
-//! layer (datasets), the generation engine (rollouts) and the scorers' traits (rewards). It knows
-//! nothing of search strategies or the command line.
+//! layer (datasets), the generation engine (rollouts) and the reward layer (the scorers' traits, and
+//! its tokenisation of reward-model inputs, so that a reward model is trained on exactly what it
+//! scores). It knows nothing of search strategies or the command line.
 
 pub mod checkpoint;
 pub mod config;
@@ -16,6 +18,9 @@ pub mod error;
 pub mod metrics;
 pub mod objective;
 pub mod optim;
+pub mod prm;
+pub mod reward_config;
+pub mod reward_model;
 pub mod rl;
 pub mod rng;
 pub mod schedule;
@@ -27,6 +32,9 @@ pub use config::SftConfig;
 pub use error::{Result, TrainError};
 pub use objective::{LossOutput, Mode, Objective, StepContext};
 pub use optim::{AdamW, AdamWConfig};
+pub use prm::{PrmObjective, StepSequence};
+pub use reward_config::{PrmConfig, RmConfig};
+pub use reward_model::{PreferencePair, RewardModelObjective};
 pub use rng::Rng;
 pub use schedule::{Schedule, ScheduleKind};
 pub use sft::{SftDataOptions, SftObjective, SftSequence};

@@ -50,4 +50,10 @@ pub trait Objective {
 
     /// The loss of `batch` (one micro-batch).
     fn loss(&mut self, batch: &[&Self::Example], ctx: &mut StepContext<'_>) -> Result<LossOutput>;
+
+    /// Metrics that are not averages of per-unit sums (an F1 score), computed from the averaged
+    /// metrics of a step or an evaluation; logged beside them.
+    fn derived_metrics(&self, _averaged: &[(String, f64)]) -> Vec<(String, f64)> {
+        Vec::new()
+    }
 }

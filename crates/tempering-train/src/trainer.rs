@@ -293,8 +293,9 @@ impl Trainer {
             rec.insert("step_s".into(), json!(secs));
             rec.insert("forward_backward_s".into(), json!(backward_s));
             rec.insert("optimizer_s".into(), json!(secs - backward_s));
-            for (k, v) in &metric_sums {
-                rec.insert(k.clone(), json!(v));
+            let derived = objective.derived_metrics(&metric_sums);
+            for (k, v) in metric_sums.iter().cloned().chain(derived) {
+                rec.insert(k, json!(v));
             }
             log.write(rec)?;
             bar.set_position(self.state.step as u64);
@@ -488,10 +489,11 @@ impl Trainer {
             add_metrics(&mut metric_sums, out.metrics);
         }
         let w = weight.max(f64::MIN_POSITIVE);
-        Ok((
-            loss_sum / w,
-            metric_sums.into_iter().map(|(k, v)| (k, v / w)).collect(),
-        ))
+        let mut averaged: Vec<(String, f64)> =
+            metric_sums.into_iter().map(|(k, v)| (k, v / w)).collect();
+        let derived = objective.derived_metrics(&averaged);
+        averaged.extend(derived);
+        Ok((loss_sum / w, averaged))
     }
 }
 

@@ -1,0 +1,143 @@
+//! `temper label-steps`: automatic step labels for process reward models, Math-Shepherd style.
+//! Samples solutions to a built-in task's problems from a policy, continues each from every step
+//! prefix with `--rollouts` samples judged by the task's verifier, and writes TRL's stepwise rows
+//! (`prompt`, `completions`, `labels`, plus `values`, `answer`, `correct`). Holds no labelling
+//! logic (see `tempering_reward::label_steps`).
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use tempering_reward::label_steps::{label_steps, LabelOptions, LabelRule};
+use tempering_tasks::{generate, task_by_name, write_jsonl, GenerateSpec, Split};
+
+use super::generate::load_engine;
+use super::model::DeviceArgs;
+
+#[derive(Args, Debug)]
+pub struct LabelStepsArgs {
+    /// The policy that writes solutions and rollouts: an HF directory or a GGUF file.
+    #[arg(long)]
+    pub policy: PathBuf,
+    /// A built-in task (`temper tasks list`).
+    #[arg(long)]
+    pub task: String,
+    /// Difficulty level (default: the task's hardest).
+    #[arg(long)]
+    pub level: Option<u32>,
+    /// Problems to draw.
+    #[arg(long, default_value_t = 64)]
+    pub n: usize,
+    /// Which split the problems come from: train or test.
+    #[arg(long, default_value = "train")]
+    pub split: String,
+    /// Solutions sampled per problem (each becomes one row).
+    #[arg(long, default_value_t = 4)]
+    pub samples: usize,
+    /// Rollouts continued from each step prefix.
+    #[arg(long, default_value_t = 8)]
+    pub rollouts: usize,
+    /// A step is correct when at least this fraction of its rollouts reaches a verified answer;
+    /// absent: when any does (hard estimation).
+    #[arg(long)]
+    pub threshold: Option<f64>,
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 256)]
+    pub max_new_tokens: usize,
+    /// Seeds both the problems and the sampling.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Most sequences decoded together.
+    #[arg(long, default_value_t = 64)]
+    pub batch_rows: usize,
+    /// Keep, per problem, as many correct as incorrect solutions (problems whose samples all agree
+    /// are dropped): a PRM trained on the rows then cannot score a problem's difficulty in place of
+    /// its solution.
+    #[arg(long)]
+    pub balance: bool,
+    /// The stepwise JSONL file to write.
+    #[arg(long)]
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+pub fn run(a: LabelStepsArgs) -> Result<()> {
+    let task = task_by_name(&a.task)?;
+    let level = a.level.unwrap_or(*task.levels().end());
+    let split: Split = a.split.parse()?;
+    let problems = generate(
+        task.as_ref(),
+        &GenerateSpec {
+            level,
+            n: a.n,
+            seed: a.seed,
+            split,
+            unique: false,
+        },
+    )?;
+    let (engine, _) = load_engine(&a.policy, None, &a.device, a.batch_rows)?;
+    let tok = engine.tokenizer();
+    if let Some(p) = problems
+        .iter()
+        .find(|p| !tok.unknown_chars(&p.prompt).is_empty())
+    {
+        bail!(
+            "the policy's tokenizer cannot encode {:?} of task {} (problem {:?})",
+            tok.unknown_chars(&p.prompt),
+            task.name(),
+            p.prompt
+        );
+    }
+    let opts = LabelOptions {
+        samples: a.samples,
+        rollouts: a.rollouts,
+        temperature: a.temperature,
+        max_new_tokens: a.max_new_tokens,
+        seed: a.seed,
+        rule: a.threshold.map_or(LabelRule::Any, LabelRule::AtLeast),
+        separator: tempering_tasks::STEP_SEPARATOR.to_string(),
+        balance: a.balance,
+    };
+    let bar = ProgressBar::new(problems.len() as u64).with_style(
+        ProgressStyle::with_template("label-steps [{bar:30}] {pos}/{len} problems, ETA {eta}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    let rows = label_steps(
+        &engine,
+        tok,
+        task.as_ref(),
+        &problems,
+        &opts,
+        &mut |done, _| bar.set_position(done as u64),
+    )?;
+    bar.finish_and_clear();
+    if rows.is_empty() {
+        bail!(
+            "no solution finished within --max-new-tokens {}: nothing to label",
+            a.max_new_tokens
+        );
+    }
+    write_jsonl(&a.output, &rows).with_context(|| format!("writing {}", a.output.display()))?;
+    let steps: usize = rows.iter().map(|r| r.labels.len()).sum();
+    let positive: usize = rows
+        .iter()
+        .map(|r| r.labels.iter().filter(|&&l| l).count())
+        .sum();
+    let correct = rows.iter().filter(|r| r.correct).count();
+    println!(
+        "labelled {} solutions of {} {} problems ({} correct): {} steps, {} labelled correct; \
+         wrote {}",
+        rows.len(),
+        problems.len(),
+        task.name(),
+        correct,
+        steps,
+        positive,
+        a.output.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,302 @@
+//! Automatic step labels in the Math-Shepherd way: sample solutions from a policy, then continue
+//! each solution from every step prefix with `k` rollouts and label the step by how many of them
+//! reach a verified answer (any of them, or at least a given fraction). The last step needs no
+//! rollout: the solution's own verdict labels it. Rows come out in TRL's stepwise format
+//! (`prompt`, `completions`, `labels`), with the fraction of correct rollouts per step as `values`.
+//!
+//! Knows a generation backend, a tokenizer and the built-in tasks' verifiers; nothing of training.
+
+use serde::Serialize;
+use tempering_generate::{Backend, FinishReason, GenRequest, SamplingParams};
+use tempering_model::Tokenizer;
+use tempering_tasks::{Problem, Task};
+
+use crate::error::{Result, RewardError};
+use crate::learned::split_steps;
+
+/// When a step counts as correct, from the fraction of its rollouts that reach a verified answer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LabelRule {
+    /// At least one rollout is correct (Math-Shepherd's hard estimation).
+    Any,
+    /// At least this fraction of rollouts is correct (soft estimation, thresholded).
+    AtLeast(f64),
+}
+
+impl LabelRule {
+    pub fn label(self, fraction: f64) -> bool {
+        match self {
+            LabelRule::Any => fraction > 0.0,
+            LabelRule::AtLeast(t) => fraction >= t,
+        }
+    }
+}
+
+/// How to sample and label.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelOptions {
+    /// Solutions sampled per problem.
+    pub samples: usize,
+    /// Rollouts continued from each step prefix.
+    pub rollouts: usize,
+    pub temperature: f32,
+    pub max_new_tokens: usize,
+    pub seed: u64,
+    pub rule: LabelRule,
+    /// Splits a solution into steps.
+    pub separator: String,
+    /// Keep, per problem, as many correct as incorrect solutions (problems whose samples all agree
+    /// are dropped), so that a PRM trained on the rows cannot score a problem's difficulty in
+    /// place of its solution.
+    pub balance: bool,
+}
+
+impl Default for LabelOptions {
+    fn default() -> Self {
+        LabelOptions {
+            samples: 4,
+            rollouts: 8,
+            temperature: 1.0,
+            max_new_tokens: 256,
+            seed: 0,
+            rule: LabelRule::Any,
+            separator: tempering_tasks::STEP_SEPARATOR.to_string(),
+            balance: false,
+        }
+    }
+}
+
+impl LabelOptions {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field: &str, msg: &str| {
+            Err(RewardError::spec("label-steps", format!("{field}: {msg}")))
+        };
+        if self.samples == 0 {
+            return bad("samples", "expected at least 1");
+        }
+        if self.rollouts == 0 {
+            return bad("rollouts", "expected at least 1");
+        }
+        if self.separator.is_empty() {
+            return bad("separator", "expected a non-empty string");
+        }
+        if let LabelRule::AtLeast(t) = self.rule {
+            if !(t > 0.0 && t <= 1.0) {
+                return bad("threshold", "expected a fraction in (0, 1]");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One labelled solution: a stepwise row.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepwiseRow {
+    pub prompt: String,
+    /// The steps, without separators.
+    pub completions: Vec<String>,
+    pub labels: Vec<bool>,
+    /// Fraction of rollouts from each step that reached a correct answer.
+    pub values: Vec<f64>,
+    /// The reference answer.
+    pub answer: String,
+    /// Whether the sampled solution itself is correct.
+    pub correct: bool,
+}
+
+/// Labels `opts.samples` sampled solutions of each problem. `on_progress(done, total)` is called as
+/// problems finish.
+pub fn label_steps(
+    backend: &dyn Backend,
+    tokenizer: &Tokenizer,
+    task: &dyn Task,
+    problems: &[Problem],
+    opts: &LabelOptions,
+    on_progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<StepwiseRow>> {
+    opts.validate()?;
+    let params = |seed: u64| SamplingParams {
+        max_new_tokens: opts.max_new_tokens,
+        temperature: opts.temperature,
+        seed,
+        ..Default::default()
+    };
+    let sep = opts.separator.as_str();
+    let mut rows = Vec::new();
+    let mut seed = opts.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut next_seed = || {
+        seed = seed.wrapping_add(1);
+        seed
+    };
+    // Problems in chunks, so that one chunk's rollouts fill the engine's batches.
+    const CHUNK: usize = 8;
+    let mut done = 0;
+    for chunk in problems.chunks(CHUNK) {
+        let reqs: Vec<GenRequest> = chunk
+            .iter()
+            .map(|p| {
+                Ok(GenRequest::new(
+                    tokenizer.encode(&p.prompt, true)?,
+                    opts.samples,
+                    params(next_seed()),
+                ))
+            })
+            .collect::<Result<_>>()?;
+        let solutions = backend.generate(&reqs)?;
+
+        // Each solution's steps, and one rollout request per step but the last.
+        let mut pending: Vec<(usize, Vec<String>, bool)> = Vec::new();
+        let mut rollout_reqs = Vec::new();
+        for (pi, (p, samples)) in chunk.iter().zip(&solutions).enumerate() {
+            for c in samples {
+                // A solution cut at the length limit has no answer step to label.
+                if c.finish_reason == FinishReason::Length {
+                    continue;
+                }
+                let steps: Vec<String> = split_steps(&c.text, sep)
+                    .into_iter()
+                    .map(str::to_string)
+                    .collect();
+                if steps.is_empty() {
+                    continue;
+                }
+                let correct = task.verify(p, &c.text).is_correct();
+                for i in 0..steps.len() - 1 {
+                    let prefix = prefix_text(&steps[..=i], sep);
+                    rollout_reqs.push(GenRequest::new(
+                        tokenizer.encode(&format!("{}{prefix}", p.prompt), true)?,
+                        opts.rollouts,
+                        params(next_seed()),
+                    ));
+                }
+                pending.push((pi, steps, correct));
+            }
+        }
+        let rollouts = backend.generate(&rollout_reqs)?;
+        let mut results = rollouts.into_iter();
+        let first_row = rows.len();
+        for (pi, steps, correct) in pending {
+            let p = &chunk[pi];
+            let mut values = Vec::with_capacity(steps.len());
+            for i in 0..steps.len() - 1 {
+                let prefix = prefix_text(&steps[..=i], sep);
+                let outs = results.next().ok_or_else(|| {
+                    RewardError::spec(
+                        "label-steps",
+                        "the backend returned fewer groups than asked",
+                    )
+                })?;
+                let ok = outs
+                    .iter()
+                    .filter(|o| task.verify(p, &format!("{prefix}{}", o.text)).is_correct())
+                    .count();
+                values.push(ok as f64 / outs.len().max(1) as f64);
+            }
+            values.push(if correct { 1.0 } else { 0.0 });
+            rows.push(StepwiseRow {
+                prompt: p.prompt.clone(),
+                labels: values.iter().map(|&v| opts.rule.label(v)).collect(),
+                completions: steps,
+                values,
+                answer: p.answer.clone(),
+                correct,
+            });
+        }
+        if opts.balance {
+            let chunk_rows = rows.split_off(first_row);
+            rows.extend(balanced(chunk_rows));
+        }
+        done += chunk.len();
+        on_progress(done, problems.len());
+    }
+    Ok(rows)
+}
+
+/// Per prompt (in order of first appearance), the first `k` correct and first `k` incorrect rows,
+/// `k` the smaller of the two counts.
+fn balanced(rows: Vec<StepwiseRow>) -> Vec<StepwiseRow> {
+    let mut prompts: Vec<&str> = Vec::new();
+    for r in &rows {
+        if !prompts.contains(&r.prompt.as_str()) {
+            prompts.push(&r.prompt);
+        }
+    }
+    let mut keep = vec![false; rows.len()];
+    for p in prompts {
+        let of = |c: bool| -> Vec<usize> {
+            (0..rows.len())
+                .filter(|&i| rows[i].prompt == p && rows[i].correct == c)
+                .collect()
+        };
+        let (good, bad) = (of(true), of(false));
+        let k = good.len().min(bad.len());
+        for &i in good[..k].iter().chain(&bad[..k]) {
+            keep[i] = true;
+        }
+    }
+    rows.into_iter()
+        .zip(keep)
+        .filter_map(|(r, k)| k.then_some(r))
+        .collect()
+}
+
+/// The steps joined, each followed by the separator: where a rollout continues.
+fn prefix_text(steps: &[String], sep: &str) -> String {
+    let mut s = String::new();
+    for step in steps {
+        s.push_str(step);
+        s.push_str(sep);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_label_fractions() {
+        assert!(LabelRule::Any.label(0.125));
+        assert!(!LabelRule::Any.label(0.0));
+        assert!(LabelRule::AtLeast(0.5).label(0.5));
+        assert!(!LabelRule::AtLeast(0.5).label(0.375));
+        let bad = LabelOptions {
+            rule: LabelRule::AtLeast(1.5),
+            ..Default::default()
+        };
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("threshold"));
+        assert_eq!(prefix_text(&["a".into(), "b".into()], "\n"), "a\nb\n");
+    }
+
+    #[test]
+    fn balancing_keeps_as_many_correct_as_incorrect_per_problem() {
+        let row = |p: &str, c: bool, tag: &str| StepwiseRow {
+            prompt: p.into(),
+            completions: vec![tag.into()],
+            labels: vec![c],
+            values: vec![if c { 1.0 } else { 0.0 }],
+            answer: String::new(),
+            correct: c,
+        };
+        let rows = vec![
+            row("a", true, "a1"),
+            row("a", false, "a2"),
+            row("a", false, "a3"),
+            row("b", true, "b1"),
+            row("b", true, "b2"),
+            row("c", false, "c1"),
+            row("c", true, "c2"),
+            row("c", true, "c3"),
+            row("c", false, "c4"),
+        ];
+        let tags: Vec<String> = balanced(rows)
+            .into_iter()
+            .map(|r| r.completions[0].clone())
+            .collect();
+        assert_eq!(tags, vec!["a1", "a2", "c1", "c2", "c3", "c4"]);
+    }
+}

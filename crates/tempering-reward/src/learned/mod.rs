@@ -1,0 +1,78 @@
+//! Learned scorers: an outcome reward model ([`RewardModel`], a [`crate::Verifier`]: one score per
+//! completion, read by a sequence-classification head at the last token) and a process reward model
+//! ([`ProcessRewardModel`], a [`crate::StepScorer`]: the probability that each step is still on a
+//! correct path, read by a token-classification head at each step's separator). Each opens from an
+//! HF classifier directory with one call, e.g. `RewardModel::open(dir, &Device::Cpu)`.
+//!
+//! [`tokens`] holds how a prompt and a completion (or its steps) become token ids: the trainers of
+//! these models use the same functions, so a model scores exactly what it was trained on. Knows the
+//! model layer; nothing of training loops, search or the command line.
+
+pub mod outcome;
+pub mod process;
+pub mod tokens;
+
+pub use outcome::RewardModel;
+pub use process::{split_steps, PrmVerifier, ProcessRewardModel, StepAggregation};
+pub use tokens::{completion_tokens, step_tokens, StepTokens};
+
+use std::path::Path;
+
+use candle_core::{DType, Device};
+
+/// The dtype a scorer runs in by default: f32 on the CPU, bf16 on CUDA.
+pub fn default_dtype(device: &Device) -> DType {
+    if device.is_cpu() {
+        DType::F32
+    } else {
+        DType::BF16
+    }
+}
+
+/// The scorer's name in metrics and traces: the directory's last component.
+fn name_of(dir: &Path) -> String {
+    dir.file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| dir.display().to_string())
+}
+
+/// Sequences are scored in batches of about this many tokens (padding included).
+const BATCH_TOKENS: usize = 8192;
+
+/// Index groups of `lens` to run together: sorted by length so padding stays small, each group
+/// under [`BATCH_TOKENS`] tokens of padded batch.
+fn length_batches(lens: &[usize]) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lens.len()).collect();
+    order.sort_by_key(|&i| lens[i]);
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    let mut cur: Vec<usize> = Vec::new();
+    for i in order {
+        // Sorted ascending: the newest member is the longest.
+        if !cur.is_empty() && (cur.len() + 1) * lens[i] > BATCH_TOKENS {
+            out.push(std::mem::take(&mut cur));
+        }
+        cur.push(i);
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn length_batches_cover_every_index_once_under_the_budget() {
+        let lens: Vec<usize> = (0..300).map(|i| (i * 37) % 500 + 1).collect();
+        let batches = length_batches(&lens);
+        let mut seen: Vec<usize> = batches.iter().flatten().copied().collect();
+        seen.sort();
+        assert_eq!(seen, (0..300).collect::<Vec<_>>());
+        for b in &batches {
+            let longest = b.iter().map(|&i| lens[i]).max().unwrap();
+            assert!(b.len() == 1 || b.len() * longest <= BATCH_TOKENS);
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! Run configurations of the reward-model trainers: the outcome reward model (`temper rm`) and the
+//! process reward model (`temper prm`). Each is one flat set of TOML keys: the trainer's keys
+//! ([`TrainKeys`], shared) plus the algorithm's own, resolved like the SFT config (defaults, file,
+//! command line; unknown keys suggest the nearest). Knows keys and values; nothing of how training
+//! runs.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{resolve_keys, run_config_path, write_config};
+use crate::error::{Result, TrainError};
+use crate::optim::AdamWConfig;
+use crate::schedule::ScheduleKind;
+use crate::trainer::TrainConfig;
+
+/// The trainer's keys, as in the SFT config. Flattened into each config, whose defaults fill the
+/// keys a file and the command line leave out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainKeys {
+    pub learning_rate: f64,
+    /// constant, linear or cosine (after warm-up).
+    pub lr_scheduler: ScheduleKind,
+    pub warmup_steps: usize,
+    pub min_lr_ratio: f64,
+    /// Optimiser steps; 0: `epochs` passes over the data.
+    pub max_steps: usize,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub grad_accum: usize,
+    /// 0 disables clipping.
+    pub max_grad_norm: f64,
+    pub weight_decay: f64,
+    pub adam_beta1: f64,
+    pub adam_beta2: f64,
+    pub adam_eps: f64,
+    /// 0: evaluate only at the end.
+    pub eval_every: usize,
+    pub eval_batch_size: usize,
+    /// 0: checkpoint only at the end.
+    pub save_every: usize,
+    pub keep_checkpoints: usize,
+    pub seed: u64,
+    pub shuffle: bool,
+}
+
+/// The keys of [`TrainKeys`].
+pub const TRAIN_KEYS: &[&str] = &[
+    "learning_rate",
+    "lr_scheduler",
+    "warmup_steps",
+    "min_lr_ratio",
+    "max_steps",
+    "epochs",
+    "batch_size",
+    "grad_accum",
+    "max_grad_norm",
+    "weight_decay",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_eps",
+    "eval_every",
+    "eval_batch_size",
+    "save_every",
+    "keep_checkpoints",
+    "seed",
+    "shuffle",
+];
+
+impl TrainKeys {
+    fn with_learning_rate(learning_rate: f64) -> Self {
+        let t = TrainConfig::default();
+        TrainKeys {
+            learning_rate,
+            lr_scheduler: t.schedule,
+            warmup_steps: t.warmup_steps,
+            min_lr_ratio: t.min_lr_ratio,
+            max_steps: t.max_steps,
+            epochs: t.epochs,
+            batch_size: t.batch_size,
+            grad_accum: t.grad_accum,
+            max_grad_norm: t.max_grad_norm,
+            weight_decay: t.adamw.weight_decay,
+            adam_beta1: t.adamw.beta1,
+            adam_beta2: t.adamw.beta2,
+            adam_eps: t.adamw.eps,
+            eval_every: t.eval_every,
+            eval_batch_size: t.eval_batch_size,
+            save_every: t.save_every,
+            keep_checkpoints: t.keep_checkpoints,
+            seed: t.seed,
+            shuffle: t.shuffle,
+        }
+    }
+
+    pub fn train_config(&self) -> TrainConfig {
+        TrainConfig {
+            learning_rate: self.learning_rate,
+            schedule: self.lr_scheduler,
+            warmup_steps: self.warmup_steps,
+            min_lr_ratio: self.min_lr_ratio,
+            max_steps: self.max_steps,
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            grad_accum: self.grad_accum,
+            max_grad_norm: self.max_grad_norm,
+            adamw: AdamWConfig {
+                beta1: self.adam_beta1,
+                beta2: self.adam_beta2,
+                eps: self.adam_eps,
+                weight_decay: self.weight_decay,
+            },
+            eval_every: self.eval_every,
+            eval_batch_size: self.eval_batch_size,
+            save_every: self.save_every,
+            keep_checkpoints: self.keep_checkpoints,
+            seed: self.seed,
+            shuffle: self.shuffle,
+            progress: true,
+        }
+    }
+
+    fn validate(&self, max_length: usize) -> Result<()> {
+        self.train_config().validate()?;
+        if max_length < 2 {
+            return Err(TrainError::config(
+                "max_length",
+                "expected at least 2 tokens",
+            ));
+        }
+        if self.keep_checkpoints == 0 {
+            return Err(TrainError::config(
+                "keep_checkpoints",
+                "expected at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A Bradley-Terry outcome reward model run (`temper rm`). Defaults follow TRL's `RewardConfig`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RmConfig {
+    /// The base model: an HF directory or a GGUF file (a fresh score head is added), or an HF
+    /// sequence-classification directory (its head is trained further).
+    pub model: Option<PathBuf>,
+    /// Preference data (`prompt`/`chosen`/`rejected`, optional `margin`), JSONL or Parquet.
+    pub data: Option<PathBuf>,
+    pub eval_data: Option<PathBuf>,
+    pub output: Option<PathBuf>,
+    #[serde(flatten)]
+    pub train: TrainKeys,
+    /// Pairs whose chosen or rejected side is longer are dropped (as TRL does).
+    pub max_length: usize,
+    /// Weight of `mean((r_chosen + r_rejected)^2)`, which keeps rewards centred on 0; 0 is off.
+    pub center_rewards_coefficient: f64,
+    /// cpu, cuda, cuda:N or auto.
+    pub device: String,
+    /// f32, bf16 or f16; empty: f32 on CPU, bf16 on CUDA.
+    pub dtype: String,
+}
+
+impl Default for RmConfig {
+    fn default() -> Self {
+        RmConfig {
+            model: None,
+            data: None,
+            eval_data: None,
+            output: None,
+            train: TrainKeys::with_learning_rate(1e-4),
+            max_length: 1024,
+            center_rewards_coefficient: 0.0,
+            device: "cpu".into(),
+            dtype: String::new(),
+        }
+    }
+}
+
+/// A process reward model run (`temper prm`). Defaults follow TRL's `PRMConfig`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PrmConfig {
+    pub model: Option<PathBuf>,
+    /// Stepwise data (`prompt`/`completions`/`labels`), JSONL or Parquet.
+    pub data: Option<PathBuf>,
+    pub eval_data: Option<PathBuf>,
+    pub output: Option<PathBuf>,
+    #[serde(flatten)]
+    pub train: TrainKeys,
+    /// Sequences are cut to this many tokens (steps past it lose their labels).
+    pub max_length: usize,
+    /// Written after every step; the step's label is read at its last token.
+    pub step_separator: String,
+    /// Train on the last step's label only.
+    pub train_on_last_step_only: bool,
+    pub device: String,
+    pub dtype: String,
+}
+
+impl Default for PrmConfig {
+    fn default() -> Self {
+        PrmConfig {
+            model: None,
+            data: None,
+            eval_data: None,
+            output: None,
+            train: TrainKeys::with_learning_rate(1e-5),
+            max_length: 1024,
+            step_separator: "\n".into(),
+            train_on_last_step_only: false,
+            device: "cpu".into(),
+            dtype: String::new(),
+        }
+    }
+}
+
+const IO_KEYS: &[&str] = &["model", "data", "eval_data", "output", "device", "dtype"];
+
+/// Every key of an RM config.
+pub fn rm_keys() -> Vec<&'static str> {
+    let mut k = IO_KEYS.to_vec();
+    k.extend_from_slice(TRAIN_KEYS);
+    k.extend_from_slice(&["max_length", "center_rewards_coefficient"]);
+    k
+}
+
+/// Every key of a PRM config.
+pub fn prm_keys() -> Vec<&'static str> {
+    let mut k = IO_KEYS.to_vec();
+    k.extend_from_slice(TRAIN_KEYS);
+    k.extend_from_slice(&["max_length", "step_separator", "train_on_last_step_only"]);
+    k
+}
+
+impl RmConfig {
+    pub fn resolve(file: Option<&Path>, overrides: toml::Table) -> Result<Self> {
+        let cfg: RmConfig = resolve_keys(file, overrides, &rm_keys())?;
+        cfg.train.validate(cfg.max_length)?;
+        if !(cfg.center_rewards_coefficient >= 0.0 && cfg.center_rewards_coefficient.is_finite()) {
+            return Err(TrainError::config(
+                "center_rewards_coefficient",
+                format!(
+                    "expected 0 (off) or a positive number, got {}",
+                    cfg.center_rewards_coefficient
+                ),
+            ));
+        }
+        Ok(cfg)
+    }
+
+    pub fn write(&self, dir: &Path) -> Result<PathBuf> {
+        write_config(self, dir)
+    }
+
+    pub fn read_run(dir: &Path) -> Result<Self> {
+        Self::resolve(Some(&run_config_path(dir)?), toml::Table::new())
+    }
+}
+
+impl PrmConfig {
+    pub fn resolve(file: Option<&Path>, overrides: toml::Table) -> Result<Self> {
+        let cfg: PrmConfig = resolve_keys(file, overrides, &prm_keys())?;
+        cfg.train.validate(cfg.max_length)?;
+        if cfg.step_separator.is_empty() {
+            return Err(TrainError::config(
+                "step_separator",
+                "expected a non-empty string (the default is a newline)",
+            ));
+        }
+        Ok(cfg)
+    }
+
+    pub fn write(&self, dir: &Path) -> Result<PathBuf> {
+        write_config(self, dir)
+    }
+
+    pub fn read_run(dir: &Path) -> Result<Self> {
+        Self::resolve(Some(&run_config_path(dir)?), toml::Table::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configs_round_trip_through_toml_with_every_key_known() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rm = RmConfig {
+            model: Some("m".into()),
+            center_rewards_coefficient: 0.01,
+            ..Default::default()
+        };
+        rm.train.batch_size = 3;
+        rm.write(dir.path()).unwrap();
+        assert_eq!(RmConfig::read_run(dir.path()).unwrap(), rm);
+        let table: toml::Table = std::fs::read_to_string(dir.path().join("config.toml"))
+            .unwrap()
+            .parse()
+            .unwrap();
+        for k in table.keys() {
+            assert!(rm_keys().contains(&k.as_str()), "{k}");
+        }
+
+        let prm = PrmConfig {
+            step_separator: "\n\n".into(),
+            train_on_last_step_only: true,
+            ..Default::default()
+        };
+        prm.write(dir.path()).unwrap();
+        assert_eq!(PrmConfig::read_run(dir.path()).unwrap(), prm);
+    }
+
+    #[test]
+    fn bad_keys_and_values_are_named() {
+        let mut t = toml::Table::new();
+        t.insert("center_reward_coefficient".into(), toml::Value::Float(0.1));
+        let e = RmConfig::resolve(None, t).unwrap_err().to_string();
+        assert!(
+            e.contains("did you mean `center_rewards_coefficient`"),
+            "{e}"
+        );
+
+        let mut t = toml::Table::new();
+        t.insert("batch_size".into(), toml::Value::Integer(0));
+        let e = PrmConfig::resolve(None, t).unwrap_err().to_string();
+        assert!(e.contains("batch_size"), "{e}");
+
+        let mut t = toml::Table::new();
+        t.insert("step_separator".into(), toml::Value::String(String::new()));
+        let e = PrmConfig::resolve(None, t).unwrap_err().to_string();
+        assert!(e.contains("step_separator"), "{e}");
+
+        let mut t = toml::Table::new();
+        t.insert("learning_rate".into(), toml::Value::String("fast".into()));
+        let e = RmConfig::resolve(None, t).unwrap_err().to_string();
+        assert!(e.contains("learning_rate"), "{e}");
+    }
+}
