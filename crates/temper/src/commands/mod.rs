@@ -1,4 +1,5 @@
 pub mod chat;
+pub mod demo;
 pub mod eval;
 pub mod generate;
 pub mod label_steps;

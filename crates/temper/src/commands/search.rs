@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use tempering_generate::{GenError, SamplingParams};
-use tempering_reward::{SelfEvalConfig, SelfEvaluator};
+use tempering_reward::learned::{ProcessRewardModel, RewardModel};
+use tempering_reward::{SelfEvalConfig, SelfEvaluator, StepScorer, Verifier};
 use tempering_search::{
     parse_strategy, solve, Aggregation, Budget, Scorers, SearchConfig, SearchContext,
     SearchProblem, TokenizerEncoder,
@@ -123,16 +124,25 @@ impl SearchFlags {
 #[derive(Default)]
 pub struct LoadedScorers {
     self_eval: Option<SelfEvaluator>,
+    prm: Option<ProcessRewardModel>,
+    rm: Option<RewardModel>,
 }
 
 impl LoadedScorers {
+    /// A learned model wins over self-evaluation for its role.
     pub fn scorers(&self) -> Scorers<'_> {
-        match &self.self_eval {
-            Some(s) => Scorers {
-                verifier: Some(s),
-                step: Some(s),
-            },
-            None => Scorers::default(),
+        let judge = self.self_eval.as_ref();
+        Scorers {
+            verifier: self
+                .rm
+                .as_ref()
+                .map(|r| r as &dyn Verifier)
+                .or(judge.map(|s| s as &dyn Verifier)),
+            step: self
+                .prm
+                .as_ref()
+                .map(|p| p as &dyn StepScorer)
+                .or(judge.map(|s| s as &dyn StepScorer)),
         }
     }
 }
@@ -140,17 +150,20 @@ impl LoadedScorers {
 /// Builds the scorers from `--prm`, `--rm` and `--scorer` (the one place that knows them).
 pub fn build_scorers(flags: &SearchFlags, model: &Path) -> Result<LoadedScorers> {
     let mut out = LoadedScorers::default();
-    if let Some(dir) = &flags.prm {
-        bail!(
-            "--prm {}: learned process reward models are not available in this build yet (use --scorer self-eval)",
-            dir.display()
-        );
-    }
-    if let Some(dir) = &flags.rm {
-        bail!(
-            "--rm {}: learned outcome reward models are not available in this build yet (use --scorer self-eval)",
-            dir.display()
-        );
+    if flags.prm.is_some() || flags.rm.is_some() {
+        let (device, _) = device_and_dtype(&flags.device.device, None)?;
+        if let Some(dir) = &flags.prm {
+            out.prm = Some(
+                ProcessRewardModel::open(dir, &device)
+                    .with_context(|| format!("--prm {}", dir.display()))?,
+            );
+        }
+        if let Some(dir) = &flags.rm {
+            out.rm = Some(
+                RewardModel::open(dir, &device)
+                    .with_context(|| format!("--rm {}", dir.display()))?,
+            );
+        }
     }
     match flags.scorer.as_deref() {
         None => {}
