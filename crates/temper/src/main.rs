@@ -45,6 +45,12 @@ enum Command {
     Grpo(Box<GrpoArgs>),
     /// Online RL with the leave-one-out baseline (RLOO); same flags as grpo.
     Rloo(Box<commands::rl::RlArgs>),
+    /// PPO with a critic (value head or --critic-model), GAE and the KL-penalised per-token reward;
+    /// GRPO's flags plus the critic's and PPO's; --resume continues a run.
+    Ppo(Box<commands::ppo::PpoArgs>),
+    /// TRPO: natural-gradient steps within a KL trust region (--max-kl), conjugate gradient and a
+    /// line search; the critic as in ppo; --resume continues a run.
+    Trpo(Box<commands::ppo::TrpoArgs>),
 }
 
 #[derive(clap::Args)]
@@ -111,6 +117,8 @@ fn main() {
             commands::rl::run(a.rl, alg)
         }
         Command::Rloo(a) => commands::rl::run(*a, tempering_train::rl::Algorithm::Rloo),
+        Command::Ppo(a) => commands::ppo::ppo(*a),
+        Command::Trpo(a) => commands::ppo::trpo(*a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
