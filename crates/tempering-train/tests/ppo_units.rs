@@ -400,3 +400,54 @@ fn resumed_runs_continue_exactly() {
         }
     }
 }
+
+#[test]
+fn approximate_kl_limit_stops_the_epochs_early() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(Method::Ppo, 1);
+    c.epochs = 3;
+    c.num_mini_batches = 2;
+    // The first minibatch sees the rollout policy itself (KL ~ 0); the second comes after an update.
+    c.kl_stop = 1e-6;
+    run(dir.path(), &c, false);
+    let r = &read(&dir.path().join("metrics.jsonl")).unwrap()[0];
+    assert_eq!(r["early_stopped"], true, "{r:?}");
+    let updates = r["updates"].as_u64().unwrap();
+    assert!((1..6).contains(&updates), "{updates} updates");
+    assert_eq!(r["step"].as_u64(), Some(updates));
+}
+
+#[test]
+fn a_reference_sharing_the_policy_weights_is_refused() {
+    let (mut policy, tok) = random_model(5);
+    let params = policy.make_trainable(|_| true).unwrap();
+    let prompts = prompt_items(&problems(2, 4, 1, Split::Train), &tok);
+    let dir = tempfile::tempdir().unwrap();
+    let err = run_actor_critic(
+        &config(Method::Ppo, 1),
+        ActorCriticInputs {
+            online: OnlineInputs {
+                policy: policy.clone(),
+                params,
+                // A clone of a trainable model holds the same `Var`s.
+                reference: Some(policy.clone()),
+                tokenizer: &tok,
+                prompts: &prompts,
+                reward: &DigitShare,
+                verifier: None,
+                prm: None,
+                retain: None,
+                replay: None,
+            },
+            critic_model: None,
+        },
+        dir.path(),
+        false,
+    )
+    .err()
+    .expect("a shared reference was accepted");
+    assert!(
+        err.to_string().contains("shares the trainable weight"),
+        "{err}"
+    );
+}
