@@ -444,8 +444,7 @@ fn a_reference_sharing_the_policy_weights_is_refused() {
         dir.path(),
         false,
     )
-    .err()
-    .expect("a shared reference was accepted");
+    .expect_err("a shared reference was accepted");
     assert!(
         err.to_string().contains("shares the trainable weight"),
         "{err}"
