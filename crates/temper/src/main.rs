@@ -60,6 +60,12 @@ enum Command {
     LabelSteps(Box<commands::label_steps::LabelStepsArgs>),
     /// Score completions with a reward model or a process reward model.
     Score(commands::score::ScoreArgs),
+    /// PPO with a critic (value head or --critic-model), GAE and the KL-penalised per-token reward;
+    /// GRPO's flags plus the critic's and PPO's; --resume continues a run.
+    Ppo(Box<commands::ppo::PpoArgs>),
+    /// TRPO: natural-gradient steps within a KL trust region (--max-kl), conjugate gradient and a
+    /// line search; the critic as in ppo; --resume continues a run.
+    Trpo(Box<commands::ppo::TrpoArgs>),
 }
 
 #[derive(clap::Args)]
@@ -147,5 +153,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Prm(a) => commands::prm::prm(*a),
         Command::LabelSteps(a) => commands::label_steps::run(*a),
         Command::Score(a) => commands::score::run(a),
+        Command::Ppo(a) => commands::ppo::ppo(*a),
+        Command::Trpo(a) => commands::ppo::trpo(*a),
     }
 }

@@ -15,10 +15,19 @@ const COLORS: [RGBColor; 5] = [
 ];
 
 /// An SVG line chart of `series` (name, points (x, y) in x order).
-pub fn line_svg(title: &str, x_label: &str, series: &[(String, Vec<(f64, f64)>)]) -> Result<String> {
+pub fn line_svg(
+    title: &str,
+    x_label: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+) -> Result<String> {
     crate::plot::register_font();
     let pts = series.iter().flat_map(|s| s.1.iter());
-    let (mut x0, mut x1, mut y0, mut y1) = (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY);
+    let (mut x0, mut x1, mut y0, mut y1) = (
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+    );
     for &(x, y) in pts {
         if x.is_finite() && y.is_finite() {
             x0 = x0.min(x);
@@ -61,7 +70,9 @@ pub fn line_svg(title: &str, x_label: &str, series: &[(String, Vec<(f64, f64)>)]
                 .draw_series(LineSeries::new(points.iter().copied(), c.stroke_width(2)))
                 .map_err(|e| err(e.to_string()))?
                 .label(name.clone())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2))
+                });
         }
         chart
             .configure_series_labels()

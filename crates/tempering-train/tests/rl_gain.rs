@@ -14,7 +14,10 @@ fn config(steps: usize) -> OnlineConfig {
     let mut c = OnlineConfig {
         algorithm: Algorithm::Grpo,
         num_generations: 8,
-        prompts_per_step: std::env::var("RL_PROMPTS").ok().and_then(|v| v.parse().ok()).unwrap_or(8),
+        prompts_per_step: std::env::var("RL_PROMPTS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(8),
         steps,
         micro_batch_size: 64,
         learning_rate: std::env::var("RL_LR")

@@ -142,9 +142,9 @@ fn read_table(dir: &Path) -> Result<Vec<EvalRow>> {
     for (i, line) in text.lines().enumerate().skip(1) {
         let f: Vec<&str> = line.split(',').map(|x| x.trim_matches('"')).collect();
         let num = |k: usize| -> Result<f64> {
-            f.get(k)
-                .and_then(|x| x.parse().ok())
-                .with_context(|| format!("{}:{}: column {k} is not a number", path.display(), i + 1))
+            f.get(k).and_then(|x| x.parse().ok()).with_context(|| {
+                format!("{}:{}: column {k} is not a number", path.display(), i + 1)
+            })
         };
         rows.push(EvalRow {
             strategy: f.first().map(|x| x.to_string()).unwrap_or_default(),
@@ -168,7 +168,9 @@ fn series(recs: &[Map<String, Value>], x: &str, key: &str) -> Vec<(f64, f64)> {
 }
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 fn svg_body(svg: &str) -> &str {
@@ -340,7 +342,10 @@ pub fn demo(a: DemoArgs) -> Result<()> {
     stage("grpo", t);
 
     // 5. Test-time strategies at a few budgets on the test split, for the SFT and the RL policy.
-    eprintln!("[5/6] test-time search on {} held-out problems", plan.test_problems);
+    eprintln!(
+        "[5/6] test-time search on {} held-out problems",
+        plan.test_problems
+    );
     let t = Instant::now();
     let mut strategies = vec![s("greedy")];
     for n in &plan.budgets {
@@ -436,7 +441,10 @@ pub fn demo(a: DemoArgs) -> Result<()> {
         "GRPO training reward",
         "rollout batch",
         &[
-            (s("reward (task_verifier)"), series(&grpo, "rollout_step", "reward")),
+            (
+                s("reward (task_verifier)"),
+                series(&grpo, "rollout_step", "reward"),
+            ),
             (
                 s("held-out verifier (math_answer)"),
                 series(&grpo, "rollout_step", "verifier_reward"),
@@ -511,8 +519,11 @@ pub fn demo(a: DemoArgs) -> Result<()> {
         "seconds": started.elapsed().as_secs_f64(),
         "stage_seconds": timings.iter().map(|(n, t)| (n.to_string(), serde_json::json!(t))).collect::<Map<String, Value>>(),
     });
-    std::fs::write(out.join("demo.json"), serde_json::to_string_pretty(&record)?)
-        .with_context(|| format!("writing {}", out.join("demo.json").display()))?;
+    std::fs::write(
+        out.join("demo.json"),
+        serde_json::to_string_pretty(&record)?,
+    )
+    .with_context(|| format!("writing {}", out.join("demo.json").display()))?;
     println!(
         "report: {}  ({:.0} s in all)",
         report.display(),

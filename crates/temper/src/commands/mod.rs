@@ -5,6 +5,7 @@ pub mod generate;
 pub mod label_steps;
 pub mod merge;
 pub mod model;
+pub mod ppo;
 pub mod prm;
 pub mod rl;
 pub mod rm;

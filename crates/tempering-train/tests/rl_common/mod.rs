@@ -22,8 +22,9 @@ pub fn task() -> &'static dyn Task {
 /// level 3).
 pub fn sft_fixture() -> (Transformer, Tokenizer) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/models/tiny-arith-sft");
-    let files = tempering_model::ModelFiles::open(&dir, candle_core::DType::F32, &candle_core::Device::Cpu)
-        .unwrap();
+    let files =
+        tempering_model::ModelFiles::open(&dir, candle_core::DType::F32, &candle_core::Device::Cpu)
+            .unwrap();
     let tok = files.tokenizer.clone().unwrap();
     (files.transformer().unwrap(), tok)
 }
