@@ -6,12 +6,17 @@ use plotters::prelude::*;
 use crate::error::{EvalError, Result};
 
 const SIZE: (u32, u32) = (640, 360);
-const COLORS: [RGBColor; 5] = [
+const COLORS: [RGBColor; 10] = [
     RGBColor(31, 119, 180),
     RGBColor(214, 39, 40),
     RGBColor(44, 160, 44),
     RGBColor(148, 103, 189),
     RGBColor(255, 127, 14),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
 ];
 
 /// An SVG line chart of `series` (name, points (x, y) in x order).
