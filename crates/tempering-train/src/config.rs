@@ -164,8 +164,13 @@ fn levenshtein(a: &str, b: &str) -> usize {
 
 /// The known key nearest to `key`, if it is near enough to be a plausible typo.
 pub fn nearest_key(key: &str) -> Option<String> {
+    nearest_in(key, SFT_KEYS)
+}
+
+/// The key of `known` nearest to `key`, if it is near enough to be a plausible typo.
+pub fn nearest_in(key: &str, known: &[&str]) -> Option<String> {
     let norm = key.replace('-', "_").to_ascii_lowercase();
-    SFT_KEYS
+    known
         .iter()
         .map(|k| (levenshtein(&norm, k), *k))
         .min()
@@ -173,60 +178,70 @@ pub fn nearest_key(key: &str) -> Option<String> {
         .map(|(_, k)| k.to_string())
 }
 
-fn check_keys(table: &toml::Table, file: Option<&Path>) -> Result<()> {
+fn check_keys(table: &toml::Table, file: Option<&Path>, known: &[&str]) -> Result<()> {
     for key in table.keys() {
-        if !SFT_KEYS.contains(&key.as_str()) {
+        if !known.contains(&key.as_str()) {
             return Err(TrainError::UnknownKey {
                 file: file.map(Path::to_path_buf),
                 key: key.clone(),
-                suggestion: nearest_key(key),
-                known: SFT_KEYS.iter().map(|s| s.to_string()).collect(),
+                suggestion: nearest_in(key, known),
+                known: known.iter().map(|s| s.to_string()).collect(),
             });
         }
     }
     Ok(())
 }
 
+/// Defaults, then the TOML file's keys, then `overrides` (the command line's), into a run config
+/// whose keys are `known`; errors name the file and the key.
+pub fn resolve_table<T: serde::de::DeserializeOwned>(
+    file: Option<&Path>,
+    overrides: toml::Table,
+    known: &[&str],
+) -> Result<T> {
+    let mut table = match file {
+        None => toml::Table::new(),
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+            let t: toml::Table = text
+                .parse()
+                .map_err(|e: toml::de::Error| TrainError::format(path, e.to_string()))?;
+            check_keys(&t, Some(path), known)?;
+            t
+        }
+    };
+    check_keys(&overrides, None, known)?;
+    table.extend(overrides);
+    match toml::Value::Table(table.clone()).try_into() {
+        Ok(c) => Ok(c),
+        Err(e) => {
+            // Name the key whose value does not fit: the first one that fails on its own.
+            let e: toml::de::Error = e;
+            let bad = table.iter().find(|(k, v)| {
+                let mut one = toml::Table::new();
+                one.insert((*k).clone(), (*v).clone());
+                toml::Value::Table(one).try_into::<T>().is_err()
+            });
+            let key = bad
+                .map(|(k, _)| k.clone())
+                .unwrap_or_else(|| "<config>".into());
+            Err(TrainError::config(
+                key,
+                format!(
+                    "{} (from {})",
+                    e.message(),
+                    file.map(|f| f.display().to_string())
+                        .unwrap_or_else(|| "the command line".into())
+                ),
+            ))
+        }
+    }
+}
+
 impl SftConfig {
     /// Defaults, then the TOML file's keys, then `overrides` (the command line's), validated.
     pub fn resolve(file: Option<&Path>, overrides: toml::Table) -> Result<Self> {
-        let mut table = match file {
-            None => toml::Table::new(),
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
-                let t: toml::Table = text
-                    .parse()
-                    .map_err(|e: toml::de::Error| TrainError::format(path, e.to_string()))?;
-                check_keys(&t, Some(path))?;
-                t
-            }
-        };
-        check_keys(&overrides, None)?;
-        table.extend(overrides);
-        let cfg: SftConfig = match toml::Value::Table(table.clone()).try_into() {
-            Ok(c) => c,
-            Err(e) => {
-                // Name the key whose value does not fit: the first one that fails on its own.
-                let e: toml::de::Error = e;
-                let bad = table.iter().find(|(k, v)| {
-                    let mut one = toml::Table::new();
-                    one.insert((*k).clone(), (*v).clone());
-                    toml::Value::Table(one).try_into::<SftConfig>().is_err()
-                });
-                let key = bad
-                    .map(|(k, _)| k.clone())
-                    .unwrap_or_else(|| "<config>".into());
-                return Err(TrainError::config(
-                    key,
-                    format!(
-                        "{} (from {})",
-                        e.message(),
-                        file.map(|f| f.display().to_string())
-                            .unwrap_or_else(|| "the command line".into())
-                    ),
-                ));
-            }
-        };
+        let cfg: SftConfig = resolve_table(file, overrides, SFT_KEYS)?;
         cfg.validate()?;
         Ok(cfg)
     }

@@ -1,7 +1,8 @@
 //! One training loop and the algorithms plugged into it. The [`Trainer`] owns the loop (AdamW with
 //! f32 moments, warm-up and decay schedules, gradient accumulation and clipping, evaluation,
 //! checkpoints with exact resume, `metrics.jsonl`, a progress bar); an algorithm is an [`Objective`]
-//! that turns a batch into a summed loss and metrics. [`sft`] is the first objective.
+//! that turns a batch into a summed loss and metrics: [`sft`], and the preference family in [`dpo`]
+//! (DPO, IPO, hinge, robust, SimPO, ORPO, KTO).
 //!
 //! This crate knows the model layer (the decoder, LoRA, tokenizer, chat templates) and the tasks
 //! layer (datasets). It knows nothing of generation engines, search or the command line.
@@ -9,6 +10,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod dpo;
 pub mod error;
 pub mod metrics;
 pub mod objective;
