@@ -40,6 +40,12 @@ enum Command {
     Chat(commands::chat::ChatArgs),
     /// Supervised fine-tuning (full or LoRA) on JSONL/Parquet data; --resume continues a run.
     Sft(Box<commands::sft::SftArgs>),
+    /// Preference optimisation on prompt/chosen/rejected pairs: DPO, IPO, hinge, robust, SimPO, ORPO.
+    Dpo(Box<commands::dpo::PreferenceArgs>),
+    /// KTO on unpaired prompt/completion/label data.
+    Kto(Box<commands::dpo::PreferenceArgs>),
+    /// The implicit rewards of a DPO run's policy on preference pairs, one JSON line per pair.
+    DpoRewards(commands::dpo_rewards::DpoRewardsArgs),
 }
 
 // mimalloc's C API (linked through the `mimalloc` crate): option numbers from its mimalloc.h.
@@ -88,6 +94,9 @@ fn main() {
         Command::Chat(a) => commands::chat::chat(a),
         Command::Tasks(a) => commands::tasks::run(a),
         Command::Sft(a) => commands::sft::sft(*a),
+        Command::Dpo(a) => commands::dpo::run(*a, tempering_train::dpo::PreferenceKind::Paired),
+        Command::Kto(a) => commands::dpo::run(*a, tempering_train::dpo::PreferenceKind::Unpaired),
+        Command::DpoRewards(a) => commands::dpo_rewards::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

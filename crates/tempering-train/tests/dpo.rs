@@ -182,7 +182,7 @@ fn precomputed_reference_gives_the_same_loss() {
     let (want, _, _) = eval_loss(&mut live, &batch);
     let reference = Reference::for_policy(&params, &policy, None).unwrap();
     let mut pre = DpoObjective::new(policy, reference, params, 0).unwrap();
-    pre.precompute_reference(&mut data, 4).unwrap();
+    pre.precompute_reference(&mut [&mut data], 4).unwrap();
     assert!(data.iter().all(|p| p.reference.is_some()));
     let batch: Vec<&PairSequence> = data.iter().collect();
     let (got, _, _) = eval_loss(&mut pre, &batch);

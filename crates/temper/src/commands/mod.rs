@@ -1,4 +1,6 @@
 pub mod chat;
+pub mod dpo;
+pub mod dpo_rewards;
 pub mod generate;
 pub mod merge;
 pub mod model;

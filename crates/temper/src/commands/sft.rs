@@ -145,7 +145,7 @@ fn overrides(a: &SftArgs) -> Result<toml::Table> {
     toml::Table::try_from(a).context("reading the command-line flags")
 }
 
-fn required<'a>(v: &'a Option<PathBuf>, key: &str) -> Result<&'a Path> {
+pub(crate) fn required<'a>(v: &'a Option<PathBuf>, key: &str) -> Result<&'a Path> {
     v.as_deref().with_context(|| {
         format!(
             "`{key}` is not set: give --{} or put it in --config",
@@ -170,7 +170,7 @@ fn print_report(what: &Path, r: &PrepareReport, max_length: usize) {
 }
 
 /// Writes the final model through a temporary directory renamed into place.
-fn write_final(out: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+pub(crate) fn write_final(out: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let parent = out.parent().unwrap_or(Path::new("."));
     let name = out
         .file_name()

@@ -181,16 +181,20 @@ impl KtoObjective {
         &self.model
     }
 
-    /// Reference log-probs of every completion and KL completion, computed once.
+    /// Reference log-probs of every completion and KL completion of `datasets`, computed once; the
+    /// reference model is dropped.
     pub fn precompute_reference(
         &mut self,
-        data: &mut [UnpairedSequence],
+        datasets: &mut [&mut [UnpairedSequence]],
         batch_size: usize,
     ) -> Result<()> {
         let Reference::Model(reference) = &self.reference else {
             return Ok(());
         };
-        for chunk in data.chunks_mut(batch_size.max(1)) {
+        for chunk in datasets
+            .iter_mut()
+            .flat_map(|d| d.chunks_mut(batch_size.max(1)))
+        {
             let n = chunk.len();
             let rows: Vec<&PromptCompletion> = chunk
                 .iter()

@@ -100,21 +100,23 @@ impl DpoObjective {
         &self.params
     }
 
-    /// Computes every example's reference log-probs once, in batches of `batch_size`, and from then on
-    /// reads them from the examples (the reference model is dropped: with full fine-tuning that frees
-    /// its copy of the weights).
+    /// Computes the reference log-probs of every example of `datasets` once, in batches of
+    /// `batch_size`, and from then on reads them from the examples (the reference model is dropped:
+    /// with full fine-tuning that frees its copy of the weights).
     pub fn precompute_reference(
         &mut self,
-        data: &mut [PairSequence],
+        datasets: &mut [&mut [PairSequence]],
         batch_size: usize,
     ) -> Result<()> {
         let Reference::Model(reference) = &self.reference else {
             return Ok(());
         };
-        for chunk in data.chunks_mut(batch_size.max(1)) {
-            let (c, r) = reference_values(reference, chunk, self.pad_id)?;
-            for (ex, (c, r)) in chunk.iter_mut().zip(c.into_iter().zip(r)) {
-                ex.reference = Some((c, r));
+        for data in datasets.iter_mut() {
+            for chunk in data.chunks_mut(batch_size.max(1)) {
+                let (c, r) = reference_values(reference, chunk, self.pad_id)?;
+                for (ex, (c, r)) in chunk.iter_mut().zip(c.into_iter().zip(r)) {
+                    ex.reference = Some((c, r));
+                }
             }
         }
         self.reference = Reference::Precomputed;
