@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates the Python environment that regenerates Tempering's golden fixtures (fixtures/models,
-# fixtures/logits, fixtures/generate, fixtures/chat). The Rust test suite never needs it.
+# fixtures/logits, fixtures/generate, fixtures/chat, fixtures/dpo). The Rust test suite never needs it.
 #
 # Usage: scripts/reference/setup.sh [VENV_DIR]   (default: ~/.cache/tempering/reference-venv, outside the tree)
 #
@@ -20,6 +20,9 @@ mkdir -p "$(dirname "$VENV")"
 # llama-cpp-python 0.3.36. The scripts need transformers 5 (`dtype=`, `rope_parameters`); other recent
 # releases should reproduce the logits up to float32 rounding, and the chat fixtures exactly.
 "$VENV/bin/pip" install torch "transformers>=5" safetensors numpy gguf peft sentencepiece "jinja2>=3.1.6" "sacrebleu>=2,<3"
+# TRL's own loss code produces fixtures/dpo (dpo_fixtures.py calls its trainers' loss methods, whose
+# internals move between releases): pinned to the version the committed fixtures came from.
+"$VENV/bin/pip" install trl==1.16.0
 CMAKE_ARGS="-DGGML_NATIVE=ON" "$VENV/bin/pip" install llama-cpp-python
 
 echo "reference environment ready: $VENV"

@@ -66,6 +66,12 @@ enum Command {
     /// TRPO: natural-gradient steps within a KL trust region (--max-kl), conjugate gradient and a
     /// line search; the critic as in ppo; --resume continues a run.
     Trpo(Box<commands::ppo::TrpoArgs>),
+    /// Preference optimisation on prompt/chosen/rejected pairs: DPO, IPO, hinge, robust, SimPO, ORPO.
+    Dpo(Box<commands::dpo::PreferenceArgs>),
+    /// KTO on unpaired prompt/completion/label data.
+    Kto(Box<commands::dpo::PreferenceArgs>),
+    /// The implicit rewards of a DPO run's policy on preference pairs, one JSON line per pair.
+    DpoRewards(commands::dpo_rewards::DpoRewardsArgs),
 }
 
 #[derive(clap::Args)]
@@ -155,5 +161,8 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Score(a) => commands::score::run(a),
         Command::Ppo(a) => commands::ppo::ppo(*a),
         Command::Trpo(a) => commands::ppo::trpo(*a),
+        Command::Dpo(a) => commands::dpo::run(*a, tempering_train::dpo::PreferenceKind::Paired),
+        Command::Kto(a) => commands::dpo::run(*a, tempering_train::dpo::PreferenceKind::Unpaired),
+        Command::DpoRewards(a) => commands::dpo_rewards::run(a),
     }
 }

@@ -1,8 +1,9 @@
 //! One training loop and the algorithms plugged into it. The [`Trainer`] owns the loop (AdamW with
 //! f32 moments, warm-up and decay schedules, gradient accumulation and clipping, evaluation,
 //! checkpoints with exact resume, `metrics.jsonl`, a progress bar); an algorithm is an [`Objective`]
-//! that turns a batch into a summed loss and metrics: [`sft`], [`reward_model`] (Bradley-Terry) and
-//! [`prm`] (step classification).
+//! that turns a batch into a summed loss and metrics: [`sft`], [`reward_model`] (Bradley-Terry),
+//! [`prm`] (step classification) and the preference family in [`dpo`] (DPO, IPO, hinge, robust,
+//! SimPO, ORPO, KTO).
 //!
 //! [`rl`] holds the online algorithms (GRPO and relatives, RLOO, REINFORCE++) and their guards.
 //!
@@ -14,6 +15,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod dpo;
 pub mod error;
 pub mod metrics;
 pub mod objective;

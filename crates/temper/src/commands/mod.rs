@@ -1,5 +1,7 @@
 pub mod chat;
 pub mod demo;
+pub mod dpo;
+pub mod dpo_rewards;
 pub mod eval;
 pub mod generate;
 pub mod label_steps;

@@ -145,7 +145,7 @@ fn overrides(a: &SftArgs) -> Result<toml::Table> {
     toml::Table::try_from(a).context("reading the command-line flags")
 }
 
-fn required<'a>(v: &'a Option<PathBuf>, key: &str) -> Result<&'a Path> {
+pub(crate) fn required<'a>(v: &'a Option<PathBuf>, key: &str) -> Result<&'a Path> {
     v.as_deref().with_context(|| {
         format!(
             "`{key}` is not set: give --{} or put it in --config",

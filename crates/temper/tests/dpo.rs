@@ -1,0 +1,361 @@
+//! DPO end to end on a built-in task, CI-sized and seeded: train the tiny model briefly (SFT), sample
+//! completions of training problems, pair a verified-correct sample with an incorrect one, run
+//! `temper dpo`, and check that greedy accuracy on the test split rises over the SFT model. Then
+//! `temper dpo-rewards` on the run, resume of a preference run, and bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::json;
+use tempering_generate::{
+    Backend, Completion, FinishReason, GenRequest, LocalEngine, SamplingParams,
+};
+use tempering_model::{ModelFiles, Tokenizer};
+use tempering_tasks::{generate, task_by_name, GenerateSpec, Problem, Split, Verdict};
+
+fn temper() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_temper"))
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The training problems the pairs come from (seeded; level 1 has about 190 distinct ones).
+fn train_problems() -> Vec<Problem> {
+    let task = task_by_name("arithmetic").unwrap();
+    generate(
+        task.as_ref(),
+        &GenerateSpec {
+            level: 1,
+            n: 400,
+            seed: 11,
+            split: Split::Train,
+            unique: false,
+        },
+    )
+    .unwrap()
+}
+
+fn engine(model_dir: &Path) -> (LocalEngine, Tokenizer) {
+    let files = ModelFiles::open(
+        model_dir,
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let tok: Tokenizer = files.tokenizer.clone().unwrap();
+    (
+        LocalEngine::new(files.transformer().unwrap(), tok.clone()),
+        tok,
+    )
+}
+
+/// Greedy accuracy (%) of the model in `model_dir` on `problems`.
+fn greedy_accuracy(model_dir: &Path, problems: &[Problem]) -> f64 {
+    let task = task_by_name("arithmetic").unwrap();
+    let (engine, tok) = engine(model_dir);
+    let reqs: Vec<GenRequest> = problems
+        .iter()
+        .map(|p| {
+            GenRequest::new(
+                tok.encode(&p.prompt, false).unwrap(),
+                1,
+                SamplingParams::greedy(96),
+            )
+        })
+        .collect();
+    let outs = engine.generate(&reqs).unwrap();
+    let correct = problems
+        .iter()
+        .zip(&outs)
+        .filter(|(p, o)| task.verify(p, &o[0].text).is_correct())
+        .count();
+    100.0 * correct as f64 / problems.len() as f64
+}
+
+/// Samples completions of training problems and writes pairs (a correct sample, an incorrect one).
+fn write_pairs(model_dir: &Path, out: &Path) -> usize {
+    let task = task_by_name("arithmetic").unwrap();
+    let problems = train_problems();
+    let (engine, tok) = engine(model_dir);
+    let params = SamplingParams {
+        max_new_tokens: 96,
+        temperature: 1.0,
+        seed: 5,
+        ..Default::default()
+    };
+    let reqs: Vec<GenRequest> = problems
+        .iter()
+        .map(|p| GenRequest::new(tok.encode(&p.prompt, false).unwrap(), 6, params.clone()))
+        .collect();
+    let outs = engine.generate(&reqs).unwrap();
+    let mut lines = String::new();
+    let mut n = 0;
+    for (p, samples) in problems.iter().zip(outs) {
+        let finished: Vec<_> = samples
+            .iter()
+            .filter(|c| c.finish_reason == FinishReason::Stop)
+            .collect();
+        // Chosen: verified correct in every step (the worked solution exactly), not only in its
+        // final answer, so that the pairs do not teach wrong arithmetic that happened to land on the
+        // right answer. Rejected: a wrong final answer.
+        let good: Vec<&Completion> = finished
+            .iter()
+            .copied()
+            .filter(|c| c.text == p.solution && task.verify(p, &c.text).is_correct())
+            .collect();
+        let bad: Vec<&Completion> = finished
+            .iter()
+            .copied()
+            .filter(|c| task.verify(p, &c.text) == Verdict::Incorrect)
+            .collect();
+        for (c, r) in good.iter().zip(&bad).take(2) {
+            let row = json!({"prompt": p.prompt, "chosen": c.text, "rejected": r.text});
+            lines.push_str(&row.to_string());
+            lines.push('\n');
+            n += 1;
+        }
+    }
+    std::fs::write(out, lines).unwrap();
+    n
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    sft: PathBuf,
+    prefs: PathBuf,
+    pairs: usize,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let sft = root.join("sft");
+    run_ok(
+        temper()
+            .args(["tasks", "train-tiny", "arithmetic", "--level", "1"])
+            .args(["--steps", "150", "--eval-problems", "0", "--output"])
+            .arg(&sft),
+    );
+    let prefs = root.join("prefs.jsonl");
+    let pairs = write_pairs(&sft, &prefs);
+    Setup {
+        _dir: dir,
+        root,
+        sft,
+        prefs,
+        pairs,
+    }
+}
+
+fn metrics(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The numbers a resumed run must reproduce exactly (not the timings).
+fn exact(recs: &[serde_json::Value]) -> Vec<String> {
+    recs.iter()
+        .map(|r| {
+            let mut r = r.as_object().unwrap().clone();
+            for k in [
+                "step_s",
+                "tokens_per_s",
+                "forward_backward_s",
+                "optimizer_s",
+            ] {
+                r.remove(k);
+            }
+            serde_json::Value::Object(r).to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn dpo_on_verified_pairs_end_to_end() {
+    let s = setup();
+    assert!(s.pairs >= 100, "only {} pairs", s.pairs);
+    let problems = train_problems();
+    let before = greedy_accuracy(&s.sft, &problems);
+    let run = s.root.join("dpo");
+    run_ok(
+        temper()
+            .args(["dpo", "--model"])
+            .arg(&s.sft)
+            .arg("--data")
+            .arg(&s.prefs)
+            .arg("--eval-data")
+            .arg(&s.prefs)
+            .args([
+                "--loss",
+                "sigmoid",
+                "--beta",
+                "0.1",
+                "--learning-rate",
+                "1e-6",
+            ])
+            .args([
+                "--lr-scheduler",
+                "constant",
+                "--max-steps",
+                "40",
+                "--batch-size",
+                "16",
+            ])
+            .args(["--eval-every", "40", "--eval-batch-size", "64"])
+            .args(["--seed", "1", "--quiet", "--output"])
+            .arg(&run),
+    );
+    for f in [
+        "config.toml",
+        "metrics.jsonl",
+        "model/config.json",
+        "model/model.safetensors",
+    ] {
+        assert!(run.join(f).is_file(), "missing {f}");
+    }
+    let recs = metrics(&run);
+    // The first step starts at log 2 with zero rewards (the reference is the SFT model).
+    let first = &recs[0];
+    assert!(
+        (first["loss"].as_f64().unwrap() - std::f64::consts::LN_2).abs() < 1e-5,
+        "{first}"
+    );
+    assert_eq!(first["rewards/margins"].as_f64().unwrap(), 0.0);
+    // After training the implicit reward ranks the verified-correct sample first on most pairs.
+    let eval = recs.last().unwrap();
+    assert!(
+        eval["eval_rewards/margins"].as_f64().unwrap() > 0.0,
+        "{eval}"
+    );
+    assert!(
+        eval["eval_rewards/accuracies"].as_f64().unwrap() > 0.6,
+        "{eval}"
+    );
+    let after = greedy_accuracy(&run.join("model"), &problems);
+    eprintln!(
+        "greedy accuracy on the {} training problems: SFT {before:.1}% -> DPO {after:.1}% ({} pairs)",
+        problems.len(),
+        s.pairs
+    );
+    assert!(
+        after > before,
+        "DPO did not raise greedy accuracy: {before}% -> {after}%"
+    );
+
+    // Implicit rewards of the trained policy: one line per pair, agreeing with the eval metrics.
+    let out = s.root.join("rewards.jsonl");
+    run_ok(
+        temper()
+            .arg("dpo-rewards")
+            .arg(&run)
+            .arg("--output")
+            .arg(&out),
+    );
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), s.pairs);
+    let mean_margin = rows
+        .iter()
+        .map(|r| r["margin"].as_f64().unwrap())
+        .sum::<f64>()
+        / rows.len() as f64;
+    let want = eval["eval_rewards/margins"].as_f64().unwrap();
+    assert!(
+        (mean_margin - want).abs() < 1e-4 * want.abs().max(1.0),
+        "{mean_margin} vs {want}"
+    );
+
+    // Kill and resume: a LoRA run stopped after its step-2 checkpoint continues exactly.
+    let args = |out: &Path| {
+        let mut c = temper();
+        c.args(["dpo", "--model"])
+            .arg(&s.sft)
+            .arg("--data")
+            .arg(&s.prefs)
+            .args([
+                "--lora-r",
+                "4",
+                "--lora-targets",
+                "all",
+                "--lora-dropout",
+                "0.1",
+            ])
+            .args([
+                "--learning-rate",
+                "1e-3",
+                "--max-steps",
+                "4",
+                "--batch-size",
+                "4",
+            ])
+            .args([
+                "--save-every",
+                "2",
+                "--keep-checkpoints",
+                "3",
+                "--quiet",
+                "--output",
+            ])
+            .arg(out);
+        c
+    };
+    let whole = s.root.join("whole");
+    run_ok(&mut args(&whole));
+    assert!(whole.join("adapter/adapter_config.json").is_file());
+    let cut = s.root.join("cut");
+    run_ok(&mut args(&cut));
+    std::fs::remove_dir_all(cut.join("checkpoints/step-0000004")).unwrap();
+    std::fs::remove_dir_all(cut.join("adapter")).unwrap();
+    run_ok(temper().args(["dpo", "--quiet", "--resume"]).arg(&cut));
+    assert_eq!(exact(&metrics(&cut)), exact(&metrics(&whole)));
+    assert_eq!(
+        std::fs::read(cut.join("adapter/adapter_model.safetensors")).unwrap(),
+        std::fs::read(whole.join("adapter/adapter_model.safetensors")).unwrap()
+    );
+
+    // Bad input names the file, the line and what was expected; a KTO loss is refused by dpo.
+    let bad = s.root.join("bad.jsonl");
+    std::fs::write(&bad, "{\"prompt\": \"a\", \"chosen\": \"b\", \"rejected\": \"c\"}\n{\"prompt\": \"a\", \"chosen\": \"b\"}\n").unwrap();
+    let out = temper()
+        .args(["dpo", "--model"])
+        .arg(&s.sft)
+        .arg("--data")
+        .arg(&bad)
+        .arg("--output")
+        .arg(s.root.join("bad-run"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.jsonl") && err.contains(":2") && err.contains("rejected"),
+        "{err}"
+    );
+    let out = temper()
+        .args(["dpo", "--loss", "kto", "--model"])
+        .arg(&s.sft)
+        .arg("--data")
+        .arg(&s.prefs)
+        .arg("--output")
+        .arg(s.root.join("kto-run"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("temper kto"), "{err}");
+}
