@@ -19,7 +19,7 @@ mkdir -p "$(dirname "$VENV")"
 # Versions used for the committed fixtures: torch 2.15.0, transformers 5.24.0, jinja2 3.1.6, gguf 0.19.0,
 # llama-cpp-python 0.3.36. The scripts need transformers 5 (`dtype=`, `rope_parameters`); other recent
 # releases should reproduce the logits up to float32 rounding, and the chat fixtures exactly.
-"$VENV/bin/pip" install torch "transformers>=5" safetensors numpy gguf peft sentencepiece "jinja2>=3.1.6"
+"$VENV/bin/pip" install torch "transformers>=5" safetensors numpy gguf peft sentencepiece "jinja2>=3.1.6" "sacrebleu>=2,<3"
 CMAKE_ARGS="-DGGML_NATIVE=ON" "$VENV/bin/pip" install llama-cpp-python
 
 echo "reference environment ready: $VENV"

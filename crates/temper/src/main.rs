@@ -40,6 +40,15 @@ enum Command {
     Chat(commands::chat::ChatArgs),
     /// Supervised fine-tuning (full or LoRA) on JSONL/Parquet data; --resume continues a run.
     Sft(Box<commands::sft::SftArgs>),
+    /// Online RL with group-normalised advantages (GRPO, Dr. GRPO, DAPO, BNPO; REINFORCE++ with
+    /// --reinforce-pp); --resume continues a run.
+    Grpo(Box<GrpoArgs>),
+    /// Online RL with the leave-one-out baseline (RLOO); same flags as grpo.
+    Rloo(Box<commands::rl::RlArgs>),
+    /// Solve one problem with a test-time search strategy under a budget; prints the answer, its cost and the tree.
+    Search(Box<commands::search::SearchArgs>),
+    /// Run a grid of test-time strategies over a dataset: table, plots and an HTML report.
+    Eval(Box<commands::eval::EvalArgs>),
     /// Train a Bradley-Terry outcome reward model on preference pairs (HF sequence classifier).
     Rm(Box<commands::rm::RmArgs>),
     /// Train a process reward model on stepwise labels (HF token classifier).
@@ -48,6 +57,15 @@ enum Command {
     LabelSteps(Box<commands::label_steps::LabelStepsArgs>),
     /// Score completions with a reward model or a process reward model.
     Score(commands::score::ScoreArgs),
+}
+
+#[derive(clap::Args)]
+struct GrpoArgs {
+    #[command(flatten)]
+    rl: commands::rl::RlArgs,
+    /// REINFORCE++: batch-whitened returns with the per-token KL in the reward.
+    #[arg(long)]
+    reinforce_pp: bool,
 }
 
 // mimalloc's C API (linked through the `mimalloc` crate): option numbers from its mimalloc.h.
@@ -96,6 +114,17 @@ fn main() {
         Command::Chat(a) => commands::chat::chat(a),
         Command::Tasks(a) => commands::tasks::run(a),
         Command::Sft(a) => commands::sft::sft(*a),
+        Command::Grpo(a) => {
+            let alg = if a.reinforce_pp {
+                tempering_train::rl::Algorithm::ReinforcePp
+            } else {
+                tempering_train::rl::Algorithm::Grpo
+            };
+            commands::rl::run(a.rl, alg)
+        }
+        Command::Rloo(a) => commands::rl::run(*a, tempering_train::rl::Algorithm::Rloo),
+        Command::Search(a) => commands::search::search(*a),
+        Command::Eval(a) => commands::eval::eval(*a),
         Command::Rm(a) => commands::rm::rm(*a),
         Command::Prm(a) => commands::prm::prm(*a),
         Command::LabelSteps(a) => commands::label_steps::run(*a),

@@ -28,6 +28,10 @@ pub struct TrainState {
     pub optimizer_steps: u64,
     /// Tokens processed so far.
     pub tokens_seen: u64,
+    /// State of the algorithm driving the trainer (online RL: rollout counter, monitors); `Null`
+    /// for offline objectives.
+    #[serde(default)]
+    pub extra: serde_json::Value,
 }
 
 /// `run_dir/checkpoints`.

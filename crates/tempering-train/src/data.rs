@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::rng::Rng;
 
 /// Where the next example comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DataPosition {
     pub epoch: usize,
     /// Examples of this epoch's permutation already used.

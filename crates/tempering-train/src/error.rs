@@ -60,6 +60,9 @@ pub enum TrainError {
     Task(#[from] tempering_tasks::TaskError),
 
     #[error(transparent)]
+    Generate(#[from] tempering_generate::GenError),
+
+    #[error(transparent)]
     Reward(#[from] tempering_reward::RewardError),
 
     #[error(transparent)]

@@ -4,9 +4,12 @@
 //! that turns a batch into a summed loss and metrics: [`sft`], [`reward_model`] (Bradley-Terry) and
 //! [`prm`] (step classification).
 //!
-//! This crate knows the model layer (the decoder, LoRA, tokenizer, chat templates) and the tasks
-//! layer (datasets), and the reward layer's tokenisation of reward-model inputs (so that a reward model
-//! is trained on exactly what it scores). It knows nothing of search or the command line.
+//! [`rl`] holds the online algorithms (GRPO and relatives, RLOO, REINFORCE++) and their guards.
+//!
+//! This crate knows the model layer (the decoder, LoRA, tokenizer, chat templates), the tasks
+//! layer (datasets), the generation engine (rollouts) and the scorers' traits (rewards), with the
+//! reward layer's tokenisation of reward-model inputs (so that a reward model is trained on exactly
+//! what it scores). It knows nothing of search strategies or the command line.
 
 pub mod checkpoint;
 pub mod config;
@@ -18,6 +21,7 @@ pub mod optim;
 pub mod prm;
 pub mod reward_config;
 pub mod reward_model;
+pub mod rl;
 pub mod rng;
 pub mod schedule;
 pub mod sft;

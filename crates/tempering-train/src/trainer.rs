@@ -141,6 +141,17 @@ impl TrainConfig {
     }
 }
 
+/// What one optimiser step did; metrics are already divided by the summed weight.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepOutcome {
+    pub loss: f64,
+    pub weight: f64,
+    pub grad_norm: f64,
+    pub tokens: usize,
+    pub backward_s: f64,
+    pub metrics: Vec<(String, f64)>,
+}
+
 /// What a finished `fit` reports.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FitSummary {
@@ -180,6 +191,7 @@ impl Trainer {
             rng: Rng::derived(config.seed, 0),
             optimizer_steps: 0,
             tokens_seen: 0,
+            extra: serde_json::Value::Null,
         };
         Ok(Trainer {
             opt: AdamW::new(params, config.adamw)?,
@@ -241,64 +253,25 @@ impl Trainer {
             let started = Instant::now();
             let lr = schedule.lr_at(step);
 
-            // Forward and backward over each micro-batch; gradients of the summed losses add up.
-            let mut grads: Vec<Option<Tensor>> = vec![None; self.opt.params().len()];
-            let (mut loss_sum, mut weight, mut tokens) = (0.0, 0.0, 0usize);
-            let mut metric_sums: Vec<(String, f64)> = Vec::new();
-            for _ in 0..c.grad_accum {
-                let batch: Vec<&O::Example> = order
-                    .take(c.batch_size)
-                    .into_iter()
-                    .map(|i| &train[i])
-                    .collect();
-                let mut ctx = StepContext {
-                    mode: Mode::Train,
-                    step,
-                    rng: &mut self.state.rng,
-                };
-                let out = objective.loss(&batch, &mut ctx)?;
-                let mut store = out.loss_sum.backward()?;
-                for (slot, p) in grads.iter_mut().zip(self.opt.params()) {
-                    if let Some(g) = store.remove(p.var.as_tensor()) {
-                        match slot {
-                            Some(acc) => accumulate(acc, &g)?,
-                            None => *slot = Some(g),
-                        }
-                    }
-                }
-                loss_sum += out
-                    .loss_sum
-                    .to_dtype(candle_core::DType::F64)?
-                    .to_scalar::<f64>()?;
-                weight += out.weight;
-                tokens += out.tokens;
-                add_metrics(&mut metric_sums, out.metrics);
-            }
-            let loss = loss_sum / weight.max(f64::MIN_POSITIVE);
-            if !loss.is_finite() {
-                return Err(TrainError::NonFinite { step, value: loss });
-            }
-
-            let backward_s = started.elapsed().as_secs_f64();
-
-            // The gradient of the mean loss, clipped by its global norm, then one AdamW step.
-            let mut sq = 0.0;
-            for g in grads.iter().flatten() {
-                sq += sum_squares(g)?;
-            }
-            let grad_norm = sq.sqrt() / weight;
-            let clip = if c.max_grad_norm > 0.0 && grad_norm > c.max_grad_norm {
-                c.max_grad_norm / (grad_norm + 1e-6)
-            } else {
-                1.0
-            };
-            self.opt.step(&grads, lr, clip / weight)?;
-            drop(grads);
-
-            self.state.step += 1;
+            let micro: Vec<Vec<&O::Example>> = (0..c.grad_accum)
+                .map(|_| {
+                    order
+                        .take(c.batch_size)
+                        .into_iter()
+                        .map(|i| &train[i])
+                        .collect()
+                })
+                .collect();
+            let out = self.optimizer_step(objective, &micro, lr)?;
+            let StepOutcome {
+                loss,
+                grad_norm,
+                tokens,
+                backward_s,
+                ..
+            } = out;
+            let metric_sums = out.metrics;
             self.state.data = order.position();
-            self.state.optimizer_steps = self.opt.steps;
-            self.state.tokens_seen += tokens as u64;
             last_loss = Some(loss);
 
             // Log this step.
@@ -320,13 +293,8 @@ impl Trainer {
             rec.insert("step_s".into(), json!(secs));
             rec.insert("forward_backward_s".into(), json!(backward_s));
             rec.insert("optimizer_s".into(), json!(secs - backward_s));
-            let averaged: Vec<(String, f64)> = metric_sums
-                .iter()
-                .map(|(k, v)| (k.clone(), v / weight))
-                .collect();
-            let derived = objective.derived_metrics(&averaged);
-            for (k, v) in averaged.into_iter().chain(derived) {
-                rec.insert(k, json!(v));
+            for (k, v) in &metric_sums {
+                rec.insert(k.clone(), json!(v));
             }
             log.write(rec)?;
             bar.set_position(self.state.step as u64);
@@ -369,6 +337,125 @@ impl Trainer {
             tokens_seen: self.state.tokens_seen,
             checkpoint: checkpoint::latest(&self.run_dir)?,
         })
+    }
+
+    /// One optimiser step over `micro_batches` (forward and backward on each, gradients summed,
+    /// the global norm clipped, one AdamW step at `lr`). Advances the step counter and the tokens
+    /// seen; logging, data order and checkpoints are the caller's. Online algorithms (GRPO, PPO)
+    /// call this directly with the rollouts they just made.
+    pub fn optimizer_step<O: Objective>(
+        &mut self,
+        objective: &mut O,
+        micro_batches: &[Vec<&O::Example>],
+        lr: f64,
+    ) -> Result<StepOutcome> {
+        let started = Instant::now();
+        let step = self.state.step;
+        // Forward and backward over each micro-batch; gradients of the summed losses add up.
+        let mut grads: Vec<Option<Tensor>> = vec![None; self.opt.params().len()];
+        let (mut loss_sum, mut weight, mut tokens) = (0.0, 0.0, 0usize);
+        let mut metric_sums: Vec<(String, f64)> = Vec::new();
+        for batch in micro_batches {
+            let mut ctx = StepContext {
+                mode: Mode::Train,
+                step,
+                rng: &mut self.state.rng,
+            };
+            let out = objective.loss(batch, &mut ctx)?;
+            {
+                let mut store = out.loss_sum.backward()?;
+                for (slot, p) in grads.iter_mut().zip(self.opt.params()) {
+                    if let Some(g) = store.remove(p.var.as_tensor()) {
+                        match slot {
+                            Some(acc) => accumulate(acc, &g)?,
+                            None => *slot = Some(g),
+                        }
+                    }
+                }
+                loss_sum += out
+                    .loss_sum
+                    .to_dtype(candle_core::DType::F64)?
+                    .to_scalar::<f64>()?;
+            }
+            weight += out.weight;
+            tokens += out.tokens;
+            add_metrics(&mut metric_sums, out.metrics);
+        }
+        let loss = loss_sum / weight.max(f64::MIN_POSITIVE);
+        if !loss.is_finite() {
+            return Err(TrainError::NonFinite { step, value: loss });
+        }
+        let backward_s = started.elapsed().as_secs_f64();
+
+        // The gradient of the mean loss, clipped by its global norm, then one AdamW step.
+        let mut sq = 0.0;
+        for g in grads.iter().flatten() {
+            sq += sum_squares(g)?;
+        }
+        let w = weight.max(f64::MIN_POSITIVE);
+        let grad_norm = sq.sqrt() / w;
+        let clip = if self.config.max_grad_norm > 0.0 && grad_norm > self.config.max_grad_norm {
+            self.config.max_grad_norm / (grad_norm + 1e-6)
+        } else {
+            1.0
+        };
+        self.opt.step(&grads, lr, clip / w)?;
+        drop(grads);
+        self.state.step += 1;
+        self.state.optimizer_steps = self.opt.steps;
+        self.state.tokens_seen += tokens as u64;
+        let mut metrics: Vec<(String, f64)> =
+            metric_sums.into_iter().map(|(k, v)| (k, v / w)).collect();
+        let derived = objective.derived_metrics(&metrics);
+        metrics.extend(derived);
+        Ok(StepOutcome {
+            loss,
+            weight,
+            grad_norm,
+            tokens,
+            backward_s,
+            metrics,
+        })
+    }
+
+    /// Writes a checkpoint of the current state (with `extra`, the caller's own resumable state)
+    /// and keeps the configured number of them.
+    pub fn save_checkpoint(&mut self, extra: serde_json::Value) -> Result<PathBuf> {
+        self.state.extra = extra;
+        checkpoint::save(
+            &self.run_dir,
+            &self.state,
+            &self.opt,
+            self.config.keep_checkpoints,
+        )
+    }
+
+    /// The caller's state stored with the checkpoint this run resumed from (`Null` otherwise).
+    pub fn resumed_extra(&self) -> Option<&serde_json::Value> {
+        self.resumed.then_some(&self.state.extra)
+    }
+
+    /// Whether this run continues from a checkpoint.
+    pub fn is_resumed(&self) -> bool {
+        self.resumed
+    }
+
+    /// The trainer's random stream (checkpointed).
+    pub fn rng_mut(&mut self) -> &mut Rng {
+        &mut self.state.rng
+    }
+
+    pub fn data_position(&self) -> DataPosition {
+        self.state.data
+    }
+
+    pub fn set_data_position(&mut self, pos: DataPosition) {
+        self.state.data = pos;
+    }
+
+    /// The trainable parameters, in the optimiser's order.
+    pub fn params(&self) -> &[crate::optim::Param] {
+        self.opt.params()
     }
 
     /// The objective's loss over all of `data`, in order, without gradients or dropout; the metrics

@@ -1,11 +1,14 @@
 pub mod chat;
+pub mod eval;
 pub mod generate;
 pub mod label_steps;
 pub mod merge;
 pub mod model;
 pub mod prm;
+pub mod rl;
 pub mod rm;
 pub mod score;
+pub mod search;
 pub mod sft;
 pub mod tasks;
 pub mod train_flags;

@@ -1,0 +1,243 @@
+//! `temper search`: solve one problem with a test-time strategy under a budget; prints the answer,
+//! its cost and the search tree, and writes the trace as JSONL. Also holds what `temper eval`
+//! shares with it: the search flags and [`Scorers`] built from `--prm`, `--rm` and `--scorer`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use tempering_generate::{GenError, SamplingParams};
+use tempering_reward::learned::{ProcessRewardModel, RewardModel};
+use tempering_reward::{SelfEvalConfig, SelfEvaluator, StepScorer, Verifier};
+use tempering_search::{
+    parse_strategy, solve, Aggregation, Budget, Scorers, SearchConfig, SearchContext,
+    SearchProblem, TokenizerEncoder,
+};
+
+use crate::commands::generate::load_engine;
+use crate::commands::model::DeviceArgs;
+use crate::device::device_and_dtype;
+
+/// Flags every search command shares.
+#[derive(Args, Clone, Debug)]
+pub struct SearchFlags {
+    /// A learned process reward model directory (scores each step).
+    #[arg(long)]
+    pub prm: Option<PathBuf>,
+    /// A learned outcome reward model directory (scores whole completions).
+    #[arg(long)]
+    pub rm: Option<PathBuf>,
+    /// A prompted scorer: `self-eval` (the model judges its own answers and steps).
+    #[arg(long)]
+    pub scorer: Option<String>,
+    /// Most generated tokens per problem.
+    #[arg(long)]
+    pub budget_tokens: Option<usize>,
+    /// Most model calls (generation requests) per problem.
+    #[arg(long)]
+    pub budget_calls: Option<usize>,
+    /// Most wall-clock seconds per problem (checked before each call).
+    #[arg(long)]
+    pub budget_seconds: Option<f64>,
+    /// Most new tokens of one whole completion.
+    #[arg(long, default_value_t = 256)]
+    pub max_new_tokens: usize,
+    /// Most tokens of one reasoning step (step-level strategies).
+    #[arg(long, default_value_t = 64)]
+    pub step_max_tokens: usize,
+    /// Most steps of a step-level search.
+    #[arg(long, default_value_t = 16)]
+    pub max_depth: usize,
+    /// Sampling temperature of sampled completions and steps.
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// How PRM step scores become a completion's score where one is needed (min, last, prod, mean).
+    #[arg(long, default_value = "min")]
+    pub aggregation: String,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Most sequences decoded together.
+    #[arg(long, default_value_t = 32)]
+    pub batch_rows: usize,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+impl SearchFlags {
+    pub fn budget(&self) -> Result<Budget> {
+        let max_wall = match self.budget_seconds {
+            Some(s) if !(s.is_finite() && s > 0.0) => {
+                bail!("--budget-seconds: got {s}, expected a positive number")
+            }
+            s => s.map(Duration::from_secs_f64),
+        };
+        Ok(Budget {
+            max_tokens: self.budget_tokens,
+            max_calls: self.budget_calls,
+            max_wall,
+        })
+    }
+
+    pub fn config(&self) -> Result<SearchConfig> {
+        let sampling = SamplingParams {
+            max_new_tokens: self.max_new_tokens,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            ..SamplingParams::default()
+        };
+        if let Err(GenError::InvalidParam {
+            field,
+            got,
+            expected,
+            ..
+        }) = sampling.validate(0)
+        {
+            bail!(
+                "--{}: got {got}, expected {expected}",
+                field.replace('_', "-")
+            );
+        }
+        if self.step_max_tokens == 0 || self.max_depth == 0 {
+            bail!("--step-max-tokens and --max-depth: expected at least 1");
+        }
+        let aggregation: Aggregation = self.aggregation.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "--aggregation {}: expected one of {}",
+                self.aggregation,
+                Aggregation::NAMES
+            )
+        })?;
+        Ok(SearchConfig {
+            sampling,
+            step_max_tokens: self.step_max_tokens,
+            max_depth: self.max_depth,
+            seed: self.seed,
+            aggregation,
+        })
+    }
+}
+
+/// The scorers the flags ask for, owned; [`LoadedScorers::scorers`] lends them to a search. A
+/// learned model takes precedence over self-evaluation for what it scores.
+#[derive(Default)]
+pub struct LoadedScorers {
+    self_eval: Option<SelfEvaluator>,
+    prm: Option<ProcessRewardModel>,
+    rm: Option<RewardModel>,
+}
+
+impl LoadedScorers {
+    pub fn scorers(&self) -> Scorers<'_> {
+        let judge = self.self_eval.as_ref();
+        Scorers {
+            verifier: match &self.rm {
+                Some(rm) => Some(rm as &dyn Verifier),
+                None => judge.map(|s| s as &dyn Verifier),
+            },
+            step: match &self.prm {
+                Some(prm) => Some(prm as &dyn StepScorer),
+                None => judge.map(|s| s as &dyn StepScorer),
+            },
+        }
+    }
+}
+
+/// Builds the scorers from `--prm`, `--rm` and `--scorer` (the one place that knows them).
+pub fn build_scorers(flags: &SearchFlags, model: &Path) -> Result<LoadedScorers> {
+    let mut out = LoadedScorers::default();
+    let (device, _) = device_and_dtype(&flags.device.device, None)?;
+    if let Some(dir) = &flags.prm {
+        out.prm = Some(
+            ProcessRewardModel::open(dir, &device)
+                .with_context(|| format!("--prm {}", dir.display()))?,
+        );
+    }
+    if let Some(dir) = &flags.rm {
+        out.rm = Some(
+            RewardModel::open(dir, &device).with_context(|| format!("--rm {}", dir.display()))?,
+        );
+    }
+    match flags.scorer.as_deref() {
+        None => {}
+        Some("self-eval") => {
+            let judge = SelfEvaluator::open(model, &device, SelfEvalConfig::default())
+                .with_context(|| {
+                    format!(
+                        "--scorer self-eval: loading {} as the judge",
+                        model.display()
+                    )
+                })?;
+            out.self_eval = Some(judge);
+        }
+        Some(other) => bail!("--scorer {other}: expected self-eval"),
+    }
+    Ok(out)
+}
+
+#[derive(Args)]
+pub struct SearchArgs {
+    /// An HF model directory or a GGUF file.
+    pub model: PathBuf,
+    /// The problem text the model continues (a newline is added if missing).
+    #[arg(long)]
+    pub problem: String,
+    /// The strategy, e.g. greedy, sc@16, bon@8:min, beam:4x4, mcts:32 (an unknown name lists every form).
+    #[arg(long, default_value = "greedy")]
+    pub strategy: String,
+    /// The built-in task the problem comes from (picks GoT's graph).
+    #[arg(long)]
+    pub task: Option<String>,
+    /// Where to write the search trace as JSONL.
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
+    #[command(flatten)]
+    pub flags: SearchFlags,
+}
+
+pub fn search(a: SearchArgs) -> Result<()> {
+    // Everything a user typed is checked before the (slow) model load.
+    let strategy = parse_strategy(&a.strategy, a.task.as_deref()).context("--strategy")?;
+    let config = a.flags.config()?;
+    let budget = a.flags.budget()?;
+    let (engine, _) = load_engine(&a.model, None, &a.flags.device, a.flags.batch_rows)?;
+    let loaded = build_scorers(&a.flags, &a.model)?;
+    let encoder = TokenizerEncoder {
+        tokenizer: engine.tokenizer(),
+        add_special_tokens: true,
+    };
+    let mut prompt = a.problem.clone();
+    if !prompt.ends_with('\n') {
+        prompt.push('\n');
+    }
+    let mut ctx = SearchContext::new(&engine, &encoder, loaded.scorers(), config, budget);
+    let sol = solve(strategy.as_ref(), &SearchProblem::new(prompt), &mut ctx)?;
+    println!("{}", sol.trace.render());
+    println!("strategy: {}", sol.strategy);
+    println!("answer: {}", sol.answer.as_deref().unwrap_or("(none)"));
+    if let Some(s) = sol.score {
+        println!("score: {s:.4}");
+    }
+    let c = sol.cost;
+    println!(
+        "cost: {} generated tokens, {} prompt tokens, {} model calls, {} scorer calls, {:.2} s{}",
+        c.generated_tokens,
+        c.prompt_tokens,
+        c.model_calls,
+        c.scorer_calls,
+        c.wall_s,
+        if sol.budget_cut {
+            " (budget reached)"
+        } else {
+            ""
+        }
+    );
+    if let Some(path) = &a.trace {
+        tempering_tasks::write_jsonl(path, &sol.trace.nodes)
+            .with_context(|| format!("--trace {}", path.display()))?;
+        println!("trace: {}", path.display());
+    }
+    Ok(())
+}

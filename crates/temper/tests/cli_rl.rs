@@ -1,0 +1,201 @@
+//! `temper grpo` and `temper rloo` through the command line on a tiny random model: the run
+//! directory (config, metrics, rollouts, checkpoint, final model), resume of a finished run, LoRA
+//! output as a PEFT adapter, and clear errors for bad flags.
+
+use std::path::Path;
+use std::process::Command;
+
+fn temper() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_temper"))
+}
+
+/// A tiny model with the arithmetic task's character tokenizer (two training steps: only the files
+/// matter here), made once per test binary.
+fn model() -> std::path::PathBuf {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let d = tempfile::tempdir().unwrap();
+        let out = temper()
+            .args([
+                "tasks",
+                "train-tiny",
+                "arithmetic",
+                "--level",
+                "1",
+                "--steps",
+                "2",
+            ])
+            .args(["--train-problems", "64", "--eval-problems", "0", "--output"])
+            .arg(d.path().join("m"))
+            .output()
+            .unwrap();
+        ok(&out);
+        d
+    });
+    dir.path().join("m")
+}
+
+fn prompts(dir: &Path) -> std::path::PathBuf {
+    let p = dir.join("prompts.jsonl");
+    std::fs::write(
+        &p,
+        "{\"prompt\": \"Compute: 3+4\\n\", \"answer\": \"7\"}\n\
+         {\"prompt\": \"Compute: 2*5\\n\", \"answer\": 10}\n\
+         {\"prompt\": \"Compute: 9-1\\n\", \"answer\": \"8\"}\n",
+    )
+    .unwrap();
+    p
+}
+
+fn ok(out: &std::process::Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        out.status.success(),
+        "{}\n{err}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    err
+}
+
+#[test]
+fn grpo_writes_a_complete_run_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = prompts(dir.path());
+    let run = dir.path().join("run");
+    let out = temper()
+        .arg("grpo")
+        .arg("--model")
+        .arg(model())
+        .arg("--data")
+        .arg(&data)
+        .args(["--reward", "math_answer + 0.1*length_penalty"])
+        .args([
+            "--num-generations",
+            "4",
+            "--prompts-per-step",
+            "2",
+            "--steps",
+            "3",
+        ])
+        .args([
+            "--max-completion-length",
+            "8",
+            "--learning-rate",
+            "1e-3",
+            "--beta",
+            "0.04",
+        ])
+        .args(["--log-rollouts-every", "1", "--quiet", "--output"])
+        .arg(&run)
+        .output()
+        .unwrap();
+    let err = ok(&out);
+    assert!(err.contains("done: 3 rollout batches"), "{err}");
+    for f in [
+        "config.json",
+        "metrics.jsonl",
+        "rollouts.jsonl",
+        "model/config.json",
+    ] {
+        assert!(run.join(f).is_file(), "missing {f}");
+    }
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 3);
+    for key in [
+        "\"reward\"",
+        "\"kl\"",
+        "\"entropy\"",
+        "\"completion_length\"",
+        "\"generation_s\"",
+    ] {
+        assert!(metrics.contains(key), "{key} missing from {metrics}");
+    }
+    let rollouts = std::fs::read_to_string(run.join("rollouts.jsonl")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(rollouts.lines().next().unwrap()).unwrap();
+    assert_eq!(first["completions"].as_array().unwrap().len(), 4);
+    assert_eq!(first["advantages"].as_array().unwrap().len(), 4);
+
+    // A second run into the same directory is refused; --resume of the finished run is a no-op.
+    let again = temper()
+        .arg("grpo")
+        .arg("--model")
+        .arg(model())
+        .arg("--data")
+        .arg(&data)
+        .arg("--output")
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
+    let resumed = temper()
+        .arg("grpo")
+        .arg("--resume")
+        .arg(&run)
+        .arg("--quiet")
+        .output()
+        .unwrap();
+    let err = ok(&resumed);
+    assert!(err.contains("done: 3 rollout batches"), "{err}");
+}
+
+#[test]
+fn rloo_with_lora_writes_an_adapter() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = prompts(dir.path());
+    let run = dir.path().join("rloo");
+    let out = temper()
+        .arg("rloo")
+        .arg("--model")
+        .arg(model())
+        .arg("--data")
+        .arg(&data)
+        .args([
+            "--num-generations",
+            "3",
+            "--prompts-per-step",
+            "2",
+            "--steps",
+            "2",
+        ])
+        .args([
+            "--max-completion-length",
+            "6",
+            "--lora-r",
+            "4",
+            "--quiet",
+            "--output",
+        ])
+        .arg(&run)
+        .output()
+        .unwrap();
+    ok(&out);
+    assert!(run.join("adapter/adapter_config.json").is_file());
+    assert!(run.join("adapter/adapter_model.safetensors").is_file());
+}
+
+#[test]
+fn bad_flags_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = prompts(dir.path());
+    for (flag, value, expect) in [
+        ("--loss-type", "ppo", "--loss-type"),
+        ("--reward", "no_such_reward", "no_such_reward"),
+        ("--num-generations", "1", "num_generations"),
+        ("--scale-rewards", "maybe", "--scale-rewards"),
+    ] {
+        let out = temper()
+            .arg("grpo")
+            .arg("--model")
+            .arg(model())
+            .arg("--data")
+            .arg(&data)
+            .args([flag, value, "--output"])
+            .arg(dir.path().join(format!("r{value}")))
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{flag} {value} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expect), "{flag} {value}: {err}");
+    }
+}

@@ -1,0 +1,19 @@
+//! Benchmark runs of test-time strategies: a grid of strategies (and budgets) over a dataset,
+//! judged by the task's verifier or the reference answer, summarised as a table (accuracy, mean
+//! generated tokens, mean model calls, wall time per problem), plots of accuracy against generated
+//! tokens (one line per strategy family, SVG and PNG) and a self-contained HTML report.
+//!
+//! This crate knows the search layer, the tasks (to judge answers) and the scorer traits. It
+//! knows nothing of how models run, of training or of the command line.
+
+pub mod data;
+pub mod error;
+pub mod plot;
+pub mod report;
+pub mod run;
+pub mod table;
+
+pub use data::{items_from_jsonl, items_from_task, EvalItem};
+pub use error::{EvalError, Result};
+pub use run::{run_grid, EvalSetup, ProblemResult};
+pub use table::{summarise, StrategyRow};

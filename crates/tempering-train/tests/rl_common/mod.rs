@@ -1,0 +1,102 @@
+//! Shared by the online-RL tests: a tiny SFT model on a built-in task, a task-verifier reward, and
+//! greedy accuracy through the local engine.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+
+use tempering_generate::{Backend, GenRequest, LocalEngine, SamplingParams};
+use tempering_model::{Tokenizer, Transformer};
+use tempering_reward::{ScoreInput, Scored, Verifier};
+use tempering_tasks::{generate, task_by_name, GenerateSpec, Problem, Split, Task};
+use tempering_train::rl::PromptItem;
+use tempering_train::tiny::{train_tiny, TinyOptions};
+
+pub fn task() -> &'static dyn Task {
+    static TASK: std::sync::OnceLock<Box<dyn Task>> = std::sync::OnceLock::new();
+    TASK.get_or_init(|| task_by_name("arithmetic").unwrap())
+        .as_ref()
+}
+
+/// The tiny recipe at `level` for `steps` steps.
+pub fn sft_tiny(level: u32, steps: usize, dir: &Path) -> (Transformer, Tokenizer) {
+    let mut o = TinyOptions::for_task(task());
+    o.level = level;
+    o.steps = steps;
+    o.train_problems = 4000;
+    o.progress = false;
+    let m = train_tiny(task(), &o, dir).unwrap();
+    (m.model, m.tokenizer)
+}
+
+pub fn problems(level: u32, n: usize, seed: u64, split: Split) -> Vec<Problem> {
+    generate(
+        task(),
+        &GenerateSpec {
+            level,
+            n,
+            seed,
+            split,
+            unique: true,
+        },
+    )
+    .unwrap()
+}
+
+pub fn prompt_items(ps: &[Problem], tok: &Tokenizer) -> Vec<PromptItem> {
+    ps.iter()
+        .map(|p| PromptItem {
+            text: p.prompt.clone(),
+            ids: tok.encode(&p.prompt, false).unwrap(),
+            reference: Some(p.answer.clone()),
+        })
+        .collect()
+}
+
+/// Greedy accuracy of `model` on `ps`.
+pub fn greedy_accuracy(model: &Transformer, tok: &Tokenizer, ps: &[Problem]) -> f64 {
+    let engine = LocalEngine::new(model.clone(), tok.clone());
+    let reqs: Vec<GenRequest> = ps
+        .iter()
+        .map(|p| {
+            GenRequest::new(
+                tok.encode(&p.prompt, false).unwrap(),
+                1,
+                SamplingParams::greedy(96),
+            )
+        })
+        .collect();
+    let out = engine.generate(&reqs).unwrap();
+    let ok = ps
+        .iter()
+        .zip(&out)
+        .filter(|(p, c)| task().verify(p, &c[0].text).is_correct())
+        .count();
+    ok as f64 / ps.len() as f64
+}
+
+/// The built-in task's verifier as a reward (the rule-reward module offers the same by name).
+pub struct TaskReward {
+    pub invert: bool,
+}
+
+impl Verifier for TaskReward {
+    fn name(&self) -> &str {
+        if self.invert {
+            "wrong_answer"
+        } else {
+            "task_verifier"
+        }
+    }
+
+    fn score(&self, input: &ScoreInput<'_>) -> tempering_reward::Result<Scored> {
+        let reference = input.reference.unwrap_or_default();
+        let p = task().problem_from_record(input.prompt, reference, 1)?;
+        let ok = task().verify(&p, input.completion).is_correct();
+        let ok = ok != self.invert;
+        Ok(Scored {
+            score: ok as u8 as f64,
+            correct: Some(ok),
+        })
+    }
+}

@@ -1,0 +1,230 @@
+//! The online-RL machinery on a randomly initialised tiny model: the first inner step's importance
+//! ratio is exactly 1, the clipped loss's gradient equals the plain policy gradient when beta is 0,
+//! and a run resumed from a checkpoint continues exactly as the uninterrupted one.
+
+mod rl_common;
+
+use candle_core::{DType, Device, Tensor};
+use rl_common::*;
+use tempering_model::{Tokenizer, Transformer};
+use tempering_reward::{ScoreInput, Scored, Verifier};
+use tempering_tasks::Split;
+use tempering_train::metrics::read;
+use tempering_train::objective::{Mode, Objective, StepContext};
+use tempering_train::rl::policy_loss::completion_logprobs;
+use tempering_train::rl::{
+    run_online, Algorithm, LossType, OnlineConfig, OnlineInputs, PolicyLossConfig, PolicyObjective,
+    RolloutSample,
+};
+use tempering_train::tiny::{task_tokenizer, tiny_config, TinyOptions};
+use tempering_train::Rng;
+
+fn random_model(seed: u64) -> (Transformer, Tokenizer) {
+    let tok = task_tokenizer(task()).unwrap();
+    let mut o = TinyOptions::for_task(task());
+    o.hidden_size = 32;
+    o.num_layers = 2;
+    o.num_heads = 2;
+    o.intermediate_size = 64;
+    let cfg = tiny_config(&o, &tok);
+    (
+        Transformer::init_random(&cfg, seed, &Device::Cpu, DType::F32).unwrap(),
+        tok,
+    )
+}
+
+/// A reward with spread on random text: the share of digits in the completion.
+struct DigitShare;
+
+impl Verifier for DigitShare {
+    fn name(&self) -> &str {
+        "digit_share"
+    }
+    fn score(&self, i: &ScoreInput<'_>) -> tempering_reward::Result<Scored> {
+        let n = i.completion.chars().count().max(1) as f64;
+        let d = i.completion.chars().filter(|c| c.is_ascii_digit()).count() as f64;
+        Ok(Scored {
+            score: d / n,
+            correct: None,
+        })
+    }
+}
+
+fn config(steps: usize, iterations: usize) -> OnlineConfig {
+    OnlineConfig {
+        algorithm: Algorithm::Grpo,
+        num_generations: 4,
+        prompts_per_step: 3,
+        steps,
+        num_iterations: iterations,
+        micro_batch_size: 5,
+        learning_rate: 1e-2,
+        max_completion_length: 12,
+        log_rollouts_every: 1,
+        seed: 11,
+        progress: false,
+        loss: PolicyLossConfig {
+            beta: 0.05,
+            loss_type: LossType::Grpo,
+            max_completion_length: 12,
+            ..PolicyLossConfig::default()
+        },
+        ..OnlineConfig::default()
+    }
+}
+
+fn run(dir: &std::path::Path, c: &OnlineConfig, resume: bool) -> Transformer {
+    let (model, tok) = random_model(5);
+    let prompts = prompt_items(&problems(2, 12, 1, Split::Train), &tok);
+    let mut policy = model.clone();
+    let params = policy.make_trainable(|_| true).unwrap();
+    run_online(
+        c,
+        OnlineInputs {
+            policy: policy.clone(),
+            params,
+            reference: Some(model),
+            tokenizer: &tok,
+            prompts: &prompts,
+            reward: &DigitShare,
+            verifier: None,
+            prm: None,
+            retain: None,
+            replay: None,
+        },
+        dir,
+        resume,
+    )
+    .unwrap();
+    policy
+}
+
+#[test]
+fn first_inner_step_ratio_is_exactly_one() {
+    let dir = tempfile::tempdir().unwrap();
+    run(dir.path(), &config(2, 3), false);
+    let recs = read(&dir.path().join("metrics.jsonl")).unwrap();
+    assert_eq!(recs.len(), 2);
+    for r in &recs {
+        // Logged from the first of the three inner steps of each rollout batch.
+        assert_eq!(r["ratio/max_abs_dev"].as_f64(), Some(0.0), "{r:?}");
+        assert!(r["kl_before_update"].as_f64().unwrap() >= 0.0);
+    }
+    // The second batch was sampled after three updates: the policy moved away from the reference.
+    assert!(recs[1]["kl"].as_f64().unwrap() > 0.0, "{:?}", recs[1]);
+    let rollouts = std::fs::read_to_string(dir.path().join("rollouts.jsonl")).unwrap();
+    assert_eq!(rollouts.lines().count(), 6, "3 prompts x 2 batches");
+}
+
+#[test]
+fn resumed_run_continues_exactly() {
+    let straight = tempfile::tempdir().unwrap();
+    let a = run(straight.path(), &config(3, 2), false);
+    let split = tempfile::tempdir().unwrap();
+    run(split.path(), &config(1, 2), false);
+    let b = run(split.path(), &config(3, 2), true);
+    let ta = a.named_tensors();
+    let tb = b.named_tensors();
+    let t0 = random_model(5).0.named_tensors();
+    let moved = ta.iter().any(|(n, x)| {
+        (x - &t0[n])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            > 0.0
+    });
+    assert!(moved, "the runs did not update the policy");
+    for (name, x) in &ta {
+        let d = (x - &tb[name])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(d, 0.0, "{name} differs after resume");
+    }
+    let ra = read(&straight.path().join("metrics.jsonl")).unwrap();
+    let rb = read(&split.path().join("metrics.jsonl")).unwrap();
+    assert_eq!(ra.len(), 3);
+    assert_eq!(rb.len(), 3);
+    for key in ["reward", "loss", "kl", "completion_length"] {
+        assert_eq!(ra[2][key], rb[2][key], "{key}");
+    }
+}
+
+#[test]
+fn clipped_loss_gradient_equals_policy_gradient_when_beta_is_zero() {
+    let (mut model, tok) = random_model(9);
+    let params = model.make_trainable(|_| true).unwrap();
+    let mut rng = Rng::new(3);
+    let samples: Vec<RolloutSample> = (0..4)
+        .map(|i| {
+            let prompt = tok.encode("Compute: 3 + 4", false).unwrap();
+            let n = 3 + i;
+            let mut ids = prompt.clone();
+            ids.extend((0..n).map(|_| rng.below(tok.vocab_size() as u64) as u32));
+            RolloutSample {
+                ids,
+                prompt_len: prompt.len(),
+                advantages: (0..n).map(|_| rng.uniform() as f32 - 0.5).collect(),
+                old_logprobs: None,
+                ref_logprobs: None,
+                in_loss: true,
+            }
+        })
+        .collect();
+    let batch: Vec<&RolloutSample> = samples.iter().collect();
+    let cfg = PolicyLossConfig {
+        loss_type: LossType::Dapo,
+        beta: 0.0,
+        ..PolicyLossConfig::default()
+    };
+    let mut obj = PolicyObjective::new(model.clone(), 0, cfg);
+    let mut r = Rng::new(0);
+    let mut ctx = StepContext {
+        mode: Mode::Train,
+        step: 0,
+        rng: &mut r,
+    };
+    let clipped = obj.loss(&batch, &mut ctx).unwrap().loss_sum;
+    let (lp, _) = completion_logprobs(&model, &batch, 0).unwrap();
+    let adv: Vec<f32> = samples.iter().flat_map(|s| s.advantages.clone()).collect();
+    let n = adv.len();
+    let plain = (lp * Tensor::from_vec(adv, n, &Device::Cpu).unwrap())
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .neg()
+        .unwrap();
+    let g1 = clipped.backward().unwrap();
+    let g2 = plain.backward().unwrap();
+    let mut checked = 0;
+    for (name, v) in &params {
+        let a = g1.get(v.as_tensor()).unwrap();
+        let b = g2.get(v.as_tensor()).unwrap();
+        let d = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let m = b
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d <= 1e-6 * m.max(1.0), "{name}: {d} vs scale {m}");
+        checked += 1;
+    }
+    assert_eq!(checked, params.len());
+}
