@@ -45,6 +45,9 @@ enum Command {
     Grpo(Box<GrpoArgs>),
     /// Online RL with the leave-one-out baseline (RLOO); same flags as grpo.
     Rloo(Box<commands::rl::RlArgs>),
+    /// The whole pipeline on the embedded default: data, SFT, PRM, GRPO with guards, test-time
+    /// search, a table and an HTML report (--fast: the one-minute version).
+    Demo(commands::demo::DemoArgs),
     /// Solve one problem with a test-time search strategy under a budget; prints the answer, its cost and the tree.
     Search(Box<commands::search::SearchArgs>),
     /// Run a grid of test-time strategies over a dataset: table, plots and an HTML report.
@@ -57,6 +60,12 @@ enum Command {
     LabelSteps(Box<commands::label_steps::LabelStepsArgs>),
     /// Score completions with a reward model or a process reward model.
     Score(commands::score::ScoreArgs),
+    /// PPO with a critic (value head or --critic-model), GAE and the KL-penalised per-token reward;
+    /// GRPO's flags plus the critic's and PPO's; --resume continues a run.
+    Ppo(Box<commands::ppo::PpoArgs>),
+    /// TRPO: natural-gradient steps within a KL trust region (--max-kl), conjugate gradient and a
+    /// line search; the critic as in ppo; --resume continues a run.
+    Trpo(Box<commands::ppo::TrpoArgs>),
 }
 
 #[derive(clap::Args)]
@@ -104,7 +113,21 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let result = match cli.command {
+    if let Err(e) = dispatch(cli.command) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// Parses a full command line (program name first) and runs it: how `temper demo` composes the
+/// other commands.
+pub(crate) fn run_args(args: &[String]) -> anyhow::Result<()> {
+    let cli = Cli::try_parse_from(args).map_err(|e| anyhow::anyhow!("{e}"))?;
+    dispatch(cli.command)
+}
+
+fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Inspect(a) => commands::model::inspect(a),
         Command::Convert(a) => commands::model::convert(a),
         Command::Logits(a) => commands::model::logits(a),
@@ -123,15 +146,14 @@ fn main() {
             commands::rl::run(a.rl, alg)
         }
         Command::Rloo(a) => commands::rl::run(*a, tempering_train::rl::Algorithm::Rloo),
+        Command::Demo(a) => commands::demo::demo(a),
         Command::Search(a) => commands::search::search(*a),
         Command::Eval(a) => commands::eval::eval(*a),
         Command::Rm(a) => commands::rm::rm(*a),
         Command::Prm(a) => commands::prm::prm(*a),
         Command::LabelSteps(a) => commands::label_steps::run(*a),
         Command::Score(a) => commands::score::run(a),
-    };
-    if let Err(e) = result {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
+        Command::Ppo(a) => commands::ppo::ppo(*a),
+        Command::Trpo(a) => commands::ppo::trpo(*a),
     }
 }

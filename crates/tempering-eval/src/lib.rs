@@ -6,6 +6,7 @@
 //! This crate knows the search layer, the tasks (to judge answers) and the scorer traits. It
 //! knows nothing of how models run, of training or of the command line.
 
+pub mod curves;
 pub mod data;
 pub mod error;
 pub mod plot;

@@ -13,7 +13,7 @@ use crate::table::StrategyRow;
 static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 static REGISTER: Once = Once::new();
 
-fn register_font() {
+pub(crate) fn register_font() {
     REGISTER.call_once(|| {
         // The embedded file is a valid TrueType font; a failure would only lose text.
         let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);

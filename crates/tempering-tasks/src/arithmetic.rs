@@ -6,13 +6,13 @@
 //! | level | operators | operands | cap     |
 //! |-------|-----------|----------|---------|
 //! | 1     | 1         | 1..=9    | 100     |
-//! | 2     | 2         | 1..=9    | 100     |
-//! | 3     | 3         | 1..=9    | 1000    |
-//! | 4     | 3         | 1..=20   | 1000    |
-//! | 5     | 4         | 1..=20   | 1000    |
-//! | 6     | 5         | 1..=20   | 10000   |
-//! | 7     | 6         | 1..=50   | 10000   |
-//! | 8     | 8         | 1..=99   | 100000  |
+//! | 2     | 1         | 1..=20   | 400     |
+//! | 3     | 2         | 1..=9    | 100     |
+//!
+//! Calibrated on the tiny recipe (`temper tasks train-tiny arithmetic`, 600 steps): greedy accuracy
+//! at the hardest level is 51.3% on 300 test problems, so RL and search have room to show gains.
+//! Harder expressions (more operators, larger operands) are one `ArithmeticParams` away for larger
+//! models.
 //!
 //! Every intermediate value lies in `0..=cap`, so no step needs a negative number.
 
@@ -26,16 +26,7 @@ use crate::task::{alphabet_of, check_level, extract_answer, Problem, Spec, Task,
 
 pub const NAME: &str = "arithmetic";
 const PROMPT_PREFIX: &str = "Compute: ";
-const LEVELS: [(u32, u64, u64); 8] = [
-    (1, 9, 100),
-    (2, 9, 100),
-    (3, 9, 1000),
-    (3, 20, 1000),
-    (4, 20, 1000),
-    (5, 20, 10_000),
-    (6, 50, 10_000),
-    (8, 99, 100_000),
-];
+const LEVELS: [(u32, u64, u64); 3] = [(1, 9, 100), (1, 20, 400), (2, 9, 100)];
 /// Values beyond this could overflow a product of two intermediates in `i64`.
 const MAX_CAP: u64 = 1_000_000_000;
 
@@ -178,8 +169,8 @@ impl Task for Arithmetic {
 
     fn description(&self) -> &'static str {
         "Evaluate an integer expression over + - * with parentheses, one operation per step. \
-         Level 1..=8: 1, 2, 3, 3, 4, 5, 6, 8 operators; operands up to 9, 9, 9, 20, 20, 20, 50, 99; \
-         intermediate values stay non-negative and capped."
+         Level 1..=3: 1, 1, 2 operators; operands up to 9, 20, 9; intermediate values stay \
+         non-negative and capped (the tiny model reaches about 50% at level 3)."
     }
 
     fn levels(&self) -> RangeInclusive<u32> {

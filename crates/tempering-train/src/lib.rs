@@ -7,9 +7,9 @@
 //! [`rl`] holds the online algorithms (GRPO and relatives, RLOO, REINFORCE++) and their guards.
 //!
 //! This crate knows the model layer (the decoder, LoRA, tokenizer, chat templates), the tasks
-//! layer (datasets), the generation engine (rollouts) and the scorers' traits (rewards), with the
-//! reward layer's tokenisation of reward-model inputs (so that a reward model is trained on exactly
-//! what it scores). It knows nothing of search strategies or the command line.
+//! layer (datasets), the generation engine (rollouts) and the reward layer (the scorers' traits, and
+//! its tokenisation of reward-model inputs, so that a reward model is trained on exactly what it
+//! scores). It knows nothing of search strategies or the command line.
 
 pub mod checkpoint;
 pub mod config;

@@ -293,8 +293,9 @@ impl Trainer {
             rec.insert("step_s".into(), json!(secs));
             rec.insert("forward_backward_s".into(), json!(backward_s));
             rec.insert("optimizer_s".into(), json!(secs - backward_s));
-            for (k, v) in &metric_sums {
-                rec.insert(k.clone(), json!(v));
+            let derived = objective.derived_metrics(&metric_sums);
+            for (k, v) in metric_sums.iter().cloned().chain(derived) {
+                rec.insert(k, json!(v));
             }
             log.write(rec)?;
             bar.set_position(self.state.step as u64);
@@ -404,17 +405,13 @@ impl Trainer {
         self.state.step += 1;
         self.state.optimizer_steps = self.opt.steps;
         self.state.tokens_seen += tokens as u64;
-        let mut metrics: Vec<(String, f64)> =
-            metric_sums.into_iter().map(|(k, v)| (k, v / w)).collect();
-        let derived = objective.derived_metrics(&metrics);
-        metrics.extend(derived);
         Ok(StepOutcome {
             loss,
             weight,
             grad_norm,
             tokens,
             backward_s,
-            metrics,
+            metrics: metric_sums.into_iter().map(|(k, v)| (k, v / w)).collect(),
         })
     }
 

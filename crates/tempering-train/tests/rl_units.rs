@@ -228,3 +228,20 @@ fn clipped_loss_gradient_equals_policy_gradient_when_beta_is_zero() {
     }
     assert_eq!(checked, params.len());
 }
+
+#[test]
+fn grpo_increases_a_simple_reward() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(25, 1);
+    c.prompts_per_step = 4;
+    c.num_generations = 8;
+    c.learning_rate = 3e-3;
+    c.loss.beta = 0.0;
+    run(dir.path(), &c, false);
+    let recs = read(&dir.path().join("metrics.jsonl")).unwrap();
+    let r: Vec<f64> = recs.iter().map(|r| r["reward"].as_f64().unwrap()).collect();
+    let first: f64 = r[..5].iter().sum::<f64>() / 5.0;
+    let last: f64 = r[r.len() - 5..].iter().sum::<f64>() / 5.0;
+    eprintln!("{r:?}");
+    assert!(last > first + 0.1, "reward {first} -> {last}: {r:?}");
+}

@@ -1,9 +1,11 @@
 pub mod chat;
+pub mod demo;
 pub mod eval;
 pub mod generate;
 pub mod label_steps;
 pub mod merge;
 pub mod model;
+pub mod ppo;
 pub mod prm;
 pub mod rl;
 pub mod rm;

@@ -236,7 +236,7 @@ impl RlArgs {
 }
 
 /// Prompts as the policy sees them: chat prompts through the model's template.
-fn prompt_items(
+pub(crate) fn prompt_items(
     a: &RlArgs,
     tok: &Tokenizer,
     template: Option<&tempering_model::ChatTemplate>,
@@ -299,7 +299,7 @@ fn prompt_items(
         .collect()
 }
 
-fn sft_data(
+pub(crate) fn sft_data(
     path: &Path,
     tok: &Tokenizer,
     template: Option<&tempering_model::ChatTemplate>,

@@ -120,8 +120,7 @@ impl SearchFlags {
     }
 }
 
-/// The scorers the flags ask for, owned; [`LoadedScorers::scorers`] lends them to a search. A
-/// learned model takes precedence over self-evaluation for what it scores.
+/// The scorers the flags ask for, owned; [`LoadedScorers::scorers`] lends them to a search.
 #[derive(Default)]
 pub struct LoadedScorers {
     self_eval: Option<SelfEvaluator>,
@@ -130,17 +129,20 @@ pub struct LoadedScorers {
 }
 
 impl LoadedScorers {
+    /// A learned model wins over self-evaluation for its role.
     pub fn scorers(&self) -> Scorers<'_> {
         let judge = self.self_eval.as_ref();
         Scorers {
-            verifier: match &self.rm {
-                Some(rm) => Some(rm as &dyn Verifier),
-                None => judge.map(|s| s as &dyn Verifier),
-            },
-            step: match &self.prm {
-                Some(prm) => Some(prm as &dyn StepScorer),
-                None => judge.map(|s| s as &dyn StepScorer),
-            },
+            verifier: self
+                .rm
+                .as_ref()
+                .map(|r| r as &dyn Verifier)
+                .or(judge.map(|s| s as &dyn Verifier)),
+            step: self
+                .prm
+                .as_ref()
+                .map(|p| p as &dyn StepScorer)
+                .or(judge.map(|s| s as &dyn StepScorer)),
         }
     }
 }
@@ -148,21 +150,25 @@ impl LoadedScorers {
 /// Builds the scorers from `--prm`, `--rm` and `--scorer` (the one place that knows them).
 pub fn build_scorers(flags: &SearchFlags, model: &Path) -> Result<LoadedScorers> {
     let mut out = LoadedScorers::default();
-    let (device, _) = device_and_dtype(&flags.device.device, None)?;
-    if let Some(dir) = &flags.prm {
-        out.prm = Some(
-            ProcessRewardModel::open(dir, &device)
-                .with_context(|| format!("--prm {}", dir.display()))?,
-        );
-    }
-    if let Some(dir) = &flags.rm {
-        out.rm = Some(
-            RewardModel::open(dir, &device).with_context(|| format!("--rm {}", dir.display()))?,
-        );
+    if flags.prm.is_some() || flags.rm.is_some() {
+        let (device, _) = device_and_dtype(&flags.device.device, None)?;
+        if let Some(dir) = &flags.prm {
+            out.prm = Some(
+                ProcessRewardModel::open(dir, &device)
+                    .with_context(|| format!("--prm {}", dir.display()))?,
+            );
+        }
+        if let Some(dir) = &flags.rm {
+            out.rm = Some(
+                RewardModel::open(dir, &device)
+                    .with_context(|| format!("--rm {}", dir.display()))?,
+            );
+        }
     }
     match flags.scorer.as_deref() {
         None => {}
         Some("self-eval") => {
+            let (device, _) = device_and_dtype(&flags.device.device, None)?;
             let judge = SelfEvaluator::open(model, &device, SelfEvalConfig::default())
                 .with_context(|| {
                     format!(

@@ -633,7 +633,7 @@ pub fn run_online(
     })
 }
 
-fn warn(bar: &ProgressBar, w: Option<Warning>) {
+pub(crate) fn warn(bar: &ProgressBar, w: Option<Warning>) {
     if let Some(w) = w {
         let msg = format!("warning [{}]: {}", w.guard, w.message);
         tracing::warn!("{msg}");
@@ -641,7 +641,7 @@ fn warn(bar: &ProgressBar, w: Option<Warning>) {
     }
 }
 
-fn progress_bar(show: bool, total: usize, at: usize) -> ProgressBar {
+pub(crate) fn progress_bar(show: bool, total: usize, at: usize) -> ProgressBar {
     if !show {
         return ProgressBar::hidden();
     }
@@ -655,24 +655,28 @@ fn progress_bar(show: bool, total: usize, at: usize) -> ProgressBar {
     bar
 }
 
-fn retain_loss(trainer: &Trainer, eval: &mut SftObjective, retain: &[SftSequence]) -> Result<f64> {
+pub(crate) fn retain_loss(
+    trainer: &Trainer,
+    eval: &mut SftObjective,
+    retain: &[SftSequence],
+) -> Result<f64> {
     Ok(trainer.evaluate(eval, retain)?.0)
 }
 
 /// A prompt's group of scored completions.
-struct Group {
-    prompt: usize,
-    samples: Vec<SampleOut>,
+pub(crate) struct Group {
+    pub(crate) prompt: usize,
+    pub(crate) samples: Vec<SampleOut>,
 }
 
-struct SampleOut {
-    completion: Completion,
-    reward: f64,
-    correct: Option<bool>,
-    verifier: Option<f64>,
+pub(crate) struct SampleOut {
+    pub(crate) completion: Completion,
+    pub(crate) reward: f64,
+    pub(crate) correct: Option<bool>,
+    pub(crate) verifier: Option<f64>,
 }
 
-fn rollout_groups(
+pub(crate) fn rollout_groups(
     c: &OnlineConfig,
     engine: &LocalEngine,
     prompts: &[PromptItem],
@@ -718,7 +722,7 @@ fn rollout_groups(
         .collect())
 }
 
-fn score_groups(
+pub(crate) fn score_groups(
     groups: &mut [Group],
     prompts: &[PromptItem],
     reward: &dyn Verifier,
@@ -905,7 +909,7 @@ fn reinforce_pp_advantages(
 
 /// Logprobs of each sample's completion, chunked exactly as the update's micro-batches (so the
 /// first update's ratio is exactly 1).
-fn no_grad_logprobs(
+pub(crate) fn no_grad_logprobs(
     model: &Transformer,
     samples: &[RolloutSample],
     pad: u32,
@@ -969,7 +973,7 @@ fn samples_weight(c: &OnlineConfig, samples: &[RolloutSample]) -> f64 {
     }
 }
 
-fn write_rollouts(
+pub(crate) fn write_rollouts(
     path: &Path,
     step: usize,
     groups: &[Group],

@@ -18,6 +18,17 @@ pub fn task() -> &'static dyn Task {
         .as_ref()
 }
 
+/// The committed tiny SFT model (`fixtures/models/tiny-arith-sft`: the default recipe, arithmetic
+/// level 3).
+pub fn sft_fixture() -> (Transformer, Tokenizer) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/models/tiny-arith-sft");
+    let files =
+        tempering_model::ModelFiles::open(&dir, candle_core::DType::F32, &candle_core::Device::Cpu)
+            .unwrap();
+    let tok = files.tokenizer.clone().unwrap();
+    (files.transformer().unwrap(), tok)
+}
+
 /// The tiny recipe at `level` for `steps` steps.
 pub fn sft_tiny(level: u32, steps: usize, dir: &Path) -> (Transformer, Tokenizer) {
     let mut o = TinyOptions::for_task(task());

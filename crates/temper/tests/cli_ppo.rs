@@ -1,0 +1,229 @@
+//! `temper ppo` and `temper trpo` through the command line on a tiny model: the run directory
+//! (config, metrics with the actor-critic and trust-region figures, rollouts, checkpoint, final
+//! model), refusal to overwrite and resume of a finished run, TRPO with a separate critic and LoRA
+//! writing an adapter, and clear errors for flags that do not apply.
+
+use std::path::Path;
+use std::process::Command;
+
+fn temper() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_temper"))
+}
+
+/// A tiny model with the arithmetic task's character tokenizer (two training steps: only the files
+/// matter here), made once per test binary.
+fn model() -> std::path::PathBuf {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let d = tempfile::tempdir().unwrap();
+        let out = temper()
+            .args([
+                "tasks",
+                "train-tiny",
+                "arithmetic",
+                "--level",
+                "1",
+                "--steps",
+                "2",
+            ])
+            .args(["--train-problems", "64", "--eval-problems", "0", "--output"])
+            .arg(d.path().join("m"))
+            .output()
+            .unwrap();
+        ok(&out);
+        d
+    });
+    dir.path().join("m")
+}
+
+fn prompts(dir: &Path) -> std::path::PathBuf {
+    let p = dir.join("prompts.jsonl");
+    std::fs::write(
+        &p,
+        "{\"prompt\": \"Compute: 3+4\\n\", \"answer\": \"7\"}\n\
+         {\"prompt\": \"Compute: 2*5\\n\", \"answer\": 10}\n\
+         {\"prompt\": \"Compute: 9-1\\n\", \"answer\": \"8\"}\n",
+    )
+    .unwrap();
+    p
+}
+
+fn ok(out: &std::process::Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        out.status.success(),
+        "{}\n{err}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    err
+}
+
+fn metrics(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn ppo_writes_a_complete_run_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = prompts(dir.path());
+    let run = dir.path().join("run");
+    let out = temper()
+        .arg("ppo")
+        .arg("--model")
+        .arg(model())
+        .arg("--data")
+        .arg(&data)
+        .args(["--reward", "math_answer + 0.1*length_penalty"])
+        .args([
+            "--num-generations",
+            "2",
+            "--prompts-per-step",
+            "2",
+            "--steps",
+            "3",
+        ])
+        .args(["--max-completion-length", "8", "--learning-rate", "1e-3"])
+        .args([
+            "--epochs",
+            "2",
+            "--num-mini-batches",
+            "2",
+            "--target-kl",
+            "1.0",
+        ])
+        .args(["--log-rollouts-every", "1", "--quiet", "--output"])
+        .arg(&run)
+        .output()
+        .unwrap();
+    let err = ok(&out);
+    assert!(err.contains("done: 3 rollout batches"), "{err}");
+    for f in [
+        "config.json",
+        "metrics.jsonl",
+        "rollouts.jsonl",
+        "model/config.json",
+    ] {
+        assert!(run.join(f).is_file(), "missing {f}");
+    }
+    let recs = metrics(&run);
+    assert_eq!(recs.len(), 3);
+    for key in [
+        "reward",
+        "kl",
+        "kl_coef",
+        "policy_loss",
+        "value_loss",
+        "approx_kl_k1",
+        "approx_kl_k3",
+        "clipfrac",
+        "entropy",
+        "generation_s",
+        "update_s",
+    ] {
+        assert!(
+            recs[2].get(key).is_some(),
+            "{key} missing from {:?}",
+            recs[2]
+        );
+    }
+    // Two epochs of two minibatches per rollout batch.
+    assert_eq!(recs[2]["step"], 12);
+    // The adaptive controller moved the coefficient away from its start.
+    assert_ne!(recs[2]["kl_coef"].as_f64(), Some(0.05));
+
+    let again = temper()
+        .arg("ppo")
+        .arg("--model")
+        .arg(model())
+        .arg("--data")
+        .arg(&data)
+        .arg("--output")
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
+    let resumed = temper()
+        .arg("ppo")
+        .arg("--resume")
+        .arg(&run)
+        .arg("--quiet")
+        .output()
+        .unwrap();
+    let err = ok(&resumed);
+    assert!(err.contains("done: 3 rollout batches"), "{err}");
+}
+
+#[test]
+fn trpo_with_a_critic_model_and_lora_writes_an_adapter() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = prompts(dir.path());
+    let run = dir.path().join("trpo");
+    let out = temper()
+        .arg("trpo")
+        .arg("--model")
+        .arg(model())
+        .arg("--critic-model")
+        .arg(model())
+        .arg("--data")
+        .arg(&data)
+        .args([
+            "--num-generations",
+            "2",
+            "--prompts-per-step",
+            "2",
+            "--steps",
+            "2",
+        ])
+        .args([
+            "--max-completion-length",
+            "6",
+            "--lora-r",
+            "4",
+            "--max-kl",
+            "0.02",
+        ])
+        .args(["--quiet", "--output"])
+        .arg(&run)
+        .output()
+        .unwrap();
+    let err = ok(&out);
+    assert!(err.contains("critic:"), "{err}");
+    assert!(run.join("adapter/adapter_config.json").is_file());
+    assert!(run.join("adapter/adapter_model.safetensors").is_file());
+    for r in metrics(&run) {
+        assert!(r["trpo/kl"].as_f64().unwrap() <= 0.02, "{r:?}");
+        assert!(r.get("trpo/backtracks").is_some() && r.get("value_loss").is_some());
+    }
+}
+
+#[test]
+fn flags_that_do_not_apply_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = prompts(dir.path());
+    for (cmd, flag, value, expect) in [
+        ("ppo", "--beta", "0.1", "--kl-coef"),
+        ("ppo", "--num-iterations", "2", "--epochs"),
+        ("ppo", "--lambda", "1.5", "lambda"),
+        ("trpo", "--max-kl", "0", "max_kl"),
+        ("trpo", "--replay-coef", "0.5", "replay"),
+    ] {
+        let out = temper()
+            .arg(cmd)
+            .arg("--model")
+            .arg(model())
+            .arg("--data")
+            .arg(&data)
+            .args([flag, value, "--output"])
+            .arg(dir.path().join(format!("r{cmd}{value}")))
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{cmd} {flag} {value} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expect), "{cmd} {flag} {value}: {err}");
+    }
+}

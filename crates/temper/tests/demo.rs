@@ -1,0 +1,79 @@
+//! `temper demo --fast`: every stage runs, the final accuracy after RL and search is above the SFT
+//! model's greedy accuracy (seeded), the table is printed, and the HTML report is self-contained
+//! and shows its plots when a browser renders it (headless Chromium, when installed).
+
+use std::process::Command;
+
+#[test]
+fn fast_demo_runs_every_stage_and_improves_on_sft() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo");
+    let run = Command::new(env!("CARGO_BIN_EXE_temper"))
+        .args(["demo", "--fast", "--output"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stdout}\n{stderr}");
+    for stage in ["[1/6]", "[2/6]", "[3/6]", "[4/6]", "[5/6]", "[6/6]"] {
+        assert!(stderr.contains(stage), "stage {stage} missing:\n{stderr}");
+    }
+    assert!(
+        stdout.contains("| sft | greedy |") && stdout.contains("| grpo | greedy |"),
+        "{stdout}"
+    );
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("demo.json")).unwrap()).unwrap();
+    assert_eq!(record["status"], "done");
+    let sft = record["sft_greedy_accuracy"].as_f64().unwrap();
+    let best = record["best_accuracy"].as_f64().unwrap();
+    assert!(
+        best > sft,
+        "best after RL and search {best} vs SFT greedy {sft}"
+    );
+    assert!(record["retain_loss_before"].as_f64().is_some(), "{record}");
+    assert!(record["kl"].as_f64().is_some(), "{record}");
+    for f in [
+        "sft/config.json",
+        "runs/prm/model/config.json",
+        "runs/grpo/model/config.json",
+        "runs/grpo/rollouts.jsonl",
+    ] {
+        assert!(out.join(f).is_file(), "missing {f}");
+    }
+
+    let report = out.join("report.html");
+    let html = std::fs::read_to_string(&report).unwrap();
+    assert_eq!(html.matches("<svg").count(), 3, "three plots inlined");
+    assert!(
+        !html.contains("<script") && !html.contains("src=\"http"),
+        "self-contained"
+    );
+
+    // Render it as a browser would: the DOM after layout must hold the three plots with their lines.
+    let chromium = ["chromium", "chromium-browser"].into_iter().find(|b| {
+        Command::new(b)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    let Some(browser) = chromium else {
+        eprintln!(
+            "SKIPPED the browser check: no chromium on PATH (Debian: apt-get install chromium)"
+        );
+        return;
+    };
+    let dom = Command::new(browser)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--dump-dom"])
+        .arg(format!("file://{}", report.display()))
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    assert_eq!(dom.matches("<svg").count(), 3, "{dom}");
+    assert!(dom.matches("<polyline").count() >= 3, "plots without lines");
+    assert!(
+        dom.contains("GRPO training reward") && dom.contains("Accuracy"),
+        "plot titles"
+    );
+}
