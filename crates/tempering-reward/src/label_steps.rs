@@ -272,6 +272,93 @@ mod tests {
         assert_eq!(prefix_text(&["a".into(), "b".into()], "\n"), "a\nb\n");
     }
 
+    /// Answers `Compute: 2+3` with one right and one wrong solution; from a prefix, always
+    /// answers 5 after a right first step and alternates 5 and 6 after a wrong one.
+    struct Scripted(Tokenizer);
+
+    impl Backend for Scripted {
+        fn generate_with(
+            &self,
+            reqs: &[GenRequest],
+            _on_event: &mut dyn FnMut(&tempering_generate::GenEvent<'_>),
+        ) -> tempering_generate::Result<Vec<Vec<tempering_generate::Completion>>> {
+            let done = |text: &str| tempering_generate::Completion {
+                tokens: vec![],
+                text: text.to_string(),
+                logprobs: None,
+                top_logprobs: None,
+                finish_reason: FinishReason::Stop,
+                stop_string: None,
+            };
+            Ok(reqs
+                .iter()
+                .map(|r| {
+                    let prompt = self.0.decode(&r.prompt, false).unwrap();
+                    (0..r.n)
+                        .map(|j| {
+                            if prompt.ends_with("2+3=5\n") {
+                                done("Answer: 5")
+                            } else if prompt.ends_with("2+3=6\n") {
+                                done(if j % 2 == 0 { "Answer: 5" } else { "Answer: 6" })
+                            } else if j % 2 == 0 {
+                                done("2+3=5\nAnswer: 5")
+                            } else {
+                                done("2+3=6\nAnswer: 6")
+                            }
+                        })
+                        .collect()
+                })
+                .collect())
+        }
+    }
+
+    #[test]
+    fn steps_are_labelled_by_their_rollouts_and_the_last_by_the_verdict() {
+        let task = tempering_tasks::task_by_name("arithmetic").unwrap();
+        let problem = task.problem_from_record("Compute: 2+3\n", "5", 1).unwrap();
+        let tok = Tokenizer::char_level(task.alphabet()).unwrap();
+        let backend = Scripted(tok.clone());
+        let opts = LabelOptions {
+            samples: 2,
+            rollouts: 4,
+            ..Default::default()
+        };
+        let rows = label_steps(
+            &backend,
+            &tok,
+            task.as_ref(),
+            std::slice::from_ref(&problem),
+            &opts,
+            &mut |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].completions, vec!["2+3=5", "Answer: 5"]);
+        assert_eq!(
+            (rows[0].values.clone(), rows[0].labels.clone()),
+            (vec![1.0, 1.0], vec![true, true])
+        );
+        assert!(rows[0].correct && !rows[1].correct);
+        assert_eq!(
+            (rows[1].values.clone(), rows[1].labels.clone()),
+            (vec![0.5, 0.0], vec![true, false])
+        );
+        let strict = LabelOptions {
+            rule: LabelRule::AtLeast(0.75),
+            ..opts
+        };
+        let rows = label_steps(
+            &backend,
+            &tok,
+            task.as_ref(),
+            &[problem],
+            &strict,
+            &mut |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(rows[1].labels, vec![false, false]);
+    }
+
     #[test]
     fn balancing_keeps_as_many_correct_as_incorrect_per_problem() {
         let row = |p: &str, c: bool, tag: &str| StepwiseRow {

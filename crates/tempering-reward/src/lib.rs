@@ -14,14 +14,15 @@
 //! - [`answer`]: final-answer extraction and equivalence (also for majority votes).
 //! - [`ensemble`]: conservative aggregates over several scorers, with their disagreement.
 //! - [`self_eval`]: the policy judging its own answers and steps from its verdict-token logprobs.
-
-pub mod label_steps;
-pub mod learned;
+//! - [`learned`]: trained outcome and process reward models (HF classifier directories), and
+//!   [`label_steps`]: Math-Shepherd step labels by rollouts, the PRM's training data.
 
 pub mod answer;
 pub mod compose;
 pub mod ensemble;
 pub mod error;
+pub mod label_steps;
+pub mod learned;
 pub mod rules;
 pub mod scorer;
 pub mod self_eval;

@@ -50,6 +50,22 @@ impl Verifier for DigitShare {
     }
 }
 
+/// A held-out verifier that the proxy above games: the share of non-digits.
+struct NonDigitShare;
+
+impl Verifier for NonDigitShare {
+    fn name(&self) -> &str {
+        "non_digit_share"
+    }
+    fn score(&self, i: &ScoreInput<'_>) -> tempering_reward::Result<Scored> {
+        let d = DigitShare.score(i)?.score;
+        Ok(Scored {
+            score: 1.0 - d,
+            correct: None,
+        })
+    }
+}
+
 fn config(steps: usize, iterations: usize) -> OnlineConfig {
     OnlineConfig {
         algorithm: Algorithm::Grpo,
@@ -74,11 +90,20 @@ fn config(steps: usize, iterations: usize) -> OnlineConfig {
 }
 
 fn run(dir: &std::path::Path, c: &OnlineConfig, resume: bool) -> Transformer {
+    run_with(dir, c, resume, None).0
+}
+
+fn run_with(
+    dir: &std::path::Path,
+    c: &OnlineConfig,
+    resume: bool,
+    verifier: Option<&dyn Verifier>,
+) -> (Transformer, tempering_train::rl::OnlineSummary) {
     let (model, tok) = random_model(5);
     let prompts = prompt_items(&problems(2, 12, 1, Split::Train), &tok);
     let mut policy = model.clone();
     let params = policy.make_trainable(|_| true).unwrap();
-    run_online(
+    let summary = run_online(
         c,
         OnlineInputs {
             policy: policy.clone(),
@@ -87,7 +112,7 @@ fn run(dir: &std::path::Path, c: &OnlineConfig, resume: bool) -> Transformer {
             tokenizer: &tok,
             prompts: &prompts,
             reward: &DigitShare,
-            verifier: None,
+            verifier,
             prm: None,
             retain: None,
             replay: None,
@@ -96,7 +121,7 @@ fn run(dir: &std::path::Path, c: &OnlineConfig, resume: bool) -> Transformer {
         resume,
     )
     .unwrap();
-    policy
+    (policy, summary)
 }
 
 #[test]
@@ -244,4 +269,22 @@ fn grpo_increases_a_simple_reward() {
     let last: f64 = r[r.len() - 5..].iter().sum::<f64>() / 5.0;
     eprintln!("{r:?}");
     assert!(last > first + 0.1, "reward {first} -> {last}: {r:?}");
+}
+
+#[test]
+fn a_gamed_proxy_makes_the_hacking_monitor_fire() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(25, 1);
+    c.prompts_per_step = 4;
+    c.num_generations = 8;
+    c.learning_rate = 3e-3;
+    c.loss.beta = 0.0;
+    let (_, summary) = run_with(dir.path(), &c, false, Some(&NonDigitShare));
+    assert!(summary.guards.warnings_of("reward_hacking") > 0, "{:?}", summary.guards);
+    let recs = read(&dir.path().join("metrics.jsonl")).unwrap();
+    let fired = recs.iter().filter(|r| r.contains_key("warning/reward_hacking")).count();
+    assert!(fired > 0);
+    // Before the window fills, and while both move together, it stays quiet.
+    assert!(!recs[0].contains_key("warning/reward_hacking"));
+    assert!(recs.iter().any(|r| r.contains_key("hacking/proxy_trend")));
 }

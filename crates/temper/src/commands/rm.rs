@@ -249,3 +249,59 @@ pub fn rm(a: RmArgs) -> Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    #[derive(Parser)]
+    struct Rm {
+        #[command(flatten)]
+        a: super::RmArgs,
+    }
+
+    #[derive(Parser)]
+    struct Prm {
+        #[command(flatten)]
+        a: super::super::prm::PrmArgs,
+    }
+
+    fn flags(cmd: clap::Command) -> Vec<String> {
+        cmd.get_arguments()
+            .filter_map(|a| a.get_long().map(|s| s.replace('-', "_")))
+            .collect()
+    }
+
+    #[test]
+    fn every_config_key_is_a_flag_and_flags_become_keys() {
+        let rm = flags(Rm::command());
+        for key in tempering_train::reward_config::rm_keys() {
+            assert!(
+                rm.iter().any(|f| f == key),
+                "temper rm: no flag for `{key}`"
+            );
+        }
+        let prm = flags(Prm::command());
+        for key in tempering_train::reward_config::prm_keys() {
+            assert!(
+                prm.iter().any(|f| f == key),
+                "temper prm: no flag for `{key}`"
+            );
+        }
+        let cli = Prm::try_parse_from([
+            "x",
+            "--learning-rate",
+            "0.01",
+            "--train-on-last-step-only",
+            "--step-separator",
+            "\n\n",
+        ])
+        .unwrap();
+        let cfg =
+            tempering_train::PrmConfig::resolve(None, super::flag_table(&cli.a).unwrap()).unwrap();
+        assert_eq!(cfg.train.learning_rate, 0.01);
+        assert!(cfg.train_on_last_step_only);
+        assert_eq!(cfg.step_separator, "\n\n");
+        assert_eq!(cfg.train.batch_size, 8);
+    }
+}

@@ -1,0 +1,359 @@
+//! Outcome and process reward models end to end through the CLI, on the tiny model and arithmetic
+//! level 1: the policy's solutions are labelled by rollouts (`temper label-steps`), an RM is trained
+//! on correct-versus-incorrect pairs of them (`temper rm`) and a PRM on the step labels (`temper
+//! prm`), and both must rank held-out solutions (test-split problems) correct above incorrect
+//! clearly better than chance (`temper score`). Bad inputs get errors that say what is wrong.
+//! One tiny policy is trained for the whole file.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use serde_json::{json, Value};
+
+fn temper() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_temper"))
+}
+
+fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The tiny policy (arithmetic level 1), trained once for all tests of this file.
+fn policy() -> &'static Path {
+    static DIR: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    &DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("tiny");
+        run_ok(
+            temper()
+                .args(["tasks", "train-tiny", "arithmetic", "--level", "1"])
+                .args(["--steps", "150", "--eval-problems", "0", "--output"])
+                .arg(&out),
+        );
+        (dir, out)
+    })
+    .1
+}
+
+fn read_jsonl(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn write_jsonl(path: &Path, rows: &[Value]) {
+    let text: String = rows.iter().map(|r| format!("{r}\n")).collect();
+    std::fs::write(path, text).unwrap();
+}
+
+/// The AUC line `temper score` prints.
+fn auc_of(out: &Output) -> f64 {
+    let err = String::from_utf8_lossy(&out.stderr);
+    err.lines()
+        .find_map(|l| l.split("labelled rows: ").nth(1))
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no AUC in:\n{err}"))
+}
+
+/// Over pairs of solutions to the same problem, one correct and one not: how often the correct one
+/// scores higher (ties count half).
+fn per_problem_accuracy(rows: &[Value]) -> f64 {
+    let mut by: HashMap<&str, Vec<(f64, bool)>> = HashMap::new();
+    for r in rows {
+        by.entry(r["prompt"].as_str().unwrap()).or_default().push((
+            r["score"].as_f64().unwrap(),
+            r["correct"].as_bool().unwrap(),
+        ));
+    }
+    let (mut wins, mut pairs) = (0.0, 0usize);
+    for v in by.values() {
+        for (a, _) in v.iter().filter(|x| x.1) {
+            for (b, _) in v.iter().filter(|x| !x.1) {
+                pairs += 1;
+                wins += if a > b {
+                    1.0
+                } else if a == b {
+                    0.5
+                } else {
+                    0.0
+                };
+            }
+        }
+    }
+    wins / pairs.max(1) as f64
+}
+
+fn last_metrics(run: &Path, key: &str) -> f64 {
+    read_jsonl(&run.join("metrics.jsonl"))
+        .iter()
+        .rev()
+        .find_map(|r| r.get(key).and_then(|v| v.as_f64()))
+        .unwrap_or_else(|| panic!("no `{key}` in {}/metrics.jsonl", run.display()))
+}
+
+#[test]
+fn rm_and_prm_rank_held_out_correct_solutions_above_incorrect_ones() {
+    let tiny = policy();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let label = |split: &str, n: &str, samples: &str, rollouts: &str, seed: &str, out: &Path| {
+        let mut c = temper();
+        c.args(["label-steps", "--policy"])
+            .arg(tiny)
+            .args(["--task", "arithmetic", "--level", "1", "--split", split])
+            .args(["--n", n, "--samples", samples, "--rollouts", rollouts])
+            .args(["--seed", seed, "--max-new-tokens", "32", "--output"])
+            .arg(out);
+        c
+    };
+
+    // Training data: balanced step labels from train-split problems.
+    let steps = d.join("steps.jsonl");
+    run_ok(label("train", "200", "8", "4", "1", &steps).arg("--balance"));
+    let rows = read_jsonl(&steps);
+    for r in &rows {
+        let n = r["completions"].as_array().unwrap().len();
+        assert_eq!(r["labels"].as_array().unwrap().len(), n);
+        // The last step is labelled by the solution's own verdict.
+        assert_eq!(r["labels"][n - 1], r["correct"]);
+    }
+    let correct = rows.iter().filter(|r| r["correct"] == true).count();
+    assert_eq!(2 * correct, rows.len(), "balanced rows");
+    assert!(rows.len() >= 400, "only {} labelled rows", rows.len());
+
+    // Preference pairs: each correct solution against the incorrect ones of its problem.
+    let mut by: HashMap<String, (Vec<String>, Vec<String>)> = HashMap::new();
+    for r in &rows {
+        let text: Vec<&str> = r["completions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap())
+            .collect();
+        let e = by
+            .entry(r["prompt"].as_str().unwrap().to_string())
+            .or_default();
+        if r["correct"] == true {
+            e.0.push(text.join("\n"));
+        } else {
+            e.1.push(text.join("\n"));
+        }
+    }
+    let mut prefs = Vec::new();
+    let mut prompts: Vec<&String> = by.keys().collect();
+    prompts.sort();
+    for p in prompts {
+        let (good, bad) = &by[p];
+        for g in good {
+            for b in bad {
+                prefs.push(json!({"prompt": p, "chosen": g, "rejected": b}));
+            }
+        }
+    }
+    let prefs_path = d.join("prefs.jsonl");
+    write_jsonl(&prefs_path, &prefs);
+
+    // Held-out solutions to test-split problems, judged by the verifier.
+    let heldout = d.join("heldout.jsonl");
+    run_ok(&mut label("test", "100", "8", "1", "7", &heldout));
+
+    let rm_run = d.join("rm");
+    run_ok(
+        temper()
+            .args(["rm", "--quiet", "--model"])
+            .arg(tiny)
+            .arg("--data")
+            .arg(&prefs_path)
+            .args(["--max-steps", "60", "--batch-size", "16"])
+            .args(["--learning-rate", "1e-3", "--output"])
+            .arg(&rm_run),
+    );
+    let prm_run = d.join("prm");
+    run_ok(
+        temper()
+            .args(["prm", "--quiet", "--model"])
+            .arg(tiny)
+            .arg("--data")
+            .arg(&steps)
+            .arg("--eval-data")
+            .arg(&heldout)
+            .args(["--max-steps", "100", "--batch-size", "16"])
+            .args(["--learning-rate", "3e-4", "--output"])
+            .arg(&prm_run),
+    );
+    // The logs carry pairwise accuracy (RM) and step accuracy and F1 (PRM).
+    assert!(last_metrics(&rm_run, "accuracy") > 0.5);
+    let f1 = last_metrics(&prm_run, "eval_f1");
+    assert!((0.0..=1.0).contains(&f1));
+    assert!(last_metrics(&prm_run, "eval_step_accuracy") > 0.0);
+    // Saved as HF classifiers.
+    let arch = |run: &Path| {
+        let c: Value =
+            serde_json::from_str(&std::fs::read_to_string(run.join("model/config.json")).unwrap())
+                .unwrap();
+        c["architectures"][0].as_str().unwrap().to_string()
+    };
+    assert_eq!(arch(&rm_run), "LlamaForSequenceClassification");
+    assert_eq!(arch(&prm_run), "LlamaForTokenClassification");
+
+    let score = |model: &Path, agg: &str, out: &Path| {
+        run_ok(
+            temper()
+                .arg("score")
+                .arg(model)
+                .arg("--data")
+                .arg(&heldout)
+                .args(["--aggregate", agg, "--output"])
+                .arg(out),
+        )
+    };
+    let rm_scores = d.join("rm_scores.jsonl");
+    let rm_auc = auc_of(&score(&rm_run.join("model"), "min", &rm_scores));
+    let rm_pairs = per_problem_accuracy(&read_jsonl(&rm_scores));
+    let prm_scores = d.join("prm_scores.jsonl");
+    let prm_auc = auc_of(&score(&prm_run.join("model"), "min", &prm_scores));
+    let scored = read_jsonl(&prm_scores);
+    let prm_pairs = per_problem_accuracy(&scored);
+    for r in &scored {
+        assert_eq!(
+            r["step_scores"].as_array().unwrap().len(),
+            r["completions"].as_array().unwrap().len()
+        );
+    }
+    eprintln!(
+        "held-out ranking: RM AUC {rm_auc:.3}, same-problem pairs {rm_pairs:.3}; \
+         PRM (min) AUC {prm_auc:.3}, same-problem pairs {prm_pairs:.3}; PRM eval F1 {f1:.3}"
+    );
+    // Chance is 0.5; over about 800 held-out solutions (about 240 correct) the AUC's standard
+    // error is about 0.02, so 0.55 is well clear of chance. Measured here: RM 0.578, PRM 0.639; the
+    // RM moved between 0.58 and 0.69 with the order and pairing of its data (README). Same-problem
+    // pairs are reported, not asserted: a few problems with many samples dominate them.
+    assert!(rm_auc >= 0.55, "RM AUC {rm_auc}");
+    assert!(prm_auc >= 0.55, "PRM AUC {prm_auc}");
+}
+
+#[test]
+fn bad_inputs_get_clear_errors() {
+    let tiny = policy();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let stderr = |o: &Output| String::from_utf8_lossy(&o.stderr).to_string();
+
+    // A model directory without a score head.
+    let data = d.join("c.jsonl");
+    write_jsonl(
+        &data,
+        &[json!({"prompt": "Compute: 1+2\n", "completion": "1+2=3\nAnswer: 3"})],
+    );
+    let out = temper()
+        .arg("score")
+        .arg(tiny)
+        .arg("--data")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("no score head"), "{}", stderr(&out));
+
+    // Stepwise rows whose labels do not match their steps: the line is named.
+    let steps = d.join("steps.jsonl");
+    write_jsonl(
+        &steps,
+        &[
+            json!({"prompt": "Compute: 1+2\n", "completions": ["1+2=3", "Answer: 3"], "labels": [true, true]}),
+            json!({"prompt": "Compute: 1+2\n", "completions": ["1+2=4", "Answer: 4"], "labels": [false]}),
+        ],
+    );
+    let out = temper()
+        .args(["prm", "--quiet", "--max-steps", "1", "--model"])
+        .arg(tiny)
+        .arg("--data")
+        .arg(&steps)
+        .arg("--output")
+        .arg(d.join("prm"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let e = stderr(&out);
+    assert!(e.contains("steps.jsonl:2") && e.contains("labels"), "{e}");
+
+    // Preference rows whose chosen equals rejected are counted and skipped.
+    let prefs = d.join("prefs.jsonl");
+    write_jsonl(
+        &prefs,
+        &[
+            json!({"prompt": "Compute: 1+2\n", "chosen": "1+2=3\nAnswer: 3", "rejected": "1+2=4\nAnswer: 4"}),
+            json!({"prompt": "Compute: 1+3\n", "chosen": "1+3=4\nAnswer: 4", "rejected": "1+3=4\nAnswer: 4"}),
+        ],
+    );
+    let rm_run = d.join("rm");
+    let out = run_ok(
+        temper()
+            .args([
+                "rm",
+                "--quiet",
+                "--max-steps",
+                "1",
+                "--batch-size",
+                "1",
+                "--model",
+            ])
+            .arg(tiny)
+            .arg("--data")
+            .arg(&prefs)
+            .arg("--output")
+            .arg(&rm_run),
+    );
+    let e = stderr(&out);
+    assert!(
+        e.contains("2 rows -> 1 pairs; 1 skipped because `chosen` equals `rejected`"),
+        "{e}"
+    );
+    // A finished run is not overwritten, and resuming it takes no other flags.
+    let out = temper()
+        .args(["rm", "--quiet", "--model"])
+        .arg(tiny)
+        .arg("--data")
+        .arg(&prefs)
+        .arg("--output")
+        .arg(&rm_run)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("already holds a run"),
+        "{}",
+        stderr(&out)
+    );
+    run_ok(temper().args(["rm", "--quiet", "--resume"]).arg(&rm_run));
+    let out = temper()
+        .args(["rm", "--max-steps", "5", "--resume"])
+        .arg(&rm_run)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("max_steps"), "{}", stderr(&out));
+
+    // An unknown task names the known ones.
+    let out = temper()
+        .args(["label-steps", "--task", "sudoku", "--policy"])
+        .arg(tiny)
+        .arg("--output")
+        .arg(d.join("x.jsonl"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("sudoku"), "{}", stderr(&out));
+}
