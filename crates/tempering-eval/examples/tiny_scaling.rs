@@ -4,7 +4,7 @@
 //! `cargo run --release -p tempering-eval --example tiny_scaling -- MODEL_DIR OUT_DIR [N_PROBLEMS] [STRATEGIES]`
 //!
 //! MODEL_DIR is a tiny model from `temper tasks train-tiny arithmetic --level 2 ...`. No learned
-//! PRM is used: steps are scored by [`StepChecker`], a rule that checks the arithmetic of each
+//! PRM is used: steps are scored by `ArithmeticSteps`, a rule that checks the arithmetic of each
 //! line (`a op b = c`, and that the answer line repeats the last result). It sees no reference
 //! answer, so it is a process verifier, not an oracle.
 
@@ -16,52 +16,10 @@ use tempering_eval::table::markdown;
 use tempering_eval::{items_from_task, run_grid, summarise, EvalSetup};
 use tempering_generate::LocalEngine;
 use tempering_model::ModelFiles;
-use tempering_reward::StepScorer;
+use tempering_reward::rules::ArithmeticSteps;
 use tempering_search::{
     expand_grid, parse_strategy, Budget, Scorers, SearchConfig, TokenizerEncoder,
 };
-use tempering_tasks::expr::parse;
-
-/// Scores a step 1 when its equation holds (or it is an answer line equal to the previous
-/// step's result), 0 when it does not, 0.5 when it cannot be read.
-struct StepChecker;
-
-fn result_of(step: &str) -> Option<i64> {
-    step.rsplit_once('=')
-        .and_then(|(_, r)| r.trim().parse().ok())
-}
-
-impl StepScorer for StepChecker {
-    fn name(&self) -> &str {
-        "step-checker"
-    }
-
-    fn score_steps(&self, _prompt: &str, steps: &[&str]) -> tempering_reward::Result<Vec<f64>> {
-        Ok(steps
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                if let Some(ans) = s.strip_prefix("Answer:") {
-                    let prev = i.checked_sub(1).and_then(|j| result_of(steps[j]));
-                    return match (ans.trim().parse::<i64>().ok(), prev) {
-                        (Some(a), Some(p)) => (a == p) as u8 as f64,
-                        _ => 0.5,
-                    };
-                }
-                match s.split_once('=') {
-                    Some((lhs, rhs)) => match (
-                        parse(lhs.trim()).ok().and_then(|e| e.eval().ok()),
-                        rhs.trim().parse::<i64>().ok(),
-                    ) {
-                        (Some(l), Some(r)) => (l == r) as u8 as f64,
-                        _ => 0.0,
-                    },
-                    None => 0.5,
-                }
-            })
-            .collect())
-    }
-}
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -85,7 +43,7 @@ fn main() -> anyhow::Result<()> {
         add_special_tokens: true,
     };
     let items = items_from_task("arithmetic", level, n, 7)?;
-    let checker = StepChecker;
+    let checker = ArithmeticSteps;
     let mut config = SearchConfig {
         step_max_tokens: 24,
         max_depth: 8,

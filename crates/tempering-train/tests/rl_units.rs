@@ -280,9 +280,16 @@ fn a_gamed_proxy_makes_the_hacking_monitor_fire() {
     c.learning_rate = 3e-3;
     c.loss.beta = 0.0;
     let (_, summary) = run_with(dir.path(), &c, false, Some(&NonDigitShare));
-    assert!(summary.guards.warnings_of("reward_hacking") > 0, "{:?}", summary.guards);
+    assert!(
+        summary.guards.warnings_of("reward_hacking") > 0,
+        "{:?}",
+        summary.guards
+    );
     let recs = read(&dir.path().join("metrics.jsonl")).unwrap();
-    let fired = recs.iter().filter(|r| r.contains_key("warning/reward_hacking")).count();
+    let fired = recs
+        .iter()
+        .filter(|r| r.contains_key("warning/reward_hacking"))
+        .count();
     assert!(fired > 0);
     // Before the window fills, and while both move together, it stays quiet.
     assert!(!recs[0].contains_key("warning/reward_hacking"));

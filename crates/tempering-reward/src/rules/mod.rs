@@ -2,6 +2,7 @@
 //! [`crate::spec::RewardSpec`]) into a [`Verifier`], and one module per rule. Rules need no model;
 //! they judge text (and token counts) only. Knows nothing of learned scorers or of spec syntax.
 
+pub mod arithmetic_steps;
 pub mod chrf;
 pub mod format;
 pub mod length_penalty;
@@ -15,6 +16,7 @@ use crate::error::{Result, RewardError};
 use crate::scorer::Verifier;
 use crate::spec::{RewardArg, RewardContext};
 
+pub use arithmetic_steps::ArithmeticSteps;
 pub use chrf::{chrf_score, Chrf, ChrfParams};
 pub use format::FormatReward;
 pub use length_penalty::{LengthPenalty, LengthUnit};

@@ -40,18 +40,16 @@ pub fn sft_tiny(level: u32, steps: usize, dir: &Path) -> (Transformer, Tokenizer
     (m.model, m.tokenizer)
 }
 
+/// `n` distinct problems, or `n` with repeats when the level has fewer distinct ones.
 pub fn problems(level: u32, n: usize, seed: u64, split: Split) -> Vec<Problem> {
-    generate(
-        task(),
-        &GenerateSpec {
-            level,
-            n,
-            seed,
-            split,
-            unique: true,
-        },
-    )
-    .unwrap()
+    let spec = |unique| GenerateSpec {
+        level,
+        n,
+        seed,
+        split,
+        unique,
+    };
+    generate(task(), &spec(true)).unwrap_or_else(|_| generate(task(), &spec(false)).unwrap())
 }
 
 pub fn prompt_items(ps: &[Problem], tok: &Tokenizer) -> Vec<PromptItem> {
