@@ -6,7 +6,7 @@
 //! Level 1 (one operation) has about 210 distinct problems, only 19 of them in the test split: the
 //! assertion is on every distinct train-split problem (the distribution RL trains on), and the 19
 //! held-out problems are reported beside it. Settings can be overridden for measurements: AC_LEVEL,
-//! AC_SFT_STEPS, AC_STEPS, AC_LR, AC_MAX_KL.
+//! AC_SFT_STEPS, AC_STEPS, AC_LR, AC_MAX_KL, AC_CG, AC_KL_STOP, AC_DETACH, AC_SFT_CACHE.
 
 mod rl_common;
 
@@ -134,6 +134,8 @@ fn config(method: Method) -> ActorCriticConfig {
     c.trpo.max_kl = env("AC_MAX_KL", 0.02);
     c.trpo.cg_iterations = env("AC_CG", 4);
     c.kl_stop = env("AC_KL_STOP", 0.05);
+    // AC_DETACH=1: PPO's value head reads detached features (the value loss moves the head only).
+    c.loss.detach_features = env("AC_DETACH", 0) == 1;
     c
 }
 
