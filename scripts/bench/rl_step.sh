@@ -17,7 +17,7 @@ trap 'rm -rf "$WORK"' EXIT
 
 cargo build -q -p temper
 T=target/debug/temper
-$T tasks train-tiny arithmetic --level 2 --steps 150 --train-problems 2000 --eval-problems 0 \
+$T tasks train-tiny arithmetic --level 1 --steps 150 --train-problems 2000 --eval-problems 0 \
   --output "$WORK/tiny" >/dev/null 2>&1
 
 run() { # label, command, model, extra flags...
@@ -39,7 +39,7 @@ print(json.dumps(out))
 PYEOF
 }
 
-TINY="--task arithmetic --level 2 --num-generations 4 --prompts-per-step 16 --max-completion-length 48 --micro-batch-size 64 --learning-rate 5e-4"
+TINY="--task arithmetic --level 1 --num-generations 4 --prompts-per-step 16 --max-completion-length 48 --micro-batch-size 64 --learning-rate 5e-4"
 run tiny-grpo grpo "$WORK/tiny" $TINY
 run tiny-ppo ppo "$WORK/tiny" $TINY --epochs 2 --num-mini-batches 2 --kl-coef 0.02
 run tiny-trpo trpo "$WORK/tiny" $TINY --epochs 2 --num-mini-batches 2 --kl-coef 0.02 --max-kl 0.02
