@@ -213,6 +213,7 @@ fn train(
 }
 
 #[test]
+#[ignore = "a measurement (minutes of CPU): cargo test -p tempering-train --test ppo_trpo_gain -- --ignored"]
 fn ppo_runs_on_the_tiny_model_after_sft() {
     let (_, _, summary, recs) = train(Method::Ppo);
     assert_eq!(summary.steps, config(Method::Ppo).online.steps);
@@ -233,6 +234,7 @@ fn ppo_runs_on_the_tiny_model_after_sft() {
 }
 
 #[test]
+#[ignore = "a measurement (minutes of CPU): cargo test -p tempering-train --test ppo_trpo_gain -- --ignored"]
 fn trpo_stays_in_its_trust_region_on_the_tiny_model_after_sft() {
     let max_kl = config(Method::Trpo).trpo.max_kl;
     let (_, _, _, recs) = train(Method::Trpo);

@@ -157,8 +157,7 @@ fn read_table(dir: &Path) -> Result<Vec<EvalRow>> {
 }
 
 fn read_metrics(path: &Path) -> Result<Vec<Map<String, Value>>> {
-    Ok(tempering_train::metrics::read(path)
-        .with_context(|| format!("reading {}", path.display()))?)
+    tempering_train::metrics::read(path).with_context(|| format!("reading {}", path.display()))
 }
 
 fn series(recs: &[Map<String, Value>], x: &str, key: &str) -> Vec<(f64, f64)> {
