@@ -295,3 +295,35 @@ fn a_gamed_proxy_makes_the_hacking_monitor_fire() {
     assert!(!recs[0].contains_key("warning/reward_hacking"));
     assert!(recs.iter().any(|r| r.contains_key("hacking/proxy_trend")));
 }
+
+#[test]
+fn a_reference_sharing_the_policy_weights_is_refused() {
+    let (model, tok) = random_model(5);
+    let mut trained = model.clone();
+    trained.make_trainable(|_| true).unwrap();
+    // A policy cloned from a model whose weights are already `Var`s shares them.
+    let mut policy = trained.clone();
+    let params = policy.make_trainable(|_| true).unwrap();
+    let prompts = prompt_items(&problems(2, 4, 1, Split::Train), &tok);
+    let dir = tempfile::tempdir().unwrap();
+    let err = run_online(
+        &config(1, 1),
+        OnlineInputs {
+            policy: policy.clone(),
+            params,
+            reference: Some(trained.without_adapters()),
+            tokenizer: &tok,
+            prompts: &prompts,
+            reward: &DigitShare,
+            verifier: None,
+            prm: None,
+            retain: None,
+            replay: None,
+        },
+        dir.path(),
+        false,
+    )
+    .expect_err("a shared reference must be refused")
+    .to_string();
+    assert!(err.contains("shares the trainable weight"), "{err}");
+}

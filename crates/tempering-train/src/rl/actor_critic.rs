@@ -338,23 +338,7 @@ pub fn run_actor_critic(
         }
     };
     let policy_vars: Vec<Var> = inp.params.iter().map(|(_, v)| v.clone()).collect();
-    // A reference built from the policy's own weights (e.g. a trained model's `Var`s cloned) would
-    // move with every update and hold the KL at 0.
-    let trained: std::collections::HashSet<_> =
-        policy_vars.iter().map(|v| v.as_tensor().id()).collect();
-    if let Some(name) = reference
-        .named_tensors()
-        .into_iter()
-        .find(|(_, t)| trained.contains(&t.id()))
-        .map(|(n, _)| n)
-    {
-        return Err(TrainError::config(
-            "reference",
-            format!(
-                "the reference shares the trainable weight `{name}` with the policy: pass a copy"
-            ),
-        ));
-    }
+    crate::rl::online::check_reference_is_frozen(&reference, &inp.params)?;
     let mut params = inp.params;
     let critic = match inputs.critic_model {
         Some((mut model, cparams)) => {

@@ -344,6 +344,7 @@ pub fn run_online(
         }
     };
 
+    check_reference_is_frozen(&reference, &inputs.params)?;
     let tc = config.train_config();
     let mut trainer = if resume {
         Trainer::resume(tc.clone(), inputs.params, run_dir)?
@@ -631,6 +632,29 @@ pub fn run_online(
         guards: state.guards,
         checkpoint: crate::checkpoint::latest(run_dir)?,
     })
+}
+
+/// Refuses a reference that shares a trainable weight with the policy (e.g. built from a model
+/// whose weights were already `Var`s): it would move with every update and hold the KL at 0.
+pub(crate) fn check_reference_is_frozen(
+    reference: &Transformer,
+    params: &[(String, Var)],
+) -> Result<()> {
+    let trained: std::collections::HashSet<_> =
+        params.iter().map(|(_, v)| v.as_tensor().id()).collect();
+    match reference
+        .named_tensors()
+        .into_iter()
+        .find(|(_, t)| trained.contains(&t.id()))
+    {
+        Some((name, _)) => Err(TrainError::config(
+            "reference",
+            format!(
+                "the reference shares the trainable weight `{name}` with the policy: pass a copy"
+            ),
+        )),
+        None => Ok(()),
+    }
 }
 
 pub(crate) fn warn(bar: &ProgressBar, w: Option<Warning>) {
