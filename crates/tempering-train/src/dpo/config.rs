@@ -329,11 +329,7 @@ impl PreferenceConfig {
 
     /// Writes `config.toml` into `dir` (temporary name, then rename).
     pub fn write(&self, dir: &Path) -> Result<PathBuf> {
-        let path = dir.join("config.toml");
-        let tmp = dir.join(".config.toml.tmp");
-        std::fs::write(&tmp, self.to_toml()?).map_err(|e| TrainError::io(&tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| TrainError::io(&path, e))?;
-        Ok(path)
+        crate::config::write_config(self, dir)
     }
 
     /// Reads a run directory's `config.toml`.

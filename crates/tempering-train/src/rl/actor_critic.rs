@@ -422,7 +422,7 @@ pub fn run_actor_critic(
         let mut groups = rollout_groups(o, &engine, inp.prompts, &idx, k, 0)?;
         let gen_s = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
-        score_groups(&mut groups, inp.prompts, inp.reward, inp.verifier, tok)?;
+        score_groups(&mut groups, inp.prompts, inp.reward, inp.verifier)?;
         let score_s = t1.elapsed().as_secs_f64();
 
         // 2. Old logprobs, values, reference logprobs; per-token rewards; GAE.

@@ -23,7 +23,7 @@ use tempering_reward::{ScoreInput, StepScorer, Verifier};
 use crate::data::DataOrder;
 use crate::error::{Result, TrainError};
 use crate::metrics::MetricsLog;
-use crate::objective::{LossOutput, Mode, Objective, StepContext};
+use crate::objective::{LossOutput, Objective, StepContext};
 use crate::rl::advantage::{
     batch_whiten, grpo_advantages, rloo_advantages, tied_groups, ScaleRewards,
 };
@@ -424,13 +424,7 @@ pub fn run_online(
             let mut fresh = rollout_groups(config, &engine, inputs.prompts, &idx, k, round)?;
             gen_s += t0.elapsed().as_secs_f64();
             let t1 = Instant::now();
-            score_groups(
-                &mut fresh,
-                inputs.prompts,
-                inputs.reward,
-                inputs.verifier,
-                tok,
-            )?;
+            score_groups(&mut fresh, inputs.prompts, inputs.reward, inputs.verifier)?;
             score_s += t1.elapsed().as_secs_f64();
             let last_round = round == config.dynamic_sampling_rounds;
             for g in fresh {
@@ -751,7 +745,6 @@ pub(crate) fn score_groups(
     prompts: &[PromptItem],
     reward: &dyn Verifier,
     verifier: Option<&dyn Verifier>,
-    _tok: &Tokenizer,
 ) -> Result<()> {
     let mut inputs = Vec::new();
     for g in groups.iter() {
@@ -1024,10 +1017,4 @@ pub(crate) fn write_rollouts(
         writeln!(f, "{rec}").map_err(|e| TrainError::io(path, e))?;
     }
     f.flush().map_err(|e| TrainError::io(path, e))
-}
-
-/// Whether a mode is training; kept for objectives that switch on it.
-#[allow(dead_code)]
-fn is_train(m: Mode) -> bool {
-    m == Mode::Train
 }
