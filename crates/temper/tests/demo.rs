@@ -77,3 +77,59 @@ fn fast_demo_runs_every_stage_and_improves_on_sft() {
         "plot titles"
     );
 }
+
+/// `temper demo --model smollm2 --fast`: the same pipeline on the real SmolLM2-135M, with LoRA for
+/// SFT and GRPO (merged by `temper merge` between stages). Skips, saying so, without the model file.
+#[test]
+fn fast_demo_on_smollm2_runs_every_stage_with_lora() {
+    let Some(gguf) = tempering_model::known::smollm2_or_skip("fast_demo_on_smollm2") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo");
+    let run = Command::new(env!("CARGO_BIN_EXE_temper"))
+        .args(["demo", "--fast", "--model"])
+        .arg(&gguf)
+        .arg("--output")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stdout}\n{stderr}");
+    for stage in ["[1/6]", "[2/6]", "[3/6]", "[4/6]", "[5/6]", "[6/6]"] {
+        assert!(stderr.contains(stage), "stage {stage} missing:\n{stderr}");
+    }
+    assert!(stderr.contains("--lora-r"), "LoRA stages:\n{stderr}");
+    for f in [
+        "runs/sft/adapter/adapter_config.json",
+        "runs/grpo/adapter/adapter_config.json",
+        "sft/config.json",
+        "grpo/config.json",
+        "runs/prm/model/config.json",
+        "report.html",
+    ] {
+        assert!(out.join(f).is_file(), "missing {f}");
+    }
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("demo.json")).unwrap()).unwrap();
+    assert_eq!(record["status"], "done");
+    let sft = record["sft_greedy_accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&sft), "{record}");
+}
+
+#[test]
+fn demo_refuses_an_unknown_model_naming_the_choices() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_temper"))
+        .args(["demo", "--fast", "--model", "no-such-model", "--output"])
+        .arg(dir.path().join("demo"))
+        .output()
+        .unwrap();
+    assert!(!run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains("no-such-model") && stderr.contains("tiny") && stderr.contains("smollm2"),
+        "{stderr}"
+    );
+}

@@ -30,6 +30,13 @@ fn config(steps: usize) -> OnlineConfig {
         progress: false,
         ..OnlineConfig::default()
     };
+    // Measurement knobs (README, "Online RL"): rollout temperature and dynamic-sampling rounds.
+    if let Some(t) = std::env::var("RL_TEMP").ok().and_then(|v| v.parse().ok()) {
+        c.temperature = t;
+    }
+    if let Some(r) = std::env::var("RL_DYN").ok().and_then(|v| v.parse().ok()) {
+        c.dynamic_sampling_rounds = r;
+    }
     c.loss.loss_type = LossType::Dapo;
     c.loss.beta = 0.02;
     c.loss.max_completion_length = 48;

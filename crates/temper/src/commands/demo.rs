@@ -30,7 +30,45 @@ pub struct DemoArgs {
     /// The one-minute version (smaller stages; what the test suite runs).
     #[arg(long)]
     pub fast: bool,
+    /// `tiny` (a 0.8M-parameter decoder trained from scratch, full fine-tuning), `smollm2`
+    /// (SmolLM2-135M-Instruct from `scripts/fetch-smollm2.sh`, LoRA), or a path to an HF directory
+    /// or GGUF file of a pretrained model (LoRA, like smollm2).
+    #[arg(long, default_value = "tiny")]
+    pub model: String,
 }
+
+/// Where the policy comes from.
+enum BaseModel {
+    /// Trained from scratch by `temper tasks train-tiny`; full fine-tuning throughout.
+    Tiny,
+    /// A pretrained model: SFT and GRPO train LoRA adapters that `temper merge` folds in.
+    Pretrained(PathBuf),
+}
+
+impl BaseModel {
+    fn parse(model: &str) -> Result<Self> {
+        match model {
+            "tiny" => Ok(BaseModel::Tiny),
+            "smollm2" => tempering_model::known::smollm2_gguf()
+                .map(BaseModel::Pretrained)
+                .context(
+                    "--model smollm2: the SmolLM2 GGUF is not here; run scripts/fetch-smollm2.sh \
+                     (or set TEMPER_SMOLLM2 to the file)",
+                ),
+            path => {
+                let p = PathBuf::from(path);
+                if p.exists() {
+                    Ok(BaseModel::Pretrained(p))
+                } else {
+                    bail!("--model {path}: expected tiny, smollm2, or an existing HF directory or GGUF file")
+                }
+            }
+        }
+    }
+}
+
+/// The LoRA targets of the pretrained-model pipeline (every attention projection).
+const LORA_TARGETS: &str = "q,k,v,o";
 
 /// Sizes of each stage.
 struct Plan {
@@ -51,7 +89,25 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(fast: bool) -> Self {
+    fn new(fast: bool, pretrained: bool) -> Self {
+        if pretrained {
+            // A 135M-parameter model on 2 CPU cores: every stage is small, and LoRA trains.
+            return Plan {
+                sft_steps: if fast { 10 } else { 60 },
+                sft_problems: 2000,
+                label_problems: if fast { 4 } else { 16 },
+                label_samples: 2,
+                label_rollouts: 2,
+                prm_steps: if fast { 4 } else { 30 },
+                grpo_steps: if fast { 2 } else { 8 },
+                grpo_prompts: 4,
+                grpo_generations: 4,
+                grpo_lr: 5e-5,
+                test_problems: if fast { 8 } else { 40 },
+                budgets: vec![4],
+                beams: vec!["beam:2x2"],
+            };
+        }
         if fast {
             Plan {
                 sft_steps: 150,
@@ -80,9 +136,9 @@ impl Plan {
                 grpo_prompts: 8,
                 grpo_generations: 8,
                 grpo_lr: 2e-5,
-                test_problems: 200,
+                test_problems: 150,
                 budgets: vec![4, 16],
-                beams: vec!["beam:2x2", "beam:4x4"],
+                beams: vec!["beam:2x2"],
             }
         }
     }
@@ -184,7 +240,9 @@ pub fn demo(a: DemoArgs) -> Result<()> {
         (None, true) => *task.levels().start(),
         (None, false) => task.default_level(),
     };
-    let plan = Plan::new(a.fast);
+    let base = BaseModel::parse(&a.model)?;
+    let lora = matches!(base, BaseModel::Pretrained(_));
+    let plan = Plan::new(a.fast, lora);
     let out = a.output.clone();
     prepare_output(&out)?;
     let data = out.join("data");
@@ -221,29 +279,80 @@ pub fn demo(a: DemoArgs) -> Result<()> {
     write_jsonl(&retain_path, &records(&retain, a.seed + 7))?;
     stage("data", t);
 
-    // 2. SFT: the tiny model from scratch on worked solutions.
-    eprintln!("[2/6] SFT: the tiny model from scratch");
+    // 2. SFT on worked solutions: the tiny model from scratch, or LoRA on a pretrained model
+    //    (then merged, so that every later stage reads one ordinary HF directory).
     let t = Instant::now();
     let sft = out.join("sft");
-    temper(&[
-        s("tasks"),
-        s("train-tiny"),
-        a.task.clone(),
-        s("--level"),
-        s(level),
-        s("--steps"),
-        s(plan.sft_steps),
-        s("--train-problems"),
-        s(plan.sft_problems),
-        s("--seed"),
-        s(a.seed),
-        s("--eval-problems"),
-        s(0),
-        s("--output"),
-        p(&sft),
-        s("--run-dir"),
-        p(&out.join("runs/sft")),
-    ])?;
+    match &base {
+        BaseModel::Tiny => {
+            eprintln!("[2/6] SFT: the tiny model from scratch");
+            temper(&[
+                s("tasks"),
+                s("train-tiny"),
+                a.task.clone(),
+                s("--level"),
+                s(level),
+                s("--steps"),
+                s(plan.sft_steps),
+                s("--train-problems"),
+                s(plan.sft_problems),
+                s("--seed"),
+                s(a.seed),
+                s("--eval-problems"),
+                s(0),
+                s("--output"),
+                p(&sft),
+                s("--run-dir"),
+                p(&out.join("runs/sft")),
+            ])?;
+        }
+        BaseModel::Pretrained(model) => {
+            eprintln!("[2/6] SFT: LoRA on {}", model.display());
+            let train_path = data.join("train.jsonl");
+            temper(&[
+                s("tasks"),
+                s("generate"),
+                a.task.clone(),
+                s("--level"),
+                s(level),
+                s("--n"),
+                s(plan.sft_problems),
+                s("--seed"),
+                s(a.seed),
+                s("--split"),
+                s("train"),
+                s("--allow-duplicates"),
+                s("--output"),
+                p(&train_path),
+            ])?;
+            let sft_run = out.join("runs/sft");
+            temper(&[
+                s("sft"),
+                s("--model"),
+                p(model),
+                s("--data"),
+                p(&train_path),
+                s("--lora-r"),
+                s(16),
+                s("--lora-alpha"),
+                s(32),
+                s("--lora-targets"),
+                s(LORA_TARGETS),
+                s("--max-steps"),
+                s(plan.sft_steps),
+                s("--batch-size"),
+                s(8),
+                s("--learning-rate"),
+                s(1e-3),
+                s("--seed"),
+                s(a.seed),
+                s("--quiet"),
+                s("--output"),
+                p(&sft_run),
+            ])?;
+            temper(&[s("merge"), p(model), p(&sft_run.join("adapter")), p(&sft)])?;
+        }
+    }
     stage("sft", t);
 
     // 3. A PRM from automatically labelled steps (Math-Shepherd rollouts from the SFT policy).
@@ -299,7 +408,7 @@ pub fn demo(a: DemoArgs) -> Result<()> {
     eprintln!("[4/6] GRPO: the task's verifier as reward, guards on");
     let t = Instant::now();
     let grpo_run = out.join("runs/grpo");
-    temper(&[
+    let mut grpo_args = vec![
         s("grpo"),
         s("--model"),
         p(&sft),
@@ -336,8 +445,30 @@ pub fn demo(a: DemoArgs) -> Result<()> {
         s("--quiet"),
         s("--output"),
         p(&grpo_run),
-    ])?;
-    let rl_model = grpo_run.join("model");
+    ];
+    if lora {
+        grpo_args.extend([
+            s("--lora-r"),
+            s(16),
+            s("--lora-alpha"),
+            s(32),
+            s("--lora-targets"),
+            s(LORA_TARGETS),
+        ]);
+    }
+    temper(&grpo_args)?;
+    let rl_model = if lora {
+        let merged = out.join("grpo");
+        temper(&[
+            s("merge"),
+            p(&sft),
+            p(&grpo_run.join("adapter")),
+            p(&merged),
+        ])?;
+        merged
+    } else {
+        grpo_run.join("model")
+    };
     stage("grpo", t);
 
     // 5. Test-time strategies at a few budgets on the test split, for the SFT and the RL policy.
@@ -507,6 +638,7 @@ pub fn demo(a: DemoArgs) -> Result<()> {
         "level": level,
         "seed": a.seed,
         "fast": a.fast,
+        "model": a.model,
         "sft_greedy_accuracy": sft_greedy,
         "grpo_greedy_accuracy": rl_greedy,
         "best_accuracy": best.accuracy,
