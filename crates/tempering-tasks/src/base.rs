@@ -3,8 +3,19 @@
 //! expression families: the answer is a digit string and the steps walk down a quotient chain. Knows the
 //! shared task conventions, nothing of other families or models.
 //!
-//! Levels: level `L` in 1..=8 asks for an answer of `L + 1` digits in a base drawn from 2..=9, so the
-//! worked solution has `L + 1` division steps.
+//! Each step writes out the current value, the quotient times the base and the subtraction that
+//! leaves the remainder (`199: 24*8=192 199-192=7`), so that no step hides a computation.
+//!
+//! Levels (bases drawn from, digits of the answer = division steps), calibrated on the tiny recipe of
+//! `tempering-train` (README): level 3 is the hardest and the default.
+//!
+//! | level | bases | digits |
+//! |-------|-------|--------|
+//! | 1     | 2..=9 | 2      |
+//! | 2     | 2..=5 | 3      |
+//! | 3     | 2..=9 | 3      |
+//!
+//! Longer answers (up to 18 digits) and base 10 are a [`BaseParams`] away from code.
 
 use std::collections::BTreeSet;
 use std::ops::RangeInclusive;
@@ -19,7 +30,8 @@ pub const NAME: &str = "base-conversion";
 const PROMPT_PREFIX: &str = "Convert ";
 const PROMPT_MIDDLE: &str = " to base ";
 const PROMPT_SUFFIX: &str = ":\n";
-const MAX_LEVEL: u32 = 8;
+/// (min_base, max_base, digits) per level.
+const LEVELS: [(u32, u32, u32); 3] = [(2, 9, 2), (2, 5, 3), (2, 9, 3)];
 /// Bases above 10 would need letters for digits; the alphabet stays digits only.
 const MAX_BASE: u32 = 10;
 const MAX_DIGITS: u32 = 18;
@@ -36,10 +48,11 @@ pub struct BaseParams {
 impl BaseParams {
     pub fn for_level(level: u32) -> Result<Self> {
         check_level(&BaseConversion, level)?;
+        let (min_base, max_base, digits) = LEVELS[(level - 1) as usize];
         Ok(BaseParams {
-            min_base: 2,
-            max_base: 9,
-            digits: level + 1,
+            min_base,
+            max_base,
+            digits,
         })
     }
 
@@ -129,7 +142,9 @@ fn build(value: u64, base: u32, level: u32) -> Problem {
     let mut v = value;
     loop {
         let (q, r) = (v / b, v % b);
-        steps.push(format!("{v}={q}*{base}+{r}"));
+        // The product and the subtraction are written out: a small model gets the quotient right
+        // long before it can find the remainder in its head.
+        steps.push(format!("{v}: {q}*{base}={} {v}-{}={r}", q * b, q * b));
         v = q;
         if v == 0 {
             break;
@@ -164,11 +179,11 @@ impl Task for BaseConversion {
 
     fn description(&self) -> &'static str {
         "Write a decimal number in base 2..=9 by repeated division, one division per step, reading the \
-         remainders last to first. Level 1..=8: the answer has level+1 digits."
+         remainders last to first. Level 1..=3: answers of 2, 3, 3 digits in bases 2-9, 2-5, 2-9."
     }
 
     fn levels(&self) -> RangeInclusive<u32> {
-        1..=MAX_LEVEL
+        1..=LEVELS.len() as u32
     }
 
     fn default_level(&self) -> u32 {
@@ -219,7 +234,7 @@ impl Task for BaseConversion {
     }
 
     fn alphabet(&self) -> BTreeSet<char> {
-        alphabet_of(&[PROMPT_PREFIX, PROMPT_MIDDLE, PROMPT_SUFFIX, "=*+"])
+        alphabet_of(&[PROMPT_PREFIX, PROMPT_MIDDLE, PROMPT_SUFFIX, "=*-: "])
     }
 }
 
@@ -240,7 +255,8 @@ mod tests {
     fn worked_solution_divides_down_to_zero() {
         let p = build(45, 2, 1);
         assert_eq!(p.prompt, "Convert 45 to base 2:\n");
-        assert_eq!(p.steps()[0], "45=22*2+1");
+        assert_eq!(p.steps()[0], "45: 22*2=44 45-44=1");
+        assert_eq!(p.steps()[5], "1: 0*2=0 1-0=1");
         assert_eq!(*p.steps().last().unwrap(), "Answer: 101101");
         assert_eq!(p.steps().len(), 7);
     }

@@ -67,12 +67,23 @@ proptest! {
         let expected_last = format!("{ANSWER_MARKER}{}", p.answer);
         prop_assert_eq!(*lines.last().unwrap(), expected_last.as_str());
         for step in &lines[..lines.len() - 1] {
+            // Every step holds: `a op b=c`, or for bases `v: q*b=p v-p=r` with `r < b`.
+            if let Spec::BaseConversion { base, .. } = p.spec {
+                let (v, rest) = step.split_once(": ").unwrap();
+                let (product, subtraction) = rest.split_once(' ').unwrap();
+                let v = v.parse::<i64>().unwrap();
+                let (qb, pr) = product.split_once('=').unwrap();
+                let pr = pr.parse::<i64>().unwrap();
+                prop_assert_eq!(expr::parse(qb).unwrap().eval().unwrap(), pr, "step {:?}", step);
+                let (diff, rem) = subtraction.split_once('=').unwrap();
+                prop_assert_eq!(diff.to_string(), format!("{v}-{pr}"), "step {:?}", step);
+                let rem = rem.parse::<i64>().unwrap();
+                prop_assert_eq!(v - pr, rem, "step {:?}", step);
+                prop_assert!((0..i64::from(base)).contains(&rem), "step {:?}", step);
+                continue;
+            }
             let (lhs, rhs) = step.split_once('=').unwrap();
-            // Every step is an equation that holds: `a op b=c` or, for bases, `v=q*b+r`.
-            let (l, r) = match p.spec {
-                Spec::BaseConversion { .. } => (lhs.parse::<i64>().unwrap(), expr::parse(rhs).unwrap().eval().unwrap()),
-                _ => (expr::parse(lhs).unwrap().eval().unwrap(), rhs.parse::<i64>().unwrap()),
-            };
+            let (l, r) = (expr::parse(lhs).unwrap().eval().unwrap(), rhs.parse::<i64>().unwrap());
             prop_assert_eq!(l, r, "step {:?}", step);
         }
         let alphabet = task_by_name(&p.task).unwrap().alphabet();
