@@ -2,23 +2,33 @@
 //! model's greedy accuracy (seeded), the table is printed, and the HTML report is self-contained
 //! and shows its plots when a browser renders it (headless Chromium, when installed).
 
+use std::path::Path;
 use std::process::Command;
+
+/// Runs `temper demo --fast EXTRA --output OUT`, asserts success and that all six stages ran, and
+/// returns stdout and stderr.
+fn run_fast_demo(extra: &[&str], out: &Path) -> (String, String) {
+    let run = Command::new(env!("CARGO_BIN_EXE_temper"))
+        .args(["demo", "--fast"])
+        .args(extra)
+        .arg("--output")
+        .arg(out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+    assert!(run.status.success(), "{stdout}\n{stderr}");
+    for stage in ["[1/6]", "[2/6]", "[3/6]", "[4/6]", "[5/6]", "[6/6]"] {
+        assert!(stderr.contains(stage), "stage {stage} missing:\n{stderr}");
+    }
+    (stdout, stderr)
+}
 
 #[test]
 fn fast_demo_runs_every_stage_and_improves_on_sft() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("demo");
-    let run = Command::new(env!("CARGO_BIN_EXE_temper"))
-        .args(["demo", "--fast", "--output"])
-        .arg(&out)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(run.status.success(), "{stdout}\n{stderr}");
-    for stage in ["[1/6]", "[2/6]", "[3/6]", "[4/6]", "[5/6]", "[6/6]"] {
-        assert!(stderr.contains(stage), "stage {stage} missing:\n{stderr}");
-    }
+    let (stdout, _) = run_fast_demo(&[], &out);
     assert!(
         stdout.contains("| sft | greedy |") && stdout.contains("| grpo | greedy |"),
         "{stdout}"
@@ -87,19 +97,8 @@ fn fast_demo_on_smollm2_runs_every_stage_with_lora() {
     };
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("demo");
-    let run = Command::new(env!("CARGO_BIN_EXE_temper"))
-        .args(["demo", "--fast", "--model"])
-        .arg(&gguf)
-        .arg("--output")
-        .arg(&out)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(run.status.success(), "{stdout}\n{stderr}");
-    for stage in ["[1/6]", "[2/6]", "[3/6]", "[4/6]", "[5/6]", "[6/6]"] {
-        assert!(stderr.contains(stage), "stage {stage} missing:\n{stderr}");
-    }
+    let model = gguf.display().to_string();
+    let (_, stderr) = run_fast_demo(&["--model", &model], &out);
     assert!(stderr.contains("--lora-r"), "LoRA stages:\n{stderr}");
     for f in [
         "runs/sft/adapter/adapter_config.json",
