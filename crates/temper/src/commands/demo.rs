@@ -1,6 +1,7 @@
 //! `temper demo`: the whole pipeline on the embedded default, composed from the public commands
 //! exactly as a user would type them (each stage is a `temper` command line run in-process):
-//! seeded task data, the tiny model trained from scratch (SFT), a PRM trained on automatically
+//! seeded task data, the tiny model trained from scratch (SFT; or, with `--model smollm2` or a
+//! path, LoRA on a pretrained model, merged between stages), a PRM trained on automatically
 //! labelled steps, GRPO with the task's verifier and the KL, forgetting and hacking guards, then
 //! test-time strategies at several budgets on the held-out test split. It ends with one table and
 //! a self-contained HTML report. Holds no algorithm of its own.
