@@ -37,17 +37,21 @@ print(json.dumps({"system": "tempering", "s_per_step": med,
                   "optimizer_s": statistics.median(r["optimizer_s"] for r in recs[1:]),
                   "steps": [r["step_s"] for r in recs]}))
 PYEOF
-  TRL_EXPERIMENTAL_SILENCE=1 OMP_NUM_THREADS=$THREADS "$PY" scripts/bench/dpo_trl.py --model "$WORK/smollm2" \
-    --data "$WORK/prefs.jsonl" --steps "$STEPS" --threads "$THREADS" --out "$WORK/trl" 2>"$WORK/trl.log" | tail -1
+  for ckpt in off on; do
+    TRL_EXPERIMENTAL_SILENCE=1 OMP_NUM_THREADS=$THREADS "$PY" scripts/bench/dpo_trl.py --model "$WORK/smollm2" \
+      --data "$WORK/prefs.jsonl" --steps "$STEPS" --threads "$THREADS" --gradient-checkpointing $ckpt \
+      --out "$WORK/trl-$ckpt" 2>"$WORK/trl-$ckpt.log" | tail -1
+  done
 } | tee "$WORK/results.jsonl"
 
 "$PY" - "$WORK/results.jsonl" <<'PYEOF'
 import json, sys
 r = {x["system"]: x for x in map(json.loads, open(sys.argv[1]))}
-print(f"\n{'system':<11}{'s/step':>9}{'peak RSS MB':>13}")
-for s in ["tempering", "trl"]:
-    print(f"{s:<11}{r[s]['s_per_step']:>9.3f}{r[s]['peak_rss_mb']:>13.0f}")
+print(f"\n{'system':<19}{'s/step':>9}{'peak RSS MB':>13}")
+for s in ["tempering", "trl", "trl-checkpointing"]:
+    print(f"{s:<19}{r[s]['s_per_step']:>9.3f}{r[s]['peak_rss_mb']:>13.0f}")
 t = r["tempering"]
 print(f"tempering split: forward+backward (policy and reference) {t['forward_backward_s']:.3f} s, optimiser {t['optimizer_s']:.3f} s")
-print(f"ratio (TRL s/step / Tempering s/step): {r['trl']['s_per_step'] / t['s_per_step']:.2f}")
+print(f"ratio (TRL s/step / Tempering s/step): {r['trl']['s_per_step'] / t['s_per_step']:.2f}"
+      f" (TRL's default, gradient checkpointing on: {r['trl-checkpointing']['s_per_step'] / t['s_per_step']:.2f})")
 PYEOF

@@ -20,6 +20,9 @@ p.add_argument("--data", required=True)
 p.add_argument("--steps", type=int, default=4)
 p.add_argument("--threads", type=int, default=2)
 p.add_argument("--out", required=True)
+# TRL turns gradient checkpointing on by default (it recomputes activations: slower, less memory);
+# Tempering keeps activations, so the like-for-like comparison is with it off.
+p.add_argument("--gradient-checkpointing", choices=["on", "off"], default="off")
 a = p.parse_args()
 
 torch.manual_seed(0)
@@ -59,6 +62,7 @@ cfg = DPOConfig(
     logging_steps=1,
     dataloader_num_workers=0,
     seed=0,
+    gradient_checkpointing=a.gradient_checkpointing == "on",
 )
 trainer = DPOTrainer(
     model=model,
@@ -71,4 +75,4 @@ trainer = DPOTrainer(
 trainer.train()
 med = statistics.median(timer.times[1:])
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({"system": "trl", "s_per_step": med, "peak_rss_mb": rss, "steps": timer.times}))
+print(json.dumps({"system": "trl" if a.gradient_checkpointing == "off" else "trl-checkpointing", "s_per_step": med, "peak_rss_mb": rss, "steps": timer.times}))

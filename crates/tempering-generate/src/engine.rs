@@ -187,7 +187,25 @@ impl LocalEngine {
             let lps = if want_lp {
                 // The trainer's op on the same logits: identical numbers for the same tokens.
                 let targets = Tensor::new(next.as_slice(), dev)?;
-                Some(ops::token_logprobs(&logits, &targets)?.to_vec1::<f32>()?)
+                let inv_t: Vec<f32> = active
+                    .iter()
+                    .map(|&r| {
+                        let p = &reqs[rows[r].req].params;
+                        if p.tempered_logprobs && p.temperature > 0.0 {
+                            1.0 / p.temperature
+                        } else {
+                            1.0
+                        }
+                    })
+                    .collect();
+                let lp = if inv_t.iter().all(|&x| x == 1.0) {
+                    ops::token_logprobs(&logits, &targets)?
+                } else {
+                    let scale = Tensor::from_vec(inv_t, (active.len(), 1), dev)?
+                        .to_dtype(logits.dtype())?;
+                    ops::token_logprobs(&logits.broadcast_mul(&scale)?, &targets)?
+                };
+                Some(lp.to_vec1::<f32>()?)
             } else {
                 None
             };

@@ -33,6 +33,11 @@ pub struct SamplingParams {
     pub ignore_eos: bool,
     /// Report the log-probability of each generated token.
     pub logprobs: bool,
+    /// Report logprobs of the tempered distribution the tokens were sampled from (`logits /
+    /// temperature`, as an RL trainer computes them) instead of the model's raw ones (vLLM's
+    /// `processed_logprobs` against its default `raw_logprobs`). Filters (top-k, top-p, min-p) are
+    /// not applied to the reported numbers.
+    pub tempered_logprobs: bool,
     /// Also report this many most likely alternatives at each step (0: none).
     pub top_logprobs: usize,
 }
@@ -50,6 +55,7 @@ impl Default for SamplingParams {
             stop_token_ids: vec![],
             ignore_eos: false,
             logprobs: false,
+            tempered_logprobs: false,
             top_logprobs: 0,
         }
     }

@@ -142,6 +142,45 @@ fn first_inner_step_ratio_is_exactly_one() {
 }
 
 #[test]
+fn trainer_logprobs_equal_the_sampling_logprobs_at_any_temperature() {
+    for temperature in [1.0, 0.7, 1.5] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(1, 2);
+        c.temperature = temperature;
+        run(dir.path(), &c, false);
+        let recs = read(&dir.path().join("metrics.jsonl")).unwrap();
+        // The engine's logprobs of the sampled tokens (from the tempered distribution) against the
+        // trainer's old logprobs of the same tokens.
+        let diff = recs[0]["rollout_logprob_diff"].as_f64().unwrap();
+        assert!(diff < 1e-5, "temperature {temperature}: mean |diff| {diff}");
+    }
+    // And both are the tempered distribution's: log_softmax(logits / T) of the sampled token.
+    let (model, tok) = random_model(9);
+    let prompt = tok.encode("Compute: 3 + 4", false).unwrap();
+    let mut ids = prompt.clone();
+    ids.extend([5u32, 7, 9]);
+    let s = RolloutSample {
+        ids: ids.clone(),
+        prompt_len: prompt.len(),
+        advantages: vec![0.0; 3],
+        old_logprobs: None,
+        ref_logprobs: None,
+        in_loss: true,
+    };
+    let (_, logits) = completion_logprobs(&model, &[&s], 0, 1.0).unwrap();
+    let logits: Vec<Vec<f32>> = logits.to_vec2().unwrap();
+    let (lp, _) = completion_logprobs(&model, &[&s], 0, 0.5).unwrap();
+    let lp: Vec<f32> = lp.to_vec1().unwrap();
+    for (j, row) in logits.iter().enumerate() {
+        let z: Vec<f64> = row.iter().map(|&x| x as f64 / 0.5).collect();
+        let m = z.iter().cloned().fold(f64::MIN, f64::max);
+        let lse = m + z.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
+        let want = z[ids[prompt.len() + j] as usize] - lse;
+        assert!((lp[j] as f64 - want).abs() < 1e-5, "{} vs {want}", lp[j]);
+    }
+}
+
+#[test]
 fn resumed_run_continues_exactly() {
     let straight = tempfile::tempdir().unwrap();
     let a = run(straight.path(), &config(3, 2), false);
@@ -218,7 +257,7 @@ fn clipped_loss_gradient_equals_policy_gradient_when_beta_is_zero() {
         rng: &mut r,
     };
     let clipped = obj.loss(&batch, &mut ctx).unwrap().loss_sum;
-    let (lp, _) = completion_logprobs(&model, &batch, 0).unwrap();
+    let (lp, _) = completion_logprobs(&model, &batch, 0, 1.0).unwrap();
     let adv: Vec<f32> = samples.iter().flat_map(|s| s.advantages.clone()).collect();
     let n = adv.len();
     let plain = (lp * Tensor::from_vec(adv, n, &Device::Cpu).unwrap())

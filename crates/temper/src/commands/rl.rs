@@ -100,6 +100,10 @@ pub struct RlArgs {
     pub top_k: usize,
     #[arg(long, default_value_t = 256)]
     pub max_completion_length: usize,
+    /// Sample exactly --max-completion-length tokens, past EOS (fixed benchmark workloads).
+    #[arg(long)]
+    #[serde(default)]
+    pub ignore_eos: bool,
 
     /// grpo, dr_grpo, dapo or bnpo.
     #[arg(long, default_value = "dapo")]
@@ -200,6 +204,7 @@ impl RlArgs {
             top_p: self.top_p,
             top_k: self.top_k,
             max_completion_length: self.max_completion_length,
+            ignore_eos: self.ignore_eos,
             loss: PolicyLossConfig {
                 loss_type: parse::<LossType>("loss-type", &self.loss_type)?,
                 epsilon_low: self.epsilon,

@@ -125,8 +125,8 @@ impl ActorCriticConfig {
         )?;
         check(
             "temperature",
-            o.temperature > 0.0,
-            "expected a positive temperature",
+            o.temperature == 1.0,
+            "PPO and TRPO sample at temperature 1 (their logprobs are not yet tempered as GRPO's are)",
         )?;
         check("epochs", self.epochs > 0, "expected at least 1")?;
         check(
@@ -448,7 +448,7 @@ pub fn run_actor_critic(
         }
         let (old_lp, old_v) =
             logprobs_and_values(&policy_model, &critic, &rollouts, pad, o.micro_batch_size)?;
-        let refs = no_grad_logprobs(&reference, &rollouts, pad, o.micro_batch_size)?;
+        let refs = no_grad_logprobs(&reference, &rollouts, pad, o.micro_batch_size, 1.0)?;
         let forward_s = t2.elapsed().as_secs_f64();
 
         let mut token_r: Vec<Vec<f64>> = Vec::with_capacity(rollouts.len());

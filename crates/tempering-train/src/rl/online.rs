@@ -72,6 +72,9 @@ pub struct OnlineConfig {
     pub top_p: f32,
     pub top_k: usize,
     pub max_completion_length: usize,
+    /// Sample exactly `max_completion_length` tokens, past the model's EOS (fixed-size benchmark
+    /// workloads, as vLLM's `ignore_eos`).
+    pub ignore_eos: bool,
     pub loss: PolicyLossConfig,
     pub scale_rewards: ScaleRewards,
     /// Truncated completions (no stop token) are left out of the loss (DAPO's overlong filter).
@@ -112,6 +115,7 @@ impl Default for OnlineConfig {
             top_p: 1.0,
             top_k: 0,
             max_completion_length: 256,
+            ignore_eos: false,
             loss: PolicyLossConfig::default(),
             scale_rewards: ScaleRewards::Group,
             mask_truncated_completions: false,
@@ -377,7 +381,8 @@ pub fn run_online(
         std::fs::remove_file(&rollouts_path).map_err(|e| TrainError::io(&rollouts_path, e))?;
     }
     let mut objective = RlObjective {
-        policy: PolicyObjective::new(policy_model.clone(), pad, config.loss),
+        policy: PolicyObjective::new(policy_model.clone(), pad, config.loss)
+            .with_temperature(config.temperature as f64),
         replay: inputs
             .replay
             .map(|_| SftObjective::new(policy_model.clone(), pad)),
@@ -446,7 +451,9 @@ pub fn run_online(
         // 2. Advantages, reference logprobs and old logprobs.
         let t2 = Instant::now();
         let mut samples = build_samples(config, &groups, inputs.prompts, inputs.prm, tok)?;
-        let refs = no_grad_logprobs(&reference, &samples, pad, config.micro_batch_size)?;
+        // The reference's and the old logprobs at the sampling temperature too, as TRL computes them.
+        let temp = config.temperature as f64;
+        let refs = no_grad_logprobs(&reference, &samples, pad, config.micro_batch_size, temp)?;
         let mut kl_sum = 0.0;
         let mut kl_n = 0usize;
         let policy_lp = if config.num_iterations > 1 || config.algorithm == Algorithm::ReinforcePp {
@@ -455,6 +462,7 @@ pub fn run_online(
                 &samples,
                 pad,
                 config.micro_batch_size,
+                temp,
             )?)
         } else {
             None
@@ -710,7 +718,9 @@ pub(crate) fn rollout_groups(
             p.temperature = c.temperature;
             p.top_p = c.top_p;
             p.top_k = c.top_k;
+            p.ignore_eos = c.ignore_eos;
             p.logprobs = true;
+            p.tempered_logprobs = true;
             // Seeds depend on the batch, the refill round and the slot: a resumed run samples the
             // same completions.
             let mut r = Rng::derived(
@@ -931,6 +941,7 @@ pub(crate) fn no_grad_logprobs(
     samples: &[RolloutSample],
     pad: u32,
     micro: usize,
+    temperature: f64,
 ) -> Result<Vec<Vec<f32>>> {
     let mut out = vec![Vec::new(); samples.len()];
     for (ci, chunk) in samples.chunks(micro.max(1)).enumerate() {
@@ -944,7 +955,7 @@ pub(crate) fn no_grad_logprobs(
             continue;
         }
         let refs: Vec<&RolloutSample> = active.iter().map(|(_, s)| *s).collect();
-        let (lp, _) = completion_logprobs(model, &refs, pad)?;
+        let (lp, _) = completion_logprobs(model, &refs, pad, temperature)?;
         let lp: Vec<f32> = lp.detach().to_vec1()?;
         let mut at = 0;
         for (i, s) in active {
@@ -956,7 +967,7 @@ pub(crate) fn no_grad_logprobs(
     // Samples out of the loss still get logprobs for the KL metric and REINFORCE++.
     for (i, s) in samples.iter().enumerate() {
         if out[i].len() != s.completion_len() {
-            let (lp, _) = completion_logprobs(model, &[s], pad)?;
+            let (lp, _) = completion_logprobs(model, &[s], pad, temperature)?;
             out[i] = lp.detach().to_vec1()?;
         }
     }

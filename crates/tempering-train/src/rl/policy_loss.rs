@@ -95,11 +95,14 @@ impl RolloutSample {
 }
 
 /// Per-token logprobs of every completion token of `batch`, in order, from one right-padded
-/// forward: [sum of completion lengths]. Also returns the logits of those positions.
+/// forward: [sum of completion lengths]. Also returns the logits of those positions. The logits are
+/// divided by `temperature`, the rollouts' sampling temperature (as TRL does), so that the
+/// trainer's logprobs are those the tokens were sampled with.
 pub fn completion_logprobs(
     model: &Transformer,
     batch: &[&RolloutSample],
     pad_id: u32,
+    temperature: f64,
 ) -> Result<(Tensor, Tensor)> {
     let device = model.device().clone();
     let t = batch.iter().map(|s| s.ids.len()).max().unwrap_or(0);
@@ -121,7 +124,10 @@ pub fn completion_logprobs(
     let picked = hidden
         .reshape((b * t, h))?
         .index_select(&Tensor::from_vec(rows, n, &device)?, 0)?;
-    let logits = model.logits(&picked)?.to_dtype(DType::F32)?;
+    let mut logits = model.logits(&picked)?.to_dtype(DType::F32)?;
+    if temperature != 1.0 {
+        logits = (logits / temperature)?;
+    }
     let lp = ops::token_logprobs(&logits, &Tensor::from_vec(labels, n, &device)?)?;
     Ok((lp, logits))
 }
@@ -133,11 +139,12 @@ pub fn logprobs_no_grad(
     samples: &[RolloutSample],
     pad_id: u32,
     batch_size: usize,
+    temperature: f64,
 ) -> Result<Vec<Vec<f32>>> {
     let mut out = Vec::with_capacity(samples.len());
     for chunk in samples.chunks(batch_size.max(1)) {
         let refs: Vec<&RolloutSample> = chunk.iter().collect();
-        let (lp, _) = completion_logprobs(model, &refs, pad_id)?;
+        let (lp, _) = completion_logprobs(model, &refs, pad_id, temperature)?;
         let lp: Vec<f32> = lp.detach().to_vec1()?;
         let mut at = 0;
         for s in chunk {
@@ -160,6 +167,8 @@ pub struct PolicyObjective {
     model: Transformer,
     pad_id: u32,
     pub config: PolicyLossConfig,
+    /// The rollouts' sampling temperature (logits are divided by it).
+    pub temperature: f64,
 }
 
 impl PolicyObjective {
@@ -168,7 +177,14 @@ impl PolicyObjective {
             model,
             pad_id,
             config,
+            temperature: 1.0,
         }
+    }
+
+    /// Logprobs at the rollouts' sampling temperature.
+    pub fn with_temperature(mut self, temperature: f64) -> Self {
+        self.temperature = temperature;
+        self
     }
 
     pub fn model(&self) -> &Transformer {
@@ -332,7 +348,8 @@ impl Objective for PolicyObjective {
                 metrics: vec![],
             });
         }
-        let (lp, logits) = completion_logprobs(&self.model, &active, self.pad_id)?;
+        let (lp, logits) =
+            completion_logprobs(&self.model, &active, self.pad_id, self.temperature)?;
         let entropy = if c.entropy_coef != 0.0 {
             entropy_rows(&logits)?
         } else {

@@ -123,7 +123,7 @@ pub fn actor_critic_forward(
         }
         Critic::Separate { model, head } => {
             let lp = if need_logprobs {
-                Some(completion_logprobs(policy, batch, pad_id)?)
+                Some(completion_logprobs(policy, batch, pad_id, 1.0)?)
             } else {
                 None
             };

@@ -29,6 +29,22 @@ pub fn sft_fixture() -> (Transformer, Tokenizer) {
     (files.transformer().unwrap(), tok)
 }
 
+/// A copy of `m` that shares no storage and no autograd history (`copy` alone keeps a link to the
+/// `Var`s it came from): a trained model's weights are `Var`s, and a clone made
+/// trainable would share (and move) them.
+pub fn deep_copy(m: &Transformer) -> Transformer {
+    let tensors = m
+        .named_tensors()
+        .into_iter()
+        .map(|(n, t)| (n, t.detach().copy().unwrap()))
+        .collect();
+    Transformer::from_weights(
+        &m.config,
+        &tempering_model::weights::Weights::new(tensors, "copy".into()),
+    )
+    .unwrap()
+}
+
 /// The tiny recipe at `level` for `steps` steps.
 pub fn sft_tiny(level: u32, steps: usize, dir: &Path) -> (Transformer, Tokenizer) {
     let mut o = TinyOptions::for_task(task());
@@ -108,4 +124,24 @@ impl Verifier for TaskReward {
             correct: Some(ok),
         })
     }
+}
+
+/// The distinct problems of a split at `level` (at most 200) among 4000 draws.
+pub fn distinct_problems(level: u32, split: Split) -> Vec<Problem> {
+    let all = generate(
+        task(),
+        &GenerateSpec {
+            level,
+            n: 4000,
+            seed: 99,
+            split,
+            unique: false,
+        },
+    )
+    .unwrap();
+    let mut seen = std::collections::HashSet::new();
+    all.into_iter()
+        .filter(|p| seen.insert(p.prompt.clone()))
+        .take(200)
+        .collect()
 }
