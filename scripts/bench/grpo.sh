@@ -18,7 +18,15 @@ trap 'rm -rf "$WORK"' EXIT
 
 cargo build -q -p temper
 T=target/debug/temper
-$T tasks generate arithmetic --level 3 --n 256 --seed 7 --output "$WORK/prompts.jsonl" >/dev/null
+$T tasks generate arithmetic --level 3 --n 256 --seed 7 --output "$WORK/all.jsonl" >/dev/null
+# Prompt and answer only: both systems see the same prompts, and TRL gets no `completion` column.
+"$PY" -c "
+import json, sys
+with open(sys.argv[2], 'w') as out:
+    for l in open(sys.argv[1]):
+        r = json.loads(l)
+        out.write(json.dumps({'prompt': r['prompt'], 'answer': r['answer']}) + '\n')
+" "$WORK/all.jsonl" "$WORK/prompts.jsonl"
 
 bench() { # label, model dir, lora r
   local label=$1 model=$2 r=$3
