@@ -19,7 +19,7 @@ use rl_common::*;
 use tempering_model::loader::save_hf_dir;
 use tempering_model::ModelFiles;
 use tempering_model::{Tokenizer, Transformer};
-use tempering_tasks::{generate, GenerateSpec, Problem, Split};
+use tempering_tasks::{Problem, Split};
 use tempering_train::rl::{
     run_actor_critic, ActorCriticConfig, ActorCriticInputs, Method, OnlineConfig, OnlineInputs,
     OnlineSummary,
@@ -120,36 +120,11 @@ fn train(
     let s = sft();
     let dir = tempfile::tempdir().unwrap();
     let level = env("AC_LEVEL", 1);
-    let train = generate(
-        task(),
-        &GenerateSpec {
-            level,
-            n: 400,
-            seed: 5,
-            split: Split::Train,
-            unique: false,
-        },
-    )
-    .unwrap();
-    let prompts = prompt_items(&train, &s.tok);
-    let mut policy = deep_copy(&s.model);
+    let prompts = rl_prompts(level, &s.tok);
     // LoRA r=8 on every linear layer (the reference is then the base, adapters off), as in
     // `rl_gain.rs`; AC_LORA=0: full fine-tuning against a frozen copy.
-    let lora_r = env("AC_LORA", 8usize);
-    let (params, reference) = if lora_r > 0 {
-        let cfg = tempering_model::LoraConfig::new(
-            lora_r,
-            2.0 * lora_r as f64,
-            0.0,
-            tempering_model::LoraTarget::ALL.to_vec(),
-        );
-        (policy.add_lora(&cfg, 1).unwrap(), None)
-    } else {
-        (
-            policy.make_trainable(|_| true).unwrap(),
-            Some(s.model.clone()),
-        )
-    };
+    let (policy, params, reference) =
+        trainable_policy(&s.model, env("AC_LORA", 8usize), "q,k,v,o,gate,up,down");
     let reward = TaskReward { invert: false };
     let summary = run_actor_critic(
         &config(method),
@@ -222,7 +197,7 @@ fn ppo_raises_greedy_accuracy_of_the_tiny_sft_model() {
 }
 
 #[test]
-#[ignore = "a measurement (minutes of CPU): cargo test -p tempering-train --test ppo_trpo_gain -- --ignored"]
+#[ignore = "a measurement (minutes of CPU): cargo test --workspace --test ppo_trpo_gain -- --ignored"]
 fn trpo_stays_in_its_trust_region_on_the_tiny_model_after_sft() {
     let max_kl = config(Method::Trpo).trpo.max_kl;
     let (_, _, _, recs) = train(Method::Trpo);
@@ -235,82 +210,5 @@ fn trpo_stays_in_its_trust_region_on_the_tiny_model_after_sft() {
         accepted * 2 >= recs.len(),
         "{accepted} of {} steps accepted",
         recs.len()
-    );
-}
-
-/// GRPO with the settings of `rl_gain.rs` on the same SFT model and prompts, for the README's
-/// comparison (a measurement, not a CI check: `--ignored`).
-#[test]
-#[ignore]
-fn grpo_baseline_on_the_same_model() {
-    use tempering_train::rl::{run_online, Algorithm, LossType};
-    let s = sft();
-    let dir = tempfile::tempdir().unwrap();
-    let train = generate(
-        task(),
-        &GenerateSpec {
-            level: env("AC_LEVEL", 1),
-            n: 400,
-            seed: 5,
-            split: Split::Train,
-            unique: false,
-        },
-    )
-    .unwrap();
-    let prompts = prompt_items(&train, &s.tok);
-    let mut policy = deep_copy(&s.model);
-    let params = policy.make_trainable(|_| true).unwrap();
-    let mut c = OnlineConfig {
-        algorithm: Algorithm::Grpo,
-        num_generations: 8,
-        prompts_per_step: 8,
-        steps: env("AC_STEPS", 20),
-        micro_batch_size: 64,
-        learning_rate: env("AC_LR", 5e-4),
-        max_completion_length: 48,
-        seed: 3,
-        progress: false,
-        ..OnlineConfig::default()
-    };
-    c.loss.loss_type = LossType::Dapo;
-    c.loss.beta = 0.02;
-    c.loss.max_completion_length = 48;
-    let reward = TaskReward { invert: false };
-    run_online(
-        &c,
-        OnlineInputs {
-            policy: policy.clone(),
-            params,
-            reference: Some(s.model.clone()),
-            tokenizer: &s.tok,
-            prompts: &prompts,
-            reward: &reward,
-            verifier: None,
-            prm: None,
-            retain: None,
-            replay: None,
-        },
-        dir.path(),
-        false,
-    )
-    .unwrap();
-    let recs = tempering_train::metrics::read(&dir.path().join("metrics.jsonl")).unwrap();
-    for r in &recs {
-        eprintln!(
-            "Grpo step {:?} reward {:?} kl {:?} step_s {:?}",
-            r.get("rollout_step"),
-            r.get("reward"),
-            r.get("kl"),
-            r.get("step_s")
-        );
-    }
-    eprintln!(
-        "Grpo: greedy accuracy on {} train-split problems {:.3} -> {:.3}; on the {} held-out problems {:.3} -> {:.3}",
-        s.eval.len(),
-        s.before.0,
-        greedy_accuracy(&policy, &s.tok, &s.eval),
-        s.held_out.len(),
-        s.before.1,
-        greedy_accuracy(&policy, &s.tok, &s.held_out)
     );
 }

@@ -8,13 +8,13 @@
 //! gain: on the committed level-3 SFT model GRPO raises the reward on the prompts it trains on but
 //! not greedy accuracy on unseen problems (README, "Online RL").
 //! Measurement overrides: RL_LEVEL, RL_SFT_STEPS, RL_STEPS, RL_LR, RL_LORA (0: full fine-tuning),
-//! RL_LORA_TARGETS, RL_LORA_ALPHA, RL_PROMPTS, RL_GENS, RL_BETA, RL_ITERS, RL_TEMP, RL_DYN,
+//! RL_LORA_TARGETS, RL_PROMPTS, RL_GENS, RL_BETA, RL_ITERS, RL_TEMP, RL_DYN,
 //! RL_WARMUP, RL_LOSS, RL_ALGO (grpo or rloo).
 
 mod rl_common;
 
 use rl_common::*;
-use tempering_tasks::{generate, GenerateSpec, Split};
+use tempering_tasks::Split;
 use tempering_train::rl::{run_online, Algorithm, LossType, OnlineConfig, OnlineInputs};
 
 fn knob<T: std::str::FromStr>(key: &str, default: T) -> T {
@@ -62,40 +62,14 @@ fn grpo_raises_greedy_accuracy_of_the_tiny_sft_model() {
     let before = greedy_accuracy(&model, &tok, &eval);
     let before_held_out = greedy_accuracy(&model, &tok, &held_out);
 
-    let train = generate(
-        task(),
-        &GenerateSpec {
-            level,
-            n: 400,
-            seed: 5,
-            split: Split::Train,
-            unique: false,
-        },
-    )
-    .unwrap();
-    let prompts = prompt_items(&train, &tok);
-    let mut policy = model.clone();
+    let prompts = rl_prompts(level, &tok);
     // LoRA r=8 on every linear layer (the reference is then the base, adapters off); RL_LORA=0:
     // full fine-tuning against a frozen copy.
-    let lora_r = knob("RL_LORA", 8usize);
-    let (params, reference) = if lora_r > 0 {
-        let cfg = tempering_model::LoraConfig::new(
-            lora_r,
-            knob("RL_LORA_ALPHA", 2.0 * lora_r as f64),
-            0.0,
-            tempering_model::LoraTarget::parse_list(&knob(
-                "RL_LORA_TARGETS",
-                "q,k,v,o,gate,up,down".to_string(),
-            ))
-            .unwrap(),
-        );
-        (policy.add_lora(&cfg, 1).unwrap(), None)
-    } else {
-        (
-            policy.make_trainable(|_| true).unwrap(),
-            Some(model.clone()),
-        )
-    };
+    let (policy, params, reference) = trainable_policy(
+        &model,
+        knob("RL_LORA", 8usize),
+        &knob("RL_LORA_TARGETS", "q,k,v,o,gate,up,down".to_string()),
+    );
     let reward = TaskReward { invert: false };
     let c = config();
     let summary = run_online(

@@ -145,3 +145,47 @@ pub fn distinct_problems(level: u32, split: Split) -> Vec<Problem> {
         .take(200)
         .collect()
 }
+
+/// The RL prompts of both gain tests: 400 seeded train-split draws at `level`.
+pub fn rl_prompts(level: u32, tok: &Tokenizer) -> Vec<PromptItem> {
+    let train = generate(
+        task(),
+        &GenerateSpec {
+            level,
+            n: 400,
+            seed: 5,
+            split: Split::Train,
+            unique: false,
+        },
+    )
+    .unwrap();
+    prompt_items(&train, tok)
+}
+
+/// The policy to train from `model` (weights not `Var`s): LoRA of rank `lora_r` (alpha 2r) on
+/// `targets`, whose reference is the base with adapters off (`None`), or, with `lora_r == 0`, full
+/// fine-tuning against `model` itself as the frozen reference.
+pub fn trainable_policy(
+    model: &Transformer,
+    lora_r: usize,
+    targets: &str,
+) -> (
+    Transformer,
+    Vec<(String, candle_core::Var)>,
+    Option<Transformer>,
+) {
+    let mut policy = model.clone();
+    if lora_r > 0 {
+        let cfg = tempering_model::LoraConfig::new(
+            lora_r,
+            2.0 * lora_r as f64,
+            0.0,
+            tempering_model::LoraTarget::parse_list(targets).unwrap(),
+        );
+        let params = policy.add_lora(&cfg, 1).unwrap();
+        (policy, params, None)
+    } else {
+        let params = policy.make_trainable(|_| true).unwrap();
+        (policy, params, Some(model.clone()))
+    }
+}
