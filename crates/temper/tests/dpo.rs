@@ -64,10 +64,8 @@ fn engine(model_dir: &Path) -> (LocalEngine, Tokenizer) {
     )
 }
 
-/// Greedy accuracy (%) of the model in `model_dir` on `problems`.
-fn greedy_accuracy(model_dir: &Path, problems: &[Problem]) -> f64 {
-    let task = task_by_name("arithmetic").unwrap();
-    let (engine, tok) = engine(model_dir);
+/// The greedy completion of each problem.
+fn greedy(engine: &LocalEngine, tok: &Tokenizer, problems: &[Problem]) -> Vec<Completion> {
     let reqs: Vec<GenRequest> = problems
         .iter()
         .map(|p| {
@@ -78,11 +76,22 @@ fn greedy_accuracy(model_dir: &Path, problems: &[Problem]) -> f64 {
             )
         })
         .collect();
-    let outs = engine.generate(&reqs).unwrap();
+    engine
+        .generate(&reqs)
+        .unwrap()
+        .into_iter()
+        .map(|mut c| c.remove(0))
+        .collect()
+}
+
+/// Greedy accuracy (%) of the model in `model_dir` on `problems`.
+fn greedy_accuracy(model_dir: &Path, problems: &[Problem]) -> f64 {
+    let task = task_by_name("arithmetic").unwrap();
+    let (engine, tok) = engine(model_dir);
     let correct = problems
         .iter()
-        .zip(&outs)
-        .filter(|(p, o)| task.verify(p, &o[0].text).is_correct())
+        .zip(greedy(&engine, &tok, problems))
+        .filter(|(p, c)| task.verify(p, &c.text).is_correct())
         .count();
     100.0 * correct as f64 / problems.len() as f64
 }
@@ -92,6 +101,22 @@ fn write_pairs(model_dir: &Path, out: &Path) -> usize {
     let task = task_by_name("arithmetic").unwrap();
     let problems = train_problems();
     let (engine, tok) = engine(model_dir);
+    if knob("DPO_PAIRS", "samples") == "greedy" {
+        // The greedy answer when it is wrong, against the worked solution.
+        let (mut lines, mut n) = (String::new(), 0);
+        for (p, g) in problems.iter().zip(greedy(&engine, &tok, &problems)) {
+            if g.finish_reason == FinishReason::Stop
+                && task.verify(p, &g.text) == Verdict::Incorrect
+            {
+                let row = json!({"prompt": p.prompt, "chosen": p.solution, "rejected": g.text});
+                lines.push_str(&row.to_string());
+                lines.push('\n');
+                n += 1;
+            }
+        }
+        std::fs::write(out, lines).unwrap();
+        return n;
+    }
     let params = SamplingParams {
         max_new_tokens: 96,
         temperature: 1.0,
@@ -103,33 +128,9 @@ fn write_pairs(model_dir: &Path, out: &Path) -> usize {
         .map(|p| GenRequest::new(tok.encode(&p.prompt, false).unwrap(), 6, params.clone()))
         .collect();
     let outs = engine.generate(&reqs).unwrap();
-    let greedy_reqs: Vec<GenRequest> = problems
-        .iter()
-        .map(|p| {
-            GenRequest::new(
-                tok.encode(&p.prompt, false).unwrap(),
-                1,
-                SamplingParams::greedy(96),
-            )
-        })
-        .collect();
-    let greedy = engine.generate(&greedy_reqs).unwrap();
     let mut lines = String::new();
     let mut n = 0;
-    for ((p, samples), g) in problems.iter().zip(outs).zip(greedy) {
-        if knob("DPO_PAIRS", "samples") == "greedy" {
-            // The greedy answer when it is wrong, against the worked solution.
-            let g = &g[0];
-            if g.finish_reason == FinishReason::Stop
-                && task.verify(p, &g.text) == Verdict::Incorrect
-            {
-                let row = json!({"prompt": p.prompt, "chosen": p.solution, "rejected": g.text});
-                lines.push_str(&row.to_string());
-                lines.push('\n');
-                n += 1;
-            }
-            continue;
-        }
+    for (p, samples) in problems.iter().zip(outs) {
         let finished: Vec<_> = samples
             .iter()
             .filter(|c| c.finish_reason == FinishReason::Stop)

@@ -25,13 +25,6 @@ use tempering_train::rl::{
     OnlineSummary,
 };
 
-fn env<T: std::str::FromStr>(key: &str, default: T) -> T {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 struct Sft {
     model: Transformer,
     tok: Tokenizer,
@@ -45,7 +38,7 @@ fn sft() -> &'static Sft {
     static SFT: OnceLock<Sft> = OnceLock::new();
     SFT.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        let level = env("AC_LEVEL", 1);
+        let level = knob("AC_LEVEL", 1);
         // AC_SFT_CACHE=DIR keeps the SFT model between measurement runs.
         let cache = std::env::var("AC_SFT_CACHE")
             .ok()
@@ -56,7 +49,7 @@ fn sft() -> &'static Sft {
                 (f.transformer().unwrap(), f.tokenizer.unwrap())
             }
             _ => {
-                let (m, tok) = sft_tiny(level, env("AC_SFT_STEPS", 150), &dir.path().join("sft"));
+                let (m, tok) = sft_tiny(level, knob("AC_SFT_STEPS", 150), &dir.path().join("sft"));
                 if let Some(c) = &cache {
                     save_hf_dir(c, &m, Some(&tok), None, DType::F32).unwrap();
                 }
@@ -85,27 +78,27 @@ fn config(method: Method) -> ActorCriticConfig {
     let mut c = ActorCriticConfig {
         method,
         online: OnlineConfig {
-            num_generations: env("AC_GENS", 8),
-            prompts_per_step: env("AC_PROMPTS", 16),
-            steps: env("AC_STEPS", 40),
+            num_generations: knob("AC_GENS", 8),
+            prompts_per_step: knob("AC_PROMPTS", 16),
+            steps: knob("AC_STEPS", 40),
             micro_batch_size: 64,
-            learning_rate: env("AC_LR", 1e-3),
+            learning_rate: knob("AC_LR", 1e-3),
             max_completion_length: 48,
             log_rollouts_every: 5,
             seed: 3,
             progress: false,
             ..OnlineConfig::default()
         },
-        epochs: env("AC_EPOCHS", 1),
-        num_mini_batches: env("AC_MINIBATCHES", 1),
-        kl_coef: env("AC_KL_COEF", 0.0),
+        epochs: knob("AC_EPOCHS", 1),
+        num_mini_batches: knob("AC_MINIBATCHES", 1),
+        kl_coef: knob("AC_KL_COEF", 0.0),
         ..ActorCriticConfig::default()
     };
-    c.trpo.max_kl = env("AC_MAX_KL", 0.02);
-    c.trpo.cg_iterations = env("AC_CG", 4);
-    c.kl_stop = env("AC_KL_STOP", 0.0);
+    c.trpo.max_kl = knob("AC_MAX_KL", 0.02);
+    c.trpo.cg_iterations = knob("AC_CG", 4);
+    c.kl_stop = knob("AC_KL_STOP", 0.0);
     // AC_DETACH=1: PPO's value head reads detached features (the value loss moves the head only).
-    c.loss.detach_features = env("AC_DETACH", 0) == 1;
+    c.loss.detach_features = knob("AC_DETACH", 0) == 1;
     c
 }
 
@@ -119,12 +112,12 @@ fn train(
 ) {
     let s = sft();
     let dir = tempfile::tempdir().unwrap();
-    let level = env("AC_LEVEL", 1);
+    let level = knob("AC_LEVEL", 1);
     let prompts = rl_prompts(level, &s.tok);
     // LoRA r=8 on every linear layer (the reference is then the base, adapters off), as in
     // `rl_gain.rs`; AC_LORA=0: full fine-tuning against a frozen copy.
     let (policy, params, reference) =
-        trainable_policy(&s.model, env("AC_LORA", 8usize), "q,k,v,o,gate,up,down");
+        trainable_policy(&s.model, knob("AC_LORA", 8usize), "q,k,v,o,gate,up,down");
     let reward = TaskReward { invert: false };
     let summary = run_actor_critic(
         &config(method),

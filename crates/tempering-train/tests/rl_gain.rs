@@ -17,13 +17,6 @@ use rl_common::*;
 use tempering_tasks::Split;
 use tempering_train::rl::{run_online, Algorithm, LossType, OnlineConfig, OnlineInputs};
 
-fn knob<T: std::str::FromStr>(key: &str, default: T) -> T {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn config() -> OnlineConfig {
     let mut c = OnlineConfig {
         algorithm: match knob("RL_ALGO", "grpo".to_string()).as_str() {

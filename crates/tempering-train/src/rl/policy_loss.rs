@@ -132,30 +132,6 @@ pub fn completion_logprobs(
     Ok((lp, logits))
 }
 
-/// Per-token logprobs of each sample's completion under `model`, without gradients, in chunks of
-/// `batch_size` samples.
-pub fn logprobs_no_grad(
-    model: &Transformer,
-    samples: &[RolloutSample],
-    pad_id: u32,
-    batch_size: usize,
-    temperature: f64,
-) -> Result<Vec<Vec<f32>>> {
-    let mut out = Vec::with_capacity(samples.len());
-    for chunk in samples.chunks(batch_size.max(1)) {
-        let refs: Vec<&RolloutSample> = chunk.iter().collect();
-        let (lp, _) = completion_logprobs(model, &refs, pad_id, temperature)?;
-        let lp: Vec<f32> = lp.detach().to_vec1()?;
-        let mut at = 0;
-        for s in chunk {
-            let n = s.completion_len();
-            out.push(lp[at..at + n].to_vec());
-            at += n;
-        }
-    }
-    Ok(out)
-}
-
 /// Entropy of each row's distribution: [N].
 pub fn entropy_rows(logits: &Tensor) -> Result<Tensor> {
     let lsm = ops::log_softmax_last_dim(logits)?;

@@ -12,6 +12,14 @@ use tempering_tasks::{generate, task_by_name, GenerateSpec, Problem, Split, Task
 use tempering_train::rl::PromptItem;
 use tempering_train::tiny::{train_tiny, TinyOptions};
 
+/// A measurement override from the environment, or `default`.
+pub fn knob<T: std::str::FromStr>(key: &str, default: T) -> T {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 pub fn task() -> &'static dyn Task {
     static TASK: std::sync::OnceLock<Box<dyn Task>> = std::sync::OnceLock::new();
     TASK.get_or_init(|| task_by_name("arithmetic").unwrap())
