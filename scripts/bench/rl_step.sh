@@ -3,7 +3,8 @@
 # arithmetic model (full fine-tuning) and, when present, SmolLM2-135M with LoRA r=8 on q,v. Prints one
 # line per run with the medians (first step excluded) of the phases logged in metrics.jsonl:
 # generation, scoring, forward (PPO/TRPO: old logprobs, values, reference), update (TRPO: policy step
-# and critic regression separately), and the whole step.
+# and critic regression separately), and the whole step. TRPO runs twice: the Fisher-vector products on
+# the whole batch and on a quarter of it (--fisher-fraction 0.25).
 #
 #   scripts/bench/rl_step.sh [STEPS]       (TEMPER_SMOLLM2=path.gguf to include SmolLM2)
 set -euo pipefail
@@ -43,10 +44,12 @@ TINY="--task arithmetic --level 1 --num-generations 4 --prompts-per-step 16 --ma
 run tiny-grpo grpo "$WORK/tiny" $TINY
 run tiny-ppo ppo "$WORK/tiny" $TINY --epochs 2 --num-mini-batches 2 --kl-coef 0.02
 run tiny-trpo trpo "$WORK/tiny" $TINY --epochs 2 --num-mini-batches 2 --kl-coef 0.02 --max-kl 0.02
+run tiny-trpo-fisher25 trpo "$WORK/tiny" $TINY --epochs 2 --num-mini-batches 2 --kl-coef 0.02 --max-kl 0.02 --fisher-fraction 0.25
 
 if [ -f "$GGUF" ]; then
   SMOL="--task arithmetic --level 2 --num-generations 2 --prompts-per-step 2 --max-completion-length 32 --micro-batch-size 4 --learning-rate 1e-5 --lora-r 8 --lora-targets q,v --dtype f32"
   run smol-grpo grpo "$GGUF" $SMOL
   run smol-ppo ppo "$GGUF" $SMOL --epochs 1
   run smol-trpo trpo "$GGUF" $SMOL --epochs 1 --cg-iterations 5
+  run smol-trpo-fisher25 trpo "$GGUF" $SMOL --epochs 1 --cg-iterations 5 --fisher-fraction 0.25
 fi

@@ -186,6 +186,8 @@ fn trpo_with_a_critic_model_and_lora_writes_an_adapter() {
             "4",
             "--max-kl",
             "0.02",
+            "--fisher-fraction",
+            "0.5",
         ])
         .args(["--quiet", "--output"])
         .arg(&run)
@@ -210,6 +212,7 @@ fn flags_that_do_not_apply_are_named() {
         ("ppo", "--num-iterations", "2", "--epochs"),
         ("ppo", "--lambda", "1.5", "lambda"),
         ("trpo", "--max-kl", "0", "max_kl"),
+        ("trpo", "--fisher-fraction", "1.5", "fisher_fraction"),
         ("trpo", "--replay-coef", "0.5", "replay"),
     ] {
         let out = temper()

@@ -169,7 +169,11 @@ struct Setup {
 
 fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().to_path_buf();
+    // DPO_KEEP=DIR: the run's files go there and stay, for inspection.
+    let root = match std::env::var("DPO_KEEP") {
+        Ok(d) => PathBuf::from(d),
+        Err(_) => dir.path().to_path_buf(),
+    };
     let sft = root.join("sft");
     run_ok(
         temper()

@@ -197,6 +197,52 @@ fn fisher_vector_product_matches_a_dense_fisher() {
     }
 }
 
+#[test]
+fn a_subsampled_fisher_is_the_fisher_of_the_evenly_spaced_samples() {
+    let (mut m, tok) = model(8, 5);
+    let named = m
+        .make_trainable(|n| n == "model.layers.1.self_attn.v_proj.weight")
+        .unwrap();
+    let params: Vec<Var> = named.iter().map(|(_, v)| v.clone()).collect();
+    let d: usize = params.iter().map(|p| p.elem_count()).sum();
+    let mut rng = Rng::new(11);
+    let batch = samples(&tok, &mut rng, 9, 3);
+    assert_eq!(batch.len(), 9);
+    let all: Vec<&RolloutSample> = batch.iter().collect();
+    // 0.34 of 9 samples: ceil(3.06) = 4 samples, at 0, 2, 4 and 6 (j * 9 / 4).
+    let picked: Vec<&RolloutSample> = [0, 2, 4, 6].iter().map(|&i| &batch[i]).collect();
+    let sub = TrustRegion::with_fisher_fraction(&m, &params, &all, 0, 2, 0.34).unwrap();
+    let only = TrustRegion::new(&m, &params, &picked, 0, 2).unwrap();
+    let full = TrustRegion::new(&m, &params, &all, 0, 2).unwrap();
+    // The surrogate and the line search's KL still cover every token.
+    assert_eq!(sub.tokens(), full.tokens());
+    assert!(only.tokens() < full.tokens());
+    let base = sub.snapshot().unwrap();
+    let v: Vec<f64> = (0..d).map(|_| rng.uniform() - 0.5).collect();
+    let eps = TrpoConfig::default().fd_epsilon;
+    let got = sub.fisher_vector_product(&base, &v, eps).unwrap();
+    let want = only.fisher_vector_product(&base, &v, eps).unwrap();
+    let other = full.fisher_vector_product(&base, &v, eps).unwrap();
+    let dist = |a: &[f64], b: &[f64]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).powi(2))
+            .sum::<f64>()
+            .sqrt()
+    };
+    let scale = dot(&want, &want).sqrt();
+    assert!(scale > 1e-6, "a degenerate Fisher: {scale}");
+    assert!(
+        dist(&got, &want) <= 1e-6 * scale,
+        "{} vs {scale}",
+        dist(&got, &want)
+    );
+    // ... and differs from the whole batch's Fisher (the test would pass vacuously otherwise).
+    assert!(dist(&got, &other) > 1e-3 * scale);
+    assert!(TrustRegion::with_fisher_fraction(&m, &params, &all, 0, 2, 0.0).is_err());
+    assert!(TrustRegion::with_fisher_fraction(&m, &params, &all, 0, 2, 1.5).is_err());
+}
+
 /// The mean KL(old || new) per token, computed sample by sample from full forwards.
 fn measured_kl(before: &[Tensor], model: &Transformer, batch: &[RolloutSample]) -> f64 {
     let (mut sum, mut n) = (0.0, 0usize);
@@ -234,6 +280,9 @@ fn trpo_updates_stay_within_max_kl_over_many_seeds() {
             damping: if seed % 2 == 0 { 0.1 } else { 1e-3 },
             cg_iterations: 10,
             micro_batch_size: 3,
+            // Every fourth seed solves with a Fisher on half the samples: the bound still holds,
+            // since the line search measures the KL on the whole batch.
+            fisher_fraction: if seed % 4 == 3 { 0.5 } else { 1.0 },
             ..TrpoConfig::default()
         };
         let out = trpo_update(&m, &params, &refs, 0, &cfg).unwrap();

@@ -96,6 +96,15 @@ pub struct TrpoArgs {
     /// The finite-difference step of the Fisher-vector products, relative to the weights' norm.
     #[arg(long, default_value_t = 1e-2)]
     pub fd_epsilon: f64,
+    /// The share of each batch's samples the Fisher-vector products use (TRPO's subsampling; the
+    /// line search still measures the KL on the whole batch).
+    #[arg(long, default_value_t = 1.0)]
+    #[serde(default = "one")]
+    pub fisher_fraction: f64,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 impl ActorCriticArgs {
@@ -208,6 +217,7 @@ pub fn trpo(a: TrpoArgs) -> Result<()> {
         backtrack_coef: a.backtrack_coef,
         fd_epsilon: a.fd_epsilon,
         micro_batch_size: config.online.micro_batch_size,
+        fisher_fraction: a.fisher_fraction,
     };
     let saved = serde_json::to_string_pretty(&a)?;
     run(&a.ac, config, &run_dir, resume, &saved)

@@ -199,6 +199,11 @@ impl ActorCriticConfig {
             "expected a positive number",
         )?;
         check(
+            "fisher_fraction",
+            self.trpo.fisher_fraction > 0.0 && self.trpo.fisher_fraction <= 1.0,
+            "expected a number in (0, 1]",
+        )?;
+        check(
             "replay_coef",
             o.replay_coef == 0.0,
             "replay is not supported by PPO and TRPO (watch forgetting with --retain-data)",

@@ -12,6 +12,9 @@
 //! shrinks: on the test's tiny model the relative error against a dense Fisher is about 1e-4 at
 //! `fd_epsilon` 1e-2 and 5e-3 at 1e-4, hence the default of 1e-2. The exact KL over the vocabulary is used, from the old
 //! log-softmax rows kept in memory (`tokens x vocab` floats). Trainable weights must be f32.
+//! `fisher_fraction` < 1 computes the Fisher-vector products on evenly spaced samples of the batch
+//! (the TRPO paper's subsampling, which cuts the conjugate gradient's cost by that fraction); the
+//! surrogate, its gradient and the line search's KL always use the whole batch.
 //!
 //! Knows the decoder's forward and rollout samples; nothing of rewards, critics or the loop.
 
@@ -39,6 +42,8 @@ pub struct TrpoConfig {
     pub fd_epsilon: f64,
     /// Completions per forward pass.
     pub micro_batch_size: usize,
+    /// The share of the batch's samples the Fisher-vector products use, in (0, 1].
+    pub fisher_fraction: f64,
 }
 
 impl Default for TrpoConfig {
@@ -51,6 +56,7 @@ impl Default for TrpoConfig {
             backtrack_coef: 0.5,
             fd_epsilon: 1e-2,
             micro_batch_size: 16,
+            fisher_fraction: 1.0,
         }
     }
 }
@@ -73,15 +79,22 @@ pub struct TrpoOutcome {
     pub cg_residual: f64,
 }
 
+/// Samples in micro-batches with the old policy's distributions on them.
+struct OldBatch<'a> {
+    chunks: Vec<Vec<&'a RolloutSample>>,
+    /// Per chunk: old log-softmax rows [n, V], old logprobs of the sampled tokens [n], advantages [n].
+    old: Vec<(Tensor, Tensor, Tensor)>,
+    tokens: usize,
+}
+
 /// The old policy's distributions over a fixed batch, and the functions of the parameters TRPO
 /// needs on it: the surrogate, the mean KL to the old policy, their gradients, and `F v`.
 pub struct TrustRegion<'a> {
     policy: &'a Transformer,
     params: &'a [Var],
-    chunks: Vec<Vec<&'a RolloutSample>>,
-    /// Per chunk: old log-softmax rows [n, V], old logprobs of the sampled tokens [n], advantages [n].
-    old: Vec<(Tensor, Tensor, Tensor)>,
-    tokens: usize,
+    batch: OldBatch<'a>,
+    /// The subsample the Fisher-vector products use (`None`: the whole batch).
+    fisher: Option<OldBatch<'a>>,
     pad_id: u32,
 }
 
@@ -116,6 +129,19 @@ impl<'a> TrustRegion<'a> {
         pad_id: u32,
         micro_batch_size: usize,
     ) -> Result<Self> {
+        Self::with_fisher_fraction(policy, params, samples, pad_id, micro_batch_size, 1.0)
+    }
+
+    /// As [`TrustRegion::new`], with the Fisher-vector products on `fisher_fraction` of the samples
+    /// (evenly spaced; at least one).
+    pub fn with_fisher_fraction(
+        policy: &'a Transformer,
+        params: &'a [Var],
+        samples: &[&'a RolloutSample],
+        pad_id: u32,
+        micro_batch_size: usize,
+        fisher_fraction: f64,
+    ) -> Result<Self> {
         for p in params {
             if p.dtype() != DType::F32 {
                 return Err(TrainError::config(
@@ -124,60 +150,44 @@ impl<'a> TrustRegion<'a> {
                 ));
             }
         }
+        if !(fisher_fraction > 0.0 && fisher_fraction <= 1.0) {
+            return Err(TrainError::config(
+                "fisher_fraction",
+                format!("expected a number in (0, 1], got {fisher_fraction}"),
+            ));
+        }
         let active: Vec<&RolloutSample> = samples
             .iter()
             .copied()
             .filter(|s| s.in_loss && s.completion_len() > 0)
             .collect();
-        let chunks: Vec<Vec<&RolloutSample>> = active
-            .chunks(micro_batch_size.max(1))
-            .map(|c| c.to_vec())
-            .collect();
-        let mut old = Vec::with_capacity(chunks.len());
-        let mut tokens = 0;
-        for c in &chunks {
-            let lsm = Self::log_softmax(policy, c, pad_id)?.detach();
-            let labels = completion_labels(c, policy.device())?;
-            let lp = lsm.gather(&labels.unsqueeze(1)?, 1)?.squeeze(1)?;
-            let adv: Vec<f32> = c
-                .iter()
-                .flat_map(|s| s.advantages.iter().copied())
-                .collect();
-            if adv.len() != lp.dim(0)? {
-                return Err(TrainError::config(
-                    "trpo",
-                    "a sample's advantages do not match its completion length",
-                ));
-            }
-            tokens += adv.len();
-            let n = adv.len();
-            old.push((lsm, lp, Tensor::from_vec(adv, n, policy.device())?));
-        }
+        let batch = OldBatch::record(policy, &active, pad_id, micro_batch_size)?;
+        let n = active.len();
+        let k = ((n as f64 * fisher_fraction).ceil() as usize).clamp(1, n.max(1));
+        let fisher = if k < n {
+            let picked: Vec<&RolloutSample> = (0..k).map(|j| active[j * n / k]).collect();
+            Some(OldBatch::record(policy, &picked, pad_id, micro_batch_size)?)
+        } else {
+            None
+        };
         Ok(TrustRegion {
             policy,
             params,
-            chunks,
-            old,
-            tokens,
+            batch,
+            fisher,
             pad_id,
         })
     }
 
-    fn log_softmax(policy: &Transformer, c: &[&RolloutSample], pad_id: u32) -> Result<Tensor> {
-        let hidden = completion_hidden(policy, c, pad_id)?;
-        let logits = policy.logits(&hidden)?.to_dtype(DType::F32)?;
-        Ok(ops::log_softmax_last_dim(&logits)?)
-    }
-
     pub fn tokens(&self) -> usize {
-        self.tokens
+        self.batch.tokens
     }
 
-    /// Per chunk, the summed KL(old || current) and the summed surrogate `r A`, as tensors.
-    fn chunk_terms(&self, i: usize) -> Result<(Tensor, Tensor)> {
-        let c = &self.chunks[i];
-        let (old_lsm, old_lp, adv) = &self.old[i];
-        let lsm = Self::log_softmax(self.policy, c, self.pad_id)?;
+    /// Per chunk of `b`, the summed KL(old || current) and the summed surrogate `r A`, as tensors.
+    fn chunk_terms(&self, b: &OldBatch<'_>, i: usize) -> Result<(Tensor, Tensor)> {
+        let c = &b.chunks[i];
+        let (old_lsm, old_lp, adv) = &b.old[i];
+        let lsm = log_softmax(self.policy, c, self.pad_id)?;
         let kl = (old_lsm.exp()? * (old_lsm - &lsm)?)?
             .sum(D::Minus1)?
             .sum_all()?;
@@ -190,21 +200,27 @@ impl<'a> TrustRegion<'a> {
     /// The mean KL(old || current) per token and the mean surrogate, without gradients.
     pub fn kl_and_surrogate(&self) -> Result<(f64, f64)> {
         let (mut kl, mut surr) = (0.0, 0.0);
-        for i in 0..self.chunks.len() {
-            let (k, s) = self.chunk_terms(i)?;
+        for i in 0..self.batch.chunks.len() {
+            let (k, s) = self.chunk_terms(&self.batch, i)?;
             kl += k.detach().to_scalar::<f32>()? as f64;
             surr += s.detach().to_scalar::<f32>()? as f64;
         }
-        let n = self.tokens.max(1) as f64;
+        let n = self.batch.tokens.max(1) as f64;
         Ok((kl / n, surr / n))
     }
 
+    /// The mean KL (`want_kl`, on the Fisher's samples) or the mean surrogate (on the whole batch)
+    /// and its gradient.
     fn gradient(&self, want_kl: bool) -> Result<(f64, Vec<f64>)> {
+        let b = match (&self.fisher, want_kl) {
+            (Some(f), true) => f,
+            _ => &self.batch,
+        };
         let mut acc: Vec<Option<Tensor>> = vec![None; self.params.len()];
         let mut value = 0.0;
-        let n = self.tokens.max(1) as f64;
-        for i in 0..self.chunks.len() {
-            let (kl, surr) = self.chunk_terms(i)?;
+        let n = b.tokens.max(1) as f64;
+        for i in 0..b.chunks.len() {
+            let (kl, surr) = self.chunk_terms(b, i)?;
             let f = if want_kl { kl } else { surr };
             let f = (f / n)?;
             value += f.detach().to_scalar::<f32>()? as f64;
@@ -226,7 +242,7 @@ impl<'a> TrustRegion<'a> {
         self.gradient(false)
     }
 
-    /// The mean KL(old || current) and its gradient.
+    /// The mean KL(old || current) and its gradient, on the Fisher's samples.
     pub fn kl_gradient(&self) -> Result<(f64, Vec<f64>)> {
         self.gradient(true)
     }
@@ -287,6 +303,52 @@ impl<'a> TrustRegion<'a> {
     }
 }
 
+fn log_softmax(policy: &Transformer, c: &[&RolloutSample], pad_id: u32) -> Result<Tensor> {
+    let hidden = completion_hidden(policy, c, pad_id)?;
+    let logits = policy.logits(&hidden)?.to_dtype(DType::F32)?;
+    Ok(ops::log_softmax_last_dim(&logits)?)
+}
+
+impl<'a> OldBatch<'a> {
+    /// The current policy's distributions on `samples`, in chunks of `micro_batch_size`.
+    fn record(
+        policy: &Transformer,
+        samples: &[&'a RolloutSample],
+        pad_id: u32,
+        micro_batch_size: usize,
+    ) -> Result<Self> {
+        let chunks: Vec<Vec<&RolloutSample>> = samples
+            .chunks(micro_batch_size.max(1))
+            .map(|c| c.to_vec())
+            .collect();
+        let mut old = Vec::with_capacity(chunks.len());
+        let mut tokens = 0;
+        for c in &chunks {
+            let lsm = log_softmax(policy, c, pad_id)?.detach();
+            let labels = completion_labels(c, policy.device())?;
+            let lp = lsm.gather(&labels.unsqueeze(1)?, 1)?.squeeze(1)?;
+            let adv: Vec<f32> = c
+                .iter()
+                .flat_map(|s| s.advantages.iter().copied())
+                .collect();
+            if adv.len() != lp.dim(0)? {
+                return Err(TrainError::config(
+                    "trpo",
+                    "a sample's advantages do not match its completion length",
+                ));
+            }
+            tokens += adv.len();
+            let n = adv.len();
+            old.push((lsm, lp, Tensor::from_vec(adv, n, policy.device())?));
+        }
+        Ok(OldBatch {
+            chunks,
+            old,
+            tokens,
+        })
+    }
+}
+
 /// One TRPO update of `params` (the policy's trainable weights) on `samples`, whose advantages are
 /// set. On return the parameters hold the accepted step, or the old values.
 pub fn trpo_update(
@@ -303,7 +365,14 @@ pub fn trpo_update(
             "expected max_kl > 0 and a backtrack coefficient in (0, 1)",
         ));
     }
-    let tr = TrustRegion::new(policy, params, samples, pad_id, c.micro_batch_size)?;
+    let tr = TrustRegion::with_fisher_fraction(
+        policy,
+        params,
+        samples,
+        pad_id,
+        c.micro_batch_size,
+        c.fisher_fraction,
+    )?;
     let mut out = TrpoOutcome {
         backtracks: c.max_backtracks + 1,
         ..TrpoOutcome::default()
