@@ -16,7 +16,7 @@
 //! RL_PROMPTS, RL_GENS, RL_BETA, RL_ITERS, RL_TEMP, RL_DYN, RL_WARMUP, RL_LOSS, RL_ALGO (grpo or
 //! rloo). PPO and TRPO: AC_STEPS, AC_LR, AC_LORA, AC_GENS, AC_PROMPTS, AC_EPOCHS, AC_MINIBATCHES,
 //! AC_KL_COEF, AC_MAX_KL, AC_CG, AC_FISHER (the Fisher's share of the batch), AC_KL_STOP,
-//! AC_DETACH. DPO: DPO_PAIRS (greedy or samples), DPO_SAMPLES, DPO_PAIRS_PER_PROMPT, DPO_LR,
+//! AC_DETACH, AC_CRITIC (1: a separate critic model). DPO: DPO_PAIRS (greedy or samples), DPO_SAMPLES, DPO_PAIRS_PER_PROMPT, DPO_LR,
 //! DPO_STEPS, DPO_BATCH, DPO_BETA, DPO_RPO (the NLL weight), DPO_LORA.
 
 mod rl_common;
@@ -30,7 +30,7 @@ use tempering_model::loader::save_hf_dir;
 use tempering_model::ModelFiles;
 use tempering_model::{Tokenizer, Transformer};
 use tempering_tasks::dataset::{PreferenceExample, TextOrChat};
-use tempering_tasks::{generate, GenerateSpec, Problem, Split, Verdict};
+use tempering_tasks::{Problem, Split, Verdict};
 use tempering_train::dpo::{
     prepare_pairs, DpoObjective, LossParams, PreferenceDataOptions, PreferenceLoss, Reference,
 };
@@ -250,7 +250,12 @@ fn train(
                 retain: None,
                 replay: None,
             },
-            critic_model: None,
+            // AC_CRITIC=1: a separate critic, a full copy of the SFT model (all weights trained).
+            critic_model: (knob("AC_CRITIC", 0) == 1).then(|| {
+                let mut c = deep_copy(&s.model);
+                let vars = c.make_trainable(|_| true).unwrap();
+                (c, vars)
+            }),
         },
         dir.path(),
         false,
@@ -327,17 +332,7 @@ fn trpo_stays_in_its_trust_region_on_the_tiny_model_after_sft() {
 /// (chosen, verified correct). `DPO_PAIRS=samples`: from 8 samples at temperature 1 per prompt, up to
 /// `DPO_PAIRS_PER_PROMPT` pairs of a verified-correct completion and a wrong one (both finished).
 fn verified_pairs(s: &Sft, level: u32) -> Vec<(usize, PreferenceExample)> {
-    let problems = generate(
-        task(),
-        &GenerateSpec {
-            level,
-            n: 400,
-            seed: 5,
-            split: Split::Train,
-            unique: false,
-        },
-    )
-    .unwrap();
+    let problems = rl_problems(level);
     let mut seen = std::collections::HashSet::new();
     let problems: Vec<Problem> = problems
         .into_iter()

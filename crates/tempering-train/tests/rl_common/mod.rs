@@ -154,9 +154,9 @@ pub fn distinct_problems(level: u32, split: Split) -> Vec<Problem> {
         .collect()
 }
 
-/// The RL prompts of both gain tests: 400 seeded train-split draws at `level`.
-pub fn rl_prompts(level: u32, tok: &Tokenizer) -> Vec<PromptItem> {
-    let train = generate(
+/// The problems the gain tests train on: 400 seeded train-split draws at `level` (with repeats).
+pub fn rl_problems(level: u32) -> Vec<Problem> {
+    generate(
         task(),
         &GenerateSpec {
             level,
@@ -166,8 +166,12 @@ pub fn rl_prompts(level: u32, tok: &Tokenizer) -> Vec<PromptItem> {
             unique: false,
         },
     )
-    .unwrap();
-    prompt_items(&train, tok)
+    .unwrap()
+}
+
+/// The RL prompts of the gain tests: [`rl_problems`] as prompt items.
+pub fn rl_prompts(level: u32, tok: &Tokenizer) -> Vec<PromptItem> {
+    prompt_items(&rl_problems(level), tok)
 }
 
 /// The policy to train from `model` (weights not `Var`s): LoRA of rank `lora_r` (alpha 2r) on
