@@ -4,7 +4,7 @@
 # line per run with the medians (first step excluded) of the phases logged in metrics.jsonl:
 # generation, scoring, forward (PPO/TRPO: old logprobs, values, reference), update (TRPO: policy step
 # and critic regression separately), and the whole step. TRPO runs twice: the Fisher-vector products on
-# the whole batch and on a quarter of it (--fisher-fraction 0.25).
+# the whole batch and on a quarter of it (--fisher-fraction 0.25); on SmolLM2 also with group advantages.
 #
 #   scripts/bench/rl_step.sh [STEPS]       (TEMPER_SMOLLM2=path.gguf to include SmolLM2)
 set -euo pipefail
@@ -52,4 +52,5 @@ if [ -f "$GGUF" ]; then
   run smol-ppo ppo "$GGUF" $SMOL --epochs 1
   run smol-trpo trpo "$GGUF" $SMOL --epochs 1 --cg-iterations 5
   run smol-trpo-fisher25 trpo "$GGUF" $SMOL --epochs 1 --cg-iterations 5 --fisher-fraction 0.25
+  run smol-trpo-group trpo "$GGUF" $SMOL --epochs 1 --cg-iterations 5 --fisher-fraction 0.25 --advantages group
 fi

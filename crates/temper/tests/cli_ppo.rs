@@ -204,6 +204,64 @@ fn trpo_with_a_critic_model_and_lora_writes_an_adapter() {
 }
 
 #[test]
+fn trpo_with_group_advantages_runs_and_refuses_what_does_not_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = prompts(dir.path());
+    let trpo = |extra: &[&str], out: &str| {
+        temper()
+            .arg("trpo")
+            .arg("--model")
+            .arg(model())
+            .arg("--data")
+            .arg(&data)
+            .args([
+                "--advantages",
+                "group",
+                "--prompts-per-step",
+                "2",
+                "--steps",
+                "2",
+            ])
+            .args([
+                "--max-completion-length",
+                "6",
+                "--max-kl",
+                "0.02",
+                "--quiet",
+            ])
+            .args(extra)
+            .arg("--output")
+            .arg(dir.path().join(out))
+            .output()
+            .unwrap()
+    };
+    ok(&trpo(&["--num-generations", "3"], "g"));
+    let recs = metrics(&dir.path().join("g"));
+    assert_eq!(recs.len(), 2);
+    for r in recs {
+        assert!(r["trpo/kl"].as_f64().unwrap() <= 0.02, "{r:?}");
+    }
+    let out = trpo(&["--num-generations", "1"], "g1");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--num-generations"),
+        "{err}"
+    );
+    let m = model();
+    let out = trpo(
+        &[
+            "--num-generations",
+            "2",
+            "--critic-model",
+            m.to_str().unwrap(),
+        ],
+        "gc",
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("no critic"), "{err}");
+}
+
+#[test]
 fn flags_that_do_not_apply_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let data = prompts(dir.path());
@@ -214,6 +272,7 @@ fn flags_that_do_not_apply_are_named() {
         ("trpo", "--max-kl", "0", "max_kl"),
         ("trpo", "--fisher-fraction", "1.5", "fisher_fraction"),
         ("trpo", "--replay-coef", "0.5", "replay"),
+        ("ppo", "--advantages", "median", "expected gae or group"),
     ] {
         let out = temper()
             .arg(cmd)

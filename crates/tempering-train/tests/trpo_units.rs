@@ -323,3 +323,37 @@ fn trpo_updates_stay_within_max_kl_over_many_seeds() {
     );
     eprintln!("{accepted}/{total} accepted, {backtracked} after backtracking");
 }
+
+/// The step is sized by the undamped Fisher, so a heavily damped solve (here the damping dwarfs
+/// the tiny model's curvature) still reaches the trust region's edge instead of a small fraction
+/// of it: in the quadratic regime of a small `max_kl` the full step lands near `max_kl`.
+#[test]
+fn a_damped_step_is_sized_by_the_undamped_fisher() {
+    let max_kl = 1e-4;
+    for seed in 0..4u64 {
+        let (mut m, tok) = model(16, 200 + seed);
+        let named = m.make_trainable(|_| true).unwrap();
+        let params: Vec<Var> = named.iter().map(|(_, v)| v.clone()).collect();
+        let mut rng = Rng::new(seed);
+        let batch = samples(&tok, &mut rng, 4, 6);
+        let before: Vec<Tensor> = batch.iter().map(|s| rows(&m, s)).collect();
+        let refs: Vec<&RolloutSample> = batch.iter().collect();
+        let cfg = TrpoConfig {
+            max_kl,
+            damping: 10.0,
+            cg_iterations: 10,
+            micro_batch_size: 4,
+            ..TrpoConfig::default()
+        };
+        let out = trpo_update(&m, &params, &refs, 0, &cfg).unwrap();
+        let kl = measured_kl(&before, &m, &batch);
+        assert!(out.accepted && out.backtracks <= 1, "seed {seed}: {out:?}");
+        // Each halving of the step quarters a quadratic KL: undo the backtracks.
+        let full_step_kl = kl * 4f64.powi(out.backtracks as i32);
+        eprintln!("seed {seed}: full step's KL {full_step_kl:.3e} ({out:?})");
+        assert!(
+            kl <= max_kl && full_step_kl > 0.5 * max_kl && full_step_kl < 1.5 * max_kl,
+            "seed {seed}: measured KL {kl} for max_kl {max_kl} ({out:?})"
+        );
+    }
+}

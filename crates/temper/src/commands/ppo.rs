@@ -14,8 +14,8 @@ use tempering_model::{save_peft, LoraConfig, LoraTarget, ModelFiles};
 use tempering_reward::spec::{build_reward, RewardContext};
 use tempering_train::checkpoint;
 use tempering_train::rl::{
-    run_actor_critic, ActorCriticConfig, ActorCriticInputs, Algorithm, KlControl, Method,
-    OnlineInputs, PpoLossConfig, TrpoConfig,
+    run_actor_critic, ActorCriticConfig, ActorCriticInputs, AdvantageEstimator, Algorithm,
+    KlControl, Method, OnlineInputs, PpoLossConfig, TrpoConfig,
 };
 
 use crate::commands::rl::{prompt_items, sft_data, RlArgs};
@@ -58,6 +58,11 @@ pub struct ActorCriticArgs {
     /// Minibatches (optimiser steps) per pass.
     #[arg(long, default_value_t = 1)]
     pub num_mini_batches: usize,
+    /// The advantages: `gae` (the critic's values and GAE) or `group` (each completion's return
+    /// against the other completions of its prompt, GRPO's baseline; needs --num-generations >= 2).
+    #[arg(long, default_value = "gae")]
+    #[serde(default = "gae")]
+    pub advantages: AdvantageEstimator,
     /// Keep the raw GAE advantages (default: whitened over the batch's tokens).
     #[arg(long)]
     pub no_whiten_advantages: bool,
@@ -103,6 +108,10 @@ pub struct TrpoArgs {
     pub fisher_fraction: f64,
 }
 
+fn gae() -> AdvantageEstimator {
+    AdvantageEstimator::Gae
+}
+
 fn one() -> f64 {
     1.0
 }
@@ -144,6 +153,7 @@ impl ActorCriticArgs {
                 },
                 None => KlControl::Fixed,
             },
+            advantages: self.advantages,
             whiten_advantages: !self.no_whiten_advantages,
             whiten_rewards: self.whiten_rewards,
             kl_stop: 0.0,

@@ -19,6 +19,7 @@ use tempering_model::Transformer;
 use crate::data::DataOrder;
 use crate::error::{Result, TrainError};
 use crate::metrics::MetricsLog;
+use crate::rl::advantage::{grpo_advantages, ScaleRewards};
 use crate::rl::gae::{explained_variance, gae, token_rewards, whiten, KlControl, KlController};
 use crate::rl::guards::{GuardState, Warning};
 use crate::rl::kl::kl_value;
@@ -43,6 +44,31 @@ pub enum Method {
     Trpo,
 }
 
+/// Where the policy update's advantages come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AdvantageEstimator {
+    /// GAE over the per-token rewards with the critic's values (whitened if asked).
+    #[default]
+    Gae,
+    /// Each completion's return (its per-token rewards summed: the score minus the KL penalty)
+    /// against the other completions of its prompt: `(R - mean(group)) / (std(group) + 1e-4)`,
+    /// GRPO's baseline, on every token. PPO's value loss is off; TRPO still regresses its value
+    /// head (on detached features, so the policy is untouched) and reports it, unused.
+    Group,
+}
+
+impl std::str::FromStr for AdvantageEstimator {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "gae" => Ok(AdvantageEstimator::Gae),
+            "group" => Ok(AdvantageEstimator::Group),
+            o => Err(format!("`{o}`: expected gae or group")),
+        }
+    }
+}
+
 /// Every setting of a PPO or TRPO run. `online` holds what GRPO shares (rollouts, learning rate,
 /// guards, logging, checkpoints); its algorithm, loss type, group scaling and iteration count are
 /// unused. Defaults follow TRL's `PPOConfig`.
@@ -60,6 +86,8 @@ pub struct ActorCriticConfig {
     /// The initial KL coefficient of the per-token reward.
     pub kl_coef: f64,
     pub kl_control: KlControl,
+    pub advantages: AdvantageEstimator,
+    /// Whiten GAE's advantages over the batch's tokens (group advantages are already scaled).
     pub whiten_advantages: bool,
     pub whiten_rewards: bool,
     /// Stop PPO's epochs once a minibatch's approximate KL (k3) to the rollout policy exceeds this;
@@ -84,6 +112,7 @@ impl Default for ActorCriticConfig {
             lambda: 0.95,
             kl_coef: 0.05,
             kl_control: KlControl::Fixed,
+            advantages: AdvantageEstimator::Gae,
             whiten_advantages: true,
             whiten_rewards: false,
             kl_stop: 0.0,
@@ -143,6 +172,11 @@ impl ActorCriticConfig {
             "lambda",
             (0.0..=1.0).contains(&self.lambda),
             "expected a number in [0, 1]",
+        )?;
+        check(
+            "advantages",
+            self.advantages == AdvantageEstimator::Gae || o.num_generations >= 2,
+            "group advantages need at least 2 completions per prompt (--num-generations)",
         )?;
         check(
             "kl_coef",
@@ -278,6 +312,24 @@ fn logprobs_and_values(
     Ok((lps, vals))
 }
 
+fn groups_sizes(groups: &[crate::rl::online::Group]) -> Vec<usize> {
+    groups.iter().map(|g| g.samples.len()).collect()
+}
+
+/// Replaces `advs` by the group-relative advantage of each completion's summed per-token reward,
+/// on every token. `sizes` are the groups' lengths, in the order of the samples.
+fn group_advantages(advs: &mut [Vec<f64>], token_r: &[Vec<f64>], sizes: &[usize]) {
+    let mut at = 0;
+    for &n in sizes {
+        let returns: Vec<f64> = token_r[at..at + n].iter().map(|r| r.iter().sum()).collect();
+        let a = grpo_advantages(&returns, n.max(1), ScaleRewards::Group);
+        for (adv, x) in advs[at..at + n].iter_mut().zip(a) {
+            adv.iter_mut().for_each(|v| *v = x);
+        }
+        at += n;
+    }
+}
+
 /// Means of named metrics over several optimiser steps.
 #[derive(Default)]
 struct MetricMeans(Vec<(String, f64, usize)>);
@@ -363,6 +415,13 @@ pub fn run_actor_critic(
         }
     };
     let shared = matches!(critic, Critic::Shared(_));
+    let group_adv = config.advantages == AdvantageEstimator::Group;
+    if group_adv && !shared {
+        return Err(TrainError::config(
+            "critic_model",
+            "group advantages use no critic: drop the critic model or use GAE",
+        ));
+    }
 
     let tc = config.train_config();
     let mut trainer = if resume {
@@ -396,6 +455,9 @@ pub fn run_actor_critic(
         loss_config.policy_coef = 0.0;
         loss_config.entropy_coef = 0.0;
         loss_config.detach_features = shared;
+    }
+    if group_adv && config.method == Method::Ppo {
+        loss_config.vf_coef = 0.0;
     }
     let mut objective = PpoObjective::new(policy_model.clone(), critic.clone(), pad, loss_config);
     let mut retain_eval = inp
@@ -499,7 +561,9 @@ pub fn run_actor_critic(
             advs.push(a);
             rets.push(r);
         }
-        if config.whiten_advantages {
+        if config.advantages == AdvantageEstimator::Group {
+            group_advantages(&mut advs, &token_r, &groups_sizes(&groups));
+        } else if config.whiten_advantages {
             let flat: Vec<f64> = (0..rollouts.len())
                 .filter(|&i| rollouts[i].in_loss)
                 .flat_map(|i| advs[i].iter().copied())
@@ -729,4 +793,52 @@ pub fn run_actor_critic(
         guards: state.guards,
         checkpoint: crate::checkpoint::latest(run_dir)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_advantages_centre_each_prompts_returns_on_every_token() {
+        // Two groups of two. Returns: 1.0, 0.0 (group 1); -0.5, -0.5 (group 2, tied).
+        let token_r = vec![
+            vec![0.0, 0.0, 1.0],
+            vec![-0.25, 0.25, 0.0],
+            vec![-0.5],
+            vec![0.1, -0.6],
+        ];
+        let mut advs: Vec<Vec<f64>> = token_r.iter().map(|r| vec![9.0; r.len()]).collect();
+        group_advantages(&mut advs, &token_r, &[2, 2]);
+        let s = 0.5f64.sqrt() + crate::rl::advantage::STD_EPS;
+        for (a, want) in advs[0].iter().chain(&advs[1]).zip([
+            0.5 / s,
+            0.5 / s,
+            0.5 / s,
+            -0.5 / s,
+            -0.5 / s,
+            -0.5 / s,
+        ]) {
+            assert!((a - want).abs() < 1e-9, "{advs:?}");
+        }
+        assert!(
+            advs[2..].iter().flatten().all(|a| a.abs() < 1e-9),
+            "{advs:?}"
+        );
+    }
+
+    #[test]
+    fn group_advantages_need_groups() {
+        let mut c = ActorCriticConfig {
+            advantages: AdvantageEstimator::Group,
+            ..ActorCriticConfig::default()
+        };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("advantages") && e.contains("num-generations"),
+            "{e}"
+        );
+        c.online.num_generations = 4;
+        c.validate().unwrap();
+    }
 }

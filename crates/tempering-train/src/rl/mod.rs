@@ -15,7 +15,9 @@ pub mod ppo;
 pub mod trpo;
 pub mod value;
 
-pub use actor_critic::{run_actor_critic, ActorCriticConfig, ActorCriticInputs, Method};
+pub use actor_critic::{
+    run_actor_critic, ActorCriticConfig, ActorCriticInputs, AdvantageEstimator, Method,
+};
 pub use advantage::ScaleRewards;
 pub use gae::{KlControl, KlController};
 pub use guards::{GuardConfig, GuardState};

@@ -394,11 +394,20 @@ pub fn trpo_update(
     out.cg_iterations = sol.iterations;
     out.cg_residual = sol.residual_norm;
     let fx = damped(&sol.x)?;
-    let shs = 0.5 * dot(&sol.x, &fx);
-    if !shs.is_finite() || shs <= 0.0 {
+    let damped_shs = 0.5 * dot(&sol.x, &fx);
+    if !damped_shs.is_finite() || damped_shs <= 0.0 {
         return Ok(out);
     }
-    // The full step's quadratic KL, 0.5 s^T F s, equals max_kl.
+    // The full step's quadratic KL, 0.5 s^T F s, equals max_kl. Damping regularises the solve
+    // only: the KL's model is the undamped Fisher (a large damping would otherwise shrink every
+    // step well inside the region). Should the finite differences make the undamped product
+    // non-positive, the damped one sizes the step.
+    let shs = damped_shs - 0.5 * c.damping * dot(&sol.x, &sol.x);
+    let shs = if shs.is_finite() && shs > 0.0 {
+        shs
+    } else {
+        damped_shs
+    };
     let scale = (c.max_kl / shs).sqrt();
     out.expected_improvement = scale * dot(&g, &sol.x);
     out.step_norm = scale * norm(&sol.x);
