@@ -1,7 +1,29 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: fetches SmolLM2 if absent, then runs every test.
-# (Plain `cargo test` also works; the tests that need SmolLM2 then skip, saying so.)
+# (Plain `cargo test --workspace` also works; the tests that need SmolLM2 then skip, saying so.)
+#
+# With no arguments the RL gain tests (`--test rl_gain`, the longest binary: minutes of small-model
+# training that leave a core idle) run beside the rest of the suite, each in its own process with
+# its own thread pool, so results are as in a sequential run; its output follows the suite's.
+# Arguments go to a single `cargo test --workspace` instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch-smollm2.sh
-cargo test --workspace "$@"
+if [ "$#" -gt 0 ]; then
+    exec cargo test --workspace "$@"
+fi
+cargo test --workspace --no-run
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --test rl_gain >"$log" 2>&1 &
+gain=$!
+rest=0
+cargo test --workspace -- --skip raises_greedy_accuracy_of_the_tiny_sft_model || rest=$?
+gain_rc=0
+wait "$gain" || gain_rc=$?
+echo "---- cargo test --workspace --test rl_gain (run beside the rest) ----"
+cat "$log"
+if [ "$rest" -ne 0 ] || [ "$gain_rc" -ne 0 ]; then
+    echo "FAILED: the suite exited $rest, the RL gain tests $gain_rc" >&2
+    exit 1
+fi

@@ -107,19 +107,20 @@ impl Plan {
     fn new(fast: bool, pretrained: bool) -> Self {
         if pretrained {
             // A 135M-parameter model on 2 CPU cores: every stage is small, and LoRA trains.
+            // `--fast` is a smoke run of every stage, not a measurement.
             return Plan {
                 sft_steps: if fast { 10 } else { 60 },
                 sft_problems: 2000,
                 label_problems: if fast { 4 } else { 16 },
                 label_samples: 2,
                 label_rollouts: 2,
-                prm_steps: if fast { 4 } else { 30 },
+                prm_steps: if fast { 2 } else { 30 },
                 prm_lr: 2e-5,
                 grpo_steps: if fast { 2 } else { 8 },
                 grpo_prompts: 4,
                 grpo_generations: 4,
                 grpo_lr: 1e-4,
-                test_problems: if fast { 8 } else { 40 },
+                test_problems: if fast { 4 } else { 40 },
                 budgets: vec![4],
                 beams: vec!["beam:2x2"],
             };
