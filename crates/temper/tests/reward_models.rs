@@ -3,7 +3,7 @@
 //! on correct-versus-incorrect pairs of them (`temper rm`) and a PRM on the step labels (`temper
 //! prm`), and both must rank held-out solutions (test-split problems) correct above incorrect
 //! clearly better than chance (`temper score`). Bad inputs get errors that say what is wrong.
-//! One tiny policy is trained for the whole file.
+//! The tiny policy is trained once and shared with the other CLI tests (`shared_sft`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -11,6 +11,8 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use serde_json::{json, Value};
+
+mod shared_sft;
 
 fn temper() -> Command {
     Command::new(env!("CARGO_BIN_EXE_temper"))
@@ -27,21 +29,10 @@ fn run_ok(cmd: &mut Command) -> Output {
     out
 }
 
-/// The tiny policy (arithmetic level 1), trained once for all tests of this file.
+/// The tiny policy (arithmetic level 1), trained once for the test binaries that share it.
 fn policy() -> &'static Path {
-    static DIR: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    &DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("tiny");
-        run_ok(
-            temper()
-                .args(["tasks", "train-tiny", "arithmetic", "--level", "1"])
-                .args(["--steps", "150", "--eval-problems", "0", "--output"])
-                .arg(&out),
-        );
-        (dir, out)
-    })
-    .1
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(shared_sft::tiny_arith_sft)
 }
 
 fn read_jsonl(path: &Path) -> Vec<Value> {

@@ -116,12 +116,12 @@ impl Plan {
                 label_rollouts: 2,
                 prm_steps: if fast { 2 } else { 30 },
                 prm_lr: 2e-5,
-                grpo_steps: if fast { 2 } else { 8 },
+                grpo_steps: if fast { 1 } else { 8 },
                 grpo_prompts: 4,
                 grpo_generations: 4,
                 grpo_lr: 1e-4,
-                test_problems: if fast { 4 } else { 40 },
-                budgets: vec![4],
+                test_problems: if fast { 3 } else { 40 },
+                budgets: vec![if fast { 2 } else { 4 }],
                 beams: vec!["beam:2x2"],
             };
         }

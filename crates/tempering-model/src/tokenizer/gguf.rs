@@ -358,8 +358,14 @@ pub(crate) fn convert(content: &Content, path: &Path) -> Result<Converted> {
         }
     }
     let only = |v: &[(u32, AddedToken)]| v.iter().map(|(_, t)| t.clone()).collect::<Vec<_>>();
-    inner.add_special_tokens(&only(&special));
-    inner.add_tokens(&only(&user));
+    let added = |e: tokenizers::Error| {
+        ModelError::format(
+            path,
+            format!("adding the GGUF vocabulary's added tokens: {e}"),
+        )
+    };
+    inner.add_special_tokens(only(&special)).map_err(added)?;
+    inner.add_tokens(only(&user)).map_err(added)?;
     for (want, tok) in special.iter().chain(&user) {
         let got = inner.token_to_id(&tok.content);
         if got != Some(*want) {
@@ -528,7 +534,8 @@ fn build_spm(
         norm.push(Prepend::new("▁".to_string()).into());
     }
     norm.push(replace(" ", "▁")?.into());
-    tok.with_normalizer(Some(NormalizerWrapper::from(NormalizerSequence::new(norm))));
+    tok.with_normalizer(Some(NormalizerWrapper::from(NormalizerSequence::new(norm))))
+        .map_err(|e| ModelError::Tokenizer(format!("SentencePiece normalizer: {e}")))?;
 
     let mut dec: Vec<DecoderWrapper> = vec![
         replace("▁", " ")?.into(),

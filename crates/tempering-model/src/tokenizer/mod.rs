@@ -593,11 +593,12 @@ fn add_config_tokens(inner: &mut tokenizers::Tokenizer, path: &Path, cfg: &Json)
                     .and_then(Json::as_bool)
                     .unwrap_or(!field("special")),
             );
-        if field("special") {
-            inner.add_special_tokens(&[tok]);
+        let added = if field("special") {
+            inner.add_special_tokens([tok])
         } else {
-            inner.add_tokens(&[tok]);
-        }
+            inner.add_tokens([tok])
+        };
+        added.map_err(|e| ModelError::format(path, format!("`added_tokens_decoder.{id}`: {e}")))?;
         let got = inner.token_to_id(content);
         if got != Some(id) {
             tracing::warn!(
