@@ -236,3 +236,107 @@ fn bad_input_gets_clear_errors() {
         "{e}"
     );
 }
+
+/// `temper eval --adapter` runs a LoRA adapter on its base and answers as the merged model does.
+#[test]
+fn eval_with_an_adapter_answers_as_the_merged_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ok = |c: &mut Command| {
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+    };
+    let data = d.join("train.jsonl");
+    ok(temper()
+        .args([
+            "tasks",
+            "generate",
+            "arithmetic",
+            "--level",
+            "1",
+            "--n",
+            "64",
+        ])
+        .args(["--split", "train", "--allow-duplicates", "--output"])
+        .arg(&data));
+    let sft = d.join("sft");
+    ok(temper()
+        .args(["sft", "--model"])
+        .arg(model())
+        .arg("--data")
+        .arg(&data)
+        .args(["--max-steps", "4", "--batch-size", "8"])
+        .args([
+            "--learning-rate",
+            "1e-2",
+            "--lora-r",
+            "4",
+            "--lora-targets",
+            "all",
+        ])
+        .args(["--quiet", "--output"])
+        .arg(&sft));
+    let merged = d.join("merged");
+    ok(temper()
+        .arg("merge")
+        .arg(model())
+        .arg(sft.join("adapter"))
+        .arg(&merged));
+    let answers = |m: &Path, adapter: Option<&Path>, out: &Path| -> Vec<String> {
+        let mut c = temper();
+        c.arg("eval").arg(m).args([
+            "--task",
+            "arithmetic",
+            "--level",
+            "1",
+            "--n",
+            "8",
+            "--strategies",
+            "greedy",
+            "--max-new-tokens",
+            "24",
+            "--output",
+        ]);
+        c.arg(out);
+        if let Some(a) = adapter {
+            c.arg("--adapter").arg(a);
+        }
+        ok(&mut c);
+        std::fs::read_to_string(out.join("results.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                format!("{} {}", v["answer"], v["cost"]["generated_tokens"])
+            })
+            .collect()
+    };
+    let with_adapter = answers(model(), Some(&sft.join("adapter")), &d.join("e1"));
+    let base = answers(model(), None, &d.join("e0"));
+    assert_eq!(with_adapter, answers(&merged, None, &d.join("e2")));
+    // The adapter changed what the model answers, so the comparison above is not vacuous.
+    assert_ne!(with_adapter, base);
+    let config = std::fs::read_to_string(d.join("e1/config.json")).unwrap();
+    assert!(config.contains("adapter"), "{config}");
+
+    // The self-evaluation judge would read the base weights: refused, saying what to do.
+    let o = temper()
+        .arg("eval")
+        .arg(model())
+        .arg("--adapter")
+        .arg(sft.join("adapter"))
+        .args([
+            "--task",
+            "arithmetic",
+            "--strategies",
+            "bon@2",
+            "--scorer",
+            "self-eval",
+        ])
+        .arg("--output")
+        .arg(d.join("e3"))
+        .output()
+        .unwrap();
+    let e = text(&o);
+    assert!(!o.status.success() && e.contains("temper merge"), "{e}");
+}

@@ -1,8 +1,11 @@
 //! The tiny-model recipe end to end through the CLI: generate a task's data, train a decoder from
 //! scratch with a character tokenizer, save it as an HF directory, and measure greedy accuracy on the
-//! test split. Small enough for CI (level 1, 150 steps); the recorded figure is in the README.
+//! test split. Small enough for CI (level 1, 150 steps; the run is `shared_sft`'s, which other CLI
+//! tests start from); the recorded figure is in the README.
 
 use std::process::Command;
+
+mod shared_sft;
 
 fn temper() -> Command {
     Command::new(env!("CARGO_BIN_EXE_temper"))
@@ -10,28 +13,9 @@ fn temper() -> Command {
 
 #[test]
 fn tiny_recipe_learns_arithmetic_level_1() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("tiny");
-    let run = temper()
-        .args([
-            "tasks",
-            "train-tiny",
-            "arithmetic",
-            "--level",
-            "1",
-            "--steps",
-            "150",
-        ])
-        .args(["--eval-problems", "200", "--output"])
-        .arg(&out)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(
-        run.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    // The command's run is shared with the other CLI tests that start from this model.
+    let out = shared_sft::tiny_arith_sft();
+    let stdout = shared_sft::tiny_arith_sft_stdout();
     // An ordinary HF directory that the other commands accept.
     for f in [
         "config.json",

@@ -79,7 +79,12 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         ),
         (None, None) => bail!("expected --task or --data"),
     };
-    let (engine, _) = load_engine(&a.model, None, &a.flags.device, a.flags.batch_rows)?;
+    let (engine, _) = load_engine(
+        &a.model,
+        a.flags.adapter.as_deref(),
+        &a.flags.device,
+        a.flags.batch_rows,
+    )?;
     let tok = engine.tokenizer();
     if let Some(bad) = items
         .iter()
@@ -106,7 +111,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     std::fs::create_dir_all(&a.output)
         .with_context(|| format!("creating {}", a.output.display()))?;
     let resolved = json!({
-        "model": a.model, "about": about, "strategies": specs, "seed": config.seed,
+        "model": a.model, "adapter": a.flags.adapter, "about": about, "strategies": specs, "seed": config.seed,
         "max_new_tokens": config.sampling.max_new_tokens, "temperature": config.sampling.temperature,
         "top_p": config.sampling.top_p, "step_max_tokens": config.step_max_tokens,
         "max_depth": config.max_depth, "aggregation": config.aggregation,

@@ -20,6 +20,9 @@ pub struct LabelStepsArgs {
     /// The policy that writes solutions and rollouts: an HF directory or a GGUF file.
     #[arg(long)]
     pub policy: PathBuf,
+    /// A PEFT LoRA adapter directory to run on top of the policy.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     /// A built-in task (`temper tasks list`).
     #[arg(long)]
     pub task: String,
@@ -78,7 +81,7 @@ pub fn run(a: LabelStepsArgs) -> Result<()> {
             unique: false,
         },
     )?;
-    let (engine, _) = load_engine(&a.policy, None, &a.device, a.batch_rows)?;
+    let (engine, _) = load_engine(&a.policy, a.adapter.as_deref(), &a.device, a.batch_rows)?;
     let tok = engine.tokenizer();
     if let Some(p) = problems
         .iter()

@@ -22,6 +22,9 @@ use crate::device::device_and_dtype;
 /// Flags every search command shares.
 #[derive(Args, Clone, Debug)]
 pub struct SearchFlags {
+    /// A PEFT LoRA adapter directory to run on top of the model (as `temper sft --lora-r` writes).
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     /// A learned process reward model directory (scores each step).
     #[arg(long)]
     pub prm: Option<PathBuf>,
@@ -167,6 +170,10 @@ pub fn build_scorers(flags: &SearchFlags, model: &Path) -> Result<LoadedScorers>
     }
     match flags.scorer.as_deref() {
         None => {}
+        Some("self-eval") if flags.adapter.is_some() => bail!(
+            "--scorer self-eval judges with the model as saved, without --adapter: merge the \
+             adapter first (temper merge BASE ADAPTER OUT) and pass the merged model"
+        ),
         Some("self-eval") => {
             let (device, _) = device_and_dtype(&flags.device.device, None)?;
             let judge = SelfEvaluator::open(model, &device, SelfEvalConfig::default())
@@ -208,7 +215,12 @@ pub fn search(a: SearchArgs) -> Result<()> {
     let strategy = parse_strategy(&a.strategy, a.task.as_deref()).context("--strategy")?;
     let config = a.flags.config()?;
     let budget = a.flags.budget()?;
-    let (engine, _) = load_engine(&a.model, None, &a.flags.device, a.flags.batch_rows)?;
+    let (engine, _) = load_engine(
+        &a.model,
+        a.flags.adapter.as_deref(),
+        &a.flags.device,
+        a.flags.batch_rows,
+    )?;
     let loaded = build_scorers(&a.flags, &a.model)?;
     let encoder = TokenizerEncoder {
         tokenizer: engine.tokenizer(),

@@ -72,6 +72,9 @@ pub struct EvalTaskArgs {
     pub seed: u64,
     #[arg(long, default_value_t = 128)]
     pub max_new_tokens: usize,
+    /// A PEFT LoRA adapter directory to run on top of the model.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -270,7 +273,7 @@ fn eval_cmd(a: EvalTaskArgs) -> Result<()> {
     };
     let (engine, _) = load_engine(
         &a.model,
-        None,
+        a.adapter.as_deref(),
         &device,
         EngineOptions::default().max_batch_rows,
     )?;
