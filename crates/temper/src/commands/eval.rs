@@ -13,7 +13,6 @@ use tempering_eval::table::markdown;
 use tempering_eval::{items_from_jsonl, items_from_task, run_grid, summarise, EvalSetup};
 use tempering_search::{expand_grid, parse_strategy, TokenizerEncoder};
 
-use crate::commands::generate::load_engine;
 use crate::commands::search::{build_scorers, SearchFlags};
 
 #[derive(Args)]
@@ -79,12 +78,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         ),
         (None, None) => bail!("expected --task or --data"),
     };
-    let (engine, _) = load_engine(
-        &a.model,
-        a.flags.adapter.as_deref(),
-        &a.flags.device,
-        a.flags.batch_rows,
-    )?;
+    let engine = a.flags.engine(&a.model)?;
     let tok = engine.tokenizer();
     if let Some(bad) = items
         .iter()

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use tempering_generate::{GenError, SamplingParams};
+use tempering_generate::{GenError, LocalEngine, SamplingParams};
 use tempering_reward::learned::{ProcessRewardModel, RewardModel};
 use tempering_reward::{SelfEvalConfig, SelfEvaluator, StepScorer, Verifier};
 use tempering_search::{
@@ -70,6 +70,17 @@ pub struct SearchFlags {
 }
 
 impl SearchFlags {
+    /// The policy's engine: `model` with `--adapter` on top, on `--device`.
+    pub fn engine(&self, model: &Path) -> Result<LocalEngine> {
+        let (engine, _) = load_engine(
+            model,
+            self.adapter.as_deref(),
+            &self.device,
+            self.batch_rows,
+        )?;
+        Ok(engine)
+    }
+
     pub fn budget(&self) -> Result<Budget> {
         let max_wall = match self.budget_seconds {
             Some(s) if !(s.is_finite() && s > 0.0) => {
@@ -215,12 +226,7 @@ pub fn search(a: SearchArgs) -> Result<()> {
     let strategy = parse_strategy(&a.strategy, a.task.as_deref()).context("--strategy")?;
     let config = a.flags.config()?;
     let budget = a.flags.budget()?;
-    let (engine, _) = load_engine(
-        &a.model,
-        a.flags.adapter.as_deref(),
-        &a.flags.device,
-        a.flags.batch_rows,
-    )?;
+    let engine = a.flags.engine(&a.model)?;
     let loaded = build_scorers(&a.flags, &a.model)?;
     let encoder = TokenizerEncoder {
         tokenizer: engine.tokenizer(),
