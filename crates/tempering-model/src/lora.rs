@@ -376,6 +376,8 @@ impl Transformer {
     pub fn add_lora(&mut self, cfg: &LoraConfig, seed: u64) -> Result<Vec<(String, Var)>> {
         cfg.validate()?;
         self.no_adapters_yet()?;
+        // Only the adapters train: base weights that are `Var`s must not collect gradients.
+        self.freeze_base()?;
         let (device, dtype) = (self.device().clone(), self.dtype());
         let mut rng = SplitMix64(seed);
         let targets = cfg.sorted_targets();
@@ -557,6 +559,7 @@ impl Transformer {
             ModelError::format(adapter.dir.join(ADAPTER_CONFIG_FILE), e.to_string())
         })?;
         self.no_adapters_yet()?;
+        self.freeze_base()?;
         let file = adapter.dir.join(ADAPTER_WEIGHTS_FILE);
         let (device, dtype) = (self.device().clone(), self.dtype());
         let mut used = 0usize;

@@ -419,14 +419,32 @@ impl Transformer {
         trainable: impl Fn(&str) -> bool,
     ) -> Result<Vec<(String, Var)>> {
         let mut vars = Vec::new();
-        let mut visit = |name: String, t: &mut Tensor| -> Result<()> {
+        self.visit_base_weights_mut(|name, t| {
             if trainable(&name) {
                 let v = Var::from_tensor(t)?;
                 *t = v.as_tensor().clone();
                 vars.push((name, v));
             }
             Ok(())
-        };
+        })?;
+        Ok(vars)
+    }
+
+    /// Detaches every base weight from autograd, so that a backward pass computes no gradient for
+    /// it (a weight that is a `Var`, say after full fine-tuning, would otherwise get one: wasted
+    /// work when only adapters train). The storage is shared, not copied.
+    pub fn freeze_base(&mut self) -> Result<()> {
+        self.visit_base_weights_mut(|_, t| {
+            *t = t.detach();
+            Ok(())
+        })
+    }
+
+    /// Calls `visit` with the HF name and a mutable handle of every base weight (not adapters).
+    fn visit_base_weights_mut(
+        &mut self,
+        mut visit: impl FnMut(String, &mut Tensor) -> Result<()>,
+    ) -> Result<()> {
         visit("model.embed_tokens.weight".into(), &mut self.embed_tokens)?;
         for (i, l) in self.layers.iter_mut().enumerate() {
             let p = format!("model.layers.{i}");
@@ -461,7 +479,7 @@ impl Transformer {
         if let Some(h) = self.lm_head.as_mut() {
             visit("lm_head.weight".into(), h)?;
         }
-        Ok(vars)
+        Ok(())
     }
 
     /// A fresh cache for this model.

@@ -191,6 +191,31 @@ fn every_lora_var_gets_a_gradient_and_no_base_weight_does() {
     }
 }
 
+/// A model whose base weights are `Var`s (as after full fine-tuning) gets adapters on frozen
+/// weights: the backward pass reaches the adapters only, and the old `Var`s still see the weights.
+#[test]
+fn adapters_on_trainable_base_weights_freeze_them() {
+    let mut m = base("tiny-llama");
+    let base_vars = m.make_trainable(|_| true).unwrap();
+    let vars = m.add_lora(&all_targets(4, 8.0, 0.0), 5).unwrap();
+    randomise_b(&vars, 21, 0.1);
+    let out = logits(&m);
+    let grads = out.sum_all().unwrap().backward().unwrap();
+    for (n, v) in &base_vars {
+        assert!(
+            grads.get(v.as_tensor()).is_none(),
+            "base weight {n} got a gradient"
+        );
+    }
+    for (n, v) in &vars {
+        assert!(grads.get(v.as_tensor()).is_some(), "no gradient for {n}");
+    }
+    // The storage is shared: setting a base Var changes the adapted model's output.
+    let (_, w) = &base_vars[0];
+    w.set(&w.as_tensor().zeros_like().unwrap()).unwrap();
+    assert!(max_abs_diff(&out, &logits(&m)) > 0.0);
+}
+
 #[test]
 fn dropout_applies_only_with_a_dropout_rng_and_is_reproducible() {
     let mut m = base("tiny-llama");
