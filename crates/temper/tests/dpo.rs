@@ -8,13 +8,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::json;
-
-mod shared_sft;
 use tempering_generate::{
     Backend, Completion, FinishReason, GenRequest, LocalEngine, SamplingParams,
 };
 use tempering_model::{ModelFiles, Tokenizer};
 use tempering_tasks::{generate, task_by_name, GenerateSpec, Problem, Split, Verdict};
+
+mod shared_sft;
 
 /// A measurement override from the environment (README, "Preference optimisation").
 fn knob(key: &str, default: &str) -> String {

@@ -117,6 +117,13 @@ impl SearchFlags {
         if self.step_max_tokens == 0 || self.max_depth == 0 {
             bail!("--step-max-tokens and --max-depth: expected at least 1");
         }
+        // Checked here, before any model loads: the judge would read the model without --adapter.
+        if self.scorer.as_deref() == Some("self-eval") && self.adapter.is_some() {
+            bail!(
+                "--scorer self-eval judges with the model as saved, without --adapter: merge the \
+                 adapter first (temper merge BASE ADAPTER OUT) and pass the merged model"
+            );
+        }
         let aggregation: Aggregation = self.aggregation.parse().map_err(|_| {
             anyhow::anyhow!(
                 "--aggregation {}: expected one of {}",
@@ -181,10 +188,6 @@ pub fn build_scorers(flags: &SearchFlags, model: &Path) -> Result<LoadedScorers>
     }
     match flags.scorer.as_deref() {
         None => {}
-        Some("self-eval") if flags.adapter.is_some() => bail!(
-            "--scorer self-eval judges with the model as saved, without --adapter: merge the \
-             adapter first (temper merge BASE ADAPTER OUT) and pass the merged model"
-        ),
         Some("self-eval") => {
             let (device, _) = device_and_dtype(&flags.device.device, None)?;
             let judge = SelfEvaluator::open(model, &device, SelfEvalConfig::default())
