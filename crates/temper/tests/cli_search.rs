@@ -316,8 +316,10 @@ fn eval_with_an_adapter_answers_as_the_merged_model() {
     assert_eq!(with_adapter, answers(&merged, None, &d.join("e2")));
     // The adapter changed what the model answers, so the comparison above is not vacuous.
     assert_ne!(with_adapter, base);
-    let config = std::fs::read_to_string(d.join("e1/config.json")).unwrap();
-    assert!(config.contains("adapter"), "{config}");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("e1/config.json")).unwrap()).unwrap();
+    let want = sft.join("adapter").display().to_string();
+    assert_eq!(config["adapter"].as_str(), Some(want.as_str()), "{config}");
 
     // The self-evaluation judge would read the base weights: refused, saying what to do.
     let o = temper()
