@@ -1,12 +1,18 @@
-//! Training curves (a metric against the step, one line per series) as SVG for reports: the
-//! reward, KL and retain-loss curves of a run. Knows plotters; nothing of how the numbers were made.
+//! Line plots as self-contained SVG text for reports: training curves (a metric against the step,
+//! optionally smoothed with the raw points faint behind) and compute curves (a rate against
+//! tokens on a log axis labelled in plain numbers, with interval bars). One quantity per plot: a
+//! [`Plot`] has one y axis and its label. [`line_svg`] is the older plotters-drawn chart, kept
+//! for its callers; [`plot_svg`] writes the SVG itself (no fonts embedded: the reader's
+//! sans-serif). Knows nothing of how the numbers were made.
 
 use plotters::prelude::*;
+
+use std::fmt::Write as _;
 
 use crate::error::{EvalError, Result};
 
 const SIZE: (u32, u32) = (640, 360);
-const COLORS: [RGBColor; 10] = [
+pub(crate) const COLORS: [RGBColor; 10] = [
     RGBColor(31, 119, 180),
     RGBColor(214, 39, 40),
     RGBColor(44, 160, 44),
@@ -90,6 +96,598 @@ pub fn line_svg(
     Ok(out)
 }
 
+/// How the x axis maps values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Scale {
+    #[default]
+    Linear,
+    /// Base-2 logarithmic, ticks at powers of two labelled as plain numbers (16, 64, 256, 1024);
+    /// points with x <= 0 are left out.
+    Log,
+}
+
+/// How a noisy series is smoothed; the raw points are drawn faint behind the smoothed line.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Smooth {
+    /// Exponential moving average with this weight on the past (0 <= w < 1, e.g. 0.8),
+    /// bias-corrected so the first values are not pulled towards zero.
+    Ema(f64),
+    /// Centred moving average over this many points (shrinking at the ends).
+    Mean(usize),
+}
+
+/// One line of a plot.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Series {
+    pub name: String,
+    /// (x, y) in x order; non-finite values are left out.
+    pub points: Vec<(f64, f64)>,
+    /// Per point, a vertical interval (lo, hi) drawn as a bar; empty for none, else as long as
+    /// `points`.
+    pub intervals: Vec<(f64, f64)>,
+    pub smooth: Option<Smooth>,
+    /// Dashed line (e.g. a ceiling or a reference).
+    pub dashed: bool,
+}
+
+impl Series {
+    pub fn new(name: impl Into<String>, points: Vec<(f64, f64)>) -> Self {
+        Series {
+            name: name.into(),
+            points,
+            intervals: vec![],
+            smooth: None,
+            dashed: false,
+        }
+    }
+
+    pub fn with_intervals(mut self, intervals: Vec<(f64, f64)>) -> Self {
+        self.intervals = intervals;
+        self
+    }
+
+    pub fn smoothed(mut self, smooth: Smooth) -> Self {
+        self.smooth = Some(smooth);
+        self
+    }
+
+    pub fn dashed(mut self) -> Self {
+        self.dashed = true;
+        self
+    }
+}
+
+/// A line plot of one quantity: its own y axis and label.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plot {
+    pub title: String,
+    pub x_label: String,
+    pub y_label: String,
+    pub x_scale: Scale,
+    /// The least y range the axis shows (e.g. 0..100 for a percentage); data outside widens it.
+    pub y_range: Option<(f64, f64)>,
+    pub series: Vec<Series>,
+    /// Pixels, (width, height).
+    pub size: (u32, u32),
+}
+
+impl Plot {
+    pub fn new(
+        title: impl Into<String>,
+        x_label: impl Into<String>,
+        y_label: impl Into<String>,
+    ) -> Self {
+        Plot {
+            title: title.into(),
+            x_label: x_label.into(),
+            y_label: y_label.into(),
+            x_scale: Scale::Linear,
+            y_range: None,
+            series: vec![],
+            size: (720, 380),
+        }
+    }
+
+    pub fn log_x(mut self) -> Self {
+        self.x_scale = Scale::Log;
+        self
+    }
+
+    pub fn y_range(mut self, lo: f64, hi: f64) -> Self {
+        self.y_range = Some((lo, hi));
+        self
+    }
+
+    pub fn size(mut self, width: u32, height: u32) -> Self {
+        self.size = (width, height);
+        self
+    }
+
+    pub fn series(mut self, s: Series) -> Self {
+        self.series.push(s);
+        self
+    }
+}
+
+/// The exponential moving average of `ys` with weight `w` on the past, bias-corrected.
+pub fn ema(ys: &[f64], w: f64) -> Vec<f64> {
+    let w = w.clamp(0.0, 0.999_999);
+    let mut s = 0.0;
+    let mut wt = 1.0;
+    ys.iter()
+        .map(|&y| {
+            s = w * s + (1.0 - w) * y;
+            wt *= w;
+            s / (1.0 - wt)
+        })
+        .collect()
+}
+
+/// The centred moving average of `ys` over `window` points (shrinking at the ends).
+pub fn moving_mean(ys: &[f64], window: usize) -> Vec<f64> {
+    let half = window.max(1) / 2;
+    (0..ys.len())
+        .map(|i| {
+            let a = i.saturating_sub(half);
+            let b = (i + half + 1).min(ys.len());
+            ys[a..b].iter().sum::<f64>() / (b - a) as f64
+        })
+        .collect()
+}
+
+/// A plain-number label for a value on a count axis: `16`, `1024`, `65536`, `1.5M`.
+pub fn count_label(v: f64) -> String {
+    if v.abs() >= 1e6 {
+        trim_zeros(format!("{:.1}", v / 1e6)) + "M"
+    } else if v.abs() >= 1.0 || v == 0.0 {
+        format!("{}", v.round() as i64)
+    } else {
+        trim_zeros(format!("{v:.3}"))
+    }
+}
+
+fn trim_zeros(s: String) -> String {
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
+}
+
+/// Ticks of a log axis over [lo, hi] (0 < lo < hi): the powers of two inside, every k-th one so
+/// that at most `max` show. When fewer than two powers fall inside, the domain is widened out to
+/// the powers of two around it. Returns (domain, ticks).
+pub fn log_ticks(lo: f64, hi: f64, max: usize) -> ((f64, f64), Vec<f64>) {
+    let (a, b) = (lo.log2(), hi.log2());
+    let (mut first, mut last) = (a.ceil() as i32, b.floor() as i32);
+    let mut domain = (lo, hi);
+    if last - first < 1 {
+        (first, last) = (
+            a.floor() as i32,
+            (b.ceil() as i32).max(a.floor() as i32 + 1),
+        );
+        domain = (2f64.powi(first), 2f64.powi(last));
+    }
+    let span = (last - first) as usize;
+    let stride = span.div_ceil(max.max(2) - 1).max(1);
+    let ticks = (first..=last)
+        .step_by(stride)
+        .map(|e| 2f64.powi(e))
+        .collect();
+    (domain, ticks)
+}
+
+/// Ticks of a linear axis over [lo, hi]: a step of 1, 2 or 5 times a power of ten giving about
+/// `target` intervals. Returns (step, ticks within [lo, hi]).
+pub fn linear_ticks(lo: f64, hi: f64, target: usize) -> (f64, Vec<f64>) {
+    let raw = (hi - lo).abs().max(1e-12) / target.max(1) as f64;
+    let mag = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 2.5, 5.0, 10.0]
+        .iter()
+        .map(|m| m * mag)
+        .find(|s| *s >= raw * 0.999)
+        .unwrap_or(10.0 * mag);
+    let first = (lo / step - 1e-9).ceil() as i64;
+    let last = (hi / step + 1e-9).floor() as i64;
+    let ticks = (first..=last).map(|k| k as f64 * step).collect();
+    (step, ticks)
+}
+
+fn linear_label(v: f64, step: f64) -> String {
+    if v.abs() >= 1e6 && step >= 1e5 {
+        return count_label(v);
+    }
+    let decimals = (-step.log10().floor()).max(0.0) as usize;
+    let decimals = if (step * 10f64.powi(decimals as i32)).fract().abs() > 1e-6 {
+        decimals + 1
+    } else {
+        decimals
+    };
+    let s = format!("{v:.decimals$}");
+    if s.starts_with('-') && s.trim_start_matches(['-', '0', '.']).is_empty() {
+        s[1..].to_string()
+    } else {
+        s
+    }
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// Rough width in pixels of `s` in a sans-serif font of `size` px.
+fn text_width(s: &str, size: f64) -> f64 {
+    s.chars().count() as f64 * size * 0.6
+}
+
+/// One series after cleaning: points kept, their intervals and the smoothed line.
+struct Clean<'a> {
+    series: &'a Series,
+    points: Vec<(f64, f64)>,
+    intervals: Vec<(f64, f64)>,
+    smooth: Vec<(f64, f64)>,
+}
+
+fn clean(s: &Series, scale: Scale) -> Clean<'_> {
+    let mut points = vec![];
+    let mut intervals = vec![];
+    for (i, &(x, y)) in s.points.iter().enumerate() {
+        if !x.is_finite() || !y.is_finite() || (scale == Scale::Log && x <= 0.0) {
+            continue;
+        }
+        points.push((x, y));
+        if let Some(&(lo, hi)) = s.intervals.get(i) {
+            if lo.is_finite() && hi.is_finite() {
+                intervals.push((lo, hi));
+            } else {
+                intervals.push((y, y));
+            }
+        }
+    }
+    if intervals.len() != points.len() {
+        intervals.clear();
+    }
+    let ys: Vec<f64> = points.iter().map(|p| p.1).collect();
+    let smooth = match s.smooth {
+        None => vec![],
+        Some(Smooth::Ema(w)) => ema(&ys, w),
+        Some(Smooth::Mean(k)) => moving_mean(&ys, k),
+    };
+    let smooth = points.iter().zip(smooth).map(|(p, y)| (p.0, y)).collect();
+    Clean {
+        series: s,
+        points,
+        intervals,
+        smooth,
+    }
+}
+
+/// The plot as an SVG document (no XML declaration, so it can be inlined in HTML as it is).
+/// Every point gets a marker (a smoothed series: a faint dot per raw point), so a series of one
+/// point shows; the legend sits right of the plot area, never over the data.
+pub fn plot_svg(plot: &Plot) -> String {
+    let (w, h) = (plot.size.0.max(200) as f64, plot.size.1.max(150) as f64);
+    let lines: Vec<Clean> = plot.series.iter().map(|s| clean(s, plot.x_scale)).collect();
+    let any_smooth = lines.iter().any(|l| l.series.smooth.is_some());
+
+    // Data extent.
+    let (mut x0, mut x1, mut y0, mut y1) = (
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+    );
+    for l in &lines {
+        for &(x, y) in &l.points {
+            x0 = x0.min(x);
+            x1 = x1.max(x);
+            y0 = y0.min(y);
+            y1 = y1.max(y);
+        }
+        for &(lo, hi) in &l.intervals {
+            y0 = y0.min(lo);
+            y1 = y1.max(hi);
+        }
+    }
+    let empty = !x0.is_finite();
+    if empty {
+        (x0, x1, y0, y1) = match plot.x_scale {
+            Scale::Linear => (0.0, 1.0, 0.0, 1.0),
+            Scale::Log => (1.0, 16.0, 0.0, 1.0),
+        };
+    }
+    if let Some((lo, hi)) = plot.y_range {
+        y0 = y0.min(lo);
+        y1 = y1.max(hi);
+    }
+
+    // Axes: domains and ticks.
+    let (x_dom, x_ticks, x_labels): ((f64, f64), Vec<f64>, Vec<String>) = match plot.x_scale {
+        Scale::Log => {
+            let (dom, ticks) = log_ticks(x0 / 1.25, x1 * 1.25, 8);
+            let labels = ticks.iter().map(|&t| count_label(t)).collect();
+            (dom, ticks, labels)
+        }
+        Scale::Linear => {
+            let (a, b) = if x1 > x0 {
+                (x0, x1)
+            } else {
+                (x0 - 1.0, x0 + 1.0)
+            };
+            // A margin, so markers at the ends clear the frame.
+            let pad = 0.04 * (b - a);
+            let (step, ticks) = linear_ticks(a - pad, b + pad, 6);
+            let labels = ticks.iter().map(|&t| linear_label(t, step)).collect();
+            ((a - pad, b + pad), ticks, labels)
+        }
+    };
+    let (y_dom, y_ticks, y_labels) = {
+        let (a, b) = if y1 > y0 {
+            (y0, y1)
+        } else {
+            let pad = (y0.abs() * 0.1).max(1e-3);
+            (y0 - pad, y0 + pad)
+        };
+        let pad = 0.04 * (b - a);
+        let (step, ticks) = linear_ticks(a - pad, b + pad, 5);
+        let labels: Vec<String> = ticks.iter().map(|&t| linear_label(t, step)).collect();
+        ((a - pad, b + pad), ticks, labels)
+    };
+
+    // Layout.
+    let font = 12.0;
+    let y_label_w = y_labels
+        .iter()
+        .map(|l| text_width(l, font))
+        .fold(0.0, f64::max);
+    let left = 28.0 + y_label_w + 10.0;
+    let top = if plot.title.is_empty() { 14.0 } else { 38.0 };
+    let bottom = 56.0;
+    let mut legend: Vec<(usize, String)> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| !l.series.name.is_empty())
+        .map(|(i, l)| (i, l.series.name.clone()))
+        .collect();
+    if any_smooth {
+        legend.push((usize::MAX, "faint: raw values".into()));
+    }
+    let legend_w = if legend.is_empty() {
+        16.0
+    } else {
+        let widest = legend
+            .iter()
+            .map(|(_, n)| text_width(n, font))
+            .fold(0.0, f64::max);
+        (widest + 48.0).min(w * 0.4)
+    };
+    let (px0, px1, py0, py1) = (left, w - legend_w, top, h - bottom);
+    let sx = |x: f64| -> f64 {
+        let t = match plot.x_scale {
+            Scale::Linear => (x - x_dom.0) / (x_dom.1 - x_dom.0),
+            Scale::Log => (x.log2() - x_dom.0.log2()) / (x_dom.1.log2() - x_dom.0.log2()),
+        };
+        px0 + t * (px1 - px0)
+    };
+    let sy = |y: f64| -> f64 { py1 - (y - y_dom.0) / (y_dom.1 - y_dom.0) * (py1 - py0) };
+
+    let mut o = String::new();
+    let _ = write!(
+        o,
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" \
+         font-family=\"DejaVu Sans, Helvetica, Arial, sans-serif\" font-size=\"{font}\" role=\"img\">\n\
+         <title>{}</title>\n<rect x=\"0\" y=\"0\" width=\"{w}\" height=\"{h}\" fill=\"white\"/>\n",
+        esc(&plot.title)
+    );
+    if !plot.title.is_empty() {
+        let _ = writeln!(
+            o,
+            "<text x=\"{:.1}\" y=\"24\" text-anchor=\"middle\" font-size=\"15\" font-weight=\"bold\">{}</text>",
+            (px0 + px1) / 2.0,
+            esc(&plot.title)
+        );
+    }
+    // Grid and tick labels.
+    o.push_str("<g stroke=\"#e3e3e3\" stroke-width=\"1\">\n");
+    for &t in &x_ticks {
+        let _ = writeln!(
+            o,
+            "<line x1=\"{x:.1}\" y1=\"{py0:.1}\" x2=\"{x:.1}\" y2=\"{py1:.1}\"/>",
+            x = sx(t)
+        );
+    }
+    for &t in &y_ticks {
+        let _ = writeln!(
+            o,
+            "<line x1=\"{px0:.1}\" y1=\"{y:.1}\" x2=\"{px1:.1}\" y2=\"{y:.1}\"/>",
+            y = sy(t)
+        );
+    }
+    o.push_str("</g>\n");
+    let _ = writeln!(
+        o,
+        "<rect x=\"{px0:.1}\" y=\"{py0:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"none\" stroke=\"#444\"/>",
+        px1 - px0,
+        py1 - py0
+    );
+    o.push_str("<g fill=\"#333\">\n");
+    for (t, l) in x_ticks.iter().zip(&x_labels) {
+        let x = sx(*t);
+        let _ = writeln!(
+            o,
+            "<line x1=\"{x:.1}\" y1=\"{py1:.1}\" x2=\"{x:.1}\" y2=\"{:.1}\" stroke=\"#444\"/>\
+             <text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
+            py1 + 5.0,
+            py1 + 19.0,
+            esc(l)
+        );
+    }
+    for (t, l) in y_ticks.iter().zip(&y_labels) {
+        let y = sy(*t);
+        let _ = writeln!(
+            o,
+            "<line x1=\"{:.1}\" y1=\"{y:.1}\" x2=\"{px0:.1}\" y2=\"{y:.1}\" stroke=\"#444\"/>\
+             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
+            px0 - 5.0,
+            px0 - 8.0,
+            y + 4.0,
+            esc(l)
+        );
+    }
+    let _ = writeln!(
+        o,
+        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"13\">{}</text>",
+        (px0 + px1) / 2.0,
+        h - 14.0,
+        esc(&plot.x_label)
+    );
+    let _ = writeln!(
+        o,
+        "<text transform=\"translate(16 {:.1}) rotate(-90)\" text-anchor=\"middle\" font-size=\"13\">{}</text>",
+        (py0 + py1) / 2.0,
+        esc(&plot.y_label)
+    );
+    o.push_str("</g>\n");
+    if empty {
+        let _ = writeln!(
+            o,
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"#888\">no data</text>",
+            (px0 + px1) / 2.0,
+            (py0 + py1) / 2.0
+        );
+    }
+
+    // Series.
+    let poly = |pts: &[(f64, f64)]| -> String {
+        pts.iter()
+            .map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    for (i, l) in lines.iter().enumerate() {
+        let c = color(i);
+        let dash = if l.series.dashed {
+            " stroke-dasharray=\"6 4\""
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            o,
+            "<g class=\"series\" data-name=\"{}\">",
+            esc(&l.series.name)
+        );
+        if l.series.smooth.is_some() {
+            if l.points.len() > 1 {
+                let _ = writeln!(
+                    o,
+                    "<polyline points=\"{}\" fill=\"none\" stroke=\"{c}\" stroke-opacity=\"0.25\" stroke-width=\"1\"/>",
+                    poly(&l.points)
+                );
+            }
+            for &(x, y) in &l.points {
+                let _ = writeln!(
+                    o,
+                    "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"2.5\" fill=\"{c}\" fill-opacity=\"0.3\"/>",
+                    sx(x),
+                    sy(y)
+                );
+            }
+            if l.smooth.len() > 1 {
+                let _ = writeln!(
+                    o,
+                    "<polyline points=\"{}\" fill=\"none\" stroke=\"{c}\" stroke-width=\"2.5\"{dash}/>",
+                    poly(&l.smooth)
+                );
+            } else if let Some(&(x, y)) = l.smooth.first() {
+                let _ = writeln!(
+                    o,
+                    "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"4\" fill=\"{c}\" stroke=\"white\"/>",
+                    sx(x),
+                    sy(y)
+                );
+            }
+        } else {
+            for (&(x, _), &(lo, hi)) in l.points.iter().zip(&l.intervals) {
+                let (x, a, b) = (sx(x), sy(lo), sy(hi));
+                let _ = writeln!(
+                    o,
+                    "<path d=\"M{x:.1},{a:.1}V{b:.1}M{:.1},{a:.1}h8M{:.1},{b:.1}h8\" stroke=\"{c}\" stroke-opacity=\"0.55\" stroke-width=\"1.5\" fill=\"none\"/>",
+                    x - 4.0,
+                    x - 4.0
+                );
+            }
+            if l.points.len() > 1 {
+                let _ = writeln!(
+                    o,
+                    "<polyline points=\"{}\" fill=\"none\" stroke=\"{c}\" stroke-width=\"2\"{dash}/>",
+                    poly(&l.points)
+                );
+            }
+            for &(x, y) in &l.points {
+                let _ = writeln!(
+                    o,
+                    "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"4\" fill=\"{c}\" stroke=\"white\" stroke-width=\"1\"/>",
+                    sx(x),
+                    sy(y)
+                );
+            }
+        }
+        o.push_str("</g>\n");
+    }
+
+    // Legend, right of the plot area.
+    let lx = px1 + 14.0;
+    let fits = ((legend_w - 34.0) / (font * 0.6)).max(4.0) as usize;
+    for (k, (i, name)) in legend.iter().enumerate() {
+        let name = &if name.chars().count() > fits {
+            name.chars().take(fits - 1).collect::<String>() + "…"
+        } else {
+            name.clone()
+        };
+        let y = py0 + 8.0 + 20.0 * k as f64;
+        if *i == usize::MAX {
+            let _ = writeln!(
+                o,
+                "<circle cx=\"{:.1}\" cy=\"{y:.1}\" r=\"2.5\" fill=\"#888\" fill-opacity=\"0.5\"/>\
+                 <text x=\"{:.1}\" y=\"{:.1}\" fill=\"#666\">{}</text>",
+                lx + 11.0,
+                lx + 28.0,
+                y + 4.0,
+                esc(name)
+            );
+            continue;
+        }
+        let c = color(*i);
+        let dash = if lines[*i].series.dashed {
+            " stroke-dasharray=\"5 3\""
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            o,
+            "<line x1=\"{lx:.1}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" stroke=\"{c}\" stroke-width=\"2\"{dash}/>\
+             <circle cx=\"{:.1}\" cy=\"{y:.1}\" r=\"3.5\" fill=\"{c}\"/>\
+             <text x=\"{:.1}\" y=\"{:.1}\" fill=\"#222\">{}</text>",
+            lx + 22.0,
+            lx + 11.0,
+            lx + 28.0,
+            y + 4.0,
+            esc(name)
+        );
+    }
+    o.push_str("</svg>\n");
+    o
+}
+
+/// The `i`-th series colour as `#rrggbb` (the same palette as [`line_svg`]).
+pub fn color(i: usize) -> String {
+    let c = COLORS[i % COLORS.len()];
+    format!("#{:02x}{:02x}{:02x}", c.0, c.1, c.2)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,5 +706,127 @@ mod tests {
         assert!(s.starts_with("<svg") || s.contains("<svg"));
         assert!(s.contains("reward") && s.contains("verifier"));
         assert!(s.matches("<polyline").count() >= 2, "{s}");
+    }
+
+    /// The numbers of an attribute on every element of `tag`, e.g. the `cx` of each circle.
+    fn attrs(svg: &str, tag: &str, attr: &str) -> Vec<f64> {
+        svg.split(&format!("<{tag} "))
+            .skip(1)
+            .filter_map(|e| {
+                let e = format!(" {e}");
+                let rest = &e[e.find(&format!(" {attr}=\""))? + attr.len() + 3..];
+                rest[..rest.find('"')?].parse().ok()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_log_axis_is_labelled_in_plain_tokens() {
+        let ((lo, hi), ticks) = log_ticks(16.0, 1100.0, 8);
+        assert_eq!((lo, hi), (16.0, 1100.0));
+        assert_eq!(ticks, vec![16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0]);
+        // Many doublings: every other power.
+        let (_, ticks) = log_ticks(10.0, 30_000.0, 8);
+        assert_eq!(ticks, vec![16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0]);
+        // One point: widened to the powers of two around it.
+        assert_eq!(
+            log_ticks(30.0, 46.0, 8),
+            ((16.0, 64.0), vec![16.0, 32.0, 64.0])
+        );
+        assert_eq!(count_label(1024.0), "1024");
+        assert_eq!(count_label(1_500_000.0), "1.5M");
+        let svg = plot_svg(&Plot::new("acc", "tokens", "accuracy (%)").log_x().series(
+            Series::new("sc", vec![(20.0, 10.0), (300.0, 40.0), (900.0, 45.0)]),
+        ));
+        for t in ["16", "64", "256", "1024"] {
+            assert!(svg.contains(&format!(">{t}</text>")), "{t}: {svg}");
+        }
+        assert!(!svg.contains("ln(") && !svg.contains(">4.0<"), "{svg}");
+        // Equal ratios are equal distances: 16 -> 64 as wide as 256 -> 1024.
+        let x = |t: &str| {
+            let i = svg.find(&format!(">{t}</text>")).unwrap();
+            let e = &svg[svg[..i].rfind("<text x=\"").unwrap() + 9..];
+            e[..e.find('"').unwrap()].parse::<f64>().unwrap()
+        };
+        assert!(
+            ((x("64") - x("16")) - (x("1024") - x("256"))).abs() < 0.2,
+            "{svg}"
+        );
+    }
+
+    #[test]
+    fn every_point_has_a_marker_and_a_lone_point_shows() {
+        let svg = plot_svg(
+            &Plot::new("t", "x", "y")
+                .series(Series::new("one", vec![(3.0, 0.5)]))
+                .series(Series::new(
+                    "three",
+                    vec![(1.0, 0.1), (2.0, 0.2), (f64::NAN, 0.3), (4.0, 0.4)],
+                )),
+        );
+        // 1 + 3 data markers (the NaN is left out) + 2 legend markers.
+        assert_eq!(svg.matches("<circle").count(), 6, "{svg}");
+        assert_eq!(svg.matches("<polyline").count(), 1, "{svg}");
+        // Markers lie inside the plot frame, the legend right of it.
+        let frame_right = attrs(&svg, "rect", "x")[1] + attrs(&svg, "rect", "width")[1];
+        let cx = attrs(&svg, "circle", "cx");
+        assert!(cx[..4].iter().all(|&x| x < frame_right), "{svg}");
+        assert!(cx[4..].iter().all(|&x| x > frame_right), "{svg}");
+    }
+
+    #[test]
+    fn a_smoothed_series_draws_its_raw_points_faint() {
+        let ys = [0.0, 1.0, 0.0, 1.0, 0.0, 1.0];
+        let pts: Vec<(f64, f64)> = ys.iter().enumerate().map(|(i, &y)| (i as f64, y)).collect();
+        let svg = plot_svg(
+            &Plot::new("reward", "step", "reward")
+                .series(Series::new("reward", pts).smoothed(Smooth::Ema(0.8))),
+        );
+        assert_eq!(svg.matches("fill-opacity=\"0.3\"").count(), 6, "{svg}");
+        assert!(
+            svg.contains("stroke-width=\"2.5\"") && svg.contains("faint: raw values"),
+            "{svg}"
+        );
+        assert!(
+            svg.contains(">reward</text>") && svg.contains("rotate(-90)"),
+            "{svg}"
+        );
+    }
+
+    #[test]
+    fn smoothing_by_hand() {
+        // Bias-corrected EMA, w = 0.5: 2, then (0.5*1 + 0.5*4) / 0.75 = 3.333.
+        let e = ema(&[2.0, 4.0], 0.5);
+        assert_eq!(e[0], 2.0);
+        assert!((e[1] - 2.5 / 0.75).abs() < 1e-12);
+        assert_eq!(ema(&[1.0, 5.0], 0.0), vec![1.0, 5.0]);
+        assert_eq!(
+            moving_mean(&[0.0, 3.0, 6.0, 9.0], 3),
+            vec![1.5, 3.0, 6.0, 7.5]
+        );
+    }
+
+    #[test]
+    fn interval_bars_and_text_are_escaped() {
+        let svg = plot_svg(
+            &Plot::new("a <b>", "x & y", "acc")
+                .y_range(0.0, 100.0)
+                .series(
+                    Series::new("s<1>", vec![(1.0, 50.0), (2.0, 60.0)])
+                        .with_intervals(vec![(40.0, 60.0), (50.0, 70.0)]),
+                ),
+        );
+        assert!(
+            svg.contains("a &lt;b&gt;") && svg.contains("x &amp; y") && svg.contains("s&lt;1&gt;")
+        );
+        assert!(!svg.contains("<b>"));
+        assert_eq!(svg.matches("<path d=\"M").count(), 2, "{svg}");
+        // The asked-for range is kept: ticks 0 and 100.
+        assert!(
+            svg.contains(">0</text>") && svg.contains(">100</text>"),
+            "{svg}"
+        );
+        // No data: an empty frame that says so.
+        assert!(plot_svg(&Plot::new("e", "x", "y")).contains("no data"));
     }
 }

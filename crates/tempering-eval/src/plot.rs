@@ -1,14 +1,19 @@
-//! Accuracy against mean generated tokens (log scale), one line per strategy family, drawn with
-//! plotters as SVG (text) and PNG (pixels from plotters' bitmap backend, encoded by `png`; text
-//! rendered with the embedded DejaVu Sans, whose licence is in `assets/`).
+//! The evaluation's plots. Accuracy against mean generated tokens (log axis in plain tokens), one
+//! line per strategy family with 95% interval bars, as SVG ([`crate::curves::plot_svg`]) and as
+//! PNG (drawn with plotters' bitmap backend, encoded by `png`; text rendered with the embedded
+//! DejaVu Sans, whose licence is in `assets/`). And, per sampling family, what sampling bought:
+//! sampled pass@1, the strategy's accuracy and pass@N against the number of candidates. Knows the
+//! table's rows, nothing of how they were computed.
 
 use std::path::Path;
 use std::sync::Once;
 
+use plotters::coord::ranged1d::{KeyPointHint, NoDefaultFormatting, Ranged, ValueFormatter};
 use plotters::prelude::*;
 
+use crate::curves::{count_label, log_ticks, plot_svg, Plot, Scale, Series, COLORS};
 use crate::error::{write_atomic, EvalError, Result};
-use crate::table::StrategyRow;
+use crate::table::{Rate, StrategyRow};
 
 static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 static REGISTER: Once = Once::new();
@@ -20,62 +25,211 @@ pub(crate) fn register_font() {
     });
 }
 
-/// The lines to draw: (family, points sorted by tokens).
-fn series(rows: &[StrategyRow]) -> Vec<(String, Vec<(f64, f64)>)> {
-    let mut out: Vec<(String, Vec<(f64, f64)>)> = vec![];
-    for r in rows {
-        let p = (r.mean_tokens.max(1.0), 100.0 * r.accuracy);
-        match out.iter_mut().find(|s| s.0 == r.family) {
-            Some(s) => s.1.push(p),
-            None => out.push((r.family.clone(), vec![p])),
-        }
-    }
-    for s in &mut out {
-        s.1.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
-    }
-    out
+fn pct(r: &Rate) -> (f64, (f64, f64)) {
+    (100.0 * r.value, (100.0 * r.lo, 100.0 * r.hi))
 }
 
+/// A point with its interval: (x, y, (lo, hi)).
+type Pt = (f64, f64, (f64, f64));
+
+fn by_x(name: impl Into<String>, mut v: Vec<Pt>) -> Series {
+    v.sort_by(|a, b| a.0.total_cmp(&b.0));
+    Series::new(name, v.iter().map(|p| (p.0, p.1)).collect())
+        .with_intervals(v.iter().map(|p| p.2).collect())
+}
+
+/// Accuracy (%) against mean generated tokens per problem (log axis), one line per family, each
+/// point with its 95% Wilson interval.
+pub fn accuracy_plot(rows: &[StrategyRow], title: &str) -> Plot {
+    let mut fams: Vec<(String, Vec<Pt>)> = vec![];
+    for r in rows {
+        let (y, iv) = pct(&r.accuracy_rate());
+        let p = (r.mean_tokens.max(1.0), y, iv);
+        match fams.iter_mut().find(|f| f.0 == r.family) {
+            Some(f) => f.1.push(p),
+            None => fams.push((r.family.clone(), vec![p])),
+        }
+    }
+    let mut plot = Plot::new(
+        title,
+        "mean generated tokens per problem (log scale)",
+        "accuracy (%)",
+    )
+    .log_x()
+    .y_range(0.0, 100.0)
+    .size(900, 480);
+    for (name, pts) in fams {
+        plot = plot.series(by_x(name, pts));
+    }
+    plot
+}
+
+/// Per family of strategies that draw candidates, what sampling bought against the number of
+/// candidates N (log axis): pass@N (any candidate right: a perfect selector's ceiling, dashed),
+/// the strategy's own accuracy and sampled pass@1, each with its 95% interval. Families in
+/// first-seen order; none when no row drew candidates.
+pub fn sampling_plots(rows: &[StrategyRow]) -> Vec<(String, Plot)> {
+    let mut fams: Vec<String> = vec![];
+    for r in rows {
+        if r.sampled.is_some() && !fams.contains(&r.family) {
+            fams.push(r.family.clone());
+        }
+    }
+    fams.into_iter()
+        .map(|fam| {
+            let (mut ceil, mut acc, mut one) = (vec![], vec![], vec![]);
+            for r in rows.iter().filter(|r| r.family == fam) {
+                let Some(s) = &r.sampled else { continue };
+                let x = s.mean_candidates.max(1.0);
+                let (y, iv) = pct(&s.pass_n);
+                ceil.push((x, y, iv));
+                let (y, iv) = pct(&r.accuracy_rate());
+                acc.push((x, y, iv));
+                let (y, iv) = pct(&s.pass1);
+                one.push((x, y, iv));
+            }
+            let c = by_x("pass@N: any candidate right", ceil).dashed();
+            let a = by_x(format!("{fam}: the strategy's answer"), acc);
+            let p = by_x("pass@1: one sampled candidate", one);
+            let plot = Plot::new(
+                format!("What sampling bought: {fam}"),
+                "candidates per problem, N (log scale)",
+                "problems right (%)",
+            )
+            .log_x()
+            .y_range(0.0, 100.0)
+            .series(c)
+            .series(a)
+            .series(p);
+            (fam, plot)
+        })
+        .collect()
+}
+
+/// A plotters x axis in log2 coordinates whose ticks are the given powers of two, labelled as
+/// plain numbers (plotters' own log axis labels other values and its key points cannot be
+/// formatted through a combinator).
+struct TickAxis {
+    range: (f64, f64),
+    ticks: Vec<f64>,
+    log: bool,
+}
+
+impl Ranged for TickAxis {
+    type FormatOption = NoDefaultFormatting;
+    type ValueType = f64;
+
+    fn map(&self, v: &f64, limit: (i32, i32)) -> i32 {
+        let t = (v - self.range.0) / (self.range.1 - self.range.0);
+        limit.0 + (t * (limit.1 - limit.0) as f64).round() as i32
+    }
+
+    fn key_points<H: KeyPointHint>(&self, _hint: H) -> Vec<f64> {
+        self.ticks.clone()
+    }
+
+    fn range(&self) -> std::ops::Range<f64> {
+        self.range.0..self.range.1
+    }
+}
+
+impl ValueFormatter<f64> for TickAxis {
+    fn format_ext(&self, v: &f64) -> String {
+        if self.log {
+            count_label(2f64.powf(*v))
+        } else {
+            let s = format!("{v:.3}");
+            s.trim_end_matches('0').trim_end_matches('.').to_string()
+        }
+    }
+}
+
+/// Draws `plot` with plotters (for the PNG): a log x axis in log2 coordinates with ticks at
+/// powers of two labelled as plain numbers, lines, a marker at every point and interval bars.
 fn draw<DB: DrawingBackend>(
     root: DrawingArea<DB, plotters::coord::Shift>,
-    rows: &[StrategyRow],
-    title: &str,
+    plot: &Plot,
 ) -> Result<(), String> {
     register_font();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
-    let lines = series(rows);
-    let (mut lo, mut hi) = (f64::INFINITY, 0.0f64);
-    for (_, pts) in &lines {
-        for &(x, _) in pts {
-            lo = lo.min(x);
-            hi = hi.max(x);
+    let log = plot.x_scale == Scale::Log;
+    let fx = |x: f64| if log { x.log2() } else { x };
+    let ok = |&(x, y): &(f64, f64)| x.is_finite() && y.is_finite() && (!log || x > 0.0);
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    let (mut ylo, mut yhi) = plot.y_range.unwrap_or((f64::INFINITY, f64::NEG_INFINITY));
+    for s in &plot.series {
+        for (i, p) in s.points.iter().enumerate().filter(|(_, p)| ok(p)) {
+            lo = lo.min(p.0);
+            hi = hi.max(p.0);
+            let (a, b) = s.intervals.get(i).copied().unwrap_or((p.1, p.1));
+            ylo = ylo.min(a.min(p.1));
+            yhi = yhi.max(b.max(p.1));
         }
     }
     if !lo.is_finite() {
-        lo = 1.0;
-        hi = 10.0;
+        (lo, hi) = (1.0, 16.0);
     }
-    let (lo, hi) = (lo / 1.5, hi * 1.5);
+    if !ylo.is_finite() || !yhi.is_finite() {
+        (ylo, yhi) = (0.0, 1.0);
+    } else if yhi <= ylo {
+        (ylo, yhi) = (ylo - 1.0, ylo + 1.0);
+    }
+    let (dom, ticks) = if log {
+        let (d, t) = log_ticks(lo / 1.25, hi * 1.25, 8);
+        (
+            (d.0.log2(), d.1.log2()),
+            t.iter().map(|t| t.log2()).collect(),
+        )
+    } else {
+        let pad = ((hi - lo) * 0.05).max(0.5);
+        let (_, t) = crate::curves::linear_ticks(lo - pad, hi + pad, 6);
+        ((lo - pad, hi + pad), t)
+    };
     let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 22))
+        .caption(&plot.title, ("sans-serif", 22))
         .margin(16)
         .x_label_area_size(44)
         .y_label_area_size(52)
-        .build_cartesian_2d((lo..hi).log_scale(), 0.0..100.0)
+        .build_cartesian_2d(
+            TickAxis {
+                range: dom,
+                ticks,
+                log,
+            },
+            ylo..yhi,
+        )
         .map_err(|e| e.to_string())?;
     chart
         .configure_mesh()
-        .x_desc("mean generated tokens per problem (log scale)")
-        .y_desc("accuracy (%)")
+        .x_desc(plot.x_label.as_str())
+        .y_desc(plot.y_label.as_str())
         .label_style(("sans-serif", 14))
         .draw()
         .map_err(|e| e.to_string())?;
-    for (i, (name, pts)) in lines.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
+    for (i, s) in plot.series.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let pts: Vec<(f64, f64)> = s
+            .points
+            .iter()
+            .filter(|p| ok(p))
+            .map(|&(x, y)| (fx(x), y))
+            .collect();
+        let bars: Vec<(f64, f64, f64)> = s
+            .points
+            .iter()
+            .zip(&s.intervals)
+            .filter(|(p, _)| ok(p))
+            .map(|(&(x, _), &(a, b))| (fx(x), a, b))
+            .collect();
+        chart
+            .draw_series(bars.iter().map(|&(x, a, b)| {
+                PathElement::new(vec![(x, a), (x, b)], color.mix(0.5).stroke_width(2))
+            }))
+            .map_err(|e| e.to_string())?;
         chart
             .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
             .map_err(|e| e.to_string())?
-            .label(name.clone())
+            .label(s.name.clone())
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
             });
@@ -97,15 +251,9 @@ fn draw<DB: DrawingBackend>(
 
 const SIZE: (u32, u32) = (900, 600);
 
-/// The plot as an SVG document.
-pub fn svg(rows: &[StrategyRow], title: &str) -> Result<String, String> {
-    let mut s = String::new();
-    draw(
-        SVGBackend::with_string(&mut s, SIZE).into_drawing_area(),
-        rows,
-        title,
-    )?;
-    Ok(s)
+/// The accuracy plot as an SVG document ([`accuracy_plot`] drawn by [`plot_svg`]).
+pub fn svg(rows: &[StrategyRow], title: &str) -> String {
+    plot_svg(&accuracy_plot(rows, title))
 }
 
 /// The plot as PNG bytes.
@@ -113,8 +261,7 @@ pub fn png(rows: &[StrategyRow], title: &str) -> Result<Vec<u8>, String> {
     let mut rgb = vec![0u8; (SIZE.0 * SIZE.1 * 3) as usize];
     draw(
         BitMapBackend::with_buffer(&mut rgb, SIZE).into_drawing_area(),
-        rows,
-        title,
+        &accuracy_plot(rows, title),
     )?;
     let mut out = vec![];
     let mut enc = png::Encoder::new(&mut out, SIZE.0, SIZE.1);
@@ -130,10 +277,7 @@ pub fn png(rows: &[StrategyRow], title: &str) -> Result<Vec<u8>, String> {
 pub fn write_plots(stem: &Path, rows: &[StrategyRow], title: &str) -> Result<String> {
     let svg_path = stem.with_extension("svg");
     let png_path = stem.with_extension("png");
-    let s = svg(rows, title).map_err(|msg| EvalError::Plot {
-        path: svg_path.clone(),
-        msg,
-    })?;
+    let s = svg(rows, title);
     write_atomic(&svg_path, s.as_bytes())?;
     let p = png(rows, title).map_err(|msg| EvalError::Plot {
         path: png_path.clone(),

@@ -1,42 +1,40 @@
 //! The run directory of an evaluation: `results.jsonl` (one line per strategy and problem),
 //! `table.md`, `table.csv`, `accuracy_vs_tokens.{svg,png}` and `report.html`, a self-contained
-//! page (the SVG inlined, no scripts, no network). Every file is written to a temporary name and
-//! renamed.
+//! page (the table with 95% intervals, the SVG plots inlined, no scripts, no network). Every file
+//! is written to a temporary name and renamed.
 
 use std::path::Path;
 
+use crate::curves::plot_svg;
 use crate::error::{write_atomic, EvalError, Result};
-use crate::plot::write_plots;
+use crate::page::{escape, eval_table, inline_svg, page, EVAL_TABLE_NOTE};
+use crate::plot::{sampling_plots, write_plots};
 use crate::run::ProblemResult;
 use crate::table::{csv, markdown, StrategyRow};
 
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
-/// The HTML page: title, what was run, the table and the inlined plot.
+/// The HTML page: title, what was run, the table with 95% intervals (and what sampling bought),
+/// the inlined accuracy plot `svg` and one plot per sampling family.
 pub fn html(title: &str, about: &str, rows: &[StrategyRow], svg: &str) -> String {
-    let mut t = String::from("<table><tr><th>strategy</th><th>problems</th><th>accuracy</th><th>mean generated tokens</th><th>mean model calls</th><th>mean scorer calls</th><th>wall s / problem</th><th>budget cut</th></tr>\n");
-    for r in rows {
-        t.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{:.1}%</td><td>{:.1}</td><td>{:.2}</td><td>{:.2}</td><td>{:.3}</td><td>{}</td></tr>\n",
-            escape(&r.strategy), r.problems, 100.0 * r.accuracy, r.mean_tokens, r.mean_calls, r.mean_scorer_calls, r.wall_s_per_problem, r.budget_cut
-        ));
+    let mut body = format!(
+        "<p>{}</p>\n{}\n<p class=\"note\">{}</p>\n<h2>Accuracy against generated tokens</h2>\n\
+         <p class=\"note\">One line per strategy family; bars are 95% Wilson intervals.</p>\n<figure>{}</figure>\n",
+        escape(about),
+        eval_table(rows),
+        escape(EVAL_TABLE_NOTE),
+        inline_svg(svg),
+    );
+    let sampling = sampling_plots(rows);
+    if !sampling.is_empty() {
+        body.push_str(
+            "<h2>What sampling bought</h2>\n<p class=\"note\">For each family that draws whole \
+             candidates: one sampled candidate (pass@1), the strategy's chosen answer, and whether \
+             any candidate was right (pass@N, dashed: the most a perfect selector could reach).</p>\n",
+        );
+        for (_, plot) in &sampling {
+            body.push_str(&format!("<figure>{}</figure>\n", plot_svg(plot)));
+        }
     }
-    t.push_str("</table>");
-    // The SVG document's XML declaration is not allowed inside HTML.
-    let svg = match svg.find("<svg") {
-        Some(i) => &svg[i..],
-        None => svg,
-    };
-    format!(
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title>\n<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #999;padding:4px 8px;text-align:right}}td:first-child{{text-align:left}}</style></head>\n<body><h1>{title}</h1>\n<p>{about}</p>\n{t}\n<h2>Accuracy against generated tokens</h2>\n{svg}\n</body></html>\n",
-        title = escape(title),
-        about = escape(about),
-    )
+    page(title, &body)
 }
 
 /// Writes every output of a run into `dir` (created if needed).
