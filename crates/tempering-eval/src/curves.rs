@@ -277,20 +277,33 @@ pub fn log_ticks(lo: f64, hi: f64, max: usize) -> ((f64, f64), Vec<f64>) {
     (domain, ticks)
 }
 
-/// Ticks of a linear axis over [lo, hi]: a step of 1, 2 or 5 times a power of ten giving about
-/// `target` intervals. Returns (step, ticks within [lo, hi]).
+/// Ticks of a linear axis over [lo, hi]: a step of 1, 2, 2.5 or 5 times a power of ten, the one
+/// whose tick count is nearest `target` + 1 (the larger step on ties). Returns (step, ticks within
+/// [lo, hi]).
 pub fn linear_ticks(lo: f64, hi: f64, target: usize) -> (f64, Vec<f64>) {
     let raw = (hi - lo).abs().max(1e-12) / target.max(1) as f64;
     let mag = 10f64.powf(raw.log10().floor());
-    let step = [1.0, 2.0, 2.5, 5.0, 10.0]
-        .iter()
-        .map(|m| m * mag)
-        .find(|s| *s >= raw * 0.999)
-        .unwrap_or(10.0 * mag);
-    let first = (lo / step - 1e-9).ceil() as i64;
-    let last = (hi / step + 1e-9).floor() as i64;
-    let ticks = (first..=last).map(|k| k as f64 * step).collect();
-    (step, ticks)
+    let ticks_of = |step: f64| -> Vec<f64> {
+        let first = (lo / step - 1e-9).ceil() as i64;
+        let last = (hi / step + 1e-9).floor() as i64;
+        (first..=last).map(|k| k as f64 * step).collect()
+    };
+    let want = target.max(1) as f64 + 1.0;
+    let mut best: Option<(f64, Vec<f64>)> = None;
+    for scale in [0.1, 1.0, 10.0] {
+        for m in [1.0, 2.0, 2.5, 5.0] {
+            let step = m * mag * scale;
+            let t = ticks_of(step);
+            let better = match &best {
+                None => true,
+                Some((_, b)) => (t.len() as f64 - want).abs() <= (b.len() as f64 - want).abs(),
+            };
+            if better {
+                best = Some((step, t));
+            }
+        }
+    }
+    best.unwrap_or((mag, vec![]))
 }
 
 fn linear_label(v: f64, step: f64) -> String {
@@ -407,7 +420,7 @@ pub fn plot_svg(plot: &Plot) -> String {
     // Axes: domains and ticks.
     let (x_dom, x_ticks, x_labels): ((f64, f64), Vec<f64>, Vec<String>) = match plot.x_scale {
         Scale::Log => {
-            let (dom, ticks) = log_ticks(x0 / 1.25, x1 * 1.25, 8);
+            let (dom, ticks) = log_ticks(x0 / 1.4, x1 * 1.4, 8);
             let labels = ticks.iter().map(|&t| count_label(t)).collect();
             (dom, ticks, labels)
         }

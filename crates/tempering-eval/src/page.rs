@@ -51,7 +51,9 @@ pub fn html_table(headers: &[&str], rows: &[Vec<String>]) -> String {
             " style=\"text-align:left\""
         }
     };
-    let mut t = String::from("<table class=\"results\">\n<thead><tr>");
+    let mut t = String::from(
+        "<div class=\"table-wrap\" style=\"overflow-x:auto\"><table class=\"results\">\n<thead><tr>",
+    );
     for c in 0..cols {
         let h = headers.get(c).copied().unwrap_or("");
         t.push_str(&format!("<th{}>{}</th>", align(c), escape(h)));
@@ -65,7 +67,7 @@ pub fn html_table(headers: &[&str], rows: &[Vec<String>]) -> String {
         }
         t.push_str("</tr>\n");
     }
-    t.push_str("</tbody>\n</table>");
+    t.push_str("</tbody>\n</table></div>");
     t
 }
 
@@ -82,7 +84,8 @@ pub const EVAL_TABLE_NOTE: &str =
      For strategies that draw whole candidate answers (sc, wsc, bon, esc, adaptive), \
      pass@1 sampled is the mean share of candidates that are right, and pass@N the share of \
      problems where any candidate is right: what a perfect verifier could select. \
-     A strategy's accuracy between the two is what its vote or scorer achieved.";
+     A strategy's accuracy between the two is what its vote or scorer achieved; \
+     early stopping and adaptive sampling draw fewer than N candidates (their mean is shown).";
 
 /// An SVG document's `<svg ...>...</svg>` element, without any XML declaration before it (not
 /// allowed inside HTML).
@@ -94,11 +97,11 @@ pub fn inline_svg(svg: &str) -> &str {
 }
 
 /// The page's style sheet.
-pub const STYLE: &str = "body{font-family:DejaVu Sans,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1100px;padding:0 1em;color:#222;line-height:1.45}\
+pub const STYLE: &str = "body{font-family:DejaVu Sans,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1200px;padding:0 1em;color:#222;line-height:1.45}\
 h1{font-size:1.6em}h2{font-size:1.25em;margin-top:1.6em}\
-table.results{border-collapse:collapse;font-size:0.9em;margin:1em 0}\
-table.results th,table.results td{border-bottom:1px solid #ddd;padding:4px 10px;white-space:nowrap;vertical-align:top}\
-table.results th{border-bottom:2px solid #888;font-weight:600}\
+table.results{border-collapse:collapse;font-size:0.85em;margin:1em 0}\
+table.results th,table.results td{border-bottom:1px solid #ddd;padding:4px 6px;white-space:nowrap;vertical-align:top}\
+table.results th{border-bottom:2px solid #888;font-weight:600;white-space:normal;vertical-align:bottom;min-width:4em}\
 table.results tbody tr:nth-child(even){background:#f7f7f7}\
 .note{color:#555;font-size:0.9em;max-width:60em}\
 figure{margin:1em 0}svg{max-width:100%;height:auto}";

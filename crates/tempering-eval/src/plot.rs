@@ -175,7 +175,7 @@ fn draw<DB: DrawingBackend>(
         (ylo, yhi) = (ylo - 1.0, ylo + 1.0);
     }
     let (dom, ticks) = if log {
-        let (d, t) = log_ticks(lo / 1.25, hi * 1.25, 8);
+        let (d, t) = log_ticks(lo / 1.4, hi * 1.4, 8);
         (
             (d.0.log2(), d.1.log2()),
             t.iter().map(|t| t.log2()).collect(),

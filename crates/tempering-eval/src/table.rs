@@ -182,12 +182,13 @@ pub fn summarise(results: &[ProblemResult]) -> Vec<StrategyRow> {
 }
 
 /// The header cells of the human-readable table (Markdown, HTML), in order.
-pub const HEADERS: [&str; 10] = [
+pub const HEADERS: [&str; 11] = [
     "strategy",
     "problems",
     "accuracy [95% CI]",
     "pass@1 sampled [95% CI]",
-    "pass@N (any candidate right)",
+    "pass@N: any right [95% CI]",
+    "candidates / problem",
     "mean generated tokens",
     "mean model calls",
     "mean scorer calls",
@@ -195,27 +196,24 @@ pub const HEADERS: [&str; 10] = [
     "budget cut",
 ];
 
-/// The candidates drawn per problem: `N=16` when the mean is whole, else `N≈3.2`.
+/// The candidates drawn per problem: `16` when the mean is whole, else `3.2` (the mean).
 fn candidates_text(mean: f64) -> String {
     if (mean - mean.round()).abs() < 1e-9 {
-        format!("N={}", mean.round())
+        format!("{}", mean.round())
     } else {
-        format!("N≈{mean:.1}")
+        format!("{mean:.1}")
     }
 }
 
 /// The cells of one row under [`HEADERS`]; the sampling columns are `-` where they do not apply.
 pub fn cells(r: &StrategyRow) -> Vec<String> {
-    let (pass1, pass_n) = match &r.sampled {
+    let (pass1, pass_n, drawn) = match &r.sampled {
         Some(s) => (
             s.pass1.text_short(),
-            format!(
-                "{} ({})",
-                s.pass_n.text_short(),
-                candidates_text(s.mean_candidates)
-            ),
+            s.pass_n.text_short(),
+            candidates_text(s.mean_candidates),
         ),
-        None => ("-".to_string(), "-".to_string()),
+        None => ("-".to_string(), "-".to_string(), "-".to_string()),
     };
     vec![
         r.strategy.clone(),
@@ -223,6 +221,7 @@ pub fn cells(r: &StrategyRow) -> Vec<String> {
         r.accuracy_rate().text(),
         pass1,
         pass_n,
+        drawn,
         format!("{:.1}", r.mean_tokens),
         format!("{:.2}", r.mean_calls),
         format!("{:.2}", r.mean_scorer_calls),

@@ -114,7 +114,7 @@ fn a_grid_is_judged_summarised_and_written() {
     let md = std::fs::read_to_string(dir.path().join("table.md")).unwrap();
     assert!(
         md.contains("| sc@3 | 2 | 50.0% [9.5, 90.5] (n=2) | 33.3% [")
-            && md.contains("| 50.0% [9.5, 90.5] (N=3) |"),
+            && md.contains("| 50.0% [9.5, 90.5] | 3 |"),
         "{md}"
     );
     // table.csv keeps its first columns in place (readers index them) and appends the new ones.
@@ -199,7 +199,7 @@ fn pass_at_n_counts_a_right_candidate_that_selection_missed() {
     assert!(results[2].candidates.is_none());
     let md = tempering_eval::table::markdown(&rows);
     let greedy = md.lines().find(|l| l.starts_with("| greedy |")).unwrap();
-    assert!(greedy.contains("| - | - |"), "{md}");
+    assert!(greedy.contains("| - | - | - |"), "{md}");
     let csv = tempering_eval::table::csv(&rows);
     let greedy = csv.lines().find(|l| l.starts_with("\"greedy\"")).unwrap();
     assert!(greedy.ends_with(",,,,,,"), "{csv}");
