@@ -2,18 +2,21 @@
 //! exactly as a user would type them (each stage is a `temper` command line run in-process):
 //! seeded task data, the tiny model trained from scratch (SFT; or, with `--model smollm2` or a
 //! path, LoRA on a pretrained model, merged between stages), a PRM trained on automatically
-//! labelled steps, GRPO with the task's verifier and the KL, forgetting and hacking guards, then
-//! test-time strategies at several budgets on the held-out test split. It ends with one table and
-//! a self-contained HTML report. Holds no algorithm of its own.
+//! labelled steps, GRPO with the task's verifier (with and without replay against forgetting),
+//! optionally a reward-hacking run against a gameable proxy, then test-time strategies on the
+//! held-out test split. Every accuracy comes with its problem count and a 95% interval. It ends
+//! with one table and a self-contained HTML report. Holds no algorithm of its own.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use serde::Deserialize;
 use serde_json::{Map, Value};
-use tempering_eval::curves::line_svg;
-use tempering_tasks::{generate, records, task_by_name, write_jsonl, GenerateSpec, Split};
+use tempering_tasks::{generate, records, task_by_name, write_jsonl, GenerateSpec, Split, Task};
+
+use super::demo_report::{self, EvalSummary, Report, RetainRow};
 
 #[derive(Args, Debug, Clone)]
 pub struct DemoArgs {
@@ -31,6 +34,11 @@ pub struct DemoArgs {
     /// The one-minute version (smaller stages; what the test suite runs).
     #[arg(long)]
     pub fast: bool,
+    /// Also train against a deliberately gameable proxy reward (rewarding length) beside the
+    /// held-out verifier: the proxy rises, the verifier falls and the guards say so; then the
+    /// same proxy with a KL anchor to the SFT model.
+    #[arg(long)]
+    pub hacking: bool,
     /// `tiny` (a 0.8M-parameter decoder trained from scratch, full fine-tuning), `smollm2`
     /// (SmolLM2-135M-Instruct from `scripts/fetch-smollm2.sh`, LoRA), or a path to an HF directory
     /// or GGUF file of a pretrained model (LoRA, like smollm2).
@@ -70,18 +78,14 @@ impl BaseModel {
 
 /// The LoRA flags of the pretrained-model pipeline's SFT and GRPO: rank 16 on every attention
 /// projection.
-fn lora_flags() -> Vec<String> {
-    [
-        "--lora-r",
-        "16",
-        "--lora-alpha",
-        "32",
-        "--lora-targets",
-        "q,k,v,o",
-    ]
-    .map(String::from)
-    .to_vec()
-}
+const LORA_FLAGS: [&str; 6] = [
+    "--lora-r",
+    "16",
+    "--lora-alpha",
+    "32",
+    "--lora-targets",
+    "q,k,v,o",
+];
 
 /// Sizes of each stage.
 struct Plan {
@@ -97,10 +101,19 @@ struct Plan {
     grpo_prompts: usize,
     grpo_generations: usize,
     grpo_lr: f64,
+    /// Rollout temperature: below 1 the groups sample near the greedy answer, so what RL fixes
+    /// is what greedy decoding does.
+    grpo_temperature: f64,
+    /// Train-split prompts drawn for RL (duplicates allowed when the split is smaller).
+    grpo_num_prompts: usize,
+    /// Run GRPO a second time with replay of retain-level worked solutions.
+    replay: bool,
     test_problems: usize,
+    retain_problems: usize,
     /// The sample budgets of self-consistency and best-of-N.
     budgets: Vec<usize>,
     beams: Vec<&'static str>,
+    hacking_steps: usize,
 }
 
 impl Plan {
@@ -120,9 +133,14 @@ impl Plan {
                 grpo_prompts: 4,
                 grpo_generations: 4,
                 grpo_lr: 1e-4,
+                grpo_temperature: 1.0,
+                grpo_num_prompts: 2000,
+                replay: false,
                 test_problems: if fast { 3 } else { 40 },
+                retain_problems: if fast { 3 } else { 20 },
                 budgets: vec![if fast { 2 } else { 4 }],
                 beams: vec!["beam:2x2"],
+                hacking_steps: if fast { 1 } else { 8 },
             };
         }
         if fast {
@@ -138,45 +156,72 @@ impl Plan {
                 grpo_prompts: 4,
                 grpo_generations: 8,
                 grpo_lr: 2e-5,
+                grpo_temperature: 1.0,
+                grpo_num_prompts: 2000,
+                replay: true,
                 test_problems: 40,
+                retain_problems: 20,
                 budgets: vec![4, 8],
                 beams: vec!["beam:2x2"],
+                hacking_steps: 4,
             }
         } else {
             Plan {
                 sft_steps: 600,
                 sft_problems: 20_000,
-                label_problems: 96,
+                label_problems: 192,
                 label_samples: 4,
                 label_rollouts: 8,
-                prm_steps: 200,
+                prm_steps: 300,
                 prm_lr: 1e-3,
-                grpo_steps: 40,
-                grpo_prompts: 8,
+                grpo_steps: 80,
+                grpo_prompts: 16,
                 grpo_generations: 8,
-                grpo_lr: 2e-5,
-                test_problems: 150,
+                grpo_lr: 5e-5,
+                grpo_temperature: 0.6,
+                grpo_num_prompts: 20_000,
+                replay: true,
+                test_problems: 500,
+                retain_problems: 200,
                 budgets: vec![4, 16],
                 beams: vec!["beam:2x2"],
+                hacking_steps: 30,
             }
         }
     }
 }
 
-/// Runs one `temper` command line in this process.
-fn temper(args: &[String]) -> Result<()> {
-    eprintln!("  $ temper {}", args.join(" "));
-    let mut full = vec!["temper".to_string()];
-    full.extend(args.iter().cloned());
-    crate::run_args(&full)
-}
+/// A `temper` command line under construction; [`Cmd::run`] runs it in this process.
+struct Cmd(Vec<String>);
 
-fn s(x: impl ToString) -> String {
-    x.to_string()
-}
+impl Cmd {
+    fn new(words: &[&str]) -> Self {
+        Cmd(words.iter().map(|w| w.to_string()).collect())
+    }
 
-fn p(x: &Path) -> String {
-    x.display().to_string()
+    /// `--flag value`.
+    fn arg(mut self, flag: &str, value: impl ToString) -> Self {
+        self.0.push(flag.to_string());
+        self.0.push(value.to_string());
+        self
+    }
+
+    fn path(self, flag: &str, value: &Path) -> Self {
+        self.arg(flag, value.display())
+    }
+
+    /// Bare words (a positional argument, a switch, or several flags at once).
+    fn words<S: ToString>(mut self, words: impl IntoIterator<Item = S>) -> Self {
+        self.0.extend(words.into_iter().map(|w| w.to_string()));
+        self
+    }
+
+    fn run(self) -> Result<()> {
+        eprintln!("  $ temper {}", self.0.join(" "));
+        let mut full = vec!["temper".to_string()];
+        full.extend(self.0);
+        crate::run_args(&full)
+    }
 }
 
 /// A demo directory may be replaced; anything else in the way is refused.
@@ -200,55 +245,449 @@ fn prepare_output(out: &Path) -> Result<()> {
         .with_context(|| format!("writing {}", out.join("demo.json").display()))
 }
 
-/// One row of an evaluation's `table.csv`.
-#[derive(Clone, Debug)]
-struct EvalRow {
-    strategy: String,
-    family: String,
-    accuracy: f64,
-    mean_tokens: f64,
+/// One line of an evaluation's `results.jsonl` (the fields the demo reads).
+#[derive(Deserialize, Debug, Clone)]
+pub(crate) struct ResultLine {
+    pub strategy: String,
+    pub index: usize,
+    pub correct: bool,
+    pub cost: CostLine,
+    /// A sampling strategy's candidates: how many it drew and how many are correct.
+    #[serde(default)]
+    pub candidates: Option<CandidatesLine>,
 }
 
-fn read_table(dir: &Path) -> Result<Vec<EvalRow>> {
-    let path = dir.join("table.csv");
+#[derive(Deserialize, Debug, Clone, Copy)]
+pub(crate) struct CandidatesLine {
+    pub drawn: usize,
+    pub correct: usize,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+pub(crate) struct CostLine {
+    pub generated_tokens: usize,
+}
+
+fn read_results(dir: &Path) -> Result<Vec<ResultLine>> {
+    let path = dir.join("results.jsonl");
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let mut rows = Vec::new();
-    for (i, line) in text.lines().enumerate().skip(1) {
-        let f: Vec<&str> = line.split(',').map(|x| x.trim_matches('"')).collect();
-        let num = |k: usize| -> Result<f64> {
-            f.get(k).and_then(|x| x.parse().ok()).with_context(|| {
-                format!("{}:{}: column {k} is not a number", path.display(), i + 1)
-            })
-        };
-        rows.push(EvalRow {
-            strategy: f.first().map(|x| x.to_string()).unwrap_or_default(),
-            family: f.get(1).map(|x| x.to_string()).unwrap_or_default(),
-            accuracy: num(3)?,
-            mean_tokens: num(4)?,
-        });
-    }
-    Ok(rows)
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .with_context(|| format!("{}:{}: not an eval result", path.display(), i + 1))
+        })
+        .collect()
 }
 
 fn read_metrics(path: &Path) -> Result<Vec<Map<String, Value>>> {
     tempering_train::metrics::read(path).with_context(|| format!("reading {}", path.display()))
 }
 
-fn series(recs: &[Map<String, Value>], x: &str, key: &str) -> Vec<(f64, f64)> {
-    recs.iter()
-        .filter_map(|r| Some((r.get(x)?.as_f64()?, r.get(key)?.as_f64()?)))
-        .collect()
+/// What the stages share.
+struct Demo {
+    args: DemoArgs,
+    task: Box<dyn Task>,
+    level: u32,
+    base: BaseModel,
+    plan: Plan,
+    out: PathBuf,
+    data: PathBuf,
+    timings: Vec<(String, f64)>,
 }
 
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+/// The data files of stage 1.
+struct DataFiles {
+    test: PathBuf,
+    retain: PathBuf,
+    replay: PathBuf,
 }
 
-fn svg_body(svg: &str) -> &str {
-    svg.find("<svg").map_or(svg, |i| &svg[i..])
+/// A trained RL policy: its run directory and the model directory the evaluations read.
+struct RlRun {
+    name: &'static str,
+    run: PathBuf,
+    model: PathBuf,
+}
+
+impl Demo {
+    fn lora(&self) -> bool {
+        matches!(self.base, BaseModel::Pretrained(_))
+    }
+
+    fn timed<T>(&mut self, name: &str, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        let t = Instant::now();
+        let out = f(self)?;
+        let secs = t.elapsed().as_secs_f64();
+        eprintln!("  {name}: {secs:.1} s");
+        self.timings.push((name.to_string(), secs));
+        Ok(out)
+    }
+
+    fn generate(
+        &self,
+        level: u32,
+        n: usize,
+        split: Split,
+        seed: u64,
+        unique: bool,
+    ) -> Result<Vec<tempering_tasks::Problem>> {
+        Ok(generate(
+            self.task.as_ref(),
+            &GenerateSpec {
+                level,
+                n,
+                seed,
+                split,
+                unique,
+            },
+        )?)
+    }
+
+    /// Distinct held-out problems: as many as asked, or every one the split has.
+    fn distinct(
+        &self,
+        level: u32,
+        n: usize,
+        split: Split,
+        seed: u64,
+    ) -> Result<Vec<tempering_tasks::Problem>> {
+        match self.generate(level, n, split, seed, true) {
+            Ok(p) => Ok(p),
+            Err(_) => {
+                // A small split: take what it has (duplicates dropped).
+                let mut all = self.generate(level, n * 4, split, seed, false)?;
+                let mut seen = std::collections::BTreeSet::new();
+                all.retain(|p| seen.insert(p.prompt.clone()));
+                Ok(all)
+            }
+        }
+    }
+
+    /// 1. Seeded data: the held-out test split (distinct problems); a retain set of the easiest
+    ///    level (what the model should not forget while RL pushes on the hardest level) and its
+    ///    train-split twin, replayed against forgetting.
+    fn data(&mut self) -> Result<DataFiles> {
+        let seed = self.args.seed;
+        eprintln!(
+            "[1/7] data: {} level {}, seed {seed}",
+            self.args.task, self.level
+        );
+        let test = self.distinct(self.level, self.plan.test_problems, Split::Test, seed)?;
+        let test_path = self.data.join("test.jsonl");
+        write_jsonl(&test_path, &records(&test, seed))?;
+        // The neighbouring level: RL never trains on it.
+        let levels = self.task.levels();
+        let retain_level = if self.level > *levels.start() {
+            self.level - 1
+        } else {
+            (self.level + 1).min(*levels.end())
+        };
+        let retain = self.distinct(
+            retain_level,
+            self.plan.retain_problems,
+            Split::Test,
+            seed + 7,
+        )?;
+        let retain_path = self.data.join("retain.jsonl");
+        write_jsonl(&retain_path, &records(&retain, seed + 7))?;
+        let replay = self.generate(retain_level, 2000, Split::Train, seed + 8, false)?;
+        let replay_path = self.data.join("replay.jsonl");
+        write_jsonl(&replay_path, &records(&replay, seed + 8))?;
+        Ok(DataFiles {
+            test: test_path,
+            retain: retain_path,
+            replay: replay_path,
+        })
+    }
+
+    /// 2. SFT on worked solutions: the tiny model from scratch, or LoRA on a pretrained model
+    ///    (then merged, so that every later stage reads one ordinary HF directory).
+    fn sft(&mut self) -> Result<PathBuf> {
+        let sft = self.out.join("sft");
+        let a = &self.args;
+        match &self.base {
+            BaseModel::Tiny => {
+                eprintln!("[2/7] SFT: the tiny model from scratch");
+                Cmd::new(&["tasks", "train-tiny", &a.task])
+                    .arg("--level", self.level)
+                    .arg("--steps", self.plan.sft_steps)
+                    .arg("--train-problems", self.plan.sft_problems)
+                    .arg("--seed", a.seed)
+                    .arg("--eval-problems", 0)
+                    .path("--output", &sft)
+                    .path("--run-dir", &self.out.join("runs/sft"))
+                    .run()?;
+            }
+            BaseModel::Pretrained(model) => {
+                eprintln!("[2/7] SFT: LoRA on {}", model.display());
+                let train_path = self.data.join("train.jsonl");
+                Cmd::new(&["tasks", "generate", &a.task])
+                    .arg("--level", self.level)
+                    .arg("--n", self.plan.sft_problems)
+                    .arg("--seed", a.seed)
+                    .arg("--split", "train")
+                    .words(["--allow-duplicates"])
+                    .path("--output", &train_path)
+                    .run()?;
+                let sft_run = self.out.join("runs/sft");
+                Cmd::new(&["sft"])
+                    .path("--model", model)
+                    .path("--data", &train_path)
+                    .arg("--max-steps", self.plan.sft_steps)
+                    .arg("--batch-size", 8)
+                    .arg("--learning-rate", 1e-3)
+                    .arg("--seed", a.seed)
+                    .words(["--quiet"])
+                    .path("--output", &sft_run)
+                    .words(LORA_FLAGS)
+                    .run()?;
+                Cmd::new(&["merge"])
+                    .words([model.display().to_string()])
+                    .words([
+                        sft_run.join("adapter").display().to_string(),
+                        sft.display().to_string(),
+                    ])
+                    .run()?;
+            }
+        }
+        Ok(sft)
+    }
+
+    /// 3. A PRM from automatically labelled steps (Math-Shepherd rollouts from the SFT policy,
+    ///    balanced labels), and its step AUC on steps labelled the same way on held-out problems.
+    fn prm(&mut self, sft: &Path) -> Result<(PathBuf, Option<f64>)> {
+        eprintln!("[3/7] PRM: label steps by rollouts, then train");
+        let a = &self.args;
+        let label = |split: &str, n: usize, seed: u64, out: &Path, balance: bool| {
+            let mut c = Cmd::new(&["label-steps"])
+                .path("--policy", sft)
+                .arg("--task", &a.task)
+                .arg("--level", self.level)
+                .arg("--split", split)
+                .arg("--n", n)
+                .arg("--samples", self.plan.label_samples)
+                .arg("--rollouts", self.plan.label_rollouts)
+                .arg("--max-new-tokens", 64)
+                .arg("--seed", seed)
+                .path("--output", out);
+            if balance {
+                c = c.words(["--balance"]);
+            }
+            c.run()
+        };
+        let steps = self.data.join("steps.jsonl");
+        label("train", self.plan.label_problems, a.seed, &steps, true)?;
+        let heldout = self.data.join("steps-heldout.jsonl");
+        label(
+            "test",
+            (self.plan.label_problems / 4).max(4),
+            a.seed + 1,
+            &heldout,
+            false,
+        )?;
+        let prm_run = self.out.join("runs/prm");
+        Cmd::new(&["prm"])
+            .path("--model", sft)
+            .path("--data", &steps)
+            .arg("--max-steps", self.plan.prm_steps)
+            .arg("--learning-rate", self.plan.prm_lr)
+            .arg("--batch-size", 16)
+            .arg("--seed", a.seed)
+            .words(["--quiet"])
+            .path("--output", &prm_run)
+            .run()?;
+        let prm = prm_run.join("model");
+        let scored = self.data.join("steps-heldout-scored.jsonl");
+        Cmd::new(&["score"])
+            .words([prm.display().to_string()])
+            .path("--data", &heldout)
+            .path("--output", &scored)
+            .run()?;
+        Ok((prm, demo_report::step_auc(&scored).ok()))
+    }
+
+    /// 4. GRPO with the task's verifier as reward; math_answer (an independent answer checker)
+    ///    is the held-out verifier of the hacking monitor; the retain set watches forgetting.
+    fn grpo(
+        &mut self,
+        name: &'static str,
+        sft: &Path,
+        data: &DataFiles,
+        replay: bool,
+    ) -> Result<RlRun> {
+        let run = self.out.join(format!("runs/{name}"));
+        let a = &self.args;
+        let p = &self.plan;
+        let mut c = Cmd::new(&["grpo"])
+            .path("--model", sft)
+            .arg("--task", &a.task)
+            .arg("--level", self.level)
+            .arg("--num-prompts", p.grpo_num_prompts)
+            .arg("--reward", "task_verifier")
+            .arg("--num-generations", p.grpo_generations)
+            .arg("--prompts-per-step", p.grpo_prompts)
+            .arg("--steps", p.grpo_steps)
+            .arg("--micro-batch-size", 64)
+            .arg("--learning-rate", p.grpo_lr)
+            .arg("--temperature", p.grpo_temperature)
+            .arg("--loss-type", "dapo")
+            .arg("--beta", 0)
+            .arg("--max-completion-length", 64)
+            .path("--retain-data", &data.retain)
+            .arg("--retain-every", (p.grpo_steps / 4).max(1))
+            .arg("--log-rollouts-every", 5)
+            .arg("--seed", a.seed)
+            .words(["--quiet"])
+            .path("--output", &run);
+        // math_answer compares final answers by value: an independent check of arithmetic and
+        // base conversion, but countdown has many right expressions, which only its own verifier
+        // accepts.
+        if a.task != "countdown" {
+            c = c.arg("--verifier", "math_answer");
+        }
+        if replay {
+            c = c
+                .path("--replay-data", &data.replay)
+                .arg("--replay-coef", 0.1);
+        }
+        if self.lora() {
+            c = c.words(LORA_FLAGS);
+        }
+        c.run()?;
+        let model = if self.lora() {
+            let merged = self.out.join(name);
+            Cmd::new(&["merge"])
+                .words([
+                    sft.display().to_string(),
+                    run.join("adapter").display().to_string(),
+                    merged.display().to_string(),
+                ])
+                .run()?;
+            merged
+        } else {
+            run.join("model")
+        };
+        Ok(RlRun { name, run, model })
+    }
+
+    /// The hacking stage: a proxy that pays for length (which a wrong answer earns as well as a
+    /// right one) beside the held-out verifier, then the same proxy anchored by a KL penalty.
+    fn hacking(&mut self, sft: &Path) -> Result<Vec<(String, Vec<Map<String, Value>>)>> {
+        eprintln!("[hacking] GRPO against a gameable proxy (length), then with a KL anchor");
+        let a = &self.args;
+        let mut runs = Vec::new();
+        for (name, beta) in [("hack-proxy", 0.0), ("hack-kl", 0.5)] {
+            let run = self.out.join(format!("runs/{name}"));
+            let mut c = Cmd::new(&["grpo"])
+                .path("--model", sft)
+                .arg("--task", &a.task)
+                .arg("--level", self.level)
+                .arg("--num-prompts", self.plan.grpo_num_prompts)
+                .arg(
+                    "--reward",
+                    "0.2*task_verifier - length_penalty(coef=0.02, target=0)",
+                )
+                .arg("--verifier", "task_verifier")
+                .arg("--num-generations", 8)
+                .arg("--prompts-per-step", 8)
+                .arg("--steps", self.plan.hacking_steps)
+                .arg("--micro-batch-size", 64)
+                .arg("--learning-rate", 1e-4)
+                .arg("--beta", beta)
+                .arg("--max-completion-length", 64)
+                .arg("--hacking-window", 4)
+                .arg("--log-rollouts-every", 0)
+                .arg("--seed", a.seed)
+                .words(["--quiet"])
+                .path("--output", &run);
+            if self.lora() {
+                c = c.words(LORA_FLAGS);
+            }
+            c.run()?;
+            runs.push((name.to_string(), read_metrics(&run.join("metrics.jsonl"))?));
+        }
+        Ok(runs)
+    }
+
+    /// 5. Test-time strategies on the held-out test split: once with the learned PRM scoring
+    ///    steps, once with the task's rule step checker (no reference answer, a process verifier).
+    fn search(
+        &mut self,
+        models: &[(&str, &Path)],
+        data: &DataFiles,
+        prm: &Path,
+    ) -> Result<Vec<EvalSummary>> {
+        eprintln!(
+            "[5/7] test-time search on {} held-out problems",
+            self.plan.test_problems
+        );
+        let mut voting = vec!["greedy".to_string(), "sample".to_string()];
+        let mut scored = Vec::new();
+        for n in &self.plan.budgets {
+            voting.push(format!("sc@{n}"));
+            scored.push(format!("bon@{n}:min"));
+        }
+        voting.push(format!(
+            "adaptive@{}",
+            self.plan.budgets.iter().max().copied().unwrap_or(4)
+        ));
+        scored.extend(self.plan.beams.iter().map(|b| b.to_string()));
+        let mut out = Vec::new();
+        for (name, model) in models {
+            let mut rows = Vec::new();
+            let prm_flags = vec!["--prm".to_string(), prm.display().to_string()];
+            let rule_flags = vec!["--scorer".to_string(), "rule".to_string()];
+            for (label, slug, strategies, scorer) in [
+                ("", "", &voting, None),
+                (" (PRM)", "-prm", &scored, Some(prm_flags)),
+                (" (rule)", "-rule", &scored, Some(rule_flags)),
+            ] {
+                if slug == "-rule" && self.args.task != "arithmetic" {
+                    continue;
+                }
+                let dir = self.out.join(format!("eval/{name}{slug}"));
+                Cmd::new(&["eval"])
+                    .words([model.display().to_string()])
+                    .path("--data", &data.test)
+                    .arg("--strategies", strategies.join(","))
+                    .words(scorer.unwrap_or_default())
+                    .arg("--max-new-tokens", 64)
+                    .arg("--seed", self.args.seed)
+                    .path("--output", &dir)
+                    .run()?;
+                rows.push((label.to_string(), read_results(&dir)?));
+            }
+            out.push(EvalSummary::new(name, &rows));
+        }
+        Ok(out)
+    }
+
+    /// 6. Forgetting: greedy accuracy on the retain set before and after RL.
+    fn retain(&mut self, models: &[(&str, &Path)], data: &DataFiles) -> Result<Vec<RetainRow>> {
+        eprintln!("[6/7] forgetting: greedy accuracy on the retain set");
+        let mut rows = Vec::new();
+        for (name, model) in models {
+            let dir = self.out.join(format!("eval/retain-{name}"));
+            Cmd::new(&["eval"])
+                .words([model.display().to_string()])
+                .path("--data", &data.retain)
+                .arg("--strategies", "greedy")
+                .arg("--max-new-tokens", 64)
+                .arg("--seed", self.args.seed)
+                .path("--output", &dir)
+                .run()?;
+            let results = read_results(&dir)?;
+            rows.push(RetainRow {
+                model: name.to_string(),
+                correct: results.iter().filter(|r| r.correct).count(),
+                n: results.len(),
+            });
+        }
+        Ok(rows)
+    }
 }
 
 pub fn demo(a: DemoArgs) -> Result<()> {
@@ -260,415 +699,88 @@ pub fn demo(a: DemoArgs) -> Result<()> {
         (None, false) => task.default_level(),
     };
     let base = BaseModel::parse(&a.model)?;
-    let lora = matches!(base, BaseModel::Pretrained(_));
-    let plan = Plan::new(a.fast, lora);
+    let plan = Plan::new(a.fast, matches!(base, BaseModel::Pretrained(_)));
     let out = a.output.clone();
     prepare_output(&out)?;
-    let data = out.join("data");
-    std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
-    let mut timings: Vec<(&str, f64)> = Vec::new();
-    let mut stage = |name: &'static str, t: Instant| {
-        let secs = t.elapsed().as_secs_f64();
-        eprintln!("  {name}: {secs:.1} s");
-        timings.push((name, secs));
+    let data_dir = out.join("data");
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let mut d = Demo {
+        args: a.clone(),
+        task,
+        level,
+        base,
+        plan,
+        out: out.clone(),
+        data: data_dir,
+        timings: Vec::new(),
     };
 
-    // 1. Seeded data: the held-out test split, and a retain set of easier problems (what the
-    //    model should not forget while RL pushes on the hardest level).
-    eprintln!("[1/6] data: {} level {level}, seed {}", a.task, a.seed);
-    let t = Instant::now();
-    let gen = |lvl: u32, n: usize, split: Split, seed: u64| {
-        generate(
-            task.as_ref(),
-            &GenerateSpec {
-                level: lvl,
-                n,
-                seed,
-                split,
-                unique: false,
-            },
-        )
-    };
-    let test = gen(level, plan.test_problems, Split::Test, a.seed)?;
-    let test_path = data.join("test.jsonl");
-    write_jsonl(&test_path, &records(&test, a.seed))?;
-    let retain_level = (*task.levels().start()).max(level.saturating_sub(1));
-    let retain = gen(retain_level, 64, Split::Test, a.seed + 7)?;
-    let retain_path = data.join("retain.jsonl");
-    write_jsonl(&retain_path, &records(&retain, a.seed + 7))?;
-    stage("data", t);
-
-    // 2. SFT on worked solutions: the tiny model from scratch, or LoRA on a pretrained model
-    //    (then merged, so that every later stage reads one ordinary HF directory).
-    let t = Instant::now();
-    let sft = out.join("sft");
-    match &base {
-        BaseModel::Tiny => {
-            eprintln!("[2/6] SFT: the tiny model from scratch");
-            temper(&[
-                s("tasks"),
-                s("train-tiny"),
-                a.task.clone(),
-                s("--level"),
-                s(level),
-                s("--steps"),
-                s(plan.sft_steps),
-                s("--train-problems"),
-                s(plan.sft_problems),
-                s("--seed"),
-                s(a.seed),
-                s("--eval-problems"),
-                s(0),
-                s("--output"),
-                p(&sft),
-                s("--run-dir"),
-                p(&out.join("runs/sft")),
-            ])?;
-        }
-        BaseModel::Pretrained(model) => {
-            eprintln!("[2/6] SFT: LoRA on {}", model.display());
-            let train_path = data.join("train.jsonl");
-            temper(&[
-                s("tasks"),
-                s("generate"),
-                a.task.clone(),
-                s("--level"),
-                s(level),
-                s("--n"),
-                s(plan.sft_problems),
-                s("--seed"),
-                s(a.seed),
-                s("--split"),
-                s("train"),
-                s("--allow-duplicates"),
-                s("--output"),
-                p(&train_path),
-            ])?;
-            let sft_run = out.join("runs/sft");
-            let mut sft_args = vec![
-                s("sft"),
-                s("--model"),
-                p(model),
-                s("--data"),
-                p(&train_path),
-                s("--max-steps"),
-                s(plan.sft_steps),
-                s("--batch-size"),
-                s(8),
-                s("--learning-rate"),
-                s(1e-3),
-                s("--seed"),
-                s(a.seed),
-                s("--quiet"),
-                s("--output"),
-                p(&sft_run),
-            ];
-            sft_args.extend(lora_flags());
-            temper(&sft_args)?;
-            temper(&[s("merge"), p(model), p(&sft_run.join("adapter")), p(&sft)])?;
-        }
-    }
-    stage("sft", t);
-
-    // 3. A PRM from automatically labelled steps (Math-Shepherd rollouts from the SFT policy).
-    eprintln!("[3/6] PRM: label steps by rollouts, then train");
-    let t = Instant::now();
-    let steps_path = data.join("steps.jsonl");
-    temper(&[
-        s("label-steps"),
-        s("--policy"),
-        p(&sft),
-        s("--task"),
-        a.task.clone(),
-        s("--level"),
-        s(level),
-        s("--n"),
-        s(plan.label_problems),
-        s("--samples"),
-        s(plan.label_samples),
-        s("--rollouts"),
-        s(plan.label_rollouts),
-        s("--max-new-tokens"),
-        s(64),
-        s("--seed"),
-        s(a.seed),
-        s("--balance"),
-        s("--output"),
-        p(&steps_path),
-    ])?;
-    let prm_run = out.join("runs/prm");
-    temper(&[
-        s("prm"),
-        s("--model"),
-        p(&sft),
-        s("--data"),
-        p(&steps_path),
-        s("--max-steps"),
-        s(plan.prm_steps),
-        s("--learning-rate"),
-        s(plan.prm_lr),
-        s("--batch-size"),
-        s(16),
-        s("--seed"),
-        s(a.seed),
-        s("--quiet"),
-        s("--output"),
-        p(&prm_run),
-    ])?;
-    let prm = prm_run.join("model");
-    stage("prm", t);
-
-    // 4. GRPO with the task's verifier; math_answer (an independent answer checker) is the held-out
-    //    verifier of the hacking monitor; the retain set watches forgetting.
-    eprintln!("[4/6] GRPO: the task's verifier as reward, guards on");
-    let t = Instant::now();
-    let grpo_run = out.join("runs/grpo");
-    let mut grpo_args = vec![
-        s("grpo"),
-        s("--model"),
-        p(&sft),
-        s("--task"),
-        a.task.clone(),
-        s("--level"),
-        s(level),
-        s("--reward"),
-        s("task_verifier"),
-        s("--num-generations"),
-        s(plan.grpo_generations),
-        s("--prompts-per-step"),
-        s(plan.grpo_prompts),
-        s("--steps"),
-        s(plan.grpo_steps),
-        s("--micro-batch-size"),
-        s(64),
-        s("--learning-rate"),
-        s(plan.grpo_lr),
-        s("--beta"),
-        s(0.04),
-        s("--max-completion-length"),
-        s(64),
-        s("--retain-data"),
-        p(&retain_path),
-        s("--retain-every"),
-        s((plan.grpo_steps / 4).max(1)),
-        s("--log-rollouts-every"),
-        s(5),
-        s("--seed"),
-        s(a.seed),
-        s("--quiet"),
-        s("--output"),
-        p(&grpo_run),
-    ];
-    // math_answer compares final answers by value: an independent check of arithmetic and base
-    // conversion, but countdown has many right expressions, which only its own verifier accepts.
-    if a.task != "countdown" {
-        grpo_args.extend([s("--verifier"), s("math_answer")]);
-    }
-    if lora {
-        grpo_args.extend(lora_flags());
-    }
-    temper(&grpo_args)?;
-    let rl_model = if lora {
-        let merged = out.join("grpo");
-        temper(&[
-            s("merge"),
-            p(&sft),
-            p(&grpo_run.join("adapter")),
-            p(&merged),
-        ])?;
-        merged
+    let data = d.timed("data", |d| d.data())?;
+    let sft = d.timed("sft", |d| d.sft())?;
+    let (prm, prm_auc) = d.timed("prm", |d| d.prm(&sft))?;
+    eprintln!("[4/7] GRPO: the task's verifier as reward, guards on");
+    let grpo = d.timed("grpo", |d| d.grpo("grpo", &sft, &data, false))?;
+    let replay = if d.plan.replay {
+        eprintln!("[4/7] GRPO again, replaying retain-level solutions against forgetting");
+        Some(d.timed("grpo-replay", |d| d.grpo("grpo-replay", &sft, &data, true))?)
     } else {
-        grpo_run.join("model")
+        None
     };
-    stage("grpo", t);
-
-    // 5. Test-time strategies at a few budgets on the test split, for the SFT and the RL policy.
-    eprintln!(
-        "[5/6] test-time search on {} held-out problems",
-        plan.test_problems
-    );
-    let t = Instant::now();
-    let mut strategies = vec![s("greedy")];
-    for n in &plan.budgets {
-        strategies.push(format!("sc@{n}"));
-        strategies.push(format!("bon@{n}:min"));
+    let hacking = if a.hacking {
+        Some(d.timed("hacking", |d| d.hacking(&sft))?)
+    } else {
+        None
+    };
+    let evals = d.timed("search", |d| {
+        d.search(&[("sft", &sft), ("grpo", &grpo.model)], &data, &prm)
+    })?;
+    let mut retain_models: Vec<(&str, &Path)> = vec![("sft", &sft), ("grpo", &grpo.model)];
+    if let Some(r) = &replay {
+        retain_models.push((r.name, &r.model));
     }
-    strategies.extend(plan.beams.iter().map(|b| b.to_string()));
-    let strategies = strategies.join(",");
-    let mut evals = Vec::new();
-    for (name, model) in [("sft", &sft), ("grpo", &rl_model)] {
-        let dir = out.join(format!("eval/{name}"));
-        temper(&[
-            s("eval"),
-            p(model),
-            s("--data"),
-            p(&test_path),
-            s("--strategies"),
-            strategies.clone(),
-            s("--prm"),
-            p(&prm),
-            s("--max-new-tokens"),
-            s(64),
-            s("--seed"),
-            s(a.seed),
-            s("--output"),
-            p(&dir),
-        ])?;
-        evals.push((name, read_table(&dir)?, dir));
-    }
-    stage("search", t);
+    let retain = d.timed("retain", |d| d.retain(&retain_models, &data))?;
 
-    // 6. The table and the report.
-    eprintln!("[6/6] report");
-    let grpo = read_metrics(&grpo_run.join("metrics.jsonl"))?;
-    let last = |k: &str| grpo.iter().rev().find_map(|r| r.get(k)?.as_f64());
-    let first = |k: &str| grpo.iter().find_map(|r| r.get(k)?.as_f64());
-    let kl = last("kl").unwrap_or(f64::NAN);
-    let retain_before = first("retain_loss").unwrap_or(f64::NAN);
-    let retain_after = last("retain_loss").unwrap_or(f64::NAN);
-    let warnings: Vec<String> = grpo
-        .iter()
-        .flat_map(|r| r.keys().filter(|k| k.starts_with("warning/")).cloned())
-        .collect();
-
-    let mut table = String::from(
-        "| stage | strategy | accuracy | mean generated tokens |\n| --- | --- | ---: | ---: |\n",
-    );
-    for (name, rows, _) in &evals {
-        for r in rows {
-            table.push_str(&format!(
-                "| {name} | {} | {:.1}% | {:.1} |\n",
-                r.strategy,
-                100.0 * r.accuracy,
-                r.mean_tokens
-            ));
-        }
+    eprintln!("[7/7] report");
+    let mut rl_metrics = vec![(
+        grpo.name.to_string(),
+        read_metrics(&grpo.run.join("metrics.jsonl"))?,
+    )];
+    if let Some(r) = &replay {
+        rl_metrics.push((
+            r.name.to_string(),
+            read_metrics(&r.run.join("metrics.jsonl"))?,
+        ));
     }
-    let sft_greedy = evals[0]
-        .1
-        .iter()
-        .find(|r| r.strategy == "greedy")
-        .map_or(0.0, |r| r.accuracy);
-    let rl_greedy = evals[1]
-        .1
-        .iter()
-        .find(|r| r.strategy == "greedy")
-        .map_or(0.0, |r| r.accuracy);
-    let best = evals[1]
-        .1
-        .iter()
-        .max_by(|x, y| x.accuracy.total_cmp(&y.accuracy))
-        .cloned()
-        .context("the evaluation produced no rows")?;
-    let summary = format!(
-        "SFT greedy {:.1}% -> GRPO greedy {:.1}% -> best after GRPO and search {:.1}% ({}, {:.0} tokens/problem)\n\
-         KL to the SFT model (per token, last batch): {kl:.4}\n\
-         retain-set loss before RL {retain_before:.4}, after {retain_after:.4}\n\
-         guard warnings: {}\n",
-        100.0 * sft_greedy,
-        100.0 * rl_greedy,
-        100.0 * best.accuracy,
-        best.strategy,
-        best.mean_tokens,
-        if warnings.is_empty() {
-            "none".to_string()
-        } else {
-            warnings.join(", ")
-        }
-    );
-    println!("\n{table}\n{summary}");
-
-    let reward = line_svg(
-        "GRPO training reward",
-        "rollout batch",
-        &[
-            (
-                s("reward (task_verifier)"),
-                series(&grpo, "rollout_step", "reward"),
-            ),
-            (
-                s("held-out verifier (math_answer)"),
-                series(&grpo, "rollout_step", "verifier_reward"),
-            ),
-        ],
-    )?;
-    let kl_svg = line_svg(
-        "KL to the SFT model and retain loss",
-        "rollout batch",
-        &[
-            (s("KL (per token)"), series(&grpo, "rollout_step", "kl")),
-            (s("retain loss"), series(&grpo, "step", "retain_loss")),
-        ],
-    )?;
-    let mut acc_series = Vec::new();
-    for (name, rows, _) in &evals {
-        let mut fams: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
-        for r in rows {
-            let key = format!("{name} {}", r.family);
-            let pt = (r.mean_tokens.max(1.0).ln(), 100.0 * r.accuracy);
-            match fams.iter_mut().find(|f| f.0 == key) {
-                Some(f) => f.1.push(pt),
-                None => fams.push((key, vec![pt])),
-            }
-        }
-        for f in &mut fams {
-            f.1.sort_by(|x, y| x.0.total_cmp(&y.0));
-        }
-        acc_series.extend(fams);
-    }
-    let acc_svg = line_svg(
-        "Accuracy (%) against compute",
-        "ln(mean generated tokens per problem)",
-        &acc_series,
-    )?;
-    let html = format!(
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>temper demo</title>\
-         <style>body{{font-family:sans-serif;margin:2em;max-width:900px}}pre{{background:#f4f4f4;padding:1em}}</style></head>\n\
-         <body><h1>temper demo: {task} level {level}</h1>\n<p>seed {seed}{fast}; {secs:.0} s on this machine.</p>\n\
-         <h2>Results</h2>\n<pre>{table}</pre>\n<pre>{summary}</pre>\n\
-         <h2>Training reward</h2>\n{reward}\n<h2>KL and forgetting</h2>\n{kl}\n\
-         <h2>Accuracy against compute</h2>\n{acc}\n</body></html>\n",
-        task = escape(&a.task),
-        seed = a.seed,
-        fast = if a.fast { ", --fast" } else { "" },
-        secs = started.elapsed().as_secs_f64(),
-        table = escape(&table),
-        summary = escape(&summary),
-        reward = svg_body(&reward),
-        kl = svg_body(&kl_svg),
-        acc = svg_body(&acc_svg),
-    );
-    let report = out.join("report.html");
-    let tmp = out.join(".report.html.tmp");
-    std::fs::write(&tmp, html).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &report).with_context(|| format!("writing {}", report.display()))?;
-    stage("report", Instant::now());
-    let record = serde_json::json!({
-        "status": "done",
-        "task": a.task,
-        "level": level,
-        "seed": a.seed,
-        "fast": a.fast,
-        "model": a.model,
-        "sft_greedy_accuracy": sft_greedy,
-        "grpo_greedy_accuracy": rl_greedy,
-        "best_accuracy": best.accuracy,
-        "best_strategy": best.strategy,
-        "kl": kl,
-        "retain_loss_before": retain_before,
-        "retain_loss_after": retain_after,
-        "warnings": warnings,
-        "seconds": started.elapsed().as_secs_f64(),
-        "stage_seconds": timings.iter().map(|(n, t)| (n.to_string(), serde_json::json!(t))).collect::<Map<String, Value>>(),
-    });
-    std::fs::write(
-        out.join("demo.json"),
-        serde_json::to_string_pretty(&record)?,
+    let report = Report {
+        task: a.task.clone(),
+        level,
+        seed: a.seed,
+        fast: a.fast,
+        model: a.model.clone(),
+        test_problems: evals.first().map_or(0, |e| e.problems()),
+        evals,
+        retain,
+        prm_auc,
+        rl_metrics,
+        hacking,
+        timings: d.timings.clone(),
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    println!("\n{}", report.terminal());
+    let html = report.html()?;
+    let report_path = out.join("report.html");
+    tempering_eval::error::write_atomic(&report_path, html.as_bytes())
+        .with_context(|| format!("writing {}", report_path.display()))?;
+    let record = report.record();
+    tempering_eval::error::write_atomic(
+        &out.join("demo.json"),
+        serde_json::to_string_pretty(&record)?.as_bytes(),
     )
     .with_context(|| format!("writing {}", out.join("demo.json").display()))?;
     println!(
         "report: {}  ({:.0} s in all)",
-        report.display(),
+        report_path.display(),
         started.elapsed().as_secs_f64()
     );
     Ok(())

@@ -1,5 +1,6 @@
 pub mod chat;
 pub mod demo;
+pub mod demo_report;
 pub mod dpo;
 pub mod dpo_rewards;
 pub mod eval;

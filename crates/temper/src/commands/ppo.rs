@@ -242,6 +242,9 @@ fn run(
 ) -> Result<()> {
     config.validate()?;
     let a = &ac.rl;
+    if a.process_reward.is_some() {
+        bail!("--process-reward applies to grpo and rloo; ppo and trpo learn a critic instead");
+    }
     let model_path = a.model.clone().context("--model is required")?;
     let (device, dtype) = device_and_dtype(&a.device, a.dtype.as_deref())?;
     let files = ModelFiles::open(&model_path, dtype, &device)

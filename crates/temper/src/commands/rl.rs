@@ -11,7 +11,10 @@ use serde::{Deserialize, Serialize};
 use tempering_generate::render_chat;
 use tempering_model::loader::save_hf_dir;
 use tempering_model::{save_peft, ChatMessage, LoraConfig, LoraTarget, ModelFiles, Tokenizer};
+use tempering_reward::learned::ProcessRewardModel;
+use tempering_reward::rules::ArithmeticSteps;
 use tempering_reward::spec::{build_reward, RewardContext};
+use tempering_reward::StepScorer;
 use tempering_tasks::dataset::{load_rl_prompts, TextOrChat};
 use tempering_tasks::{generate, task_by_name, GenerateSpec, Split};
 use tempering_train::checkpoint;
@@ -130,6 +133,14 @@ pub struct RlArgs {
     /// Dynamic sampling: refill groups whose rewards all tie, at most this many extra rounds.
     #[arg(long, default_value_t = 0)]
     pub dynamic_sampling_rounds: usize,
+
+    /// Process supervision (grpo, rloo): score every step with `rule` (the task's rule step
+    /// checker, which sees no reference answer) or a PRM directory from `temper prm`. The outcome
+    /// reward joins the last step's score; a token's advantage sums the group-normalised scores
+    /// of its step and the steps after it.
+    #[arg(long)]
+    #[serde(default)]
+    pub process_reward: Option<String>,
 
     /// Write rollouts to rollouts.jsonl every this many batches (0: never).
     #[arg(long, default_value_t = 10)]
@@ -304,6 +315,36 @@ pub(crate) fn prompt_items(
         .collect()
 }
 
+/// The step scorer of `--process-reward`: `rule` (the task's rule step checker) or a PRM
+/// directory.
+pub(crate) fn process_scorer(
+    spec: &str,
+    task: Option<&str>,
+    device: &candle_core::Device,
+) -> Result<Box<dyn StepScorer>> {
+    if spec == "rule" {
+        return match task {
+            Some("arithmetic") => Ok(Box::new(ArithmeticSteps)),
+            Some(other) => bail!(
+                "--process-reward rule: task `{other}` has no rule step checker (arithmetic has); \
+                 give a PRM directory instead"
+            ),
+            None => bail!(
+                "--process-reward rule needs --task arithmetic (the task whose steps it checks); \
+                 with --data give a PRM directory"
+            ),
+        };
+    }
+    let dir = Path::new(spec);
+    if !dir.is_dir() {
+        bail!("--process-reward {spec}: expected `rule` or a PRM directory written by temper prm");
+    }
+    Ok(Box::new(
+        ProcessRewardModel::open(dir, device)
+            .with_context(|| format!("--process-reward {spec}"))?,
+    ))
+}
+
 pub(crate) fn sft_data(
     path: &Path,
     tok: &Tokenizer,
@@ -366,6 +407,10 @@ pub fn run(a: RlArgs, algorithm: Algorithm) -> Result<()> {
         Some(s) => Some(build_reward(s, &ctx).with_context(|| "--verifier")?),
         None => None,
     };
+    let process = match &a.process_reward {
+        Some(spec) => Some(process_scorer(spec, a.task.as_deref(), &device)?),
+        None => None,
+    };
     let retain = match &a.retain_data {
         Some(p) => Some(sft_data(p, &tok, template)?),
         None => None,
@@ -415,7 +460,7 @@ pub fn run(a: RlArgs, algorithm: Algorithm) -> Result<()> {
             prompts: &prompts,
             reward: reward.as_ref(),
             verifier: verifier.as_deref(),
-            prm: None,
+            prm: process.as_deref(),
             retain: retain.as_deref(),
             replay: replay.as_deref(),
         },

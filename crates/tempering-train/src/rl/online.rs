@@ -808,8 +808,9 @@ fn build_samples(
     let mut at = 0;
     for group in groups {
         let p = &prompts[group.prompt];
-        // Process supervision: each step's score, normalised over the group's steps; a token's
-        // advantage is the sum of the normalised scores of its step and the steps after it.
+        // Process supervision: each step's score (the outcome reward joins the last step's),
+        // normalised over the group's steps; a token's advantage is the sum of the normalised
+        // scores of its step and the steps after it.
         let step_adv: Option<Vec<Vec<f32>>> = match prm {
             Some(prm) => Some(process_advantages(prm, p, &group.samples, tok)?),
             None => None,
@@ -870,7 +871,15 @@ fn process_advantages(
             )
         })
         .collect();
-    let scores = prm.score_steps_batch(&items)?;
+    let mut scores = prm.score_steps_batch(&items)?;
+    // The outcome joins the last step: a solution whose every step checks out but that answers
+    // the wrong question (a rule checker cannot see that) still loses to a right one.
+    for (sc, s) in scores.iter_mut().zip(samples) {
+        match sc.last_mut() {
+            Some(last) => *last += s.reward,
+            None => sc.push(s.reward),
+        }
+    }
     let flat: Vec<f64> = scores.iter().flatten().copied().collect();
     let m = flat.iter().sum::<f64>() / flat.len().max(1) as f64;
     let sd = crate::rl::advantage::std_unbiased(&flat);
