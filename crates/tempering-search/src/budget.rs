@@ -2,9 +2,13 @@
 //! time), what a solution spent ([`Cost`]), and the [`Meter`] that grants work only when it fits.
 //! Knows nothing of strategies or backends.
 //!
-//! Tokens and calls are never exceeded: a request is granted `n` samples only if `n` full
-//! completions of `max_new_tokens` fit in what is left. Wall time is checked before each call (a
-//! call in flight is not interrupted).
+//! Tokens and calls are never exceeded, and what a sample does not use goes back to the pool. Work
+//! is granted in waves ([`Meter::wave`]): each request gets as many samples as fit with their full
+//! `max_new_tokens` reserved; the caller runs them and charges what they really generated, so the
+//! unused part of every reservation is free again for the next wave. When not even one full
+//! reservation fits, one sample is granted capped at the tokens left, if that is at least the
+//! caller's minimum (a sample shorter than that could not finish). Wall time is checked before
+//! each wave (a call in flight is not interrupted).
 
 use std::time::{Duration, Instant};
 
@@ -59,6 +63,14 @@ impl Cost {
     }
 }
 
+/// One request's share of a wave: `n` samples of at most `max_new` tokens each (`max_new` is
+/// below what was asked when the sample is capped to what is left).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Grant {
+    pub n: usize,
+    pub max_new: usize,
+}
+
 /// Tracks spending against a budget.
 #[derive(Debug, Clone)]
 pub struct Meter {
@@ -105,9 +117,9 @@ impl Meter {
             .is_some_and(|w| self.start.elapsed() >= w)
     }
 
-    /// How many of `wanted` requests of `n` samples of at most `max_new` tokens each can be
-    /// granted: each entry of the result is the samples granted to that request (in order, 0 when
-    /// nothing is left). Everything granted fits in the budget together.
+    /// How many of `wanted` requests of `n` samples of at most `max_new` tokens each fit with
+    /// their full length reserved: each entry of the result is the samples granted to that request
+    /// (in order, 0 when nothing is left). Everything granted fits in the budget together.
     pub fn grant(&self, wanted: &[(usize, usize)]) -> Vec<usize> {
         if self.out_of_time() {
             return vec![0; wanted.len()];
@@ -135,6 +147,41 @@ impl Meter {
                 fit
             })
             .collect()
+    }
+
+    /// The next wave of work for requests that still want `n` samples of at most `max_new` tokens
+    /// each: full reservations as [`Meter::grant`] gives them; when none fits, the first request
+    /// still wanting samples gets one sample capped at the tokens left, provided that is at least
+    /// `min_tokens` (and at least 1). All zero when nothing more can be granted. Everything granted
+    /// fits in the budget together; the caller charges what the samples really generated, so the
+    /// next wave is granted from what they left.
+    pub fn wave(&self, wanted: &[(usize, usize)], min_tokens: usize) -> Vec<Grant> {
+        let full = self.grant(wanted);
+        let mut out: Vec<Grant> = full
+            .iter()
+            .zip(wanted)
+            .map(|(&n, &(_, max_new))| Grant { n, max_new })
+            .collect();
+        if full.iter().any(|&n| n > 0) || self.out_of_time() || self.calls_left() == Some(0) {
+            return out;
+        }
+        let Some(left) = self.tokens_left() else {
+            return out;
+        };
+        if left == 0 || left < min_tokens {
+            return out;
+        }
+        if let Some((g, &(_, max_new))) = out
+            .iter_mut()
+            .zip(wanted)
+            .find(|(_, &(n, max_new))| n > 0 && max_new > 0)
+        {
+            *g = Grant {
+                n: 1,
+                max_new: max_new.min(left),
+            };
+        }
+        out
     }
 
     pub fn charge_call(&mut self, prompt_tokens: usize, generated_tokens: usize) {
@@ -170,11 +217,41 @@ mod tests {
     }
 
     #[test]
+    fn waves_grant_from_what_earlier_samples_left() {
+        let mut m = Meter::new(Budget::tokens(100));
+        let g = |n, max_new| Grant { n, max_new };
+        // Three full reservations of 30 fit; the second request waits for the next wave.
+        assert_eq!(m.wave(&[(4, 30), (2, 30)], 8), vec![g(3, 30), g(0, 30)]);
+        // The three samples used 12 tokens each: 64 are left, two full reservations again.
+        for _ in 0..3 {
+            m.charge_call(0, 12);
+        }
+        assert_eq!(m.wave(&[(1, 30), (2, 30)], 8), vec![g(1, 30), g(1, 30)]);
+        m.charge_call(0, 30);
+        m.charge_call(0, 20);
+        // 14 left: no full reservation, so one sample capped at 14 for the first request wanting one.
+        assert_eq!(m.wave(&[(0, 30), (1, 30)], 8), vec![g(0, 30), g(1, 14)]);
+        // Below the minimum, nothing.
+        assert_eq!(m.wave(&[(1, 30)], 15), vec![g(0, 30)]);
+        m.charge_call(0, 14);
+        assert_eq!(m.tokens_left(), Some(0));
+        assert_eq!(m.wave(&[(1, 30)], 0), vec![g(0, 30)]);
+        // Calls bound waves too.
+        let m = Meter::new(Budget {
+            max_tokens: Some(10),
+            max_calls: Some(0),
+            max_wall: None,
+        });
+        assert_eq!(m.wave(&[(1, 30)], 1), vec![g(0, 30)]);
+    }
+
+    #[test]
     fn out_of_time_grants_nothing() {
         let m = Meter::new(Budget {
             max_wall: Some(Duration::ZERO),
             ..Budget::default()
         });
         assert_eq!(m.grant(&[(3, 1)]), vec![0]);
+        assert_eq!(m.wave(&[(3, 1)], 0), vec![Grant { n: 0, max_new: 1 }]);
     }
 }

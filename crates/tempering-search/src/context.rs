@@ -44,6 +44,9 @@ pub struct SearchConfig {
     pub seed: u64,
     /// How a PRM's step scores become a completion's score where a strategy needs one.
     pub aggregation: Aggregation,
+    /// The fewest tokens a sample capped to what is left of the token budget may get; below it no
+    /// more samples are drawn (one that short could not finish).
+    pub min_sample_tokens: usize,
 }
 
 impl Default for SearchConfig {
@@ -58,6 +61,7 @@ impl Default for SearchConfig {
             max_depth: 16,
             seed: 0,
             aggregation: Aggregation::Min,
+            min_sample_tokens: 8,
         }
     }
 }
@@ -157,56 +161,84 @@ impl<'a> SearchContext<'a> {
         self.cut
     }
 
-    /// Whether `n` samples of `max_new` tokens would be granted now.
-    pub fn can_afford(&self, n: usize, max_new: usize) -> bool {
-        self.meter.grant(&[(n, max_new)])[0] == n
+    /// Whether a sample of at most `max_new` tokens would be granted now (with its full length
+    /// reserved, or capped to what is left of the budget).
+    pub fn can_sample(&self, max_new: usize) -> bool {
+        self.meter
+            .wave(&[(1, max_new)], self.min_sample_tokens(max_new))[0]
+            .n
+            > 0
     }
 
-    /// Generates `n` samples for each prompt with `params` (its seed is replaced by one derived
-    /// from the context's seed and the request's order). The budget may grant fewer samples than
-    /// asked, or none: a request's group is then shorter or empty.
+    /// The minimum of a capped sample: the config's, never more than a full sample.
+    fn min_sample_tokens(&self, max_new: usize) -> usize {
+        self.config.min_sample_tokens.min(max_new)
+    }
+
+    /// Generates `n` samples for each prompt with `params` (each request's seed is replaced by one
+    /// derived from the context's seed and the request's order). The budget is spent in waves
+    /// ([`Meter::wave`]): the samples that fit with their full length reserved run together, the
+    /// tokens they did not use are granted to the next wave, and so on until every request has
+    /// its samples or the budget grants nothing more; a request's group is then shorter than asked,
+    /// or empty. A sample capped to what was left and cut there ends with
+    /// [`FinishReason::Length`], as one cut by `max_new_tokens` does.
     pub fn generate(
         &mut self,
         reqs: &[(String, usize)],
         params: &SamplingParams,
     ) -> Result<Vec<Vec<Sample>>> {
-        let wanted: Vec<(usize, usize)> = reqs
-            .iter()
-            .map(|(_, n)| (*n, params.max_new_tokens))
-            .collect();
-        let granted = self.meter.grant(&wanted);
         let mut out: Vec<Vec<Sample>> = vec![vec![]; reqs.len()];
-        let mut batch = vec![];
-        let mut slots = vec![];
-        for (i, ((prompt, n), g)) in reqs.iter().zip(&granted).enumerate() {
-            if g < n {
-                self.cut = true;
+        let mut missing: Vec<usize> = reqs.iter().map(|(_, n)| *n).collect();
+        let min = self.min_sample_tokens(params.max_new_tokens);
+        let mut ids: Vec<Option<Vec<u32>>> = vec![None; reqs.len()];
+        loop {
+            let wanted: Vec<(usize, usize)> = missing
+                .iter()
+                .map(|&n| (n, params.max_new_tokens))
+                .collect();
+            let grants = self.meter.wave(&wanted, min);
+            let mut batch = vec![];
+            let mut slots = vec![];
+            for (i, g) in grants.iter().enumerate() {
+                if g.n == 0 {
+                    continue;
+                }
+                let prompt_ids = match &ids[i] {
+                    Some(p) => p.clone(),
+                    None => {
+                        let p = self
+                            .encoder
+                            .encode(&reqs[i].0)
+                            .map_err(SearchError::Encode)?;
+                        ids[i] = Some(p.clone());
+                        p
+                    }
+                };
+                let mut p = params.clone();
+                p.max_new_tokens = g.max_new;
+                p.seed = mix(self.config.seed, self.requests);
+                self.requests += 1;
+                batch.push(GenRequest::new(prompt_ids, g.n, p));
+                slots.push(i);
+                // Counted as granted whatever comes back, so every wave makes progress.
+                missing[i] -= g.n;
             }
-            if *g == 0 {
-                continue;
+            if batch.is_empty() {
+                break;
             }
-            let ids = self.encoder.encode(prompt).map_err(SearchError::Encode)?;
-            let mut p = params.clone();
-            p.seed = mix(self.config.seed, self.requests);
-            self.requests += 1;
-            batch.push(GenRequest::new(ids, *g, p));
-            slots.push(i);
-        }
-        if batch.is_empty() {
-            return Ok(out);
-        }
-        let groups = self.backend.generate(&batch)?;
-        for ((req, group), slot) in batch.iter().zip(groups).zip(slots) {
-            let generated: usize = group.iter().map(|c| c.tokens.len()).sum();
-            self.meter.charge_call(req.prompt.len(), generated);
-            out[slot] = group
-                .into_iter()
-                .map(|c| Sample {
+            let groups = self.backend.generate(&batch)?;
+            for ((req, group), slot) in batch.iter().zip(groups).zip(slots) {
+                let generated: usize = group.iter().map(|c| c.tokens.len()).sum();
+                self.meter.charge_call(req.prompt.len(), generated);
+                out[slot].extend(group.into_iter().map(|c| Sample {
                     tokens: c.tokens.len(),
                     text: c.text,
                     finish: c.finish_reason,
-                })
-                .collect();
+                }));
+            }
+        }
+        if missing.iter().any(|&n| n > 0) {
+            self.cut = true;
         }
         Ok(out)
     }

@@ -3,7 +3,8 @@
 //! generation backend (any [`tempering_generate::Backend`], so strategies run against remote
 //! servers too), the scorers (a [`tempering_reward::Verifier`] for whole completions, a
 //! [`tempering_reward::StepScorer`] for steps), one [`Budget`] and the [`Trace`]. Every solution
-//! reports its [`Cost`]; no strategy spends past its budget.
+//! reports its [`Cost`]; no strategy spends past its budget, and what a sample does not use is
+//! granted to the next ones.
 //!
 //! Strategies: chain of thought (greedy, sampled), self-consistency (majority, weighted),
 //! best-of-N (verifier / RM, or PRM with min, last, product or mean), PRM beam search, DVTS,
@@ -23,7 +24,7 @@ pub mod text;
 pub mod trace;
 pub mod vote;
 
-pub use budget::{Budget, Cost, Meter};
+pub use budget::{Budget, Cost, Grant, Meter};
 pub use context::{Scorers, SearchConfig, SearchContext, SearchProblem};
 pub use error::{Result, SearchError};
 pub use spec::{expand_grid, parse_strategy, KNOWN};

@@ -13,7 +13,7 @@ use tempering_eval::table::markdown;
 use tempering_eval::{items_from_jsonl, items_from_task, run_grid, summarise, EvalSetup};
 use tempering_search::{expand_grid, parse_strategy, TokenizerEncoder};
 
-use crate::commands::search::{build_scorers, SearchFlags};
+use crate::commands::search::{build_scorers, rule_step_checker, SearchFlags};
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -57,6 +57,9 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         .context("--strategies")?;
     let config = a.flags.config()?;
     let budget = a.flags.budget()?;
+    if a.flags.scorer.as_deref() == Some("rule") {
+        rule_step_checker(a.task.as_deref())?;
+    }
     let (items, about) = match (&a.task, &a.data) {
         (Some(task), _) => {
             let t = tempering_tasks::task_by_name(task)?;
@@ -90,7 +93,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
             bad.prompt
         );
     }
-    let loaded = build_scorers(&a.flags, &a.model)?;
+    let loaded = build_scorers(&a.flags, &a.model, a.task.as_deref())?;
     let encoder = TokenizerEncoder {
         tokenizer: tok,
         add_special_tokens: true,

@@ -1,6 +1,7 @@
 //! `temper search`: solve one problem with a test-time strategy under a budget; prints the answer,
 //! its cost and the search tree, and writes the trace as JSONL. Also holds what `temper eval`
-//! shares with it: the search flags and [`Scorers`] built from `--prm`, `--rm` and `--scorer`.
+//! shares with it: the search flags and [`Scorers`] built from `--prm`, `--rm` and `--scorer`
+//! (`self-eval`, or `rule`: the task's rule step checker).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -9,7 +10,10 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use tempering_generate::{GenError, LocalEngine, SamplingParams};
 use tempering_reward::learned::{ProcessRewardModel, RewardModel};
-use tempering_reward::{SelfEvalConfig, SelfEvaluator, StepScorer, Verifier};
+use tempering_reward::rules::ArithmeticSteps;
+use tempering_reward::{
+    Aggregate, SelfEvalConfig, SelfEvaluator, StepEnsemble, StepScorer, Verifier,
+};
 use tempering_search::{
     parse_strategy, solve, Aggregation, Budget, Scorers, SearchConfig, SearchContext,
     SearchProblem, TokenizerEncoder,
@@ -25,13 +29,18 @@ pub struct SearchFlags {
     /// A PEFT LoRA adapter directory to run on top of the model (as `temper sft --lora-r` writes).
     #[arg(long)]
     pub adapter: Option<PathBuf>,
-    /// A learned process reward model directory (scores each step).
+    /// A learned process reward model directory (scores each step). With `--scorer rule` too, each
+    /// step scores the lower of the two.
     #[arg(long)]
     pub prm: Option<PathBuf>,
-    /// A learned outcome reward model directory (scores whole completions).
+    /// A learned outcome reward model directory (scores whole completions; where a strategy needs
+    /// a completion's score, it wins over step scores folded by the aggregation).
     #[arg(long)]
     pub rm: Option<PathBuf>,
-    /// A prompted scorer: `self-eval` (the model judges its own answers and steps).
+    /// A scorer without a learned model: `self-eval` (the model judges its own answers and steps;
+    /// a learned --prm or --rm wins over it for its role) or `rule` (the task's rule step checker
+    /// scores each step, never seeing the reference answer; with --prm, each step scores the lower
+    /// of the two; tasks with one: arithmetic).
     #[arg(long)]
     pub scorer: Option<String>,
     /// Most generated tokens per problem.
@@ -117,6 +126,12 @@ impl SearchFlags {
         if self.step_max_tokens == 0 || self.max_depth == 0 {
             bail!("--step-max-tokens and --max-depth: expected at least 1");
         }
+        if let Some(other) = self.scorer.as_deref().filter(|s| !SCORER_NAMES.contains(s)) {
+            bail!(
+                "--scorer {other}: expected one of {}",
+                SCORER_NAMES.join(", ")
+            );
+        }
         // Checked here, before any model loads: the judge would read the model without --adapter.
         if self.scorer.as_deref() == Some("self-eval") && self.adapter.is_some() {
             bail!(
@@ -137,7 +152,29 @@ impl SearchFlags {
             max_depth: self.max_depth,
             seed: self.seed,
             aggregation,
+            ..SearchConfig::default()
         })
+    }
+}
+
+/// The values `--scorer` takes.
+pub const SCORER_NAMES: [&str; 2] = ["self-eval", "rule"];
+
+/// The tasks with a rule step checker, for `--scorer rule`.
+pub const RULE_STEP_TASKS: [&str; 1] = ["arithmetic"];
+
+/// The rule step checker of `task` (`--scorer rule`); an error names the tasks that have one.
+pub fn rule_step_checker(task: Option<&str>) -> Result<Box<dyn StepScorer>> {
+    match task {
+        Some("arithmetic") => Ok(Box::new(ArithmeticSteps)),
+        Some(other) => bail!(
+            "--scorer rule: task `{other}` has no rule step checker; tasks with one: {}",
+            RULE_STEP_TASKS.join(", ")
+        ),
+        None => bail!(
+            "--scorer rule scores steps with the task's rule checker: pass --task (tasks with one: {})",
+            RULE_STEP_TASKS.join(", ")
+        ),
     }
 }
 
@@ -145,12 +182,13 @@ impl SearchFlags {
 #[derive(Default)]
 pub struct LoadedScorers {
     self_eval: Option<SelfEvaluator>,
-    prm: Option<ProcessRewardModel>,
+    /// `--prm`, `--scorer rule`, or both (each step's lower score).
+    step: Option<Box<dyn StepScorer>>,
     rm: Option<RewardModel>,
 }
 
 impl LoadedScorers {
-    /// A learned model wins over self-evaluation for its role.
+    /// A learned model or the rule checker wins over self-evaluation for its role.
     pub fn scorers(&self) -> Scorers<'_> {
         let judge = self.self_eval.as_ref();
         Scorers {
@@ -159,25 +197,32 @@ impl LoadedScorers {
                 .as_ref()
                 .map(|r| r as &dyn Verifier)
                 .or(judge.map(|s| s as &dyn Verifier)),
-            step: self
-                .prm
-                .as_ref()
-                .map(|p| p as &dyn StepScorer)
-                .or(judge.map(|s| s as &dyn StepScorer)),
+            step: self.step.as_deref().or(judge.map(|s| s as &dyn StepScorer)),
         }
     }
 }
 
-/// Builds the scorers from `--prm`, `--rm` and `--scorer` (the one place that knows them).
-pub fn build_scorers(flags: &SearchFlags, model: &Path) -> Result<LoadedScorers> {
+/// Builds the scorers from `--prm`, `--rm` and `--scorer` (the one place that knows them); `task`
+/// picks the rule step checker of `--scorer rule`.
+pub fn build_scorers(
+    flags: &SearchFlags,
+    model: &Path,
+    task: Option<&str>,
+) -> Result<LoadedScorers> {
     let mut out = LoadedScorers::default();
+    // The cheap check first, before any scorer loads.
+    let rule = match flags.scorer.as_deref() {
+        Some("rule") => Some(rule_step_checker(task)?),
+        _ => None,
+    };
+    let mut prm: Option<Box<dyn StepScorer>> = None;
     if flags.prm.is_some() || flags.rm.is_some() {
         let (device, _) = device_and_dtype(&flags.device.device, None)?;
         if let Some(dir) = &flags.prm {
-            out.prm = Some(
+            prm = Some(Box::new(
                 ProcessRewardModel::open(dir, &device)
                     .with_context(|| format!("--prm {}", dir.display()))?,
-            );
+            ));
         }
         if let Some(dir) = &flags.rm {
             out.rm = Some(
@@ -186,8 +231,14 @@ pub fn build_scorers(flags: &SearchFlags, model: &Path) -> Result<LoadedScorers>
             );
         }
     }
+    out.step = match (prm, rule) {
+        (Some(p), Some(r)) => Some(Box::new(
+            StepEnsemble::new(vec![p, r], Aggregate::Min).context("--prm with --scorer rule")?,
+        )),
+        (p, r) => p.or(r),
+    };
     match flags.scorer.as_deref() {
-        None => {}
+        None | Some("rule") => {}
         Some("self-eval") => {
             let (device, _) = device_and_dtype(&flags.device.device, None)?;
             let judge = SelfEvaluator::open(model, &device, SelfEvalConfig::default())
@@ -199,7 +250,10 @@ pub fn build_scorers(flags: &SearchFlags, model: &Path) -> Result<LoadedScorers>
                 })?;
             out.self_eval = Some(judge);
         }
-        Some(other) => bail!("--scorer {other}: expected self-eval"),
+        Some(other) => bail!(
+            "--scorer {other}: expected one of {}",
+            SCORER_NAMES.join(", ")
+        ),
     }
     Ok(out)
 }
@@ -214,7 +268,7 @@ pub struct SearchArgs {
     /// The strategy, e.g. greedy, sc@16, bon@8:min, beam:4x4, mcts:32 (an unknown name lists every form).
     #[arg(long, default_value = "greedy")]
     pub strategy: String,
-    /// The built-in task the problem comes from (picks GoT's graph).
+    /// The built-in task the problem comes from (picks GoT's graph and the rule of `--scorer rule`).
     #[arg(long)]
     pub task: Option<String>,
     /// Where to write the search trace as JSONL.
@@ -229,8 +283,11 @@ pub fn search(a: SearchArgs) -> Result<()> {
     let strategy = parse_strategy(&a.strategy, a.task.as_deref()).context("--strategy")?;
     let config = a.flags.config()?;
     let budget = a.flags.budget()?;
+    if a.flags.scorer.as_deref() == Some("rule") {
+        rule_step_checker(a.task.as_deref())?;
+    }
     let engine = a.flags.engine(&a.model)?;
-    let loaded = build_scorers(&a.flags, &a.model)?;
+    let loaded = build_scorers(&a.flags, &a.model, a.task.as_deref())?;
     let encoder = TokenizerEncoder {
         tokenizer: engine.tokenizer(),
         add_special_tokens: true,

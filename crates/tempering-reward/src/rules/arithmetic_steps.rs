@@ -1,6 +1,9 @@
-//! A rule process verifier for worked arithmetic: each step `a op b = c` scores 1 when the equation
-//! holds and 0 when it does not; an `Answer: x` line scores 1 when it repeats the previous step's
-//! result; anything unreadable scores 0.5. It never sees the reference answer, so it judges the
+//! A rule process verifier for worked arithmetic: each step `a op b = c` holds or not (sides may be
+//! whole expressions with parentheses, chained `a = b = c`, or negative numbers); an `Answer: x`
+//! line holds when it repeats the previous step's result; text that is no equation is unsure (0.5).
+//! As [`StepScorer`] promises, a step's score says whether the solution is still on a correct
+//! path: the lowest of its own and every earlier step's, so a step after a wrong one scores 0 and
+//! the `last`, `min`, `prod` and `mean` aggregations all rank a solution by its first error. It never sees the reference answer, so it judges the
 //! process, not the outcome. Knows the expression parser of the tasks layer.
 
 use tempering_tasks::expr::parse;
@@ -11,9 +14,42 @@ use crate::scorer::StepScorer;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ArithmeticSteps;
 
+/// The value of one side of an equation: an integer (a negative one too) or an expression over
+/// `+ - * /` with parentheses.
+fn value_of(side: &str) -> Option<i64> {
+    let t = side.trim();
+    let t = t.strip_suffix('.').unwrap_or(t).trim_end();
+    t.parse::<i64>()
+        .ok()
+        .or_else(|| parse(t).ok().and_then(|e| e.eval().ok()))
+}
+
+/// The result a step states: the value after its last `=`.
 fn result_of(step: &str) -> Option<i64> {
-    step.rsplit_once('=')
-        .and_then(|(_, r)| r.trim().parse().ok())
+    step.rsplit_once('=').and_then(|(_, r)| value_of(r))
+}
+
+/// One step's own score, before earlier steps are taken into account: an equation, possibly chained (`7*8-5=56-5=51`), scores 1 when every side
+/// has the same value and 0 when not (or when a side cannot be read); an answer line scores 1 when
+/// it repeats the previous step's result, 0 when it does not, 0.5 when there is none to compare;
+/// other text scores 0.5.
+fn score_step(steps: &[&str], i: usize) -> f64 {
+    let s = steps[i].trim();
+    if let Some(ans) = s.strip_prefix("Answer:") {
+        let prev = i.checked_sub(1).and_then(|j| result_of(steps[j]));
+        return match (value_of(ans), prev) {
+            (Some(a), Some(p)) => (a == p) as u8 as f64,
+            _ => 0.5,
+        };
+    }
+    if !s.contains('=') {
+        return 0.5;
+    }
+    let values: Option<Vec<i64>> = s.split('=').map(value_of).collect();
+    match values {
+        Some(v) => v.windows(2).all(|w| w[0] == w[1]) as u8 as f64,
+        None => 0.0,
+    }
 }
 
 impl StepScorer for ArithmeticSteps {
@@ -22,27 +58,11 @@ impl StepScorer for ArithmeticSteps {
     }
 
     fn score_steps(&self, _prompt: &str, steps: &[&str]) -> crate::Result<Vec<f64>> {
-        Ok(steps
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                if let Some(ans) = s.strip_prefix("Answer:") {
-                    let prev = i.checked_sub(1).and_then(|j| result_of(steps[j]));
-                    return match (ans.trim().parse::<i64>().ok(), prev) {
-                        (Some(a), Some(p)) => (a == p) as u8 as f64,
-                        _ => 0.5,
-                    };
-                }
-                match s.split_once('=') {
-                    Some((lhs, rhs)) => match (
-                        parse(lhs.trim()).ok().and_then(|e| e.eval().ok()),
-                        rhs.trim().parse::<i64>().ok(),
-                    ) {
-                        (Some(l), Some(r)) => (l == r) as u8 as f64,
-                        _ => 0.0,
-                    },
-                    None => 0.5,
-                }
+        let mut path = 1.0f64;
+        Ok((0..steps.len())
+            .map(|i| {
+                path = path.min(score_step(steps, i));
+                path
             })
             .collect())
     }
@@ -57,10 +77,54 @@ mod tests {
         let s = ArithmeticSteps
             .score_steps("", &["7+5=12", "12*3=35", "hmm", "Answer: 35"])
             .unwrap();
-        assert_eq!(s, vec![1.0, 0.0, 0.5, 0.5]);
+        // The wrong second step sinks every step after it.
+        assert_eq!(s, vec![1.0, 0.0, 0.0, 0.0]);
         let s = ArithmeticSteps
             .score_steps("", &["2*3=6", "Answer: 6"])
             .unwrap();
         assert_eq!(s, vec![1.0, 1.0]);
+        let s = ArithmeticSteps
+            .score_steps("", &["2*3=6", "so", "6+1=7", "Answer: 7"])
+            .unwrap();
+        assert_eq!(s, vec![1.0, 0.5, 0.5, 0.5]);
+    }
+
+    /// Each line on its own (the first step of a solution is scored by itself alone).
+    fn own(steps: &[&str]) -> Vec<f64> {
+        (0..steps.len()).map(|i| score_step(steps, i)).collect()
+    }
+
+    #[test]
+    fn reads_level_three_forms() {
+        let s = own(&[
+            " (7+5)*3 = 36 ",
+            "36-4=32",
+            "12*3-4=36-4=32",
+            "12*3-4=36-4=33",
+            "3-5=-2",
+            "3-5=2",
+            "4*(2+=6",
+            "36-4=32",
+            "Answer: 32.",
+        ]);
+        assert_eq!(s, vec![1.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0]);
+        let s = own(&["9*(2+1)=27", "Answer: 27", "Answer: 28"]);
+        assert_eq!(s, vec![1.0, 1.0, 0.5]);
+    }
+
+    /// Worked solutions of level-3 problems as the tiny model writes them: the right one keeps 1
+    /// to the end, a wrong result or a wrong answer line drops to 0 from that step on.
+    #[test]
+    fn level_three_solutions() {
+        let score = |text: &str| {
+            let steps: Vec<&str> = text.split('\n').collect();
+            ArithmeticSteps
+                .score_steps("Compute: 7*8-5\n", &steps)
+                .unwrap()
+        };
+        assert_eq!(score("7*8=56\n56-5=51\nAnswer: 51"), vec![1.0, 1.0, 1.0]);
+        assert_eq!(score("7*8=56\n56-5=53\nAnswer: 53"), vec![1.0, 0.0, 0.0]);
+        assert_eq!(score("7*8=54\n54-5=49\nAnswer: 49"), vec![0.0, 0.0, 0.0]);
+        assert_eq!(score("7*8=56\n56-5=51\nAnswer: 50"), vec![1.0, 1.0, 0.0]);
     }
 }

@@ -167,7 +167,7 @@ impl Strategy for TotDfs {
             }
             expansions += 1;
             let mut kids = propose(ctx, &problem.prompt, std::slice::from_ref(&s), self.k)?;
-            if kids.is_empty() && !ctx.can_afford(1, ctx.config.step_max_tokens) {
+            if kids.is_empty() && !ctx.can_sample(ctx.config.step_max_tokens) {
                 break;
             }
             kids.sort_by(|a, b| {
