@@ -41,13 +41,26 @@ fn by_x(name: impl Into<String>, mut v: Vec<Pt>) -> Series {
 /// Accuracy (%) against mean generated tokens per problem (log axis), one line per family, each
 /// point with its 95% Wilson interval.
 pub fn accuracy_plot(rows: &[StrategyRow], title: &str) -> Plot {
+    accuracy_plot_runs(&[("", rows)], title)
+}
+
+/// [`accuracy_plot`] of several runs on one plot (say before and after RL): one line per run and
+/// family, named `{run} {family}` (the family alone where the run's name is empty).
+pub fn accuracy_plot_runs(runs: &[(&str, &[StrategyRow])], title: &str) -> Plot {
     let mut fams: Vec<(String, Vec<Pt>)> = vec![];
-    for r in rows {
-        let (y, iv) = pct(&r.accuracy_rate());
-        let p = (r.mean_tokens.max(1.0), y, iv);
-        match fams.iter_mut().find(|f| f.0 == r.family) {
-            Some(f) => f.1.push(p),
-            None => fams.push((r.family.clone(), vec![p])),
+    for (run, rows) in runs {
+        for r in rows.iter() {
+            let name = if run.is_empty() {
+                r.family.clone()
+            } else {
+                format!("{run} {}", r.family)
+            };
+            let (y, iv) = pct(&r.accuracy_rate());
+            let p = (r.mean_tokens.max(1.0), y, iv);
+            match fams.iter_mut().find(|f| f.0 == name) {
+                Some(f) => f.1.push(p),
+                None => fams.push((name, vec![p])),
+            }
         }
     }
     let mut plot = Plot::new(
@@ -203,6 +216,8 @@ fn draw<DB: DrawingBackend>(
         .configure_mesh()
         .x_desc(plot.x_label.as_str())
         .y_desc(plot.y_label.as_str())
+        .y_label_formatter(&|v: &f64| format!("{}", (v * 1e6).round() / 1e6))
+        .max_light_lines(1)
         .label_style(("sans-serif", 14))
         .draw()
         .map_err(|e| e.to_string())?;
@@ -256,12 +271,25 @@ pub fn svg(rows: &[StrategyRow], title: &str) -> String {
     plot_svg(&accuracy_plot(rows, title))
 }
 
-/// The plot as PNG bytes.
+/// The accuracy plot as PNG bytes.
 pub fn png(rows: &[StrategyRow], title: &str) -> Result<Vec<u8>, String> {
+    png_bytes(&accuracy_plot(rows, title))
+}
+
+/// Any [`Plot`] as PNG bytes (900x600, drawn by plotters: lines, markers and interval bars; a
+/// smoothed series is drawn raw).
+pub fn plot_png(plot: &Plot) -> Result<Vec<u8>> {
+    png_bytes(plot).map_err(|msg| EvalError::Plot {
+        path: plot.title.clone().into(),
+        msg,
+    })
+}
+
+fn png_bytes(plot: &Plot) -> Result<Vec<u8>, String> {
     let mut rgb = vec![0u8; (SIZE.0 * SIZE.1 * 3) as usize];
     draw(
         BitMapBackend::with_buffer(&mut rgb, SIZE).into_drawing_area(),
-        &accuracy_plot(rows, title),
+        plot,
     )?;
     let mut out = vec![];
     let mut enc = png::Encoder::new(&mut out, SIZE.0, SIZE.1);
@@ -285,4 +313,68 @@ pub fn write_plots(stem: &Path, rows: &[StrategyRow], title: &str) -> Result<Str
     })?;
     write_atomic(&png_path, &p)?;
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::{wilson, Sampled};
+
+    fn row(
+        strategy: &str,
+        family: &str,
+        correct: usize,
+        tokens: f64,
+        n: Option<f64>,
+    ) -> StrategyRow {
+        let (lo, hi) = wilson(correct as f64, 10);
+        StrategyRow {
+            strategy: strategy.into(),
+            family: family.into(),
+            problems: 10,
+            accuracy: correct as f64 / 10.0,
+            mean_tokens: tokens,
+            mean_calls: 1.0,
+            mean_scorer_calls: 0.0,
+            wall_s_per_problem: 0.0,
+            budget_cut: 0,
+            correct,
+            accuracy_lo: lo,
+            accuracy_hi: hi,
+            sampled: n.map(|n| Sampled {
+                pass1: Rate::new(2.0, 10),
+                pass_n: Rate::new(9.0, 10),
+                mean_candidates: n,
+            }),
+        }
+    }
+
+    #[test]
+    fn runs_and_families_make_the_lines_and_sampling_gets_its_own_plots() {
+        let sft = vec![row("greedy", "greedy", 3, 40.0, None)];
+        let rl = vec![
+            row("sc@4", "sc", 6, 160.0, Some(4.0)),
+            row("sc@1", "sc", 4, 40.0, Some(1.0)),
+        ];
+        let p = accuracy_plot_runs(&[("SFT", &sft), ("GRPO", &rl)], "t");
+        let names: Vec<&str> = p.series.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["SFT greedy", "GRPO sc"]);
+        // Sorted by tokens, in percent, with the Wilson interval.
+        assert_eq!(p.series[1].points, vec![(40.0, 40.0), (160.0, 60.0)]);
+        let (lo, hi) = wilson(6.0, 10);
+        assert_eq!(p.series[1].intervals[1], (100.0 * lo, 100.0 * hi));
+        assert_eq!(p.x_scale, Scale::Log);
+
+        let s = sampling_plots(&rl);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].0, "sc");
+        let series = &s[0].1.series;
+        assert_eq!(series.len(), 3);
+        assert!(series[0].dashed && series[0].name.starts_with("pass@N"));
+        assert_eq!(series[0].points, vec![(1.0, 90.0), (4.0, 90.0)]);
+        assert_eq!(series[1].points, vec![(1.0, 40.0), (4.0, 60.0)]);
+        assert!(sampling_plots(&sft).is_empty());
+        let png = plot_png(&s[0].1).unwrap();
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    }
 }

@@ -285,6 +285,118 @@ pub fn csv(rows: &[StrategyRow]) -> String {
     s
 }
 
+/// Splits one CSV line into fields: `"..."` quoted with `""` for a quote, else up to the comma.
+fn split_csv(line: &str) -> Vec<String> {
+    let mut out = vec![];
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                cur.push('"');
+                chars.next();
+            }
+            '"' => quoted = !quoted,
+            ',' if !quoted => out.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
+        }
+    }
+    out.push(cur);
+    out
+}
+
+/// Reads a `table.csv` written by [`csv`] back into rows (for pages that gather several runs).
+/// Files from before the interval columns are read too: the interval is recomputed from the
+/// accuracy and the problem count, and the sampling columns are absent.
+pub fn read_csv(path: &std::path::Path) -> crate::error::Result<Vec<StrategyRow>> {
+    use crate::error::EvalError;
+    let text = std::fs::read_to_string(path).map_err(|e| EvalError::io(path, e))?;
+    let mut lines = text.lines().enumerate();
+    let header = match lines.next() {
+        Some((_, h)) => split_csv(h),
+        None => return Err(EvalError::Empty(format!("{}: no header", path.display()))),
+    };
+    let mut rows = vec![];
+    for (i, line) in lines {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |msg: String| EvalError::Row {
+            path: path.to_path_buf(),
+            line: i + 1,
+            msg,
+        };
+        let f = split_csv(line);
+        let field = |name: &str| -> Option<&str> {
+            let k = header.iter().position(|h| h == name)?;
+            f.get(k).map(|s| s.as_str()).filter(|s| !s.is_empty())
+        };
+        let num = |name: &str| -> crate::error::Result<f64> {
+            let v =
+                field(name).ok_or_else(|| bad(format!("expected a value in column `{name}`")))?;
+            v.parse()
+                .map_err(|_| bad(format!("column `{name}`: `{v}` is not a number")))
+        };
+        let opt = |name: &str| -> crate::error::Result<Option<f64>> {
+            match field(name) {
+                None => Ok(None),
+                Some(_) => num(name).map(Some),
+            }
+        };
+        let strategy = field("strategy")
+            .ok_or_else(|| bad("expected a value in column `strategy`".into()))?
+            .to_string();
+        let problems = num("problems")? as usize;
+        let accuracy = num("accuracy")?;
+        let correct = opt("correct")?.map_or((accuracy * problems as f64).round() as usize, |c| {
+            c as usize
+        });
+        let (lo, hi) = match (opt("accuracy_lo")?, opt("accuracy_hi")?) {
+            (Some(lo), Some(hi)) => (lo, hi),
+            _ => wilson(accuracy * problems as f64, problems),
+        };
+        let rate = |v: &str, l: &str, h: &str| -> crate::error::Result<Option<Rate>> {
+            Ok(match (opt(v)?, opt(l)?, opt(h)?) {
+                (Some(value), Some(lo), Some(hi)) => Some(Rate {
+                    value,
+                    lo,
+                    hi,
+                    n: problems,
+                }),
+                _ => None,
+            })
+        };
+        let sampled = match (
+            rate("pass@1_sampled", "pass@1_sampled_lo", "pass@1_sampled_hi")?,
+            rate("pass@n", "pass@n_lo", "pass@n_hi")?,
+        ) {
+            (Some(pass1), Some(pass_n)) => Some(Sampled {
+                pass1,
+                pass_n,
+                mean_candidates: opt("mean_candidates")?.unwrap_or(0.0),
+            }),
+            _ => None,
+        };
+        rows.push(StrategyRow {
+            family: field("family").map_or_else(|| family(&strategy), str::to_string),
+            strategy,
+            problems,
+            accuracy,
+            mean_tokens: num("mean_tokens")?,
+            mean_calls: opt("mean_calls")?.unwrap_or(0.0),
+            mean_scorer_calls: opt("mean_scorer_calls")?.unwrap_or(0.0),
+            wall_s_per_problem: opt("wall_s_per_problem")?.unwrap_or(0.0),
+            budget_cut: opt("budget_cut")?.unwrap_or(0.0) as usize,
+            correct,
+            accuracy_lo: lo,
+            accuracy_hi: hi,
+            sampled,
+        });
+    }
+    Ok(rows)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,6 +430,49 @@ mod tests {
     fn a_rate_prints_value_interval_and_n() {
         assert_eq!(Rate::new(80.0, 150).text(), "53.3% [45.4, 61.1] (n=150)");
         assert_eq!(Rate::new(0.0, 10).text_short(), "0.0% [0.0, 27.8]");
+    }
+
+    #[test]
+    fn a_written_table_reads_back_and_an_old_one_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("table.csv");
+        let rows = vec![StrategyRow {
+            strategy: "sc@4".into(),
+            family: "sc".into(),
+            problems: 10,
+            accuracy: 0.5,
+            mean_tokens: 120.5,
+            mean_calls: 1.0,
+            mean_scorer_calls: 0.0,
+            wall_s_per_problem: 0.25,
+            budget_cut: 1,
+            correct: 5,
+            accuracy_lo: wilson(5.0, 10).0,
+            accuracy_hi: wilson(5.0, 10).1,
+            sampled: Some(Sampled {
+                pass1: Rate::new(3.0, 10),
+                pass_n: Rate::new(8.0, 10),
+                mean_candidates: 4.0,
+            }),
+        }];
+        std::fs::write(&p, csv(&rows)).unwrap();
+        assert_eq!(read_csv(&p).unwrap(), rows);
+        // Before the interval columns: nine columns; the interval is recomputed.
+        std::fs::write(
+            &p,
+            "strategy,family,problems,accuracy,mean_tokens,mean_calls,mean_scorer_calls,wall_s_per_problem,budget_cut\n\"greedy\",\"greedy\",10,0.5,40,1,0,0.1,0\n",
+        )
+        .unwrap();
+        let old = read_csv(&p).unwrap();
+        assert_eq!((old[0].accuracy_lo, old[0].accuracy_hi), wilson(5.0, 10));
+        assert_eq!((old[0].correct, old[0].sampled), (5, None));
+        std::fs::write(
+            &p,
+            "strategy,problems,accuracy,mean_tokens\n\"x\",10,abc,3\n",
+        )
+        .unwrap();
+        let e = read_csv(&p).unwrap_err().to_string();
+        assert!(e.contains("table.csv:2") && e.contains("`accuracy`"), "{e}");
     }
 
     #[test]
