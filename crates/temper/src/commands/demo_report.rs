@@ -390,7 +390,7 @@ impl Report {
                 .map(|r| format!("{} {}", r.model, pct_ci(r.correct, r.n)))
                 .collect();
             out.push(format!(
-                "Retain-set greedy accuracy (the easiest level, never trained on by RL): {}.",
+                "Retain-set greedy accuracy (a neighbouring level RL never trains on): {}.",
                 parts.join(", ")
             ));
         }

@@ -48,17 +48,33 @@ pub struct EvalArgs {
     pub flags: SearchFlags,
 }
 
+/// The built-in task every row of a `--data` file names in its `task` column (as `temper tasks
+/// generate` writes), if they all name the same one.
+fn data_task(path: &std::path::Path) -> Option<String> {
+    let rows = tempering_tasks::dataset::read_rows_numbered(path).ok()?;
+    let mut names = rows
+        .iter()
+        .map(|(_, r)| r.get("task").and_then(|t| t.as_str()).map(str::to_string));
+    let first = names.next()??;
+    names
+        .all(|n| n.as_deref() == Some(first.as_str()))
+        .then_some(first)
+}
+
 pub fn eval(a: EvalArgs) -> Result<()> {
+    // A file of built-in task problems names its task: task-specific strategies and the rule step
+    // checker read it as if --task were given.
+    let data_task_name = a.data.as_deref().and_then(data_task);
     let specs = expand_grid(&a.strategies).context("--strategies")?;
     let strategies = specs
         .iter()
-        .map(|s| parse_strategy(s, a.task.as_deref()))
+        .map(|s| parse_strategy(s, a.task.as_deref().or(data_task_name.as_deref())))
         .collect::<Result<Vec<_>, _>>()
         .context("--strategies")?;
     let config = a.flags.config()?;
     let budget = a.flags.budget()?;
     if a.flags.scorer.as_deref() == Some("rule") {
-        rule_step_checker(a.task.as_deref())?;
+        rule_step_checker(a.task.as_deref().or(data_task_name.as_deref()))?;
     }
     let (items, about) = match (&a.task, &a.data) {
         (Some(task), _) => {
@@ -93,7 +109,11 @@ pub fn eval(a: EvalArgs) -> Result<()> {
             bad.prompt
         );
     }
-    let loaded = build_scorers(&a.flags, &a.model, a.task.as_deref())?;
+    let loaded = build_scorers(
+        &a.flags,
+        &a.model,
+        a.task.as_deref().or(data_task_name.as_deref()),
+    )?;
     let encoder = TokenizerEncoder {
         tokenizer: tok,
         add_special_tokens: true,
