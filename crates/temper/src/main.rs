@@ -118,10 +118,35 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
+    install_signal_handlers();
     let cli = Cli::parse();
     if let Err(e) = dispatch(cli.command) {
+        if let Some(stop) = e.downcast_ref::<commands::Interrupted>() {
+            eprintln!("{stop}");
+            // The shell's convention for a process stopped by a signal: 128 + its number.
+            std::process::exit(128 + stop.signal);
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// SIGINT (Ctrl-C) and SIGTERM: while a training loop runs, the first asks it to stop after its
+/// current step with a checkpoint (see `tempering_train::interrupt`); otherwise, or on a second
+/// signal, the process ends at once as it would without a handler.
+fn install_signal_handlers() {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    for signal in [SIGINT, SIGTERM] {
+        let handler = move || {
+            if !tempering_train::interrupt::on_signal(signal) {
+                let _ = signal_hook::low_level::emulate_default_handler(signal);
+            }
+        };
+        // SAFETY: the handler touches only atomics (`on_signal`) and, failing that, the crate's
+        // async-signal-safe default-action emulation (`_exit`); it neither allocates nor locks.
+        if let Err(e) = unsafe { signal_hook::low_level::register(signal, handler) } {
+            tracing::warn!("cannot handle signal {signal}: {e}");
+        }
     }
 }
 
@@ -132,7 +157,43 @@ pub(crate) fn run_args(args: &[String]) -> anyhow::Result<()> {
     dispatch(cli.command)
 }
 
+/// The name of a training command (`temper NAME --resume DIR` continues it), `None` for others.
+fn training_command(command: &Command) -> Option<&'static str> {
+    Some(match command {
+        Command::Sft(_) => "sft",
+        Command::Grpo(_) => "grpo",
+        Command::Rloo(_) => "rloo",
+        Command::Rm(_) => "rm",
+        Command::Prm(_) => "prm",
+        Command::Ppo(_) => "ppo",
+        Command::Trpo(_) => "trpo",
+        Command::Dpo(_) => "dpo",
+        Command::Kto(_) => "kto",
+        _ => return None,
+    })
+}
+
 fn dispatch(command: Command) -> anyhow::Result<()> {
+    use tempering_train::TrainError;
+    let name = training_command(&command);
+    run_command(command).map_err(|e| match (name, e.downcast_ref::<TrainError>()) {
+        (
+            Some(command),
+            Some(TrainError::Interrupted {
+                step, dir, signal, ..
+            }),
+        ) => commands::Interrupted {
+            command,
+            step: *step,
+            dir: dir.clone(),
+            signal: *signal,
+        }
+        .into(),
+        _ => e,
+    })
+}
+
+fn run_command(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Inspect(a) => commands::model::inspect(a),
         Command::Convert(a) => commands::model::convert(a),

@@ -50,6 +50,25 @@ pub enum TrainError {
     )]
     NonFinite { step: usize, value: f64 },
 
+    /// A signal stopped the loop after step `step`; the checkpoint of that step is in `dir`.
+    #[error("interrupted at step {step} of {total}; continue with --resume {}", .dir.display())]
+    Interrupted {
+        step: usize,
+        total: usize,
+        dir: PathBuf,
+        /// The signal's number (2 for SIGINT, 15 for SIGTERM).
+        signal: i32,
+    },
+
+    /// Another live process holds the run directory's lock.
+    #[error("{}: in use by another run (pid {pid}{}); wait for it to finish or stop it",
+        .dir.display(), .command.as_ref().map(|c| format!(": {c}")).unwrap_or_default())]
+    Locked {
+        dir: PathBuf,
+        pid: String,
+        command: Option<String>,
+    },
+
     #[error("parameter `{name}`: {msg}")]
     Param { name: String, msg: String },
 

@@ -247,6 +247,10 @@ impl Trainer {
         let bar = progress_bar(c.progress, total, self.state.step);
         let (mut last_loss, mut last_eval) = (None, None);
         let mut saved_at = self.resumed.then_some(self.state.step);
+        if self.resumed {
+            crate::interrupt::announce_resume(&self.run_dir, self.state.step, total);
+        }
+        let _armed = crate::interrupt::arm();
 
         while self.state.step < total {
             let step = self.state.step;
@@ -325,6 +329,13 @@ impl Trainer {
             if done || (c.save_every > 0 && self.state.step.is_multiple_of(c.save_every)) {
                 checkpoint::save(&self.run_dir, &self.state, &self.opt, c.keep_checkpoints)?;
                 saved_at = Some(self.state.step);
+            }
+            if let (Some(signal), false) = (crate::interrupt::requested(), done) {
+                if saved_at != Some(self.state.step) {
+                    checkpoint::save(&self.run_dir, &self.state, &self.opt, c.keep_checkpoints)?;
+                }
+                bar.abandon();
+                return Err(self.interrupted(total, signal));
             }
         }
         bar.finish();
@@ -425,6 +436,11 @@ impl Trainer {
             &self.opt,
             self.config.keep_checkpoints,
         )
+    }
+
+    /// The error that reports a stop at the current step, asked for by `signal`.
+    pub fn interrupted(&self, total: usize, signal: i32) -> TrainError {
+        crate::interrupt::stopped(self.state.step, total, &self.run_dir, signal)
     }
 
     /// The caller's state stored with the checkpoint this run resumed from (`Null` otherwise).

@@ -16,6 +16,7 @@ use tempering_train::dpo::{
     load_pairs, load_unpaired, DpoObjective, KtoObjective, PreferenceConfig, PreferenceDataOptions,
     PreferenceKind, PreferenceObjective, PreferenceReport, Reference,
 };
+use tempering_train::run_lock::RunLock;
 use tempering_train::{checkpoint, Trainer};
 
 use crate::commands::sft::{required, write_final};
@@ -185,7 +186,10 @@ pub struct PreferenceArgs {
 }
 
 /// The config of a new run or of the run being resumed, its directory, and whether it resumes.
-fn resolve(a: &PreferenceArgs, kind: PreferenceKind) -> Result<(PreferenceConfig, PathBuf, bool)> {
+fn resolve(
+    a: &PreferenceArgs,
+    kind: PreferenceKind,
+) -> Result<(PreferenceConfig, PathBuf, bool, RunLock)> {
     let cli = toml::Table::try_from(a).context("reading the command-line flags")?;
     match &a.resume {
         Some(dir) => {
@@ -201,12 +205,19 @@ fn resolve(a: &PreferenceArgs, kind: PreferenceKind) -> Result<(PreferenceConfig
                     }
                 );
             }
+            let lock = RunLock::acquire(dir)?;
             checkpoint::latest(dir)?;
-            Ok((PreferenceConfig::read_run(dir, kind)?, dir.clone(), true))
+            Ok((
+                PreferenceConfig::read_run(dir, kind)?,
+                dir.clone(),
+                true,
+                lock,
+            ))
         }
         None => {
             let cfg = PreferenceConfig::resolve(a.config.as_deref(), cli, kind)?;
             let out = required(&cfg.output, "output")?.to_path_buf();
+            let lock = RunLock::acquire(&out)?;
             if out.join("config.toml").exists() || !checkpoint::list(&out).is_empty() {
                 bail!(
                     "{} already holds a run: continue it with --resume {}, or choose another --output",
@@ -214,7 +225,7 @@ fn resolve(a: &PreferenceArgs, kind: PreferenceKind) -> Result<(PreferenceConfig
                     out.display()
                 );
             }
-            Ok((cfg, out, false))
+            Ok((cfg, out, false, lock))
         }
     }
 }
@@ -311,7 +322,7 @@ fn save(
 
 /// `temper dpo` (`kind` paired) and `temper kto` (unpaired).
 pub fn run(a: PreferenceArgs, kind: PreferenceKind) -> Result<()> {
-    let (cfg, run_dir, resume) = resolve(&a, kind)?;
+    let (cfg, run_dir, resume, _lock) = resolve(&a, kind)?;
     let model_path = required(&cfg.model, "model")?;
     let data_path = required(&cfg.data, "data")?;
     let dtype = (!cfg.dtype.is_empty()).then_some(cfg.dtype.as_str());

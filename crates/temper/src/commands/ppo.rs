@@ -17,6 +17,7 @@ use tempering_train::rl::{
     run_actor_critic, ActorCriticConfig, ActorCriticInputs, AdvantageEstimator, Algorithm,
     KlControl, Method, OnlineInputs, PpoLossConfig, TrpoConfig,
 };
+use tempering_train::run_lock::RunLock;
 
 use crate::commands::rl::{prompt_items, sft_data, RlArgs};
 use crate::commands::sft::write_final;
@@ -168,9 +169,10 @@ fn resolve<T: Serialize + for<'de> Deserialize<'de>>(
     output: Option<&PathBuf>,
     quiet: bool,
     set_quiet: impl Fn(&mut T, bool),
-) -> Result<(T, PathBuf, bool)> {
+) -> Result<(T, PathBuf, bool, RunLock)> {
     match resume {
         Some(dir) => {
+            let lock = RunLock::acquire(dir)?;
             checkpoint::latest(dir)?;
             let path = dir.join("config.json");
             let text = std::fs::read_to_string(&path)
@@ -178,10 +180,11 @@ fn resolve<T: Serialize + for<'de> Deserialize<'de>>(
             let mut saved: T = serde_json::from_str(&text)
                 .with_context(|| format!("{}: not a saved PPO/TRPO config", path.display()))?;
             set_quiet(&mut saved, quiet);
-            Ok((saved, dir.clone(), true))
+            Ok((saved, dir.clone(), true, lock))
         }
         None => {
             let out = output.cloned().context("--output is required")?;
+            let lock = RunLock::acquire(&out)?;
             if out.join("config.json").exists() || !checkpoint::list(&out).is_empty() {
                 bail!(
                     "{} already holds a run: continue it with --resume {}, or choose another --output",
@@ -189,7 +192,7 @@ fn resolve<T: Serialize + for<'de> Deserialize<'de>>(
                     out.display()
                 );
             }
-            Ok((args, out, false))
+            Ok((args, out, false, lock))
         }
     }
 }
@@ -200,9 +203,10 @@ pub fn ppo(a: PpoArgs) -> Result<()> {
         a.ac.rl.output.clone(),
         a.ac.rl.quiet,
     );
-    let (a, run_dir, resume) = resolve(a, resume.as_ref(), output.as_ref(), quiet, |s, q| {
-        s.ac.rl.quiet = q
-    })?;
+    let (a, run_dir, resume, _lock) =
+        resolve(a, resume.as_ref(), output.as_ref(), quiet, |s, q| {
+            s.ac.rl.quiet = q
+        })?;
     let mut config = a.ac.config(Method::Ppo)?;
     config.kl_stop = a.kl_stop;
     let saved = serde_json::to_string_pretty(&a)?;
@@ -215,9 +219,10 @@ pub fn trpo(a: TrpoArgs) -> Result<()> {
         a.ac.rl.output.clone(),
         a.ac.rl.quiet,
     );
-    let (a, run_dir, resume) = resolve(a, resume.as_ref(), output.as_ref(), quiet, |s, q| {
-        s.ac.rl.quiet = q
-    })?;
+    let (a, run_dir, resume, _lock) =
+        resolve(a, resume.as_ref(), output.as_ref(), quiet, |s, q| {
+            s.ac.rl.quiet = q
+        })?;
     let mut config = a.ac.config(Method::Trpo)?;
     config.trpo = TrpoConfig {
         max_kl: a.max_kl,

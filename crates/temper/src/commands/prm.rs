@@ -47,15 +47,15 @@ pub struct PrmArgs {
 
 pub fn prm(a: PrmArgs) -> Result<()> {
     let cli = flag_table(&a)?;
-    let (cfg, run_dir, resume) = match &a.resume {
+    let (cfg, run_dir, resume, _lock) = match &a.resume {
         Some(dir) => {
-            let (d, r) = run_dir(Some(dir), &cli, a.config.is_some(), None)?;
-            (PrmConfig::read_run(&d)?, d, r)
+            let (d, r, l) = run_dir(Some(dir), &cli, a.config.is_some(), None)?;
+            (PrmConfig::read_run(&d)?, d, r, l)
         }
         None => {
             let cfg = PrmConfig::resolve(a.config.as_deref(), cli.clone())?;
-            let (d, r) = run_dir(None, &cli, false, cfg.output.as_deref())?;
-            (cfg, d, r)
+            let (d, r, l) = run_dir(None, &cli, false, cfg.output.as_deref())?;
+            (cfg, d, r, l)
         }
     };
     let model_path = required(&cfg.model, "model")?;

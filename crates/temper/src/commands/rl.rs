@@ -22,6 +22,7 @@ use tempering_train::rl::{
     run_online, Algorithm, GuardConfig, KlEstimator, LossType, OnlineConfig, OnlineInputs,
     PolicyLossConfig, PromptItem, ScaleRewards,
 };
+use tempering_train::run_lock::RunLock;
 use tempering_train::sft::{load_sft_sequences, SftDataOptions, SftSequence};
 use tempering_train::ScheduleKind;
 
@@ -356,8 +357,9 @@ pub(crate) fn sft_data(
 }
 
 pub fn run(a: RlArgs, algorithm: Algorithm) -> Result<()> {
-    let (a, run_dir, resume) = match &a.resume {
+    let (a, run_dir, resume, _lock) = match &a.resume {
         Some(dir) => {
+            let lock = RunLock::acquire(dir)?;
             checkpoint::latest(dir)?;
             let path = dir.join("config.json");
             let text = std::fs::read_to_string(&path)
@@ -365,10 +367,11 @@ pub fn run(a: RlArgs, algorithm: Algorithm) -> Result<()> {
             let mut saved: RlArgs = serde_json::from_str(&text)
                 .with_context(|| format!("{}: not a saved RL config", path.display()))?;
             saved.quiet = a.quiet;
-            (saved, dir.clone(), true)
+            (saved, dir.clone(), true, lock)
         }
         None => {
             let out = a.output.clone().context("--output is required")?;
+            let lock = RunLock::acquire(&out)?;
             if out.join("config.json").exists() || !checkpoint::list(&out).is_empty() {
                 bail!(
                     "{} already holds a run: continue it with --resume {}, or choose another --output",
@@ -376,7 +379,7 @@ pub fn run(a: RlArgs, algorithm: Algorithm) -> Result<()> {
                     out.display()
                 );
             }
-            (a, out, false)
+            (a, out, false, lock)
         }
     };
     let config = a.online_config(algorithm)?;

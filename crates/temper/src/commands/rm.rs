@@ -14,6 +14,7 @@ use tempering_model::{
     Tokenizer, Transformer,
 };
 use tempering_train::reward_model::load_preference_pairs;
+use tempering_train::run_lock::RunLock;
 use tempering_train::{checkpoint, RewardModelObjective, RmConfig, Trainer};
 
 use super::sft::write_final;
@@ -56,7 +57,7 @@ pub(crate) fn run_dir(
     cli: &toml::Table,
     config_file: bool,
     output: Option<&Path>,
-) -> Result<(PathBuf, bool)> {
+) -> Result<(PathBuf, bool, RunLock)> {
     if let Some(dir) = resume {
         if !cli.is_empty() || config_file {
             let keys: Vec<&String> = cli.keys().collect();
@@ -70,10 +71,12 @@ pub(crate) fn run_dir(
                 }
             );
         }
+        let lock = RunLock::acquire(dir)?;
         checkpoint::latest(dir)?;
-        return Ok((dir.to_path_buf(), true));
+        return Ok((dir.to_path_buf(), true, lock));
     }
     let out = output.context("`output` is not set: give --output or put it in --config")?;
+    let lock = RunLock::acquire(out)?;
     if out.join("config.toml").exists() || !checkpoint::list(out).is_empty() {
         bail!(
             "{} already holds a run: continue it with --resume {}, or choose another --output",
@@ -81,7 +84,7 @@ pub(crate) fn run_dir(
             out.display()
         );
     }
-    Ok((out.to_path_buf(), false))
+    Ok((out.to_path_buf(), false, lock))
 }
 
 pub(crate) fn required<'a>(v: &'a Option<PathBuf>, key: &str) -> Result<&'a Path> {
@@ -162,15 +165,15 @@ pub(crate) fn pad_id(tokenizer: &Tokenizer) -> u32 {
 
 pub fn rm(a: RmArgs) -> Result<()> {
     let cli = flag_table(&a)?;
-    let (cfg, run_dir, resume) = match &a.resume {
+    let (cfg, run_dir, resume, _lock) = match &a.resume {
         Some(dir) => {
-            let (d, r) = run_dir(Some(dir), &cli, a.config.is_some(), None)?;
-            (RmConfig::read_run(&d)?, d, r)
+            let (d, r, l) = run_dir(Some(dir), &cli, a.config.is_some(), None)?;
+            (RmConfig::read_run(&d)?, d, r, l)
         }
         None => {
             let cfg = RmConfig::resolve(a.config.as_deref(), cli.clone())?;
-            let (d, r) = run_dir(None, &cli, false, cfg.output.as_deref())?;
-            (cfg, d, r)
+            let (d, r, l) = run_dir(None, &cli, false, cfg.output.as_deref())?;
+            (cfg, d, r, l)
         }
     };
     let model_path = required(&cfg.model, "model")?;

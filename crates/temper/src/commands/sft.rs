@@ -9,6 +9,7 @@ use clap::Args;
 use serde::Serialize;
 use tempering_model::loader::save_hf_dir;
 use tempering_model::{save_peft, ModelFiles};
+use tempering_train::run_lock::RunLock;
 use tempering_train::sft::{load_sft_sequences, PrepareReport};
 use tempering_train::{checkpoint, SftConfig, SftObjective, Trainer};
 
@@ -189,7 +190,7 @@ pub(crate) fn write_final(out: &Path, write: impl FnOnce(&Path) -> Result<()>) -
 
 pub fn sft(a: SftArgs) -> Result<()> {
     let cli = overrides(&a)?;
-    let (cfg, run_dir, resume) = match &a.resume {
+    let (cfg, run_dir, resume, _lock) = match &a.resume {
         Some(dir) => {
             if !cli.is_empty() || a.config.is_some() {
                 let keys: Vec<&String> = cli.keys().collect();
@@ -203,13 +204,15 @@ pub fn sft(a: SftArgs) -> Result<()> {
                     }
                 );
             }
+            let lock = RunLock::acquire(dir)?;
             checkpoint::latest(dir)?;
             let cfg = SftConfig::read_run(dir)?;
-            (cfg, dir.clone(), true)
+            (cfg, dir.clone(), true, lock)
         }
         None => {
             let cfg = SftConfig::resolve(a.config.as_deref(), cli)?;
             let out = required(&cfg.output, "output")?.to_path_buf();
+            let lock = RunLock::acquire(&out)?;
             if out.join("config.toml").exists() || !checkpoint::list(&out).is_empty() {
                 bail!(
                     "{} already holds a run: continue it with --resume {}, or choose another --output",
@@ -217,7 +220,7 @@ pub fn sft(a: SftArgs) -> Result<()> {
                     out.display()
                 );
             }
-            (cfg, out, false)
+            (cfg, out, false, lock)
         }
     };
     let model_path = required(&cfg.model, "model")?;

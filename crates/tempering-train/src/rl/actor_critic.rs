@@ -478,6 +478,10 @@ pub fn run_actor_critic(
         }
     }
 
+    if resume {
+        crate::interrupt::announce_resume(run_dir, state.rollout_step, o.steps);
+    }
+    let _armed = crate::interrupt::arm();
     while state.rollout_step < o.steps {
         let k = state.rollout_step;
         let started = Instant::now();
@@ -778,12 +782,21 @@ pub fn run_actor_critic(
         // 5. Checkpoint.
         trainer.set_data_position(order.position());
         let done = state.rollout_step == o.steps;
-        if done || (o.save_every > 0 && state.rollout_step.is_multiple_of(o.save_every)) {
+        let interrupted = crate::interrupt::requested().filter(|_| !done);
+        if done
+            || interrupted.is_some()
+            || (o.save_every > 0 && state.rollout_step.is_multiple_of(o.save_every))
+        {
             let extra = serde_json::to_value(&state).map_err(|e| TrainError::Format {
                 path: run_dir.to_path_buf(),
                 msg: e.to_string(),
             })?;
             trainer.save_checkpoint(extra)?;
+        }
+        if let Some(signal) = interrupted {
+            bar.abandon();
+            let (step, total) = (state.rollout_step, o.steps);
+            return Err(crate::interrupt::stopped(step, total, run_dir, signal));
         }
     }
     bar.finish_and_clear();

@@ -410,6 +410,10 @@ pub fn run_online(
         }
     }
 
+    if resume {
+        crate::interrupt::announce_resume(run_dir, state.rollout_step, config.steps);
+    }
+    let _armed = crate::interrupt::arm();
     while state.rollout_step < config.steps {
         let k = state.rollout_step;
         let started = Instant::now();
@@ -619,12 +623,21 @@ pub fn run_online(
         // 5. Checkpoint.
         trainer.set_data_position(order.position());
         let done = state.rollout_step == config.steps;
-        if done || (config.save_every > 0 && state.rollout_step.is_multiple_of(config.save_every)) {
+        let interrupted = crate::interrupt::requested().filter(|_| !done);
+        if done
+            || interrupted.is_some()
+            || (config.save_every > 0 && state.rollout_step.is_multiple_of(config.save_every))
+        {
             let extra = serde_json::to_value(&state).map_err(|e| TrainError::Format {
                 path: run_dir.to_path_buf(),
                 msg: e.to_string(),
             })?;
             trainer.save_checkpoint(extra)?;
+        }
+        if let Some(signal) = interrupted {
+            bar.abandon();
+            let (step, total) = (state.rollout_step, config.steps);
+            return Err(crate::interrupt::stopped(step, total, run_dir, signal));
         }
     }
     bar.finish_and_clear();
