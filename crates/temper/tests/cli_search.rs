@@ -124,6 +124,20 @@ fn eval_writes_table_plots_and_report() {
     ] {
         assert!(out.contains(s), "{s} in {out}");
     }
+    // Every accuracy with its interval and n; sampling strategies with pass@1 and pass@N, greedy
+    // without.
+    let greedy = out.lines().find(|l| l.starts_with("| greedy |")).unwrap();
+    assert!(greedy.contains("(n=3) | - | - | - |"), "{out}");
+    let sc2 = out.lines().find(|l| l.starts_with("| sc@2 |")).unwrap();
+    assert!(
+        sc2.contains("(n=3) |") && sc2.matches('[').count() == 3,
+        "{out}"
+    );
+    let html = std::fs::read_to_string(run.join("report.html")).unwrap();
+    assert!(
+        html.contains("<table") && html.contains("What sampling bought: sc"),
+        "{html}"
+    );
     for f in [
         "config.json",
         "results.jsonl",

@@ -277,6 +277,25 @@ pub fn log_ticks(lo: f64, hi: f64, max: usize) -> ((f64, f64), Vec<f64>) {
     (domain, ticks)
 }
 
+/// The shown range of a log axis whose data spans [x0, x1]: a margin of a factor 1.4, widened to
+/// the power of two just outside when that is near (within a factor 1.6), so the end points sit
+/// between labelled ticks.
+pub fn log_domain(x0: f64, x1: f64) -> (f64, f64) {
+    let below = 2f64.powf(x0.log2().floor());
+    let above = 2f64.powf(x1.log2().ceil());
+    let lo = if below >= x0 / 1.6 {
+        below.min(x0 / 1.4)
+    } else {
+        x0 / 1.4
+    };
+    let hi = if above <= x1 * 1.6 {
+        above.max(x1 * 1.4)
+    } else {
+        x1 * 1.4
+    };
+    (lo, hi)
+}
+
 /// Ticks of a linear axis over [lo, hi]: a step of 1, 2, 2.5 or 5 times a power of ten, the one
 /// whose tick count is nearest `target` + 1 (the larger step on ties). Returns (step, ticks within
 /// [lo, hi]).
@@ -420,7 +439,8 @@ pub fn plot_svg(plot: &Plot) -> String {
     // Axes: domains and ticks.
     let (x_dom, x_ticks, x_labels): ((f64, f64), Vec<f64>, Vec<String>) = match plot.x_scale {
         Scale::Log => {
-            let (dom, ticks) = log_ticks(x0 / 1.4, x1 * 1.4, 8);
+            let (lo, hi) = log_domain(x0, x1);
+            let (dom, ticks) = log_ticks(lo, hi, 8);
             let labels = ticks.iter().map(|&t| count_label(t)).collect();
             (dom, ticks, labels)
         }
@@ -741,6 +761,14 @@ mod tests {
         // Many doublings: every other power.
         let (_, ticks) = log_ticks(10.0, 30_000.0, 8);
         assert_eq!(ticks, vec![16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0]);
+        // The data's ends sit between labelled ticks, without a far-away tick (0.5 candidates).
+        let (lo, hi) = log_domain(24.0, 387.0);
+        assert_eq!(
+            log_ticks(lo, hi, 8).1,
+            vec![16.0, 32.0, 64.0, 128.0, 256.0, 512.0]
+        );
+        let (lo, hi) = log_domain(1.0 / 1.06, 16.0 * 1.06);
+        assert_eq!(log_ticks(lo, hi, 8).1, vec![1.0, 2.0, 4.0, 8.0, 16.0]);
         // One point: widened to the powers of two around it.
         assert_eq!(
             log_ticks(30.0, 46.0, 8),

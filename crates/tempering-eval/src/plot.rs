@@ -11,7 +11,7 @@ use std::sync::Once;
 use plotters::coord::ranged1d::{KeyPointHint, NoDefaultFormatting, Ranged, ValueFormatter};
 use plotters::prelude::*;
 
-use crate::curves::{count_label, log_ticks, plot_svg, Plot, Scale, Series, COLORS};
+use crate::curves::{count_label, log_domain, log_ticks, plot_svg, Plot, Scale, Series, COLORS};
 use crate::error::{write_atomic, EvalError, Result};
 use crate::table::{Rate, StrategyRow};
 
@@ -79,8 +79,9 @@ pub fn accuracy_plot_runs(runs: &[(&str, &[StrategyRow])], title: &str) -> Plot 
 
 /// Per family of strategies that draw candidates, what sampling bought against the number of
 /// candidates N (log axis): pass@N (any candidate right: a perfect selector's ceiling, dashed),
-/// the strategy's own accuracy and sampled pass@1, each with its 95% interval. Families in
-/// first-seen order; none when no row drew candidates.
+/// the strategy's own accuracy and sampled pass@1, each with its 95% interval; pass@N and pass@1
+/// are nudged 6% right and left so equal values stay visible. Families in first-seen order; none
+/// when no row drew candidates.
 pub fn sampling_plots(rows: &[StrategyRow]) -> Vec<(String, Plot)> {
     let mut fams: Vec<String> = vec![];
     for r in rows {
@@ -101,9 +102,11 @@ pub fn sampling_plots(rows: &[StrategyRow]) -> Vec<(String, Plot)> {
                 let (y, iv) = pct(&s.pass1);
                 one.push((x, y, iv));
             }
-            let c = by_x("pass@N: any candidate right", ceil).dashed();
+            // Nudged sideways (6% on the log axis) so equal values do not hide each other.
+            let nudge = |v: Vec<Pt>, f: f64| v.into_iter().map(|p| (p.0 * f, p.1, p.2)).collect();
+            let c = by_x("pass@N: any candidate right", nudge(ceil, 1.06)).dashed();
             let a = by_x(format!("{fam}: the strategy's answer"), acc);
-            let p = by_x("pass@1: one sampled candidate", one);
+            let p = by_x("pass@1: one sampled candidate", nudge(one, 1.0 / 1.06));
             let plot = Plot::new(
                 format!("What sampling bought: {fam}"),
                 "candidates per problem, N (log scale)",
@@ -188,7 +191,8 @@ fn draw<DB: DrawingBackend>(
         (ylo, yhi) = (ylo - 1.0, ylo + 1.0);
     }
     let (dom, ticks) = if log {
-        let (d, t) = log_ticks(lo / 1.4, hi * 1.4, 8);
+        let (a, b) = log_domain(lo, hi);
+        let (d, t) = log_ticks(a, b, 8);
         (
             (d.0.log2(), d.1.log2()),
             t.iter().map(|t| t.log2()).collect(),
@@ -371,7 +375,9 @@ mod tests {
         let series = &s[0].1.series;
         assert_eq!(series.len(), 3);
         assert!(series[0].dashed && series[0].name.starts_with("pass@N"));
-        assert_eq!(series[0].points, vec![(1.0, 90.0), (4.0, 90.0)]);
+        let xs: Vec<f64> = series[0].points.iter().map(|p| p.0 / 1.06).collect();
+        assert!((xs[0] - 1.0).abs() < 1e-12 && (xs[1] - 4.0).abs() < 1e-12);
+        assert_eq!(series[0].points[1].1, 90.0);
         assert_eq!(series[1].points, vec![(1.0, 40.0), (4.0, 60.0)]);
         assert!(sampling_plots(&sft).is_empty());
         let png = plot_png(&s[0].1).unwrap();

@@ -28,7 +28,8 @@ pub fn html(title: &str, about: &str, rows: &[StrategyRow], svg: &str) -> String
         body.push_str(
             "<h2>What sampling bought</h2>\n<p class=\"note\">For each family that draws whole \
              candidates: one sampled candidate (pass@1), the strategy's chosen answer, and whether \
-             any candidate was right (pass@N, dashed: the most a perfect selector could reach).</p>\n",
+             any candidate was right (pass@N, dashed: the most a perfect selector could reach); \
+             pass@N and pass@1 are nudged sideways so equal values stay visible.</p>\n",
         );
         for (_, plot) in &sampling {
             body.push_str(&format!("<figure>{}</figure>\n", plot_svg(plot)));

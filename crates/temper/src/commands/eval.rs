@@ -153,7 +153,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         done += 1;
         correct += r.correct as usize;
         bar.set_message(format!(
-            "{current} acc {:.1}%",
+            "{current} acc {:.1}% (n={done})",
             100.0 * correct as f64 / done as f64
         ));
         bar.inc(1);
