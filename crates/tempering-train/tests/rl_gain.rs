@@ -191,6 +191,116 @@ fn grpo_raises_greedy_accuracy_of_the_tiny_sft_model() {
     );
 }
 
+/// Greedy correctness of `model` on each of `ps`.
+fn greedy_correct(model: &Transformer, tok: &Tokenizer, ps: &[Problem]) -> Vec<bool> {
+    let engine = LocalEngine::new(model.clone(), tok.clone());
+    let reqs: Vec<GenRequest> = ps
+        .iter()
+        .map(|p| {
+            GenRequest::new(
+                tok.encode(&p.prompt, false).unwrap(),
+                1,
+                SamplingParams::greedy(96),
+            )
+        })
+        .collect();
+    let out = engine.generate(&reqs).unwrap();
+    ps.iter()
+        .zip(&out)
+        .map(|(p, c)| task().verify(p, &c[0].text).is_correct())
+        .collect()
+}
+
+/// The held-out measurement the demo makes: GRPO on the committed level-3 SFT model
+/// (`fixtures/models/tiny-arith-sft`), prompts drawn fresh from the train split every batch,
+/// full fine-tuning at lr 5e-5 with rollouts at temperature 0.6 (the demo's recipe), and greedy
+/// accuracy on 800 distinct test-split problems it never saw, compared problem by problem.
+/// Measured: 52.2% -> 56.1% in the CLI probe (`temper grpo ... --learning-rate 5e-5 --temperature
+/// 0.6`, paired gain +3.9 points, 95% interval [+1.6, +6.1]).
+#[test]
+fn grpo_raises_held_out_greedy_accuracy_of_the_level3_sft_model() {
+    let (model, tok) = sft_fixture();
+    let model = deep_copy(&model);
+    let held_out = problems(3, 800, 101, Split::Test);
+    let before = greedy_correct(&model, &tok, &held_out);
+    let train = tempering_tasks::generate(
+        task(),
+        &tempering_tasks::GenerateSpec {
+            level: 3,
+            n: 20_000,
+            seed: 1,
+            split: Split::Train,
+            unique: false,
+        },
+    )
+    .unwrap();
+    let prompts = prompt_items(&train, &tok);
+    let (policy, params, reference) = trainable_policy(&model, 0, "");
+    let mut c = OnlineConfig {
+        algorithm: Algorithm::Grpo,
+        num_generations: 8,
+        prompts_per_step: 16,
+        steps: knob("RL_HELD_OUT_STEPS", 80),
+        micro_batch_size: 64,
+        learning_rate: knob("RL_HELD_OUT_LR", 5e-5),
+        max_completion_length: 64,
+        temperature: knob("RL_HELD_OUT_TEMP", 0.6),
+        log_rollouts_every: 0,
+        seed: 1,
+        progress: false,
+        ..OnlineConfig::default()
+    };
+    c.loss.loss_type = LossType::Dapo;
+    c.loss.beta = 0.0;
+    c.loss.max_completion_length = 64;
+    let dir = tempfile::tempdir().unwrap();
+    let reward = TaskReward { invert: false };
+    run_online(
+        &c,
+        OnlineInputs {
+            policy: policy.clone(),
+            params,
+            reference,
+            tokenizer: &tok,
+            prompts: &prompts,
+            reward: &reward,
+            verifier: None,
+            prm: None,
+            retain: None,
+            replay: None,
+        },
+        &dir.path().join("grpo"),
+        false,
+    )
+    .unwrap();
+    let after = greedy_correct(&policy, &tok, &held_out);
+    let n = held_out.len() as f64;
+    let diffs: Vec<f64> = before
+        .iter()
+        .zip(&after)
+        .map(|(&b, &a)| a as u8 as f64 - b as u8 as f64)
+        .collect();
+    let mean = diffs.iter().sum::<f64>() / n;
+    let var = diffs.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    let half = 1.96 * (var / n).sqrt();
+    let acc = |v: &[bool]| v.iter().filter(|&&x| x).count() as f64 / n;
+    eprintln!(
+        "GRPO, held out: greedy accuracy on {} distinct test problems {:.3} -> {:.3}; paired gain {:+.3} [{:+.3}, {:+.3}]",
+        held_out.len(),
+        acc(&before),
+        acc(&after),
+        mean,
+        mean - half,
+        mean + half
+    );
+    assert!(
+        mean > 0.0,
+        "held-out greedy accuracy {:.3} -> {:.3}: RL must gain on problems it never saw",
+        acc(&before),
+        acc(&after)
+    );
+}
+
 /// PPO's and TRPO's settings for the CI runs, each overridable by its `AC_*` knob. TRPO takes group
 /// advantages on twice PPO's prompts per batch for half the batches (README, "PPO and TRPO").
 fn ac_config(method: Method) -> ActorCriticConfig {

@@ -34,8 +34,8 @@ pub struct DemoArgs {
     /// The one-minute version (smaller stages; what the test suite runs).
     #[arg(long)]
     pub fast: bool,
-    /// Also train against a deliberately gameable proxy reward (rewarding length) beside the
-    /// held-out verifier: the proxy rises, the verifier falls and the guards say so; then the
+    /// Also train against a deliberately gameable proxy reward (an even final answer) beside the
+    /// held-out verifier: the proxy rises, the verifier falls and the guard says so; then the
     /// same proxy with a KL anchor to the SFT model.
     #[arg(long)]
     pub hacking: bool,
@@ -86,6 +86,11 @@ const LORA_FLAGS: [&str; 6] = [
     "--lora-targets",
     "q,k,v,o",
 ];
+
+/// The gameable proxy of the hacking stage: 1 when the answer ends in an even digit. Half the
+/// right answers earn nothing and half the wrong ones earn full marks, so a policy can raise it by
+/// answering evenly rather than rightly.
+const HACKABLE_PROXY: &str = "format=Answer: [0-9]*[02468]$";
 
 /// Sizes of each stage.
 struct Plan {
@@ -181,7 +186,7 @@ impl Plan {
                 grpo_temperature: 0.6,
                 grpo_num_prompts: 20_000,
                 replay: true,
-                test_problems: 500,
+                test_problems: 400,
                 retain_problems: 200,
                 budgets: vec![4, 16],
                 beams: vec!["beam:2x2"],
@@ -471,6 +476,9 @@ impl Demo {
                 .arg("--samples", self.plan.label_samples)
                 .arg("--rollouts", self.plan.label_rollouts)
                 .arg("--max-new-tokens", 64)
+                // A step is good when most rollouts from it reach the answer (Math-Shepherd's soft
+                // estimate); "any rollout" let lucky rollouts mark wrong steps good.
+                .arg("--threshold", 0.5)
                 .arg("--seed", seed)
                 .path("--output", out);
             if balance {
@@ -573,23 +581,23 @@ impl Demo {
         Ok(RlRun { name, run, model })
     }
 
-    /// The hacking stage: a proxy that pays for length (which a wrong answer earns as well as a
-    /// right one) beside the held-out verifier, then the same proxy anchored by a KL penalty.
+    /// The hacking stage: a proxy that looks only at a surface property of the answer (an even
+    /// last digit, which a wrong answer earns as well as a right one) beside the held-out
+    /// verifier, then the same proxy anchored by a KL penalty to the SFT model.
     fn hacking(&mut self, sft: &Path) -> Result<Vec<(String, Vec<Map<String, Value>>)>> {
-        eprintln!("[hacking] GRPO against a gameable proxy (length), then with a KL anchor");
+        eprintln!(
+            "[hacking] GRPO against a gameable proxy (an even answer), then with a KL anchor"
+        );
         let a = &self.args;
         let mut runs = Vec::new();
-        for (name, beta) in [("hack-proxy", 0.0), ("hack-kl", 0.5)] {
+        for (name, beta) in [("hack-proxy", 0.0), ("hack-kl", 1.0)] {
             let run = self.out.join(format!("runs/{name}"));
             let mut c = Cmd::new(&["grpo"])
                 .path("--model", sft)
                 .arg("--task", &a.task)
                 .arg("--level", self.level)
                 .arg("--num-prompts", self.plan.grpo_num_prompts)
-                .arg(
-                    "--reward",
-                    "0.2*task_verifier - length_penalty(coef=0.02, target=0)",
-                )
+                .arg("--reward", HACKABLE_PROXY)
                 .arg("--verifier", "task_verifier")
                 .arg("--num-generations", 8)
                 .arg("--prompts-per-step", 8)
@@ -598,7 +606,7 @@ impl Demo {
                 .arg("--learning-rate", 1e-4)
                 .arg("--beta", beta)
                 .arg("--max-completion-length", 64)
-                .arg("--hacking-window", 4)
+                .arg("--hacking-window", 6)
                 .arg("--log-rollouts-every", 0)
                 .arg("--seed", a.seed)
                 .words(["--quiet"])
@@ -624,7 +632,8 @@ impl Demo {
             "[5/7] test-time search on {} held-out problems",
             self.plan.test_problems
         );
-        let mut voting = vec!["greedy".to_string(), "sample".to_string()];
+        // Sampled pass@1 and pass@k come from the voting strategies' candidates.
+        let mut voting = vec!["greedy".to_string()];
         let mut scored = Vec::new();
         for n in &self.plan.budgets {
             voting.push(format!("sc@{n}"));

@@ -508,7 +508,10 @@ impl Report {
         let mut hacking = String::new();
         if let Some(h) = &self.hacking {
             for (key, title) in [
-                ("reward", "Hacking: the proxy reward (pays for length)"),
+                (
+                    "reward",
+                    "Hacking: the proxy reward (pays for an even answer)",
+                ),
                 ("verifier_reward", "Hacking: the held-out verifier"),
                 ("completion_length", "Hacking: completion length (tokens)"),
                 ("kl", "Hacking: KL to the SFT model (per token)"),
