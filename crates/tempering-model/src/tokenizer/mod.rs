@@ -92,6 +92,10 @@ impl Tokenizer {
     /// switched off: callers decide lengths.
     pub fn from_file(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
+        // JSON syntax first: `tokenizers` 0.23 panics (`expect("Helper")`) on a syntax error
+        // inside the `decoder` object (found by fuzzing; fixtures/bad-input/model/).
+        serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)
+            .map_err(|e| ModelError::format(path, format!("not a tokenizer.json: {e}")))?;
         let mut inner = tokenizers::Tokenizer::from_bytes(&bytes)
             .map_err(|e| ModelError::format(path, format!("not a tokenizer.json: {e}")))?;
         inner
