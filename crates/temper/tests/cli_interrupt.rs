@@ -275,3 +275,40 @@ fn a_directory_in_use_is_refused_naming_the_process() {
     drop(lock);
     assert!(!run.exists(), "the lock's empty directory was left behind");
 }
+
+#[test]
+fn sigterm_during_ppo_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("prompts.jsonl");
+    std::fs::write(
+        &data,
+        "{\"prompt\": \"Compute: 3+4\\n\", \"answer\": \"7\"}\n\
+         {\"prompt\": \"Compute: 9-1\\n\", \"answer\": \"8\"}\n",
+    )
+    .unwrap();
+    let run = dir.path().join("ppo");
+    let mut child = temper()
+        .arg("ppo")
+        .arg("--model")
+        .arg(model())
+        .arg("--data")
+        .arg(&data)
+        .args(["--num-generations", "2", "--prompts-per-step", "2"])
+        .args(["--steps", "1000", "--max-completion-length", "4"])
+        .args(["--lora-r", "2", "--save-every", "0", "--quiet", "--output"])
+        .arg(&run)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_steps(&mut child, &run, 0);
+    signal(&child, "TERM");
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(143), "{err}");
+    let step = interrupted_step(&err, "ppo", &run);
+    assert!((1..1000).contains(&step), "{err}");
+    // One checkpoint, named by the optimiser's steps (several per rollout batch in PPO).
+    assert_eq!(checkpoint_steps(&run).len(), 1, "{err}");
+    assert!(!run.join("temper.lock").exists());
+}

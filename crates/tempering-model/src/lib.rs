@@ -9,6 +9,7 @@
 pub mod chat;
 pub mod config;
 pub mod error;
+mod gguf_check;
 pub mod heads;
 pub mod known;
 pub mod loader;

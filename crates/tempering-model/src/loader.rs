@@ -218,7 +218,6 @@ impl ModelFiles {
     }
 }
 
-/// Reads a GGUF file's header, metadata and tensor index.
 /// The config of a GGUF file, with llama.cpp's `rope_freqs.weight` (Llama-3 RoPE scaling) applied.
 pub fn gguf_config(content: &gguf_file::Content, path: &Path) -> Result<ModelConfig> {
     let mut config = ModelConfig::from_gguf(content, path)?;
@@ -234,10 +233,17 @@ pub fn gguf_config(content: &gguf_file::Content, path: &Path) -> Result<ModelCon
     Ok(config)
 }
 
+/// Reads a GGUF file's header, metadata and tensor index. Every length in the file is checked
+/// against the file's size first (see `gguf_check`), so a crafted file gives an error, not a
+/// panic or a huge allocation.
 pub fn read_gguf(path: &Path) -> Result<gguf_file::Content> {
+    crate::gguf_check::check_header(path)?;
     let mut f = File::open(path).map_err(|e| ModelError::io(path, e))?;
-    gguf_file::Content::read(&mut f)
-        .map_err(|e| ModelError::format(path, format!("not a readable GGUF file: {e}")))
+    let content = gguf_file::Content::read(&mut f)
+        .map_err(|e| ModelError::format(path, format!("not a readable GGUF file: {e}")))?;
+    let len = f.metadata().map_err(|e| ModelError::io(path, e))?.len();
+    crate::gguf_check::check_tensors(&content, path, len)?;
+    Ok(content)
 }
 
 /// Writes `model` as an HF directory `out`: config.json, model.safetensors (in `dtype`),

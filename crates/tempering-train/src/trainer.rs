@@ -18,6 +18,9 @@ use crate::optim::{accumulate, sum_squares, AdamW, AdamWConfig};
 use crate::rng::Rng;
 use crate::schedule::{Schedule, ScheduleKind};
 
+/// The largest micro-batch (and number of micro-batches per step) a config may ask for.
+pub const MAX_BATCH: usize = 1 << 20;
+
 /// Everything the loop needs to know; algorithm settings live in the objective.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainConfig {
@@ -87,13 +90,13 @@ impl TrainConfig {
             self.learning_rate.is_finite() && self.learning_rate > 0.0,
             &format!("expected a positive number, got {}", self.learning_rate),
         )?;
-        positive("batch_size", self.batch_size > 0, "expected at least 1")?;
-        positive("grad_accum", self.grad_accum > 0, "expected at least 1")?;
-        positive(
-            "eval_batch_size",
-            self.eval_batch_size > 0,
-            "expected at least 1",
-        )?;
+        // Batches are allocated at their configured size: a number from a config file must be
+        // one that fits in memory (a crafted `batch_size = 2^62` is an error, not an abort).
+        let sized = |n: usize| (1..=MAX_BATCH).contains(&n);
+        let range = format!("expected 1 to {MAX_BATCH}");
+        positive("batch_size", sized(self.batch_size), &range)?;
+        positive("grad_accum", sized(self.grad_accum), &range)?;
+        positive("eval_batch_size", sized(self.eval_batch_size), &range)?;
         positive(
             "epochs",
             self.max_steps > 0 || self.epochs > 0,
@@ -136,8 +139,8 @@ impl TrainConfig {
         if self.max_steps > 0 {
             return self.max_steps;
         }
-        let per_step = self.batch_size * self.grad_accum;
-        (n * self.epochs).div_ceil(per_step).max(1)
+        let per_step = self.batch_size.saturating_mul(self.grad_accum).max(1);
+        n.saturating_mul(self.epochs).div_ceil(per_step).max(1)
     }
 }
 

@@ -92,6 +92,20 @@ impl Tokenizer {
     /// switched off: callers decide lengths.
     pub fn from_file(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
+        // Valid JSON first (syntax, UTF-8, escapes): `tokenizers` 0.23 panics (`expect("Helper")`)
+        // on any such error inside the `decoder` object (found by fuzzing; the inputs are in
+        // fixtures/bad-input/model/). Skipping over strings would not check their encoding.
+        let json = serde_json::from_slice::<Json>(&bytes)
+            .map_err(|e| ModelError::format(path, format!("not a tokenizer.json: {e}")))?;
+        // A post-processor template naming a special token it does not define panics in
+        // `tokenizers` at the first encode (fuzzing found it); refuse it here.
+        if let Some(id) = json.get("post_processor").and_then(missing_template_token) {
+            return Err(ModelError::format(
+                path,
+                format!("post_processor: the template uses special token `{id}`, which it does not define"),
+            ));
+        }
+        drop(json);
         let mut inner = tokenizers::Tokenizer::from_bytes(&bytes)
             .map_err(|e| ModelError::format(path, format!("not a tokenizer.json: {e}")))?;
         inner
@@ -498,6 +512,30 @@ pub(crate) fn template_processor(
 }
 
 /// Whether `encode(.., true)` adds `bos` first / `eos` last, observed on a probe string.
+/// The first special token that a `TemplateProcessing` (anywhere inside `v`, sequences included)
+/// uses in its `single` or `pair` template but leaves out of its `special_tokens`.
+fn missing_template_token(v: &Json) -> Option<String> {
+    match v {
+        Json::Object(o) => {
+            if let Some(defined) = o.get("special_tokens") {
+                for key in ["single", "pair"] {
+                    for piece in o.get(key).and_then(Json::as_array).into_iter().flatten() {
+                        let id = piece.get("SpecialToken").and_then(|t| t.get("id"));
+                        if let Some(id) = id.and_then(Json::as_str) {
+                            if defined.get(id).is_none() {
+                                return Some(id.to_string());
+                            }
+                        }
+                    }
+                }
+            }
+            o.values().find_map(missing_template_token)
+        }
+        Json::Array(a) => a.iter().find_map(missing_template_token),
+        _ => None,
+    }
+}
+
 fn probe_added(
     inner: &tokenizers::Tokenizer,
     bos: Option<&(u32, String)>,

@@ -25,25 +25,74 @@ fn parquet_error(path: &Path, e: parquet::errors::ParquetError) -> TaskError {
 /// Every row with its 1-based row number.
 pub(super) fn read_numbered(path: &Path) -> Result<Vec<(usize, Row)>> {
     let file = std::fs::File::open(path).map_err(|e| TaskError::io(path, e))?;
+    let len = file.metadata().map_err(|e| TaskError::io(path, e))?.len();
     let reader = SerializedFileReader::new(file).map_err(|e| parquet_error(path, e))?;
-    let iter = reader
-        .get_row_iter(None)
-        .map_err(|e| parquet_error(path, e))?;
-    let mut rows = Vec::new();
-    for (i, row) in iter.enumerate() {
-        let row = row.map_err(|e| parquet_error(path, e))?;
-        let map: Row = row
-            .get_column_iter()
-            .map(|(name, field)| (name.clone(), to_json(field)))
-            .collect();
-        rows.push((i + 1, map));
-    }
+    check_column_ranges(path, reader.metadata(), len)?;
+    // The record reader asserts on corrupt pages (definition levels past the schema's, found by
+    // fuzzing: fixtures/bad-input/datasets/bad-definition-level.parquet) instead of returning an
+    // error; such a panic is turned into an error naming the file.
+    let read = || -> Result<Vec<(usize, Row)>> {
+        let iter = reader
+            .get_row_iter(None)
+            .map_err(|e| parquet_error(path, e))?;
+        let mut rows = Vec::new();
+        for (i, row) in iter.enumerate() {
+            let row = row.map_err(|e| parquet_error(path, e))?;
+            let map: Row = row
+                .get_column_iter()
+                .map(|(name, field)| (name.clone(), to_json(field)))
+                .collect();
+            rows.push((i + 1, map));
+        }
+        Ok(rows)
+    };
+    let rows = std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)).map_err(|p| {
+        let why = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        TaskError::format(path, format!("Parquet: corrupt file ({why})"))
+    })??;
     if rows.is_empty() {
         return Err(TaskError::EmptyDataset {
             path: path.to_path_buf(),
         });
     }
     Ok(rows)
+}
+
+/// Every column chunk's bytes must lie inside the file: the `parquet` crate asserts (panics) on a
+/// negative offset or size read from a corrupt footer (found by fuzzing; the input is
+/// fixtures/bad-input/datasets/negative-column-start.parquet).
+fn check_column_ranges(
+    path: &Path,
+    meta: &parquet::file::metadata::ParquetMetaData,
+    file_len: u64,
+) -> Result<()> {
+    for (g, group) in meta.row_groups().iter().enumerate() {
+        for col in group.columns() {
+            let start = col
+                .dictionary_page_offset()
+                .unwrap_or_else(|| col.data_page_offset());
+            let size = col.compressed_size();
+            let end = u64::try_from(start)
+                .ok()
+                .zip(u64::try_from(size).ok())
+                .and_then(|(s, n)| s.checked_add(n));
+            if end.is_none_or(|e| e > file_len) {
+                return Err(TaskError::format(
+                    path,
+                    format!(
+                        "Parquet: row group {g}, column `{}`: its data (offset {start}, {size} \
+                         bytes) lies outside the file ({file_len} bytes)",
+                        col.column_path()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn float(x: f64) -> Value {
