@@ -25,9 +25,13 @@ struct Server {
 
 impl Server {
     fn start(extra: &[&str], envs: &[(&str, &str)]) -> Server {
+        Server::start_model(&model_dir(), extra, envs)
+    }
+
+    fn start_model(model: &std::path::Path, extra: &[&str], envs: &[(&str, &str)]) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_temper"));
         cmd.arg("serve")
-            .arg(model_dir())
+            .arg(model)
             .args(["--host", "127.0.0.1", "--port", "0"])
             .args(extra)
             .stdin(Stdio::null())
@@ -431,6 +435,7 @@ fn strategies_by_body_and_by_model_name() {
             "{t}"
         );
         assert!(t["model_calls"].as_u64().unwrap() >= 1, "{t}");
+        assert!(t["samples"].as_u64().unwrap() >= 4, "{t}");
         assert!(t["wall_s"].as_f64().unwrap() > 0.0, "{t}");
         let gen = t["generated_tokens"].as_u64().unwrap();
         assert_eq!(v["usage"]["completion_tokens"].as_u64().unwrap(), gen);
@@ -534,4 +539,92 @@ fn concurrency_limit_api_key_and_sigterm() {
     // SIGTERM: a graceful exit.
     let status = s.terminate();
     assert!(status.success(), "exit status after SIGTERM: {status:?}");
+}
+
+#[test]
+fn chat_completions_with_a_template() {
+    // The tiny model with a chat template added: each message's content on its own line.
+    let dir = tempfile::tempdir().unwrap();
+    for f in [
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+    ] {
+        std::fs::copy(model_dir().join(f), dir.path().join(f)).unwrap();
+    }
+    let mut cfg: Value = serde_json::from_str(
+        &std::fs::read_to_string(model_dir().join("tokenizer_config.json")).unwrap(),
+    )
+    .unwrap();
+    cfg["chat_template"] = json!("{% for m in messages %}{{ m['content'] }}\n{% endfor %}");
+    std::fs::write(dir.path().join("tokenizer_config.json"), cfg.to_string()).unwrap();
+    let s = Server::start_model(
+        &dir.path().join("."),
+        &["--served-model-name", "chatty"],
+        &[],
+    );
+
+    let msgs = json!([{"role": "user", "content": "Compute: 3+4*2"}]);
+    let (st, v) = s.post(
+        "/v1/chat/completions",
+        &json!({"model": "chatty", "messages": msgs, "max_tokens": 40, "temperature": 0,
+                "logprobs": true, "top_logprobs": 2}),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["object"], "chat.completion");
+    let text = v["choices"][0]["message"]["content"].as_str().unwrap();
+    assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(
+        v["usage"]["prompt_tokens"].as_u64().unwrap(),
+        PROMPT.len() as u64
+    );
+    let content = v["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(
+        content.len() as u64,
+        v["usage"]["completion_tokens"].as_u64().unwrap()
+    );
+    assert_eq!(content[0]["top_logprobs"].as_array().unwrap().len(), 2);
+    // The same greedy answer as the plain prompt the template renders.
+    let (_, plain) = s.post(
+        "/v1/completions",
+        &json!({"prompt": PROMPT, "max_tokens": 40, "temperature": 0}),
+    );
+    assert_eq!(text, plain["choices"][0]["text"].as_str().unwrap());
+
+    // Streamed: a role chunk first, content deltas that add up, a finish, usage, [DONE].
+    let body = json!({"model": "chatty", "messages": msgs, "max_tokens": 40, "temperature": 0,
+                      "stream": true, "stream_options": {"include_usage": true}});
+    let (st, raw) = s.request(
+        "POST",
+        "/v1/chat/completions",
+        Some(&body.to_string()),
+        None,
+    );
+    assert_eq!(st, 200, "{raw}");
+    let data: Vec<&str> = raw
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert_eq!(data.last(), Some(&"[DONE]"), "{raw}");
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert_eq!(chunks[0]["object"], "chat.completion.chunk");
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let streamed: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(streamed, text);
+    assert_eq!(chunks.iter().filter(|c| !c["usage"].is_null()).count(), 1);
+
+    // A strategy over a chat.
+    let (st, v) = s.post(
+        "/v1/chat/completions",
+        &json!({"model": "sc@3@chatty", "messages": msgs, "max_tokens": 40}),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["usage"]["temper"]["samples"], 3, "{v}");
 }

@@ -513,7 +513,11 @@ impl Loaded {
         };
         let _ = job.tx.send(Msg::Started);
         let started = Instant::now();
-        let mut ctx = SearchContext::new(&self.engine, &encoder, scorers, config, s.budget);
+        let counting = Counting {
+            inner: &self.engine,
+            samples: std::cell::Cell::new(0),
+        };
+        let mut ctx = SearchContext::new(&counting, &encoder, scorers, config, s.budget);
         let sol = solve(s.strategy.as_ref(), &SearchProblem::new(text), &mut ctx)
             .map_err(ApiError::from_search)?;
         let c = sol.cost;
@@ -540,6 +544,7 @@ impl Loaded {
                     "strategy": sol.strategy,
                     "answer": sol.answer,
                     "score": sol.score,
+                    "samples": counting.samples.get(),
                     "model_calls": c.model_calls,
                     "scorer_calls": c.scorer_calls,
                     "generated_tokens": c.generated_tokens,
@@ -551,5 +556,23 @@ impl Loaded {
                 },
             }),
         })
+    }
+}
+
+/// The engine, counting the sequences a search asks of it (`usage.temper.samples`).
+struct Counting<'a> {
+    inner: &'a tempering_generate::LocalEngine,
+    samples: std::cell::Cell<usize>,
+}
+
+impl Backend for Counting<'_> {
+    fn generate_with(
+        &self,
+        reqs: &[GenRequest],
+        on_event: &mut dyn FnMut(&GenEvent<'_>),
+    ) -> tempering_generate::Result<Vec<Vec<Completion>>> {
+        let n: usize = reqs.iter().map(|r| r.n).sum();
+        self.samples.set(self.samples.get() + n);
+        self.inner.generate_with(reqs, on_event)
     }
 }
