@@ -490,12 +490,47 @@ fn concurrency_limit_api_key_and_sigterm() {
     assert_eq!(st, 200, "{text}");
 
     // A long request holds the one place; a second one meanwhile gets 429.
-    let long = json!({"prompt": PROMPT, "n": 64, "max_tokens": 230, "ignore_eos": true, "seed": 3});
-    let addr = s.addr.clone();
-    let holder = std::thread::spawn(move || {
+    let holder = long_request(&s.addr);
+    wait_in_flight(&s, 1, &holder);
+    let (st, text) = s.request(
+        "POST",
+        "/v1/completions",
+        Some(&json!({"prompt": PROMPT, "max_tokens": 2}).to_string()),
+        Some("sekrit"),
+    );
+    assert_error(
+        st,
+        &serde_json::from_str(&text).unwrap(),
+        429,
+        "past --max-concurrency",
+    );
+    assert_eq!(holder.join().unwrap(), 200, "the long request");
+    let (_, h) = s.get("/health");
+    let h: Value = serde_json::from_str(&h).unwrap();
+    assert_eq!(h["in_flight"], 0, "{h}");
+
+    // SIGTERM while a request runs: it still gets its answer, then the server exits 0.
+    let holder = long_request(&s.addr);
+    wait_in_flight(&s, 1, &holder);
+    let status = s.terminate();
+    assert_eq!(
+        holder.join().unwrap(),
+        200,
+        "the request in flight at SIGTERM"
+    );
+    assert!(status.success(), "exit status after SIGTERM: {status:?}");
+}
+
+/// A request that takes a while (n = 64, 230 tokens each, EOS ignored), on its own thread; its
+/// status comes back from `join`.
+fn long_request(addr: &str) -> std::thread::JoinHandle<u16> {
+    let addr = addr.to_string();
+    std::thread::spawn(move || {
+        let b =
+            json!({"prompt": PROMPT, "n": 64, "max_tokens": 230, "ignore_eos": true, "seed": 3})
+                .to_string();
         let mut st = TcpStream::connect(&addr).unwrap();
         st.set_read_timeout(Some(WAIT)).unwrap();
-        let b = long.to_string();
         let req = format!(
             "POST /v1/completions HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer sekrit\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
             b.len()
@@ -504,41 +539,28 @@ fn concurrency_limit_api_key_and_sigterm() {
         let mut raw = Vec::new();
         st.read_to_end(&mut raw).unwrap();
         parse_response(&raw).0
-    });
+    })
+}
+
+/// Polls /health until `k` requests are in flight; fails if `holder` ends first or time runs out.
+fn wait_in_flight(s: &Server, k: u64, holder: &std::thread::JoinHandle<u16>) {
     let deadline = Instant::now() + WAIT;
-    let mut saw_429 = false;
-    while Instant::now() < deadline && !holder.is_finished() {
+    loop {
         let (_, h) = s.get("/health");
         let h: Value = serde_json::from_str(&h).unwrap();
-        if h["in_flight"] == 1 {
-            let (st, text) = s.request(
-                "POST",
-                "/v1/completions",
-                Some(&json!({"prompt": PROMPT, "max_tokens": 2}).to_string()),
-                Some("sekrit"),
-            );
-            if st == 429 {
-                assert_error(
-                    st,
-                    &serde_json::from_str(&text).unwrap(),
-                    429,
-                    "past --max-concurrency",
-                );
-                saw_429 = true;
-                break;
-            }
+        if h["in_flight"] == k {
+            return;
         }
+        assert!(
+            !holder.is_finished(),
+            "the long request ended before /health saw it in flight"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "/health never showed {k} in flight: {h}"
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
-    assert_eq!(holder.join().unwrap(), 200, "the long request");
-    assert!(saw_429, "no 429 while a request held the only place");
-    let (_, h) = s.get("/health");
-    let h: Value = serde_json::from_str(&h).unwrap();
-    assert_eq!(h["in_flight"], 0, "{h}");
-
-    // SIGTERM: a graceful exit.
-    let status = s.terminate();
-    assert!(status.success(), "exit status after SIGTERM: {status:?}");
 }
 
 #[test]
