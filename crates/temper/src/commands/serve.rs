@@ -174,7 +174,11 @@ pub fn serve(a: ServeArgs) -> Result<()> {
                         // The queue ends when the last handle to the state goes: not this one.
                         drop(state);
                         for job in job_rx {
-                            m.run(job);
+                            // A panic fails that request (its channel closes: a 500), not the server.
+                            let run = std::panic::AssertUnwindSafe(|| m.run(job));
+                            if std::panic::catch_unwind(run).is_err() {
+                                eprintln!("a request panicked in the model thread; serving on");
+                            }
                         }
                     }
                     Err(e) => {
