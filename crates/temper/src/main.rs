@@ -50,6 +50,8 @@ enum Command {
     Demo(commands::demo::DemoArgs),
     /// Solve one problem with a test-time search strategy under a budget; prints the answer, its cost and the tree.
     Search(Box<commands::search::SearchArgs>),
+    /// Serve the model over an OpenAI-compatible HTTP API, with test-time strategies by request.
+    Serve(Box<commands::serve::ServeArgs>),
     /// Run a grid of test-time strategies over a dataset: table, plots and an HTML report.
     Eval(Box<commands::eval::EvalArgs>),
     /// Train a Bradley-Terry outcome reward model on preference pairs (HF sequence classifier).
@@ -215,6 +217,7 @@ fn run_command(command: Command) -> anyhow::Result<()> {
         Command::Rloo(a) => commands::rl::run(*a, tempering_train::rl::Algorithm::Rloo),
         Command::Demo(a) => commands::demo::demo(a),
         Command::Search(a) => commands::search::search(*a),
+        Command::Serve(a) => commands::serve::serve(*a),
         Command::Eval(a) => commands::eval::eval(*a),
         Command::Rm(a) => commands::rm::rm(*a),
         Command::Prm(a) => commands::prm::prm(*a),

@@ -14,6 +14,7 @@ pub mod rl;
 pub mod rm;
 pub mod score;
 pub mod search;
+pub mod serve;
 pub mod sft;
 pub mod tasks;
 pub mod train_flags;
