@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use tempering_tasks::{generate, records, task_by_name, write_jsonl, GenerateSpec, Split, Task};
 
-use super::demo_report::{self, EvalSummary, Report, RetainRow};
+use super::demo_report::{self, EvalSummary, Report, RetainRow, RunMetrics};
 
 #[derive(Args, Debug, Clone)]
 pub struct DemoArgs {
@@ -584,7 +584,7 @@ impl Demo {
     /// The hacking stage: a proxy that looks only at a surface property of the answer (an even
     /// last digit, which a wrong answer earns as well as a right one) beside the held-out
     /// verifier, then the same proxy anchored by a KL penalty to the SFT model.
-    fn hacking(&mut self, sft: &Path) -> Result<Vec<(String, Vec<Map<String, Value>>)>> {
+    fn hacking(&mut self, sft: &Path) -> Result<RunMetrics> {
         eprintln!(
             "[hacking] GRPO against a gameable proxy (an even answer), then with a KL anchor"
         );

@@ -177,6 +177,9 @@ pub fn step_auc(scored: &Path) -> Result<f64> {
     })
 }
 
+/// A run's `metrics.jsonl` records, by run name.
+pub type RunMetrics = Vec<(String, Vec<Map<String, Value>>)>;
+
 /// Everything the demo measured.
 pub struct Report {
     pub task: String,
@@ -190,8 +193,8 @@ pub struct Report {
     pub retain: Vec<RetainRow>,
     pub prm_auc: Option<f64>,
     /// (run name, metrics.jsonl records) of each GRPO run.
-    pub rl_metrics: Vec<(String, Vec<Map<String, Value>>)>,
-    pub hacking: Option<Vec<(String, Vec<Map<String, Value>>)>>,
+    pub rl_metrics: RunMetrics,
+    pub hacking: Option<RunMetrics>,
     pub timings: Vec<(String, f64)>,
     pub seconds: f64,
 }
