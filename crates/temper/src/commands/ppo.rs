@@ -254,10 +254,7 @@ fn run(
     let (device, dtype) = device_and_dtype(&a.device, a.dtype.as_deref())?;
     let files = ModelFiles::open(&model_path, dtype, &device)
         .with_context(|| format!("opening the model {}", model_path.display()))?;
-    let tok = files
-        .tokenizer
-        .clone()
-        .with_context(|| format!("{}: the model has no tokenizer", model_path.display()))?;
+    let tok = files.require_tokenizer()?.clone();
     let template = files.chat_template.as_ref();
     let prompts = prompt_items(a, &tok, template)?;
     let ctx = RewardContext {

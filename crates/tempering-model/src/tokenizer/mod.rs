@@ -320,6 +320,14 @@ impl Tokenizer {
         self.pad.clone()
     }
 
+    /// The id that pads batches: the padding token, else EOS, else 0.
+    pub fn pad_id(&self) -> u32 {
+        self.pad
+            .as_ref()
+            .or(self.eos.as_ref())
+            .map_or(0, |(id, _)| *id)
+    }
+
     /// Whether `encode(.., true)` puts BOS first.
     pub fn adds_bos(&self) -> bool {
         self.add_bos
