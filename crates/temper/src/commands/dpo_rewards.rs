@@ -91,9 +91,7 @@ pub fn run(a: DpoRewardsArgs) -> Result<()> {
     }
     match &a.output {
         Some(path) => {
-            let tmp = path.with_extension("jsonl.tmp");
-            std::fs::write(&tmp, &text).with_context(|| format!("writing {}", tmp.display()))?;
-            std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+            tempering_model::write_atomic(path, text.as_bytes())?;
         }
         None => std::io::stdout()
             .write_all(text.as_bytes())

@@ -316,9 +316,7 @@ fn run(
         std::fs::create_dir_all(run_dir)
             .with_context(|| format!("creating {}", run_dir.display()))?;
         let path = run_dir.join("config.json");
-        let tmp = run_dir.join(".config.json.tmp");
-        std::fs::write(&tmp, saved_config).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+        tempering_model::write_atomic(&path, saved_config.as_bytes())?;
     }
     let o = &config.online;
     eprintln!(
