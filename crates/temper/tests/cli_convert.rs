@@ -7,13 +7,15 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::Value;
 use tempering_model::known::{fixtures_dir, smollm2_or_skip};
 
+mod common;
+
 fn temper(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_temper"))
+    common::temper()
         .args(args)
         .output()
         .expect("running the temper binary")

@@ -1,13 +1,11 @@
 //! `temper generate` end to end on SmolLM2: greedy output as transformers gives it, a JSONL file in
 //! and out with seeded sampling, and clear errors for bad flags.
 
-use std::process::Command;
-
 use serde_json::Value;
 
-fn temper() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_temper"))
-}
+mod common;
+
+use common::temper;
 
 #[test]
 fn greedy_json_matches_the_transformers_fixture() {

@@ -5,16 +5,12 @@
 //! naming the owner's pid; a stale lock is taken over with a warning.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn temper() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_temper"))
-}
+mod common;
 
-fn model() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/models/tiny-arith-sft")
-}
+use common::{fixture_sft as model, ok, temper};
 
 fn sft_data(dir: &Path) -> PathBuf {
     let p = dir.join("sft.jsonl");
@@ -29,16 +25,6 @@ fn sft_data(dir: &Path) -> PathBuf {
         .collect();
     std::fs::write(&p, rows).unwrap();
     p
-}
-
-fn ok(out: &Output) -> String {
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(
-        out.status.success(),
-        "{}\n{err}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    err
 }
 
 /// Lines of `run/metrics.jsonl` that record a training step.

@@ -4,59 +4,10 @@
 //! writing an adapter, and clear errors for flags that do not apply.
 
 use std::path::Path;
-use std::process::Command;
 
-fn temper() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_temper"))
-}
+mod common;
 
-/// A tiny model with the arithmetic task's character tokenizer (two training steps: only the files
-/// matter here), made once per test binary.
-fn model() -> std::path::PathBuf {
-    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
-    let dir = DIR.get_or_init(|| {
-        let d = tempfile::tempdir().unwrap();
-        let out = temper()
-            .args([
-                "tasks",
-                "train-tiny",
-                "arithmetic",
-                "--level",
-                "1",
-                "--steps",
-                "2",
-            ])
-            .args(["--train-problems", "64", "--eval-problems", "0", "--output"])
-            .arg(d.path().join("m"))
-            .output()
-            .unwrap();
-        ok(&out);
-        d
-    });
-    dir.path().join("m")
-}
-
-fn prompts(dir: &Path) -> std::path::PathBuf {
-    let p = dir.join("prompts.jsonl");
-    std::fs::write(
-        &p,
-        "{\"prompt\": \"Compute: 3+4\\n\", \"answer\": \"7\"}\n\
-         {\"prompt\": \"Compute: 2*5\\n\", \"answer\": 10}\n\
-         {\"prompt\": \"Compute: 9-1\\n\", \"answer\": \"8\"}\n",
-    )
-    .unwrap();
-    p
-}
-
-fn ok(out: &std::process::Output) -> String {
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(
-        out.status.success(),
-        "{}\n{err}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    err
-}
+use common::{ok, prompts, temper, two_step_model as model};
 
 fn metrics(run: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(run.join("metrics.jsonl"))

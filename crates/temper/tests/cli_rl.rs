@@ -2,60 +2,9 @@
 //! directory (config, metrics, rollouts, checkpoint, final model), resume of a finished run, LoRA
 //! output as a PEFT adapter, and clear errors for bad flags.
 
-use std::path::Path;
-use std::process::Command;
+mod common;
 
-fn temper() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_temper"))
-}
-
-/// A tiny model with the arithmetic task's character tokenizer (two training steps: only the files
-/// matter here), made once per test binary.
-fn model() -> std::path::PathBuf {
-    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
-    let dir = DIR.get_or_init(|| {
-        let d = tempfile::tempdir().unwrap();
-        let out = temper()
-            .args([
-                "tasks",
-                "train-tiny",
-                "arithmetic",
-                "--level",
-                "1",
-                "--steps",
-                "2",
-            ])
-            .args(["--train-problems", "64", "--eval-problems", "0", "--output"])
-            .arg(d.path().join("m"))
-            .output()
-            .unwrap();
-        ok(&out);
-        d
-    });
-    dir.path().join("m")
-}
-
-fn prompts(dir: &Path) -> std::path::PathBuf {
-    let p = dir.join("prompts.jsonl");
-    std::fs::write(
-        &p,
-        "{\"prompt\": \"Compute: 3+4\\n\", \"answer\": \"7\"}\n\
-         {\"prompt\": \"Compute: 2*5\\n\", \"answer\": 10}\n\
-         {\"prompt\": \"Compute: 9-1\\n\", \"answer\": \"8\"}\n",
-    )
-    .unwrap();
-    p
-}
-
-fn ok(out: &std::process::Output) -> String {
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(
-        out.status.success(),
-        "{}\n{err}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    err
-}
+use common::{ok, prompts, temper, two_step_model as model};
 
 #[test]
 fn grpo_writes_a_complete_run_and_resumes() {

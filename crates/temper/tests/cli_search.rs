@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-fn temper() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_temper"))
-}
+mod common;
+
+use common::{fixture_sft as sft_model, temper};
 
 fn text(o: &Output) -> String {
     format!(
@@ -355,11 +355,6 @@ fn eval_with_an_adapter_answers_as_the_merged_model() {
         .unwrap();
     let e = text(&o);
     assert!(!o.status.success() && e.contains("temper merge"), "{e}");
-}
-
-/// The committed tiny SFT model (level-3 arithmetic, greedy about 55% on held-out problems).
-fn sft_model() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/models/tiny-arith-sft")
 }
 
 /// The rows of a run's `results.jsonl`.

@@ -14,26 +14,19 @@ use tempering_generate::{
 use tempering_model::{ModelFiles, Tokenizer};
 use tempering_tasks::{generate, task_by_name, GenerateSpec, Problem, Split, Verdict};
 
+mod common;
 mod shared_sft;
+
+use common::temper;
 
 /// A measurement override from the environment (README, "Preference optimisation").
 fn knob(key: &str, default: &str) -> String {
     std::env::var(key).unwrap_or_else(|_| default.to_string())
 }
 
-fn temper() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_temper"))
-}
-
+/// Runs the command, asserts it succeeded and returns its stdout.
 fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    String::from_utf8_lossy(&common::run_ok(cmd).stdout).to_string()
 }
 
 /// The training problems the pairs come from: the distinct ones among 400 seeded draws (level 1 has

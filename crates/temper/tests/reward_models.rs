@@ -7,27 +7,15 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::OnceLock;
 
 use serde_json::{json, Value};
 
+mod common;
 mod shared_sft;
 
-fn temper() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_temper"))
-}
-
-fn run_ok(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
+use common::{run_ok, temper};
 
 /// The tiny policy (arithmetic level 1), trained once for the test binaries that share it.
 fn policy() -> &'static Path {

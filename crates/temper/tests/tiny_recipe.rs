@@ -3,13 +3,10 @@
 //! test split. Small enough for CI (level 1, 150 steps; the run is `shared_sft`'s, which other CLI
 //! tests start from); the recorded figure is in the README.
 
-use std::process::Command;
-
+mod common;
 mod shared_sft;
 
-fn temper() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_temper"))
-}
+use common::temper;
 
 #[test]
 fn tiny_recipe_learns_arithmetic_level_1() {

@@ -37,20 +37,11 @@ impl EvalError {
 
 pub type Result<T, E = EvalError> = std::result::Result<T, E>;
 
-/// Writes `bytes` to a temporary name beside `path`, then renames it.
+/// Writes `bytes` to a temporary name beside `path`, syncs it and renames it into place
+/// (`tempering_model::write_atomic`, with the error as an [`EvalError`] naming `path`).
 pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(|e| EvalError::io(path, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        EvalError::io(path, e)
+    tempering_model::write_atomic(path, bytes).map_err(|e| match e {
+        tempering_model::ModelError::Io { error, .. } => EvalError::io(path, error),
+        other => EvalError::io(path, std::io::Error::other(other.to_string())),
     })
 }

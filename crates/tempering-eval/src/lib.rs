@@ -6,7 +6,8 @@
 //! pages are built from (an HTML table, SVG line plots with log axes, smoothing and markers).
 //!
 //! This crate knows the search layer, the tasks (to judge answers) and the scorer traits. It
-//! knows nothing of how models run, of training or of the command line.
+//! knows nothing of how models run (it takes only `write_atomic` from the model crate), of training
+//! or of the command line.
 
 pub mod curves;
 pub mod data;

@@ -1,7 +1,7 @@
 //! Tensors to logits. This crate holds the model configuration, the Llama-family decoder (one
 //! implementation for training and cached inference), the fused differentiable ops it is built from,
 //! LoRA adapters (PEFT's format), loading and saving of HF safetensors directories and GGUF files,
-//! the tokenizer and chat templates.
+//! the tokenizer and chat templates, and the workspace's atomic file write (`write_atomic`).
 //!
 //! It knows nothing of training loops, datasets, generation strategies or search: those live in the
 //! crates above it and reach the model only through the types exported here.
@@ -28,4 +28,4 @@ pub use loader::{ModelFiles, ModelFormat, ModelInfo};
 pub use lora::{load_peft, save_peft, DropoutRng, LoraConfig, LoraLinear, LoraTarget, PeftAdapter};
 pub use tokenizer::Tokenizer;
 pub use transformer::{KvCache, TokenLayout, Transformer};
-pub use weights::Weights;
+pub use weights::{write_atomic, Weights};

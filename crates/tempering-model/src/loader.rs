@@ -76,7 +76,22 @@ pub struct ModelInfo {
     pub chat_template: Option<ChatTemplate>,
 }
 
+/// `tokenizer`, or an error naming `path` as a model without one.
+fn require_tokenizer<'a>(tokenizer: Option<&'a Tokenizer>, path: &Path) -> Result<&'a Tokenizer> {
+    tokenizer.ok_or_else(|| {
+        ModelError::format(
+            path,
+            "the model has no tokenizer (tokenizer.json or GGUF tokenizer metadata)",
+        )
+    })
+}
+
 impl ModelInfo {
+    /// The tokenizer, or an error naming the model's path when it has none.
+    pub fn require_tokenizer(&self) -> Result<&Tokenizer> {
+        require_tokenizer(self.tokenizer.as_ref(), &self.path)
+    }
+
     /// Reads config, tensor index, tokenizer and chat template of `path` without loading weights.
     pub fn read(path: &Path) -> Result<Self> {
         let format = detect_format(path)?;
@@ -148,6 +163,12 @@ fn gguf_chat_template(
 }
 
 impl ModelFiles {
+    /// The tokenizer, or an error naming the model's path when it has none (no `tokenizer.json`,
+    /// no GGUF tokenizer metadata).
+    pub fn require_tokenizer(&self) -> Result<&Tokenizer> {
+        require_tokenizer(self.tokenizer.as_ref(), &self.path)
+    }
+
     /// Opens `path` (HF directory or GGUF file), with weights as `dtype` on `device`.
     pub fn open(path: &Path, dtype: DType, device: &Device) -> Result<Self> {
         match detect_format(path)? {

@@ -1,6 +1,7 @@
 //! Named weight tensors read from HF safetensors (single file or shards) or GGUF (dequantised, with
 //! llama.cpp's tensor names and q/k row permutation mapped back to HF's), and written back as an HF
 //! `model.safetensors`. Knows the on-disk formats and the HF tensor names, not the decoder's maths.
+//! Also home to the workspace's one atomic file write, [`write_atomic`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -180,11 +181,35 @@ pub fn tmp_path(path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename, so a crash leaves no half file.
+/// Writes `bytes` to `path` so that a crash leaves either the old file or the new one, never half
+/// of one: into a temporary file beside it (`.NAME.tmpPID`, so two processes do not share it),
+/// synced to disk, then renamed over `path`. The temporary file is removed when a step fails. The
+/// one atomic write of the workspace (`tempering_model::write_atomic`; `tempering_eval` re-exports
+/// it with its own error type).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = tmp_path(path);
-    std::fs::write(&tmp, bytes).map_err(|e| ModelError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| ModelError::io(path, e))
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(ModelError::io(&tmp, e));
+    }
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        ModelError::io(path, e)
+    })
 }
 
 pub fn dtype_name(d: DType) -> &'static str {

@@ -88,6 +88,12 @@ fn check_logits(ty: &str) {
         files.tokenizer.is_none(),
         "{ty}: the fixture carries no vocabulary"
     );
+    // Asking for the tokenizer says which model has none.
+    let e = files.require_tokenizer().unwrap_err().to_string();
+    assert!(
+        e.contains(&*path.to_string_lossy()) && e.contains("has no tokenizer"),
+        "{e}"
+    );
     let c = &fx["config"];
     let cfg = &files.config;
     assert_eq!(cfg.vocab_size as u64, c["vocab_size"].as_u64().unwrap());

@@ -143,6 +143,7 @@ fn smollm2_names_its_tokens() {
     assert_eq!(tok.bos_token(), Some((1, "<|im_start|>".to_string())));
     assert_eq!(tok.eos_token(), Some((2, "<|im_end|>".to_string())));
     assert_eq!(tok.pad_token(), Some((2, "<|im_end|>".to_string())));
+    assert_eq!(tok.pad_id(), 2);
     let specials = tok.special_tokens();
     assert_eq!(specials.len(), 17, "{specials:?}");
     assert_eq!(specials[0], (0, "<|endoftext|>".to_string()));
@@ -230,6 +231,8 @@ fn tokenizer_config_names_tokens_and_bos_rule() {
     assert_eq!(t.bos_token(), Some((1, "<|im_start|>".into())));
     assert_eq!(t.eos_token(), Some((2, "<|im_end|>".into())));
     assert_eq!(t.pad_token(), None);
+    // Batches are padded with EOS when there is no padding token.
+    assert_eq!(t.pad_id(), 2);
     assert!(t.adds_bos());
     let plain = t.encode("Hi there", false).unwrap();
     let with = t.encode("Hi there", true).unwrap();

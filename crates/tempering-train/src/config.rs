@@ -246,9 +246,7 @@ pub fn write_config<T: Serialize>(cfg: &T, dir: &Path) -> Result<PathBuf> {
     let text = toml::to_string_pretty(cfg)
         .map_err(|e| TrainError::config("<config>", format!("cannot write as TOML: {e}")))?;
     let path = dir.join("config.toml");
-    let tmp = dir.join(".config.toml.tmp");
-    std::fs::write(&tmp, text).map_err(|e| TrainError::io(&tmp, e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| TrainError::io(&path, e))?;
+    tempering_model::write_atomic(&path, text.as_bytes())?;
     Ok(path)
 }
 

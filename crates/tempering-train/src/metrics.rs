@@ -34,9 +34,7 @@ impl MetricsLog {
                 }
             }
         }
-        let tmp = run_dir.join(".metrics.jsonl.tmp");
-        std::fs::write(&tmp, kept).map_err(|e| TrainError::io(&tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| TrainError::io(&path, e))?;
+        tempering_model::write_atomic(&path, kept.as_bytes())?;
         let file = OpenOptions::new()
             .append(true)
             .open(&path)

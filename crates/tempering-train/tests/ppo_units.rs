@@ -5,11 +5,10 @@
 
 mod rl_common;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use rl_common::*;
 use serde_json::Value;
-use tempering_model::{Tokenizer, Transformer};
-use tempering_reward::{ScoreInput, Scored, Verifier};
+use tempering_model::Transformer;
 use tempering_tasks::Split;
 use tempering_train::metrics::read;
 use tempering_train::objective::{Mode, Objective, StepContext};
@@ -18,10 +17,9 @@ use tempering_train::rl::ppo::ppo_token_losses;
 use tempering_train::rl::value::{completion_hidden, logprobs_from_hidden};
 use tempering_train::rl::{
     run_actor_critic, ActorCriticConfig, ActorCriticInputs, Critic, KlControl, KlController,
-    KlEstimator, Method, OnlineConfig, OnlineInputs, PpoLossConfig, PpoObjective, PpoSample,
-    RolloutSample, ValueHead,
+    KlEstimator, Method, OnlineConfig, PpoLossConfig, PpoObjective, PpoSample, RolloutSample,
+    ValueHead,
 };
-use tempering_train::tiny::{task_tokenizer, tiny_config, TinyOptions};
 use tempering_train::Rng;
 
 fn fixture() -> Value {
@@ -158,20 +156,6 @@ fn clipped_policy_and_value_losses_match_numpy() {
     assert!(p["clipfrac"].as_f64().unwrap() > 0.0);
 }
 
-fn random_model(seed: u64) -> (Transformer, Tokenizer) {
-    let tok = task_tokenizer(task()).unwrap();
-    let mut o = TinyOptions::for_task(task());
-    o.hidden_size = 32;
-    o.num_layers = 2;
-    o.num_heads = 2;
-    o.intermediate_size = 64;
-    let cfg = tiny_config(&o, &tok);
-    (
-        Transformer::init_random(&cfg, seed, &Device::Cpu, DType::F32).unwrap(),
-        tok,
-    )
-}
-
 #[test]
 fn objective_is_the_token_mean_of_the_formulas() {
     let (mut model, tok) = random_model(4);
@@ -252,23 +236,6 @@ fn objective_is_the_token_mean_of_the_formulas() {
     assert!(metric("approx_kl_k3") > 0.0);
 }
 
-/// A reward with spread on random text: the share of digits in the completion.
-struct DigitShare;
-
-impl Verifier for DigitShare {
-    fn name(&self) -> &str {
-        "digit_share"
-    }
-    fn score(&self, i: &ScoreInput<'_>) -> tempering_reward::Result<Scored> {
-        let n = i.completion.chars().count().max(1) as f64;
-        let d = i.completion.chars().filter(|c| c.is_ascii_digit()).count() as f64;
-        Ok(Scored {
-            score: d / n,
-            correct: None,
-        })
-    }
-}
-
 fn config(method: Method, steps: usize) -> ActorCriticConfig {
     let mut c = ActorCriticConfig {
         method,
@@ -315,18 +282,14 @@ fn run(
     run_actor_critic(
         c,
         ActorCriticInputs {
-            online: OnlineInputs {
-                policy: policy.clone(),
+            online: online_inputs(
+                policy.clone(),
                 params,
-                reference: Some(model),
-                tokenizer: &tok,
-                prompts: &prompts,
-                reward: &DigitShare,
-                verifier: None,
-                prm: None,
-                retain: None,
-                replay: None,
-            },
+                Some(model),
+                &tok,
+                &prompts,
+                &DigitShare,
+            ),
             critic_model: critic,
         },
         dir,
@@ -426,19 +389,15 @@ fn a_reference_sharing_the_policy_weights_is_refused() {
     let err = run_actor_critic(
         &config(Method::Ppo, 1),
         ActorCriticInputs {
-            online: OnlineInputs {
-                policy: policy.clone(),
+            online: online_inputs(
+                policy.clone(),
                 params,
                 // A clone of a trainable model holds the same `Var`s.
-                reference: Some(policy.clone()),
-                tokenizer: &tok,
-                prompts: &prompts,
-                reward: &DigitShare,
-                verifier: None,
-                prm: None,
-                retain: None,
-                replay: None,
-            },
+                Some(policy.clone()),
+                &tok,
+                &prompts,
+                &DigitShare,
+            ),
             critic_model: None,
         },
         dir.path(),

@@ -38,7 +38,7 @@ use tempering_train::dpo::{
 };
 use tempering_train::rl::{
     run_actor_critic, run_online, ActorCriticConfig, ActorCriticInputs, AdvantageEstimator,
-    Algorithm, LossType, Method, OnlineConfig, OnlineInputs, OnlineSummary,
+    Algorithm, LossType, Method, OnlineConfig, OnlineSummary,
 };
 use tempering_train::{ScheduleKind, TrainConfig, Trainer};
 
@@ -137,18 +137,7 @@ fn grpo_raises_greedy_accuracy_of_the_tiny_sft_model() {
     let c = grpo_config();
     let summary = run_online(
         &c,
-        OnlineInputs {
-            policy: policy.clone(),
-            params,
-            reference,
-            tokenizer: tok,
-            prompts: &prompts,
-            reward: &reward,
-            verifier: None,
-            prm: None,
-            retain: None,
-            replay: None,
-        },
+        online_inputs(policy.clone(), params, reference, tok, &prompts, &reward),
         &dir.path().join("grpo"),
         false,
     )
@@ -360,18 +349,7 @@ fn train(
     let summary = run_actor_critic(
         &ac_config(method),
         ActorCriticInputs {
-            online: OnlineInputs {
-                policy: policy.clone(),
-                params,
-                reference,
-                tokenizer: &s.tok,
-                prompts: &prompts,
-                reward: &reward,
-                verifier: None,
-                prm: None,
-                retain: None,
-                replay: None,
-            },
+            online: online_inputs(policy.clone(), params, reference, &s.tok, &prompts, &reward),
             // AC_CRITIC=1: a separate critic, a full copy of the SFT model (all weights trained).
             critic_model: (knob("AC_CRITIC", 0) == 1).then(|| {
                 let mut c = deep_copy(&s.model);

@@ -4,9 +4,9 @@
 
 mod rl_common;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use rl_common::*;
-use tempering_model::{Tokenizer, Transformer};
+use tempering_model::Transformer;
 use tempering_reward::{ScoreInput, Scored, Verifier};
 use tempering_tasks::Split;
 use tempering_train::metrics::read;
@@ -16,41 +16,9 @@ use tempering_train::rl::{
     run_online, Algorithm, LossType, OnlineConfig, OnlineInputs, PolicyLossConfig, PolicyObjective,
     RolloutSample,
 };
-use tempering_train::tiny::{task_tokenizer, tiny_config, TinyOptions};
 use tempering_train::Rng;
 
-fn random_model(seed: u64) -> (Transformer, Tokenizer) {
-    let tok = task_tokenizer(task()).unwrap();
-    let mut o = TinyOptions::for_task(task());
-    o.hidden_size = 32;
-    o.num_layers = 2;
-    o.num_heads = 2;
-    o.intermediate_size = 64;
-    let cfg = tiny_config(&o, &tok);
-    (
-        Transformer::init_random(&cfg, seed, &Device::Cpu, DType::F32).unwrap(),
-        tok,
-    )
-}
-
-/// A reward with spread on random text: the share of digits in the completion.
-struct DigitShare;
-
-impl Verifier for DigitShare {
-    fn name(&self) -> &str {
-        "digit_share"
-    }
-    fn score(&self, i: &ScoreInput<'_>) -> tempering_reward::Result<Scored> {
-        let n = i.completion.chars().count().max(1) as f64;
-        let d = i.completion.chars().filter(|c| c.is_ascii_digit()).count() as f64;
-        Ok(Scored {
-            score: d / n,
-            correct: None,
-        })
-    }
-}
-
-/// A held-out verifier that the proxy above games: the share of non-digits.
+/// A held-out verifier that the proxy `DigitShare` games: the share of non-digits.
 struct NonDigitShare;
 
 impl Verifier for NonDigitShare {
@@ -106,16 +74,15 @@ fn run_with(
     let summary = run_online(
         c,
         OnlineInputs {
-            policy: policy.clone(),
-            params,
-            reference: Some(model),
-            tokenizer: &tok,
-            prompts: &prompts,
-            reward: &DigitShare,
             verifier,
-            prm: None,
-            retain: None,
-            replay: None,
+            ..online_inputs(
+                policy.clone(),
+                params,
+                Some(model),
+                &tok,
+                &prompts,
+                &DigitShare,
+            )
         },
         dir,
         resume,
@@ -347,18 +314,14 @@ fn a_reference_sharing_the_policy_weights_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let err = run_online(
         &config(1, 1),
-        OnlineInputs {
-            policy: policy.clone(),
+        online_inputs(
+            policy.clone(),
             params,
-            reference: Some(trained.without_adapters()),
-            tokenizer: &tok,
-            prompts: &prompts,
-            reward: &DigitShare,
-            verifier: None,
-            prm: None,
-            retain: None,
-            replay: None,
-        },
+            Some(trained.without_adapters()),
+            &tok,
+            &prompts,
+            &DigitShare,
+        ),
         dir.path(),
         false,
     )

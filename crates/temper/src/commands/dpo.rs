@@ -11,7 +11,7 @@ use candle_core::{DType, Device};
 use clap::Args;
 use serde::Serialize;
 use tempering_model::loader::save_hf_dir;
-use tempering_model::{save_peft, ModelFiles, Tokenizer, Transformer};
+use tempering_model::{save_peft, ModelFiles, Transformer};
 use tempering_train::dpo::{
     load_pairs, load_unpaired, DpoObjective, KtoObjective, PreferenceConfig, PreferenceDataOptions,
     PreferenceKind, PreferenceObjective, PreferenceReport, Reference,
@@ -288,13 +288,6 @@ fn policy(
     })
 }
 
-fn pad_id(tokenizer: &Tokenizer) -> u32 {
-    tokenizer
-        .pad_token()
-        .or_else(|| tokenizer.eos_token())
-        .map_or(0, |(id, _)| id)
-}
-
 /// Writes the trained adapter (LoRA) or model into the run directory.
 fn save(
     cfg: &PreferenceConfig,
@@ -329,10 +322,7 @@ pub fn run(a: PreferenceArgs, kind: PreferenceKind) -> Result<()> {
     let (device, dtype) = device_and_dtype(&cfg.device, dtype)?;
     let files = ModelFiles::open(model_path, dtype, &device)
         .with_context(|| format!("opening the model {}", model_path.display()))?;
-    let tokenizer = files
-        .tokenizer
-        .as_ref()
-        .with_context(|| format!("{}: the model has no tokenizer", model_path.display()))?;
+    let tokenizer = files.require_tokenizer()?;
     let template = files.chat_template.as_ref();
     let opts = cfg.data_options();
     let objective = cfg.objective()?;
@@ -355,7 +345,7 @@ pub fn run(a: PreferenceArgs, kind: PreferenceKind) -> Result<()> {
         cfg.write(&run_dir)?;
         t
     };
-    let pad = pad_id(tokenizer);
+    let pad = tokenizer.pad_id();
     let batch = cfg.eval_batch_size;
 
     let (summary, trained) = match objective {

@@ -42,10 +42,7 @@ pub fn run(a: DpoRewardsArgs) -> Result<()> {
     let (device, dtype) = device_and_dtype(&cfg.device, dtype)?;
     let base = ModelFiles::open(base_path, dtype, &device)
         .with_context(|| format!("opening the model {}", base_path.display()))?;
-    let tokenizer = base
-        .tokenizer
-        .as_ref()
-        .with_context(|| format!("{}: the model has no tokenizer", base_path.display()))?;
+    let tokenizer = base.require_tokenizer()?;
 
     let (policy, frozen) = if cfg.lora_r > 0 {
         let dir = a.run.join("adapter");
@@ -67,10 +64,7 @@ pub fn run(a: DpoRewardsArgs) -> Result<()> {
         (m, Some(reference))
     };
     let reference = Reference::for_policy(&params, &policy, frozen)?;
-    let pad = tokenizer
-        .pad_token()
-        .or_else(|| tokenizer.eos_token())
-        .map_or(0, |(id, _)| id);
+    let pad = tokenizer.pad_id();
     let objective = DpoObjective::new(policy, reference, params, pad)?;
 
     let data_path = match &a.data {
@@ -97,9 +91,7 @@ pub fn run(a: DpoRewardsArgs) -> Result<()> {
     }
     match &a.output {
         Some(path) => {
-            let tmp = path.with_extension("jsonl.tmp");
-            std::fs::write(&tmp, &text).with_context(|| format!("writing {}", tmp.display()))?;
-            std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+            tempering_model::write_atomic(path, text.as_bytes())?;
         }
         None => std::io::stdout()
             .write_all(text.as_bytes())

@@ -127,10 +127,7 @@ pub fn load_engine(
     let (dev, dtype) = device_and_dtype(&device.device, device.dtype.as_deref())?;
     let files = ModelFiles::open(model, dtype, &dev)
         .with_context(|| format!("loading {}", model.display()))?;
-    let tok = files
-        .tokenizer
-        .clone()
-        .with_context(|| format!("{}: the model has no tokenizer", model.display()))?;
+    let tok = files.require_tokenizer()?.clone();
     let mut transformer = files.transformer()?;
     if let Some(dir) = adapter {
         transformer

@@ -8,7 +8,7 @@ use candle_core::{DType, Tensor};
 use clap::Args;
 use serde_json::json;
 use tempering_model::loader::save_hf_dir;
-use tempering_model::{ModelFiles, ModelFormat, ModelInfo, Tokenizer};
+use tempering_model::{ModelFiles, ModelFormat, ModelInfo};
 
 use crate::device::device_and_dtype;
 
@@ -281,20 +281,11 @@ pub fn convert(a: ConvertArgs) -> Result<()> {
     Ok(())
 }
 
-fn need_tokenizer<'a>(t: Option<&'a Tokenizer>, path: &Path) -> Result<&'a Tokenizer> {
-    t.with_context(|| {
-        format!(
-            "{}: the model has no tokenizer (tokenizer.json)",
-            path.display()
-        )
-    })
-}
-
 pub fn logits(a: LogitsArgs) -> Result<()> {
     let (device, dtype) = device_and_dtype(&a.device.device, a.device.dtype.as_deref())?;
     let files = ModelFiles::open(&a.model, dtype, &device)
         .with_context(|| format!("loading {}", a.model.display()))?;
-    let tok = need_tokenizer(files.tokenizer.as_ref(), &a.model)?;
+    let tok = files.require_tokenizer()?;
     let text = if a.chat {
         let t = files
             .chat_template
@@ -369,7 +360,7 @@ pub fn logits(a: LogitsArgs) -> Result<()> {
 pub fn tokenize(a: TokenizeArgs) -> Result<()> {
     let info =
         ModelInfo::read(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
-    let tok = need_tokenizer(info.tokenizer.as_ref(), &a.model)?;
+    let tok = info.require_tokenizer()?;
     let ids = tok.encode(&a.text, a.add_special_tokens)?;
     let pieces: Vec<String> = ids
         .iter()

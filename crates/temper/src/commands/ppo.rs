@@ -254,10 +254,7 @@ fn run(
     let (device, dtype) = device_and_dtype(&a.device, a.dtype.as_deref())?;
     let files = ModelFiles::open(&model_path, dtype, &device)
         .with_context(|| format!("opening the model {}", model_path.display()))?;
-    let tok = files
-        .tokenizer
-        .clone()
-        .with_context(|| format!("{}: the model has no tokenizer", model_path.display()))?;
+    let tok = files.require_tokenizer()?.clone();
     let template = files.chat_template.as_ref();
     let prompts = prompt_items(a, &tok, template)?;
     let ctx = RewardContext {
@@ -319,9 +316,7 @@ fn run(
         std::fs::create_dir_all(run_dir)
             .with_context(|| format!("creating {}", run_dir.display()))?;
         let path = run_dir.join("config.json");
-        let tmp = run_dir.join(".config.json.tmp");
-        std::fs::write(&tmp, saved_config).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+        tempering_model::write_atomic(&path, saved_config.as_bytes())?;
     }
     let o = &config.online;
     eprintln!(

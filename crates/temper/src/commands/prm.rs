@@ -12,7 +12,7 @@ use tempering_model::{save_classifier, ClassifierSave, HeadKind};
 use tempering_train::prm::{load_step_sequences, StepDataOptions};
 use tempering_train::{PrmConfig, PrmObjective, Trainer};
 
-use super::rm::{flag_table, open_with_head, pad_id, required, run_dir};
+use super::rm::{flag_table, open_with_head, required, run_dir};
 use super::sft::write_final;
 use super::train_flags::TrainFlags;
 use crate::device::device_and_dtype;
@@ -103,7 +103,7 @@ pub fn prm(a: PrmArgs) -> Result<()> {
         cfg.write(&run_dir)?;
         t
     };
-    let pad = pad_id(&s.tokenizer);
+    let pad = s.tokenizer.pad_id();
     let mut objective = PrmObjective::new(s.model.clone(), s.head.clone(), pad);
     let summary = trainer.fit(&mut objective, &train, eval.as_deref())?;
     let out = run_dir.join("model");

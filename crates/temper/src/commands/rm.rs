@@ -155,14 +155,6 @@ pub(crate) fn open_with_head(
     })
 }
 
-/// The id that pads batches: the tokenizer's pad token, else EOS, else 0.
-pub(crate) fn pad_id(tokenizer: &Tokenizer) -> u32 {
-    tokenizer
-        .pad_token()
-        .or_else(|| tokenizer.eos_token())
-        .map_or(0, |(id, _)| id)
-}
-
 pub fn rm(a: RmArgs) -> Result<()> {
     let cli = flag_table(&a)?;
     let (cfg, run_dir, resume, _lock) = match &a.resume {
@@ -217,7 +209,7 @@ pub fn rm(a: RmArgs) -> Result<()> {
         cfg.write(&run_dir)?;
         t
     };
-    let pad = pad_id(&s.tokenizer);
+    let pad = s.tokenizer.pad_id();
     let mut objective = RewardModelObjective::new(
         s.model.clone(),
         s.head.clone(),

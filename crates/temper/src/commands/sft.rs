@@ -230,10 +230,7 @@ pub fn sft(a: SftArgs) -> Result<()> {
 
     let files = ModelFiles::open(model_path, dtype, &device)
         .with_context(|| format!("opening the model {}", model_path.display()))?;
-    let tokenizer = files
-        .tokenizer
-        .as_ref()
-        .with_context(|| format!("{}: the model has no tokenizer", model_path.display()))?;
+    let tokenizer = files.require_tokenizer()?;
     let template = files.chat_template.as_ref();
     let opts = cfg.data_options();
     let (train, report) = load_sft_sequences(data_path, tokenizer, template, &opts)?;
@@ -264,10 +261,7 @@ pub fn sft(a: SftArgs) -> Result<()> {
         n_params,
         vars.len()
     );
-    let pad = tokenizer
-        .pad_token()
-        .or_else(|| tokenizer.eos_token())
-        .map_or(0, |(id, _)| id);
+    let pad = tokenizer.pad_id();
 
     let mut tc = cfg.train_config();
     tc.progress = !a.quiet;

@@ -17,7 +17,7 @@ mod pretok;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::OnceLock;
 
 use candle_core::quantized::gguf_file;
@@ -28,6 +28,7 @@ use tokenizers::processors::PostProcessorWrapper;
 use tokenizers::AddedToken;
 
 use crate::error::{ModelError, Result};
+use crate::weights::write_atomic;
 
 /// Token texts that end a turn or a document in the common chat formats; `stop_token_ids` returns
 /// those present in the vocabulary (llama.cpp's end-of-generation list).
@@ -334,6 +335,14 @@ impl Tokenizer {
         self.pad.clone()
     }
 
+    /// The id that pads batches: the padding token, else EOS, else 0.
+    pub fn pad_id(&self) -> u32 {
+        self.pad
+            .as_ref()
+            .or(self.eos.as_ref())
+            .map_or(0, |(id, _)| *id)
+    }
+
     /// Whether `encode(.., true)` puts BOS first.
     pub fn adds_bos(&self) -> bool {
         self.add_bos
@@ -446,18 +455,6 @@ impl Tokenizer {
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner
     }
-}
-
-/// Writes `bytes` to `target` through `target` + `.tmp-<pid>` and a rename.
-fn write_atomic(target: &Path, bytes: &[u8]) -> Result<()> {
-    let mut tmp = target.as_os_str().to_owned();
-    tmp.push(format!(".tmp-{}", std::process::id()));
-    let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, bytes).map_err(|e| ModelError::io(&tmp, e))?;
-    std::fs::rename(&tmp, target).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        ModelError::io(target, e)
-    })
 }
 
 /// A post-processor adding `bos` before and `eos` after the text (`None` when neither is given).

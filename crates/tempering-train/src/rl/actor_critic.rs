@@ -377,11 +377,7 @@ pub fn run_actor_critic(
         ));
     }
     let tok = inp.tokenizer;
-    let pad = tok
-        .pad_token()
-        .or_else(|| tok.eos_token())
-        .map(|(id, _)| id)
-        .unwrap_or(0);
+    let pad = tok.pad_id();
     let mut policy_model = inp.policy.clone();
     policy_model.set_lora_dropout(None);
     let reference = match inp.reference {

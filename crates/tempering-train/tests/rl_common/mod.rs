@@ -1,16 +1,18 @@
 //! Shared by the online-RL tests: a tiny SFT model on a built-in task, a task-verifier reward, and
-//! greedy accuracy through the local engine.
+//! greedy accuracy through the local engine; a small random model with a reward that has spread on
+//! random text, and the online driver's inputs without the optional monitors.
 
 #![allow(dead_code)]
 
 use std::path::Path;
 
+use candle_core::{DType, Device, Var};
 use tempering_generate::{Backend, GenRequest, LocalEngine, SamplingParams};
 use tempering_model::{Tokenizer, Transformer};
 use tempering_reward::{ScoreInput, Scored, Verifier};
 use tempering_tasks::{generate, task_by_name, GenerateSpec, Problem, Split, Task};
-use tempering_train::rl::PromptItem;
-use tempering_train::tiny::{train_tiny, TinyOptions};
+use tempering_train::rl::{OnlineInputs, PromptItem};
+use tempering_train::tiny::{task_tokenizer, tiny_config, train_tiny, TinyOptions};
 
 /// A measurement override from the environment, or `default`.
 pub fn knob<T: std::str::FromStr>(key: &str, default: T) -> T {
@@ -199,5 +201,61 @@ pub fn trainable_policy(
     } else {
         let params = policy.make_trainable(|_| true).unwrap();
         (policy, params, Some(model.clone()))
+    }
+}
+
+/// A random model (hidden 32, two layers) with the task's character tokenizer.
+pub fn random_model(seed: u64) -> (Transformer, Tokenizer) {
+    let tok = task_tokenizer(task()).unwrap();
+    let mut o = TinyOptions::for_task(task());
+    o.hidden_size = 32;
+    o.num_layers = 2;
+    o.num_heads = 2;
+    o.intermediate_size = 64;
+    let cfg = tiny_config(&o, &tok);
+    (
+        Transformer::init_random(&cfg, seed, &Device::Cpu, DType::F32).unwrap(),
+        tok,
+    )
+}
+
+/// A reward with spread on random text: the share of digits in the completion.
+pub struct DigitShare;
+
+impl Verifier for DigitShare {
+    fn name(&self) -> &str {
+        "digit_share"
+    }
+    fn score(&self, i: &ScoreInput<'_>) -> tempering_reward::Result<Scored> {
+        let n = i.completion.chars().count().max(1) as f64;
+        let d = i.completion.chars().filter(|c| c.is_ascii_digit()).count() as f64;
+        Ok(Scored {
+            score: d / n,
+            correct: None,
+        })
+    }
+}
+
+/// The online driver's inputs with no held-out verifier, process reward, retain set or replay
+/// (set those with struct update syntax where a test needs them).
+pub fn online_inputs<'a>(
+    policy: Transformer,
+    params: Vec<(String, Var)>,
+    reference: Option<Transformer>,
+    tokenizer: &'a Tokenizer,
+    prompts: &'a [PromptItem],
+    reward: &'a dyn Verifier,
+) -> OnlineInputs<'a> {
+    OnlineInputs {
+        policy,
+        params,
+        reference,
+        tokenizer,
+        prompts,
+        reward,
+        verifier: None,
+        prm: None,
+        retain: None,
+        replay: None,
     }
 }

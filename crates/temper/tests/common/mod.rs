@@ -1,0 +1,84 @@
+//! Helpers shared by the CLI test binaries (each uses it with `mod common;`): the `temper` binary
+//! under test, a success check that prints what the command said, the committed tiny SFT model, and
+//! the two-step tiny model and prompts file that the online RL tests start from. Knows nothing of
+//! what the tests check.
+
+// Each test binary uses only some of these.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// A command running the `temper` binary built for these tests.
+pub fn temper() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_temper"))
+}
+
+/// Asserts that the command succeeded (printing its stdout and stderr if not) and returns its
+/// stderr, where the commands report progress.
+pub fn ok(out: &Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        out.status.success(),
+        "{}\n{err}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    err
+}
+
+/// Runs the command and asserts that it succeeded (printing its stdout and stderr if not).
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The committed tiny SFT model (`fixtures/models/tiny-arith-sft`).
+pub fn fixture_sft() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/models/tiny-arith-sft")
+}
+
+/// A tiny model with the arithmetic task's character tokenizer (two training steps: only the files
+/// matter here), made once per test binary.
+pub fn two_step_model() -> PathBuf {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let d = tempfile::tempdir().unwrap();
+        let out = temper()
+            .args([
+                "tasks",
+                "train-tiny",
+                "arithmetic",
+                "--level",
+                "1",
+                "--steps",
+                "2",
+            ])
+            .args(["--train-problems", "64", "--eval-problems", "0", "--output"])
+            .arg(d.path().join("m"))
+            .output()
+            .unwrap();
+        ok(&out);
+        d
+    });
+    dir.path().join("m")
+}
+
+/// Writes `dir/prompts.jsonl`: three arithmetic prompts with their answers (one a number).
+pub fn prompts(dir: &Path) -> PathBuf {
+    let p = dir.join("prompts.jsonl");
+    std::fs::write(
+        &p,
+        "{\"prompt\": \"Compute: 3+4\\n\", \"answer\": \"7\"}\n\
+         {\"prompt\": \"Compute: 2*5\\n\", \"answer\": 10}\n\
+         {\"prompt\": \"Compute: 9-1\\n\", \"answer\": \"8\"}\n",
+    )
+    .unwrap();
+    p
+}
