@@ -246,18 +246,7 @@ fn grpo_raises_held_out_greedy_accuracy_of_the_level3_sft_model() {
     let reward = TaskReward { invert: false };
     run_online(
         &c,
-        OnlineInputs {
-            policy: policy.clone(),
-            params,
-            reference,
-            tokenizer: &tok,
-            prompts: &prompts,
-            reward: &reward,
-            verifier: None,
-            prm: None,
-            retain: None,
-            replay: None,
-        },
+        online_inputs(policy.clone(), params, reference, &tok, &prompts, &reward),
         &dir.path().join("grpo"),
         false,
     )
