@@ -180,25 +180,6 @@ fn grpo_raises_greedy_accuracy_of_the_tiny_sft_model() {
     );
 }
 
-/// Greedy correctness of `model` on each of `ps`.
-fn greedy_correct(model: &Transformer, tok: &Tokenizer, ps: &[Problem]) -> Vec<bool> {
-    let engine = LocalEngine::new(model.clone(), tok.clone());
-    let reqs: Vec<GenRequest> = ps
-        .iter()
-        .map(|p| {
-            GenRequest::new(
-                tok.encode(&p.prompt, false).unwrap(),
-                1,
-                SamplingParams::greedy(96),
-            )
-        })
-        .collect();
-    let out = engine.generate(&reqs).unwrap();
-    ps.iter()
-        .zip(&out)
-        .map(|(p, c)| task().verify(p, &c[0].text).is_correct())
-        .collect()
-}
 
 /// The held-out measurement the demo makes: GRPO on the committed level-3 SFT model
 /// (`fixtures/models/tiny-arith-sft`), prompts drawn fresh from the train split every batch,

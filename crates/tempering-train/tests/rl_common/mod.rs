@@ -88,8 +88,8 @@ pub fn prompt_items(ps: &[Problem], tok: &Tokenizer) -> Vec<PromptItem> {
         .collect()
 }
 
-/// Greedy accuracy of `model` on `ps`.
-pub fn greedy_accuracy(model: &Transformer, tok: &Tokenizer, ps: &[Problem]) -> f64 {
+/// Greedy correctness of `model` on each of `ps`.
+pub fn greedy_correct(model: &Transformer, tok: &Tokenizer, ps: &[Problem]) -> Vec<bool> {
     let engine = LocalEngine::new(model.clone(), tok.clone());
     let reqs: Vec<GenRequest> = ps
         .iter()
@@ -102,11 +102,15 @@ pub fn greedy_accuracy(model: &Transformer, tok: &Tokenizer, ps: &[Problem]) -> 
         })
         .collect();
     let out = engine.generate(&reqs).unwrap();
-    let ok = ps
-        .iter()
+    ps.iter()
         .zip(&out)
-        .filter(|(p, c)| task().verify(p, &c[0].text).is_correct())
-        .count();
+        .map(|(p, c)| task().verify(p, &c[0].text).is_correct())
+        .collect()
+}
+
+/// Greedy accuracy of `model` on `ps`.
+pub fn greedy_accuracy(model: &Transformer, tok: &Tokenizer, ps: &[Problem]) -> f64 {
+    let ok = greedy_correct(model, tok, ps).iter().filter(|&&c| c).count();
     ok as f64 / ps.len() as f64
 }
 
