@@ -110,7 +110,10 @@ pub fn greedy_correct(model: &Transformer, tok: &Tokenizer, ps: &[Problem]) -> V
 
 /// Greedy accuracy of `model` on `ps`.
 pub fn greedy_accuracy(model: &Transformer, tok: &Tokenizer, ps: &[Problem]) -> f64 {
-    let ok = greedy_correct(model, tok, ps).iter().filter(|&&c| c).count();
+    let ok = greedy_correct(model, tok, ps)
+        .iter()
+        .filter(|&&c| c)
+        .count();
     ok as f64 / ps.len() as f64
 }
 
