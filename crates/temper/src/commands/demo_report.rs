@@ -269,7 +269,7 @@ impl Report {
         }
         // What sampling reaches: the candidates' own accuracy and the any-correct ceiling.
         for (label, pick) in [
-            ("sampled pass@1 (candidates of", 0usize),
+            ("sampled pass@1 (candidates of ", 0usize),
             ("pass@k: any candidate correct (", 1),
         ] {
             let names: Vec<String> = self
@@ -283,7 +283,7 @@ impl Report {
                 })
                 .unwrap_or_default();
             for name in names {
-                let mut row = vec![format!("{label} {name})")];
+                let mut row = vec![format!("{label}{name})")];
                 for e in &self.evals {
                     match e.get(&name).and_then(|r| Some((r, r.candidates?))) {
                         Some((r, (p1, any))) => {
