@@ -74,7 +74,10 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     let config = a.flags.config()?;
     let budget = a.flags.budget()?;
     if a.flags.scorer.as_deref() == Some("rule") {
-        rule_step_checker(a.task.as_deref().or(data_task_name.as_deref()))?;
+        rule_step_checker(
+            "--scorer rule",
+            a.task.as_deref().or(data_task_name.as_deref()),
+        )?;
     }
     let (items, about) = match (&a.task, &a.data) {
         (Some(task), _) => {

@@ -12,7 +12,6 @@ use tempering_generate::render_chat;
 use tempering_model::loader::save_hf_dir;
 use tempering_model::{save_peft, ChatMessage, LoraConfig, LoraTarget, ModelFiles, Tokenizer};
 use tempering_reward::learned::ProcessRewardModel;
-use tempering_reward::rules::ArithmeticSteps;
 use tempering_reward::spec::{build_reward, RewardContext};
 use tempering_reward::StepScorer;
 use tempering_tasks::dataset::{load_rl_prompts, TextOrChat};
@@ -324,17 +323,7 @@ pub(crate) fn process_scorer(
     device: &candle_core::Device,
 ) -> Result<Box<dyn StepScorer>> {
     if spec == "rule" {
-        return match task {
-            Some("arithmetic") => Ok(Box::new(ArithmeticSteps)),
-            Some(other) => bail!(
-                "--process-reward rule: task `{other}` has no rule step checker (arithmetic has); \
-                 give a PRM directory instead"
-            ),
-            None => bail!(
-                "--process-reward rule needs --task arithmetic (the task whose steps it checks); \
-                 with --data give a PRM directory"
-            ),
-        };
+        return crate::commands::search::rule_step_checker("--process-reward rule", task);
     }
     let dir = Path::new(spec);
     if !dir.is_dir() {

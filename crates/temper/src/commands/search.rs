@@ -164,15 +164,16 @@ pub const SCORER_NAMES: [&str; 2] = ["self-eval", "rule"];
 pub const RULE_STEP_TASKS: [&str; 1] = ["arithmetic"];
 
 /// The rule step checker of `task` (`--scorer rule`); an error names the tasks that have one.
-pub fn rule_step_checker(task: Option<&str>) -> Result<Box<dyn StepScorer>> {
+/// `flag` names the option that asked for it (`--scorer rule`, `--process-reward rule`).
+pub fn rule_step_checker(flag: &str, task: Option<&str>) -> Result<Box<dyn StepScorer>> {
     match task {
         Some("arithmetic") => Ok(Box::new(ArithmeticSteps)),
         Some(other) => bail!(
-            "--scorer rule: task `{other}` has no rule step checker; tasks with one: {}",
+            "{flag}: task `{other}` has no rule step checker; tasks with one: {}",
             RULE_STEP_TASKS.join(", ")
         ),
         None => bail!(
-            "--scorer rule scores steps with the task's rule checker: pass --task (tasks with one: {})",
+            "{flag} scores steps with the task's rule checker: pass --task (tasks with one: {})",
             RULE_STEP_TASKS.join(", ")
         ),
     }
@@ -212,7 +213,7 @@ pub fn build_scorers(
     let mut out = LoadedScorers::default();
     // The cheap check first, before any scorer loads.
     let rule = match flags.scorer.as_deref() {
-        Some("rule") => Some(rule_step_checker(task)?),
+        Some("rule") => Some(rule_step_checker("--scorer rule", task)?),
         _ => None,
     };
     let mut prm: Option<Box<dyn StepScorer>> = None;
@@ -284,7 +285,7 @@ pub fn search(a: SearchArgs) -> Result<()> {
     let config = a.flags.config()?;
     let budget = a.flags.budget()?;
     if a.flags.scorer.as_deref() == Some("rule") {
-        rule_step_checker(a.task.as_deref())?;
+        rule_step_checker("--scorer rule", a.task.as_deref())?;
     }
     let engine = a.flags.engine(&a.model)?;
     let loaded = build_scorers(&a.flags, &a.model, a.task.as_deref())?;

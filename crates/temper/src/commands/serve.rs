@@ -489,8 +489,11 @@ impl Loaded {
         config.sampling.max_new_tokens = self.fit(job, &ids, 256)?;
         let rule: Option<Box<dyn StepScorer>> = match s.scorer.as_deref() {
             Some("rule") => Some(
-                rule_step_checker(Some(s.task.as_deref().unwrap_or("arithmetic")))
-                    .map_err(|e| ApiError::bad(format!("{e:#}"), "temper.scorer"))?,
+                rule_step_checker(
+                    "scorer: rule",
+                    Some(s.task.as_deref().unwrap_or("arithmetic")),
+                )
+                .map_err(|e| ApiError::bad(format!("{e:#}"), "temper.scorer"))?,
             ),
             _ => None,
         };
