@@ -9,6 +9,7 @@
 //! knows nothing of how models run (it takes only `write_atomic` from the model crate), of training
 //! or of the command line.
 
+pub mod batched;
 pub mod curves;
 pub mod data;
 pub mod error;

@@ -3,6 +3,9 @@
 //! reach a verified answer (any of them, or at least a given fraction). The last step needs no
 //! rollout: the solution's own verdict labels it. Rows come out in TRL's stepwise format
 //! (`prompt`, `completions`, `labels`), with the fraction of correct rollouts per step as `values`.
+//! [`label_steps_by_checker`] labels the same sampled solutions with a step checker instead (a rule
+//! verifier standing in for human step labels, as PRM800K's): no rollouts, and a label that depends
+//! only on the step, never on how hard the problem is.
 //!
 //! Knows a generation backend, a tokenizer and the built-in tasks' verifiers; nothing of training.
 
@@ -13,6 +16,7 @@ use tempering_tasks::{Problem, Task};
 
 use crate::error::{Result, RewardError};
 use crate::learned::split_steps;
+use crate::scorer::StepScorer;
 
 /// When a step counts as correct, from the fraction of its rollouts that reach a verified answer.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -115,61 +119,25 @@ pub fn label_steps(
     on_progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<StepwiseRow>> {
     opts.validate()?;
-    let params = |seed: u64| SamplingParams {
-        max_new_tokens: opts.max_new_tokens,
-        temperature: opts.temperature,
-        seed,
-        ..Default::default()
-    };
     let sep = opts.separator.as_str();
     let mut rows = Vec::new();
-    let mut seed = opts.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    let mut next_seed = || {
-        seed = seed.wrapping_add(1);
-        seed
-    };
+    let mut seeds = Seeds::new(opts.seed);
     // Problems in chunks, so that one chunk's rollouts fill the engine's batches.
     const CHUNK: usize = 8;
     let mut done = 0;
     for chunk in problems.chunks(CHUNK) {
-        let reqs: Vec<GenRequest> = chunk
-            .iter()
-            .map(|p| {
-                Ok(GenRequest::new(
-                    tokenizer.encode(&p.prompt, true)?,
-                    opts.samples,
-                    params(next_seed()),
-                ))
-            })
-            .collect::<Result<_>>()?;
-        let solutions = backend.generate(&reqs)?;
-
-        // Each solution's steps, and one rollout request per step but the last.
-        let mut pending: Vec<(usize, Vec<String>, bool)> = Vec::new();
+        let pending = sample_solutions(backend, tokenizer, task, chunk, opts, &mut seeds)?;
+        // One rollout request per step but the last.
         let mut rollout_reqs = Vec::new();
-        for (pi, (p, samples)) in chunk.iter().zip(&solutions).enumerate() {
-            for c in samples {
-                // A solution cut at the length limit has no answer step to label.
-                if c.finish_reason == FinishReason::Length {
-                    continue;
-                }
-                let steps: Vec<String> = split_steps(&c.text, sep)
-                    .into_iter()
-                    .map(str::to_string)
-                    .collect();
-                if steps.is_empty() {
-                    continue;
-                }
-                let correct = task.verify(p, &c.text).is_correct();
-                for i in 0..steps.len() - 1 {
-                    let prefix = prefix_text(&steps[..=i], sep);
-                    rollout_reqs.push(GenRequest::new(
-                        tokenizer.encode(&format!("{}{prefix}", p.prompt), true)?,
-                        opts.rollouts,
-                        params(next_seed()),
-                    ));
-                }
-                pending.push((pi, steps, correct));
+        for (pi, steps, _) in &pending {
+            let p = &chunk[*pi];
+            for i in 0..steps.len() - 1 {
+                let prefix = prefix_text(&steps[..=i], sep);
+                rollout_reqs.push(GenRequest::new(
+                    tokenizer.encode(&format!("{}{prefix}", p.prompt), true)?,
+                    opts.rollouts,
+                    sampling(opts, seeds.next()),
+                ));
             }
         }
         let rollouts = backend.generate(&rollout_reqs)?;
@@ -210,6 +178,148 @@ pub fn label_steps(
         on_progress(done, problems.len());
     }
     Ok(rows)
+}
+
+/// Labels `opts.samples` sampled solutions of each problem with `checker`'s step scores (a step is
+/// correct when its score is at least one half; the last step also needs the solution's verified
+/// answer). `values` holds the scores. `opts.rollouts` is not used.
+pub fn label_steps_by_checker(
+    backend: &dyn Backend,
+    tokenizer: &Tokenizer,
+    task: &dyn Task,
+    problems: &[Problem],
+    opts: &LabelOptions,
+    checker: &dyn StepScorer,
+    on_progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<StepwiseRow>> {
+    opts.validate()?;
+    let mut rows = Vec::new();
+    let mut seeds = Seeds::new(opts.seed);
+    // Sampling alone is cheap: larger chunks fill the engine's batches.
+    const CHUNK: usize = 64;
+    let mut done = 0;
+    for chunk in problems.chunks(CHUNK) {
+        let pending = sample_solutions(backend, tokenizer, task, chunk, opts, &mut seeds)?;
+        let items: Vec<(&str, Vec<&str>)> = pending
+            .iter()
+            .map(|(pi, steps, _)| {
+                (
+                    chunk[*pi].prompt.as_str(),
+                    steps.iter().map(String::as_str).collect(),
+                )
+            })
+            .collect();
+        let scores = checker.score_steps_batch(&items)?;
+        if scores.len() != pending.len() {
+            return Err(RewardError::spec(
+                "label-steps",
+                format!(
+                    "step checker `{}` scored {} solutions of {}",
+                    checker.name(),
+                    scores.len(),
+                    pending.len()
+                ),
+            ));
+        }
+        let first_row = rows.len();
+        for ((pi, steps, correct), mut values) in pending.into_iter().zip(scores) {
+            if values.len() != steps.len() {
+                return Err(RewardError::spec(
+                    "label-steps",
+                    format!(
+                        "step checker `{}` gave {} scores for {} steps",
+                        checker.name(),
+                        values.len(),
+                        steps.len()
+                    ),
+                ));
+            }
+            if let Some(last) = values.last_mut() {
+                *last = last.min(if correct { 1.0 } else { 0.0 });
+            }
+            let p = &chunk[pi];
+            rows.push(StepwiseRow {
+                prompt: p.prompt.clone(),
+                labels: values.iter().map(|&v| v >= 0.5).collect(),
+                completions: steps,
+                values,
+                answer: p.answer.clone(),
+                correct,
+            });
+        }
+        if opts.balance {
+            let chunk_rows = rows.split_off(first_row);
+            rows.extend(balanced(chunk_rows));
+        }
+        done += chunk.len();
+        on_progress(done, problems.len());
+    }
+    Ok(rows)
+}
+
+/// The sampling seeds, one per request, derived from the options' seed.
+struct Seeds(u64);
+
+impl Seeds {
+    fn new(seed: u64) -> Self {
+        Seeds(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(1);
+        self.0
+    }
+}
+
+fn sampling(opts: &LabelOptions, seed: u64) -> SamplingParams {
+    SamplingParams {
+        max_new_tokens: opts.max_new_tokens,
+        temperature: opts.temperature,
+        seed,
+        ..Default::default()
+    }
+}
+
+/// `opts.samples` solutions of each problem of `chunk`, as (problem index, steps, verified):
+/// solutions cut at the length limit or without a step are left out.
+fn sample_solutions(
+    backend: &dyn Backend,
+    tokenizer: &Tokenizer,
+    task: &dyn Task,
+    chunk: &[Problem],
+    opts: &LabelOptions,
+    seeds: &mut Seeds,
+) -> Result<Vec<(usize, Vec<String>, bool)>> {
+    let reqs: Vec<GenRequest> = chunk
+        .iter()
+        .map(|p| {
+            Ok(GenRequest::new(
+                tokenizer.encode(&p.prompt, true)?,
+                opts.samples,
+                sampling(opts, seeds.next()),
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let solutions = backend.generate(&reqs)?;
+    let mut out = Vec::new();
+    for (pi, (p, samples)) in chunk.iter().zip(&solutions).enumerate() {
+        for c in samples {
+            // A solution cut at the length limit has no answer step to label.
+            if c.finish_reason == FinishReason::Length {
+                continue;
+            }
+            let steps: Vec<String> = split_steps(&c.text, &opts.separator)
+                .into_iter()
+                .map(str::to_string)
+                .collect();
+            if steps.is_empty() {
+                continue;
+            }
+            let correct = task.verify(p, &c.text).is_correct();
+            out.push((pi, steps, correct));
+        }
+    }
+    Ok(out)
 }
 
 /// Per prompt (in order of first appearance), the first `k` correct and first `k` incorrect rows,
@@ -357,6 +467,35 @@ mod tests {
         )
         .unwrap();
         assert_eq!(rows[1].labels, vec![false, false]);
+    }
+
+    #[test]
+    fn a_step_checker_labels_each_step_without_rollouts() {
+        let task = tempering_tasks::task_by_name("arithmetic").unwrap();
+        let problem = task.problem_from_record("Compute: 2+3\n", "5", 1).unwrap();
+        let tok = Tokenizer::char_level(task.alphabet()).unwrap();
+        let backend = Scripted(tok.clone());
+        let opts = LabelOptions {
+            samples: 2,
+            ..Default::default()
+        };
+        let rows = label_steps_by_checker(
+            &backend,
+            &tok,
+            task.as_ref(),
+            &[problem],
+            &opts,
+            &crate::rules::ArithmeticSteps,
+            &mut |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].completions, vec!["2+3=5", "Answer: 5"]);
+        assert_eq!(rows[0].labels, vec![true, true]);
+        // `2+3=6` is wrong by the rule, whatever a rollout from it might reach.
+        assert_eq!(rows[1].completions, vec!["2+3=6", "Answer: 6"]);
+        assert_eq!(rows[1].labels, vec![false, false]);
+        assert_eq!(rows[1].values, vec![0.0, 0.0]);
     }
 
     #[test]

@@ -119,6 +119,8 @@ struct Plan {
     budgets: Vec<usize>,
     beams: Vec<&'static str>,
     hacking_steps: usize,
+    /// Most sequences decoded together when labelling and evaluating.
+    batch_rows: usize,
 }
 
 impl Plan {
@@ -146,6 +148,7 @@ impl Plan {
                 budgets: vec![if fast { 2 } else { 4 }],
                 beams: vec!["beam:2x2"],
                 hacking_steps: if fast { 1 } else { 8 },
+                batch_rows: 32,
             };
         }
         if fast {
@@ -169,6 +172,7 @@ impl Plan {
                 budgets: vec![4, 8],
                 beams: vec!["beam:2x2"],
                 hacking_steps: 4,
+                batch_rows: 256,
             }
         } else {
             Plan {
@@ -191,6 +195,7 @@ impl Plan {
                 budgets: vec![4, 16],
                 beams: vec!["beam:2x2"],
                 hacking_steps: 30,
+                batch_rows: 256,
             }
         }
     }
@@ -462,11 +467,12 @@ impl Demo {
     }
 
     /// 3. A PRM from automatically labelled steps (Math-Shepherd rollouts from the SFT policy,
-    ///    balanced labels), and its step AUC on steps labelled the same way on held-out problems.
-    fn prm(&mut self, sft: &Path) -> Result<(PathBuf, Option<f64>)> {
+    ///    balanced labels), and its AUCs on held-out problems' solutions, labelled exactly by the
+    ///    task's rule step checker where it has one (else by rollouts as in training).
+    fn prm(&mut self, sft: &Path) -> Result<(PathBuf, Option<demo_report::PrmAuc>)> {
         eprintln!("[3/7] PRM: label steps by rollouts, then train");
         let a = &self.args;
-        let label = |split: &str, n: usize, seed: u64, out: &Path, balance: bool| {
+        let label = |split: &str, n: usize, seed: u64, out: &Path, balance: bool, rule: bool| {
             let mut c = Cmd::new(&["label-steps"])
                 .path("--policy", sft)
                 .arg("--task", &a.task)
@@ -476,6 +482,7 @@ impl Demo {
                 .arg("--samples", self.plan.label_samples)
                 .arg("--rollouts", self.plan.label_rollouts)
                 .arg("--max-new-tokens", 64)
+                .arg("--batch-rows", self.plan.batch_rows)
                 // A step is good when most rollouts from it reach the answer (Math-Shepherd's soft
                 // estimate); "any rollout" let lucky rollouts mark wrong steps good.
                 .arg("--threshold", 0.5)
@@ -484,17 +491,34 @@ impl Demo {
             if balance {
                 c = c.words(["--balance"]);
             }
+            if rule {
+                c = c.arg("--labels", "rule");
+            }
             c.run()
         };
         let steps = self.data.join("steps.jsonl");
-        label("train", self.plan.label_problems, a.seed, &steps, true)?;
+        label(
+            "train",
+            self.plan.label_problems,
+            a.seed,
+            &steps,
+            true,
+            false,
+        )?;
         let heldout = self.data.join("steps-heldout.jsonl");
+        // Rule labels cost no rollouts: the held-out check can afford more problems.
+        let rule = a.task == "arithmetic";
         label(
             "test",
-            (self.plan.label_problems / 4).max(4),
+            if rule {
+                self.plan.test_problems / 2
+            } else {
+                (self.plan.label_problems / 4).max(4)
+            },
             a.seed + 1,
             &heldout,
             false,
+            rule,
         )?;
         let prm_run = self.out.join("runs/prm");
         Cmd::new(&["prm"])
@@ -514,7 +538,7 @@ impl Demo {
             .path("--data", &heldout)
             .path("--output", &scored)
             .run()?;
-        Ok((prm, demo_report::step_auc(&scored).ok()))
+        Ok((prm, demo_report::prm_auc(&scored).ok()))
     }
 
     /// 4. GRPO with the task's verifier as reward; math_answer (an independent answer checker)
@@ -664,6 +688,7 @@ impl Demo {
                     .arg("--strategies", strategies.join(","))
                     .words(scorer.unwrap_or_default())
                     .arg("--max-new-tokens", 64)
+                    .arg("--batch-rows", self.plan.batch_rows)
                     .arg("--seed", self.args.seed)
                     .path("--output", &dir)
                     .run()?;
@@ -685,6 +710,7 @@ impl Demo {
                 .path("--data", &data.retain)
                 .arg("--strategies", "greedy")
                 .arg("--max-new-tokens", 64)
+                .arg("--batch-rows", self.plan.batch_rows)
                 .arg("--seed", self.args.seed)
                 .path("--output", &dir)
                 .run()?;

@@ -145,12 +145,23 @@ pub struct RetainRow {
     pub n: usize,
 }
 
-/// The step AUC of a PRM on steps labelled by rollouts: `temper score`'s output rows, each with
-/// `labels` (one boolean per step) and `step_scores`.
-pub fn step_auc(scored: &Path) -> Result<f64> {
+/// How well a PRM tells right from wrong on held-out labelled solutions.
+#[derive(Clone, Copy, Debug)]
+pub struct PrmAuc {
+    /// Over every labelled step.
+    pub step: f64,
+    /// Over pairs of completions of the same problem (score aggregated over steps), with the
+    /// number of problems that had both kinds: what best-of-N sees.
+    pub within_problem: Option<(f64, usize)>,
+}
+
+/// A PRM's AUCs from `temper score`'s output rows, each with `labels` (one boolean per step),
+/// `step_scores`, and `prompt`, `score` and `correct` for the completion.
+pub fn prm_auc(scored: &Path) -> Result<PrmAuc> {
     let text =
         std::fs::read_to_string(scored).with_context(|| format!("reading {}", scored.display()))?;
     let mut pairs = Vec::new();
+    let mut completions = Vec::new();
     for (i, line) in text
         .lines()
         .enumerate()
@@ -158,6 +169,13 @@ pub fn step_auc(scored: &Path) -> Result<f64> {
     {
         let row: Value = serde_json::from_str(line)
             .with_context(|| format!("{}:{}: not JSON", scored.display(), i + 1))?;
+        if let (Some(p), Some(s), Some(c)) = (
+            row["prompt"].as_str(),
+            row["score"].as_f64(),
+            row["correct"].as_bool(),
+        ) {
+            completions.push((p.to_string(), s, c));
+        }
         let (Some(labels), Some(scores)) =
             (row["labels"].as_array(), row["step_scores"].as_array())
         else {
@@ -169,11 +187,19 @@ pub fn step_auc(scored: &Path) -> Result<f64> {
             }
         }
     }
-    super::score::auc(&pairs).with_context(|| {
+    let step = super::score::auc(&pairs).with_context(|| {
         format!(
             "{}: the held-out steps are all labelled alike: no AUC",
             scored.display()
         )
+    })?;
+    let by_problem: Vec<(&str, f64, bool)> = completions
+        .iter()
+        .map(|c| (c.0.as_str(), c.1, c.2))
+        .collect();
+    Ok(PrmAuc {
+        step,
+        within_problem: super::score::within_prompt_auc(&by_problem),
     })
 }
 
@@ -191,7 +217,7 @@ pub struct Report {
     /// SFT first, then the RL policy.
     pub evals: Vec<EvalSummary>,
     pub retain: Vec<RetainRow>,
-    pub prm_auc: Option<f64>,
+    pub prm_auc: Option<PrmAuc>,
     /// (run name, metrics.jsonl records) of each GRPO run.
     pub rl_metrics: RunMetrics,
     pub hacking: Option<RunMetrics>,
@@ -382,8 +408,15 @@ impl Report {
             }
         }
         if let Some(auc) = self.prm_auc {
+            let within = match auc.within_problem {
+                Some((w, k)) => format!(
+                    "; between completions of the same problem (what best-of-N needs) it is {w:.3} over {k} problems"
+                ),
+                None => String::new(),
+            };
             out.push(format!(
-                "The learned PRM's step AUC on held-out labelled steps is {auc:.3} (0.5 is chance)."
+                "The learned PRM's step AUC on held-out labelled steps is {:.3}{within} (0.5 is chance).",
+                auc.step
             ));
         }
         if self.retain.len() >= 2 {
@@ -627,7 +660,8 @@ impl Report {
             "greedy_gain_ci95": gain.map(|g| [g.1, g.2]),
             "best_accuracy": best.map(|b| b.accuracy()),
             "best_strategy": best.map(|b| b.strategy.clone()),
-            "prm_step_auc": self.prm_auc,
+            "prm_step_auc": self.prm_auc.map(|a| a.step),
+            "prm_within_problem_auc": self.prm_auc.and_then(|a| a.within_problem.map(|w| w.0)),
             "retain_accuracy": self.retain.iter().map(|r| (r.model.clone(), json!(r.correct as f64 / r.n.max(1) as f64))).collect::<Map<String, Value>>(),
             "kl": last("kl"),
             "retain_loss_before": first("retain_loss"),

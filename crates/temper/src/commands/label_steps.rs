@@ -9,11 +9,12 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use tempering_reward::label_steps::{label_steps, LabelOptions, LabelRule};
+use tempering_reward::label_steps::{label_steps, label_steps_by_checker, LabelOptions, LabelRule};
 use tempering_tasks::{generate, task_by_name, write_jsonl, GenerateSpec, Split};
 
 use super::generate::load_engine;
 use super::model::DeviceArgs;
+use super::search::rule_step_checker;
 
 #[derive(Args, Debug)]
 pub struct LabelStepsArgs {
@@ -38,9 +39,15 @@ pub struct LabelStepsArgs {
     /// Solutions sampled per problem (each becomes one row).
     #[arg(long, default_value_t = 4)]
     pub samples: usize,
-    /// Rollouts continued from each step prefix.
+    /// Rollouts continued from each step prefix (with `--labels rollouts`).
     #[arg(long, default_value_t = 8)]
     pub rollouts: usize,
+    /// Where step labels come from: `rollouts` (Math-Shepherd: how many continuations from the step
+    /// reach a verified answer) or `rule` (the task's rule step checker judges each step, as a
+    /// human labeller would; no rollouts; the last step also needs the verified answer; tasks with
+    /// one: arithmetic).
+    #[arg(long, default_value = "rollouts")]
+    pub labels: String,
     /// A step is correct when at least this fraction of its rollouts reaches a verified answer;
     /// absent: when any does (hard estimation).
     #[arg(long)]
@@ -109,14 +116,23 @@ pub fn run(a: LabelStepsArgs) -> Result<()> {
             .expect("static template")
             .progress_chars("=> "),
     );
-    let rows = label_steps(
-        &engine,
-        tok,
-        task.as_ref(),
-        &problems,
-        &opts,
-        &mut |done, _| bar.set_position(done as u64),
-    )?;
+    let mut progress = |done: usize, _: usize| bar.set_position(done as u64);
+    let rows = match a.labels.as_str() {
+        "rollouts" => label_steps(&engine, tok, task.as_ref(), &problems, &opts, &mut progress)?,
+        "rule" => {
+            let checker = rule_step_checker("--labels rule", Some(&a.task))?;
+            label_steps_by_checker(
+                &engine,
+                tok,
+                task.as_ref(),
+                &problems,
+                &opts,
+                checker.as_ref(),
+                &mut progress,
+            )?
+        }
+        other => bail!("--labels {other}: expected `rollouts` or `rule`"),
+    };
     bar.finish_and_clear();
     if rows.is_empty() {
         bail!(

@@ -108,6 +108,44 @@ pub fn auc(scored: &[(f64, bool)]) -> Option<f64> {
     Some(wins / (pos.len() * neg.len()) as f64)
 }
 
+/// [`auc`] over the pairs that share a prompt only (pooled over prompts): how often a correct
+/// completion outscores an incorrect one *of the same problem*, which is what best-of-N sees. A
+/// scorer can reach a high [`auc`] by telling easy problems from hard ones and still be at chance
+/// here. `None` when no prompt has both kinds.
+pub fn within_prompt_auc(scored: &[(&str, f64, bool)]) -> Option<(f64, usize)> {
+    let mut prompts: Vec<&str> = scored.iter().map(|s| s.0).collect();
+    prompts.sort_unstable();
+    prompts.dedup();
+    let (mut wins, mut pairs, mut used) = (0.0, 0usize, 0usize);
+    for p in prompts {
+        let of = |c: bool| -> Vec<f64> {
+            scored
+                .iter()
+                .filter(|s| s.0 == p && s.2 == c)
+                .map(|s| s.1)
+                .collect()
+        };
+        let (pos, neg) = (of(true), of(false));
+        if pos.is_empty() || neg.is_empty() {
+            continue;
+        }
+        used += 1;
+        for a in &pos {
+            for b in &neg {
+                pairs += 1;
+                wins += if a > b {
+                    1.0
+                } else if a == b {
+                    0.5
+                } else {
+                    0.0
+                };
+            }
+        }
+    }
+    (pairs > 0).then(|| (wins / pairs as f64, used))
+}
+
 pub fn run(a: ScoreArgs) -> Result<()> {
     let aggregation: StepAggregation = a.aggregate.parse()?;
     let (device, dtype) = device_and_dtype(&a.device.device, a.device.dtype.as_deref())?;
@@ -126,7 +164,7 @@ pub fn run(a: ScoreArgs) -> Result<()> {
             let scores = rm.score_texts(&pairs)?;
             for (item, s) in items.into_iter().zip(scores) {
                 if let Some(l) = item.label {
-                    labelled.push((s, l));
+                    labelled.push((item.prompt.clone(), s, l));
                 }
                 let mut row = item.row;
                 row.insert("score".into(), json!(s));
@@ -150,7 +188,7 @@ pub fn run(a: ScoreArgs) -> Result<()> {
             for (item, s) in items.into_iter().zip(step_scores) {
                 let score = aggregation.apply(&s);
                 if let Some(l) = item.label {
-                    labelled.push((score, l));
+                    labelled.push((item.prompt.clone(), score, l));
                 }
                 let mut row = item.row;
                 row.insert("step_scores".into(), json!(s));
@@ -171,11 +209,19 @@ pub fn run(a: ScoreArgs) -> Result<()> {
             }
         }
     }
-    if let Some(auc) = auc(&labelled) {
+    let pooled: Vec<(f64, bool)> = labelled.iter().map(|l| (l.1, l.2)).collect();
+    if let Some(auc) = auc(&pooled) {
         eprintln!(
             "AUC over {} labelled rows: {:.3} (how often a correct completion outscores an incorrect one)",
             labelled.len(),
             auc
+        );
+    }
+    let by_prompt: Vec<(&str, f64, bool)> =
+        labelled.iter().map(|l| (l.0.as_str(), l.1, l.2)).collect();
+    if let Some((auc, prompts)) = within_prompt_auc(&by_prompt) {
+        eprintln!(
+            "within-problem AUC over {prompts} problems with both kinds: {auc:.3} (how often a correct completion outscores an incorrect one of the same problem: what best-of-N sees)"
         );
     }
     Ok(())
@@ -195,5 +241,25 @@ mod tests {
             Some(1.5 / 4.0)
         );
         assert_eq!(auc(&[(0.9, true)]), None);
+    }
+
+    #[test]
+    fn within_prompt_auc_ignores_pairs_across_problems() {
+        // Problem a is easy (all high), b hard (all low): the pooled AUC rewards that, the
+        // within-problem one sees that each problem's wrong completion wins.
+        let rows = [
+            ("a", 0.8, true),
+            ("a", 0.85, true),
+            ("a", 0.9, false),
+            ("b", 0.1, true),
+            ("b", 0.2, false),
+            ("b", 0.25, false),
+            ("b", 0.3, false),
+            ("c", 0.7, true),
+        ];
+        let pooled: Vec<(f64, bool)> = rows.iter().map(|r| (r.1, r.2)).collect();
+        assert_eq!(auc(&pooled), Some(9.0 / 16.0));
+        assert_eq!(within_prompt_auc(&rows), Some((0.0, 2)));
+        assert_eq!(within_prompt_auc(&rows[7..]), None);
     }
 }
