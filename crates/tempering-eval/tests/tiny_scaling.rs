@@ -87,3 +87,71 @@ fn accuracy_rises_with_samples() {
     assert_eq!(sixteen.mean_candidates, 16.0);
     assert!(sixteen.pass_n.value > acc("sc@16"), "{sixteen:?}");
 }
+
+/// Batching a grid across problems changes no answer and no cost: the same grid with a wall-clock
+/// budget (which runs problems one at a time) gives the same results, greedy, sampling and a
+/// multi-call strategy alike.
+#[test]
+fn batched_and_one_at_a_time_grids_agree() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/models/tiny-arith-sft");
+    let files = ModelFiles::open(&dir, DType::F32, &Device::Cpu).unwrap();
+    let tok = files.tokenizer.clone().unwrap();
+    let engine = LocalEngine::new(files.transformer().unwrap(), tok.clone());
+    let encoder = TokenizerEncoder {
+        tokenizer: &tok,
+        add_special_tokens: true,
+    };
+    let items = items_from_task("arithmetic", 3, 24, 11).unwrap();
+    let mut config = SearchConfig {
+        step_max_tokens: 24,
+        max_depth: 8,
+        seed: 3,
+        ..SearchConfig::default()
+    };
+    config.sampling.max_new_tokens = 64;
+    let checker = ArithmeticSteps;
+    let strategies: Vec<_> = ["greedy", "sc@4", "bon@4:min", "beam:2x2"]
+        .iter()
+        .map(|s| parse_strategy(s, Some("arithmetic")).unwrap())
+        .collect();
+    let run = |budget: Budget| {
+        let setup = EvalSetup {
+            backend: &engine,
+            encoder: &encoder,
+            scorers: Scorers {
+                verifier: None,
+                step: Some(&checker),
+            },
+            config: config.clone(),
+            budget,
+        };
+        run_grid(&setup, &strategies, &items, &mut |_| {}).unwrap()
+    };
+    let batched = run(Budget::unlimited());
+    let one_at_a_time = run(Budget {
+        max_wall: Some(std::time::Duration::from_secs(3600)),
+        ..Budget::unlimited()
+    });
+    assert_eq!(batched.len(), one_at_a_time.len());
+    for (a, b) in batched.iter().zip(&one_at_a_time) {
+        assert_eq!(
+            (&a.strategy, a.index, &a.answer, a.correct, a.candidates),
+            (&b.strategy, b.index, &b.answer, b.correct, b.candidates)
+        );
+        assert_eq!(
+            (
+                a.cost.generated_tokens,
+                a.cost.model_calls,
+                a.cost.scorer_calls
+            ),
+            (
+                b.cost.generated_tokens,
+                b.cost.model_calls,
+                b.cost.scorer_calls
+            ),
+            "{} on problem {}",
+            a.strategy,
+            a.index
+        );
+    }
+}
