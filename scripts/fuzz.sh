@@ -6,6 +6,7 @@
 # proptest rounds (PROPTEST_CASES cases each, 2000 by default) until SECONDS have passed and prints
 # how many cases it ran; a crash fails with the shrunk input, saved under
 # target/tmp/fuzz-crashes/ (move it to fixtures/bad-input/ with a regression test once fixed).
+# PARSER chat: chat templates (tempering-model's tests/fuzz_chat.rs), rendered under small limits.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 parser="${1:-}"
@@ -16,6 +17,10 @@ case "$parser" in
     tokenizer_json | config_json) crate=tempering-model test="$parser" ;;
     jsonl | parquet) crate=tempering-tasks test="$parser" ;;
     config) crate=tempering-train test=config_toml ;;
+    chat)
+        FUZZ_SECONDS="$seconds" PROPTEST_CASES="${PROPTEST_CASES:-2000}" \
+            exec cargo test -p tempering-model --test fuzz_chat -- --exact chat_template --nocapture
+        ;;
     *)
         echo "usage: scripts/fuzz.sh PARSER [SECONDS]; PARSER: safetensors gguf tokenizer_json config_json jsonl parquet config" >&2
         exit 2

@@ -5,6 +5,11 @@
 //! (one line per strategy family, SVG and PNG) and a self-contained HTML report; and the kit such
 //! pages are built from (an HTML table, SVG line plots with log axes, smoothing and markers).
 //!
+//! Where things live: [`data`] (what an evaluation runs over), [`run`] (the grid), [`table`] (the
+//! summary and its intervals), [`report`] (the run directory), [`plot`] (accuracy against tokens);
+//! the kit: [`curves`] (SVG line plots, with ticks and smoothing in its `axis` submodule) and
+//! [`page`] (HTML).
+//!
 //! This crate knows the search layer, the tasks (to judge answers) and the scorer traits. It
 //! knows nothing of how models run (it takes only `write_atomic` from the model crate), of training
 //! or of the command line.

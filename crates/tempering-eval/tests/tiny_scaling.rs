@@ -1,7 +1,7 @@
 //! Issue 10's tiny-model check, CI-sized: on arithmetic level 3 with the committed tiny SFT model,
 //! self-consistency and best-of-N (steps scored by the arithmetic rule checker, which never sees
 //! the reference) are more accurate at N = 16 than at N = 1, and each costs about N times the
-//! tokens. Seeded; the measured figures are in the README. What sampling bought holds its
+//! tokens. Seeded; the measured figures are in docs/experiments.md. What sampling bought holds its
 //! invariants on a real model's traces: the chosen answer is one of the candidates, so pass@N is
 //! at least the accuracy, and with one candidate pass@1, pass@N and accuracy agree.
 

@@ -26,8 +26,39 @@ pub enum ModelError {
     Tokenizer(String),
     #[error("chat template: {0}")]
     Template(String),
+    /// A chat template's rendering stopped at one of its limits (`chat::RenderLimits`): a template
+    /// from an untrusted model directory that loops or grows without end.
+    #[error("{template}: rendering stopped: {limit}")]
+    TemplateLimit {
+        /// The file the template came from, or `chat template`.
+        template: String,
+        limit: TemplateLimit,
+    },
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+}
+
+/// Which bound of a chat template's rendering was reached, with the bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TemplateLimit {
+    /// More than this many template instructions.
+    Fuel(u64),
+    /// More than this many bytes of output.
+    OutputBytes(usize),
+    /// Still writing output after this long.
+    Duration(std::time::Duration),
+}
+
+impl std::fmt::Display for TemplateLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TemplateLimit::Fuel(n) => write!(f, "more than {n} template instructions (fuel)"),
+            TemplateLimit::OutputBytes(n) => write!(f, "output longer than {n} bytes"),
+            TemplateLimit::Duration(d) => {
+                write!(f, "still rendering after {:.1} s", d.as_secs_f64())
+            }
+        }
+    }
 }
 
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;

@@ -3,6 +3,14 @@
 //! LoRA adapters (PEFT's format), loading and saving of HF safetensors directories and GGUF files,
 //! the tokenizer and chat templates, and the workspace's atomic file write (`write_atomic`).
 //!
+//! Where things live: [`config`] and [`transformer`] (with its fused [`ops`]) compute logits;
+//! [`weights`] reads and writes tensors (GGUF headers checked first by `gguf_check`), [`loader`] opens
+//! a model whatever its format; [`lora`] holds the adapters (`attach` puts them on a model, `peft`
+//! reads and writes PEFT's files); [`heads`] the score heads of reward models; [`tokenizer`] the
+//! tokenizer (its special tokens, GGUF vocabularies and pre-tokenizers in submodules); [`chat`] the
+//! chat template, rendered under limits since it comes from a model directory that may not be
+//! trusted, with its Jinja/Python compatibility layer apart.
+//!
 //! It knows nothing of training loops, datasets, generation strategies or search: those live in the
 //! crates above it and reach the model only through the types exported here.
 
@@ -20,9 +28,9 @@ pub mod tokenizer;
 pub mod transformer;
 pub mod weights;
 
-pub use chat::{ChatMessage, ChatTemplate};
+pub use chat::{ChatMessage, ChatTemplate, RenderLimits};
 pub use config::{Architecture, ModelConfig};
-pub use error::{ModelError, Result};
+pub use error::{ModelError, Result, TemplateLimit};
 pub use heads::{hidden_at, save_classifier, Classifier, ClassifierSave, HeadKind, ScoreHead};
 pub use loader::{ModelFiles, ModelFormat, ModelInfo};
 pub use lora::{load_peft, save_peft, DropoutRng, LoraConfig, LoraLinear, LoraTarget, PeftAdapter};

@@ -120,7 +120,7 @@ impl ModelInfo {
                 let stored = crate::weights::list_gguf(&content);
                 let tokenizer = gguf_tokenizer(&content, path)?;
                 let chat_template = match &tokenizer {
-                    Some(t) => gguf_chat_template(&content, t)?,
+                    Some(t) => gguf_chat_template(&content, t, path)?,
                     None => None,
                 };
                 Ok(ModelInfo {
@@ -147,17 +147,21 @@ fn gguf_tokenizer(content: &gguf_file::Content, path: &Path) -> Result<Option<To
 fn gguf_chat_template(
     content: &gguf_file::Content,
     tokenizer: &Tokenizer,
+    path: &Path,
 ) -> Result<Option<ChatTemplate>> {
     match content
         .metadata
         .get("tokenizer.chat_template")
         .and_then(|v| v.to_string().ok())
     {
-        Some(src) => Ok(Some(ChatTemplate::new(
-            src.clone(),
-            tokenizer.bos_token().map(|(_, s)| s),
-            tokenizer.eos_token().map(|(_, s)| s),
-        )?)),
+        Some(src) => Ok(Some(
+            ChatTemplate::new(
+                src.clone(),
+                tokenizer.bos_token().map(|(_, s)| s),
+                tokenizer.eos_token().map(|(_, s)| s),
+            )?
+            .named(format!("{} (tokenizer.chat_template)", path.display())),
+        )),
         None => Ok(None),
     }
 }
@@ -215,7 +219,7 @@ impl ModelFiles {
         let weights = Weights::from_gguf(&content, path, &config, dtype, device)?;
         let tokenizer = gguf_tokenizer(&content, path)?;
         let chat_template = match &tokenizer {
-            Some(t) => gguf_chat_template(&content, t)?,
+            Some(t) => gguf_chat_template(&content, t, path)?,
             None => None,
         };
         Ok(ModelFiles {

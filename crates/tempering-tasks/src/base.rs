@@ -7,7 +7,7 @@
 //! leaves the remainder (`199: 24*8=192 199-192=7`), so that no step hides a computation.
 //!
 //! Levels (bases drawn from, digits of the answer = division steps), calibrated on the tiny recipe of
-//! `tempering-train` (README): level 3 is the hardest and the default.
+//! `tempering-train` (docs/sft.md): level 3 is the hardest and the default.
 //!
 //! | level | bases | digits |
 //! |-------|-------|--------|

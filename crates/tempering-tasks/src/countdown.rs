@@ -11,7 +11,7 @@
 //! | 2     | 3     | 3    | 1..=6   | ..=100   |
 //! | 3     | 3     | 3    | 1..=10  | ..=100   |
 //!
-//! Level 3 is calibrated on the tiny recipe of `tempering-train` (README); harder games (more
+//! Level 3 is calibrated on the tiny recipe of `tempering-train` (docs/sft.md); harder games (more
 //! numbers, larger targets) are a [`CountdownParams`] away from code.
 //!
 //! Prompts list the numbers in ascending order, so one multiset of numbers and a target is one problem

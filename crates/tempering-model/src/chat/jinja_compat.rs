@@ -1,70 +1,42 @@
-//! Chat templates: Jinja sources from HF tokenizer configs (or GGUF metadata) rendered with minijinja
-//! exactly as HF transformers' `apply_chat_template(..., tokenize=False)` renders them.
+//! What makes minijinja render a chat template as transformers' Jinja2 environment does: the
+//! environment's settings (`trim_blocks`, `lstrip_blocks`, no trailing newline, Python string and
+//! dict methods), the `raise_exception(msg)` and `strftime_now(fmt)` globals, a `tojson` filter that
+//! writes what Python's `json.dumps` writes, values printed as Python prints them (`True`, `None`,
+//! `['a', 1]`), and HF's `{% generation %}` block rewritten into a transparent one.
 //!
-//! The environment mirrors the one transformers builds: `trim_blocks` and `lstrip_blocks` on, no
-//! trailing newline kept, loop controls, Python string and dict methods, the `raise_exception(msg)` and
-//! `strftime_now(fmt)` globals, a `tojson` filter that writes what Python's `json.dumps` writes, and the
-//! `{% generation %}` block (rendered transparently, as HF does when no assistant mask is asked for).
-//! Values print as Python prints them (`True`, `None`, `['a', 1]`).
-//!
-//! This module turns messages into a prompt string and nothing else: it knows nothing of tokenizers,
-//! token ids, models or where a conversation comes from.
+//! It knows Jinja2's and Python's conventions and nothing else: not where a template comes from,
+//! not the limits it renders under, not messages, tokenizers or models.
 
 use std::fmt::Write as _;
-use std::path::Path;
 
 use minijinja::value::{Kwargs, ValueKind};
 use minijinja::{Environment, Error as JinjaError, ErrorKind, Output, State, Value};
 
-use crate::error::{ModelError, Result};
-
-/// One turn of a conversation, in the OpenAI / TRL `messages` form.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct ChatMessage {
-    pub role: String,
-    pub content: String,
+/// An environment set up as transformers sets up its own (`ImmutableSandboxedEnvironment` with
+/// `trim_blocks`, `lstrip_blocks`, loop controls and the globals and filters above).
+pub(super) fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_trim_blocks(true);
+    env.set_lstrip_blocks(true);
+    env.set_keep_trailing_newline(false);
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.set_formatter(python_formatter);
+    env.add_function("raise_exception", raise_exception);
+    env.add_function("strftime_now", strftime_now);
+    env.add_filter("tojson", tojson);
+    env
 }
 
-impl ChatMessage {
-    /// A message with the given role and content.
-    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        ChatMessage {
-            role: role.into(),
-            content: content.into(),
+/// The message of a template's `raise_exception(msg)`, if that is what ended a render.
+pub(super) fn raised_message(err: &JinjaError) -> Option<&str> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cause {
+        if let Some(raised) = e.downcast_ref::<RaisedException>() {
+            return Some(&raised.0);
         }
+        cause = e.source();
     }
-}
-
-/// Name under which the compiled template lives in its environment (shown in error messages).
-const TEMPLATE_NAME: &str = "chat_template";
-
-/// A compiled chat template plus the special-token strings it is rendered with.
-pub struct ChatTemplate {
-    env: Environment<'static>,
-    source: String,
-    bos_token: Option<String>,
-    eos_token: Option<String>,
-}
-
-impl std::fmt::Debug for ChatTemplate {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChatTemplate")
-            .field("source", &self.source)
-            .field("bos_token", &self.bos_token)
-            .field("eos_token", &self.eos_token)
-            .finish()
-    }
-}
-
-impl Clone for ChatTemplate {
-    fn clone(&self) -> Self {
-        ChatTemplate {
-            env: self.env.clone(),
-            source: self.source.clone(),
-            bos_token: self.bos_token.clone(),
-            eos_token: self.eos_token.clone(),
-        }
-    }
+    None
 }
 
 /// The error a template's `raise_exception(msg)` call raises, carried through minijinja's error chain.
@@ -79,196 +51,16 @@ impl std::fmt::Display for RaisedException {
 
 impl std::error::Error for RaisedException {}
 
-impl ChatTemplate {
-    /// Compiles `source`; `bos_token` / `eos_token` become the template variables of the same name
-    /// (left undefined when `None`, as HF leaves them when the tokenizer has no such token).
-    /// A syntax error is reported with its line number and the text of that line.
-    pub fn new(
-        source: impl Into<String>,
-        bos_token: Option<String>,
-        eos_token: Option<String>,
-    ) -> Result<Self> {
-        let source = source.into();
-        let compiled = rewrite_generation_blocks(&source);
-        let mut env = Environment::new();
-        env.set_trim_blocks(true);
-        env.set_lstrip_blocks(true);
-        env.set_keep_trailing_newline(false);
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.set_formatter(python_formatter);
-        env.add_function("raise_exception", raise_exception);
-        env.add_function("strftime_now", strftime_now);
-        env.add_filter("tojson", tojson);
-        env.add_template_owned(TEMPLATE_NAME, compiled)
-            .map_err(|e| ModelError::Template(describe_compile_error(&e, &source)))?;
-        Ok(ChatTemplate {
-            env,
-            source,
-            bos_token,
-            eos_token,
-        })
-    }
-
-    /// Reads the chat template of an HF model directory: `chat_template.jinja` when present (newer
-    /// transformers save it there), else `tokenizer_config.json`'s `chat_template`, either a string
-    /// or a list of `{name, template}` where the one named `default` wins. BOS/EOS strings come from
-    /// `tokenizer_config.json` (plain strings or `{content: ..}` added-token objects), falling back
-    /// to `special_tokens_map.json`. `Ok(None)` when the directory has no chat template.
-    pub fn from_hf_dir(dir: &Path) -> Result<Option<Self>> {
-        let config_path = dir.join("tokenizer_config.json");
-        let config = read_json_if_exists(&config_path)?;
-        let special_path = dir.join("special_tokens_map.json");
-        let special = read_json_if_exists(&special_path)?;
-
-        let jinja_path = dir.join("chat_template.jinja");
-        let source = if jinja_path.is_file() {
-            Some(std::fs::read_to_string(&jinja_path).map_err(|e| ModelError::io(&jinja_path, e))?)
-        } else {
-            match config.as_ref().and_then(|c| c.get("chat_template")) {
-                None | Some(serde_json::Value::Null) => None,
-                Some(value) => Some(template_from_config_value(value, &config_path)?),
-            }
-        };
-        let Some(source) = source else {
-            return Ok(None);
-        };
-
-        let token = |key: &str| -> Result<Option<String>> {
-            if let Some(v) = config.as_ref().and_then(|c| c.get(key)) {
-                if !v.is_null() {
-                    return token_string(v, &config_path, key).map(Some);
-                }
-            }
-            match special.as_ref().and_then(|c| c.get(key)) {
-                None | Some(serde_json::Value::Null) => Ok(None),
-                Some(v) => token_string(v, &special_path, key).map(Some),
-            }
-        };
-        let bos = token("bos_token")?;
-        let eos = token("eos_token")?;
-        Self::new(source, bos, eos).map(Some)
-    }
-
-    /// The Jinja source as given (before any internal rewriting).
-    pub fn source(&self) -> &str {
-        &self.source
-    }
-
-    /// The BOS string the template sees as `bos_token`, if any.
-    pub fn bos_token(&self) -> Option<&str> {
-        self.bos_token.as_deref()
-    }
-
-    /// The EOS string the template sees as `eos_token`, if any.
-    pub fn eos_token(&self) -> Option<&str> {
-        self.eos_token.as_deref()
-    }
-
-    /// Renders a conversation. Like transformers, `tools` and `documents` are passed as `None`.
-    /// A `raise_exception(msg)` in the template becomes `ModelError::Template` carrying `msg`.
-    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
-        let template = self
-            .env
-            .get_template(TEMPLATE_NAME)
-            .map_err(|e| ModelError::Template(e.to_string()))?;
-        let mut vars: Vec<(&str, Value)> = vec![
-            ("messages", Value::from_serialize(messages)),
-            ("tools", Value::from(())),
-            ("documents", Value::from(())),
-            ("add_generation_prompt", Value::from(add_generation_prompt)),
-        ];
-        if let Some(bos) = &self.bos_token {
-            vars.push(("bos_token", Value::from(bos.as_str())));
-        }
-        if let Some(eos) = &self.eos_token {
-            vars.push(("eos_token", Value::from(eos.as_str())));
-        }
-        let ctx: Value = vars.into_iter().collect();
-        template
-            .render(ctx)
-            .map_err(|e| ModelError::Template(describe_render_error(&e, &self.source)))
-    }
-}
-
-/// `chat_template` from `tokenizer_config.json`: a string, or a list of `{name, template}`.
-fn template_from_config_value(value: &serde_json::Value, path: &Path) -> Result<String> {
-    match value {
-        serde_json::Value::String(s) => Ok(s.clone()),
-        serde_json::Value::Array(items) => {
-            let mut named = Vec::new();
-            for (i, item) in items.iter().enumerate() {
-                let name = item.get("name").and_then(|v| v.as_str());
-                let template = item.get("template").and_then(|v| v.as_str());
-                match (name, template) {
-                    (Some(n), Some(t)) => named.push((n, t)),
-                    _ => {
-                        return Err(ModelError::format(
-                            path,
-                            format!(
-                                "chat_template[{i}]: expected an object with string fields `name` and `template`"
-                            ),
-                        ))
-                    }
-                }
-            }
-            match named.iter().find(|(n, _)| *n == "default") {
-                Some((_, t)) => Ok((*t).to_string()),
-                None => {
-                    let names: Vec<&str> = named.iter().map(|(n, _)| *n).collect();
-                    Err(ModelError::format(
-                        path,
-                        format!(
-                            "chat_template: several templates ({}) and none named `default`",
-                            names.join(", ")
-                        ),
-                    ))
-                }
-            }
-        }
-        _ => Err(ModelError::format(
-            path,
-            "chat_template: expected a string or a list of {name, template}",
-        )),
-    }
-}
-
-/// A special token given as a string or as an added-token object `{"content": "..", ..}`.
-fn token_string(value: &serde_json::Value, path: &Path, key: &str) -> Result<String> {
-    match value {
-        serde_json::Value::String(s) => Ok(s.clone()),
-        serde_json::Value::Object(map) => match map.get("content") {
-            Some(serde_json::Value::String(s)) => Ok(s.clone()),
-            _ => Err(ModelError::format(
-                path,
-                format!("`{key}`: added-token object without a string `content`"),
-            )),
-        },
-        _ => Err(ModelError::format(
-            path,
-            format!("`{key}`: expected a string or an object with `content`"),
-        )),
-    }
-}
-
-fn read_json_if_exists(path: &Path) -> Result<Option<serde_json::Value>> {
-    if !path.is_file() {
-        return Ok(None);
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
-    serde_json::from_str(&text)
-        .map(Some)
-        .map_err(|e| ModelError::format(path, format!("invalid JSON: {e}")))
-}
-
 /// Rewrites HF's `{% generation %}` / `{% endgeneration %}` tags (transformers' AssistantTracker
 /// extension) into `{% if true %}` / `{% endif %}`: same output, same whitespace control, same lines.
-fn rewrite_generation_blocks(source: &str) -> String {
+pub(super) fn rewrite_generation_blocks(source: &str) -> String {
     let mut out = String::with_capacity(source.len());
     let mut rest = source;
     while let Some(start) = rest.find("{%") {
         out.push_str(&rest[..start]);
         let tag = &rest[start..];
-        let Some(end) = tag.find("%}") else {
+        // The closing `%}` starts after the opening `{%` (in `{%}` they overlap: not a tag).
+        let Some(end) = tag[2..].find("%}").map(|i| i + 2) else {
             out.push_str(tag);
             return out;
         };
@@ -304,42 +96,6 @@ fn split_ws_control(s: &str, leading: bool) -> (&str, &str) {
             Some('-') | Some('+') => (&s[..s.len() - 1], &s[s.len() - 1..]),
             _ => (s, ""),
         }
-    }
-}
-
-/// `line N: detail` followed by the offending line of the template.
-fn describe_compile_error(err: &JinjaError, source: &str) -> String {
-    let detail = err.detail().unwrap_or("invalid template");
-    match err.line() {
-        Some(line) => {
-            let text = source.lines().nth(line.saturating_sub(1)).unwrap_or("");
-            format!(
-                "syntax error ({}) at template line {line}: {detail}\n  {line} | {text}",
-                err.kind()
-            )
-        }
-        None => format!("syntax error ({}): {detail}", err.kind()),
-    }
-}
-
-fn describe_render_error(err: &JinjaError, source: &str) -> String {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = cause {
-        if let Some(raised) = e.downcast_ref::<RaisedException>() {
-            return format!("template raised an exception: {}", raised.0);
-        }
-        cause = e.source();
-    }
-    let detail = err.detail().unwrap_or("render failed");
-    match err.line() {
-        Some(line) => {
-            let text = source.lines().nth(line.saturating_sub(1)).unwrap_or("");
-            format!(
-                "render error ({}) at template line {line}: {detail}\n  {line} | {text}",
-                err.kind()
-            )
-        }
-        None => format!("render error ({}): {detail}", err.kind()),
     }
 }
 
@@ -680,6 +436,7 @@ fn json_str(s: &str, ensure_ascii: bool, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chat::{ChatMessage, ChatTemplate};
 
     fn render_str(src: &str) -> String {
         let t = ChatTemplate::new(src, Some("<s>".into()), Some("</s>".into())).unwrap();
@@ -731,5 +488,12 @@ mod tests {
             rewrite_generation_blocks("a{%- generation %}b{% endgeneration -%}c{% if x %}"),
             "a{%- if true %}b{% endif -%}c{% if x %}"
         );
+        // Found by the fuzz target: `{%}` (open and close overlapping) panicked on a slice.
+        assert_eq!(rewrite_generation_blocks("a{%}b"), "a{%}b");
+        assert_eq!(
+            rewrite_generation_blocks("{%}{% generation %}x{% endgeneration %}"),
+            "{%}{% generation %}x{% endif %}"
+        );
+        assert!(ChatTemplate::new("x{%}{{ 1 }}", None, None).is_err());
     }
 }
