@@ -336,3 +336,112 @@ fn bad_inputs_get_clear_errors() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("sudoku"), "{}", stderr(&out));
 }
+
+/// `--labels rule`: the policy's own solutions labelled by the arithmetic step checker, without
+/// rollouts. Every step `a op b = c` the test finds false by its own arithmetic is labelled wrong,
+/// and so is every step after it; the last step is labelled by the verdict when all before it hold.
+#[test]
+fn rule_labels_mark_every_wrong_step_and_what_follows() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let out = d.join("steps.jsonl");
+    run_ok(
+        temper()
+            .args(["label-steps", "--policy"])
+            .arg(common::fixture_sft())
+            .args(["--task", "arithmetic", "--level", "3", "--n", "40"])
+            .args([
+                "--samples",
+                "4",
+                "--max-new-tokens",
+                "64",
+                "--labels",
+                "rule",
+            ])
+            .arg("--output")
+            .arg(&out),
+    );
+    let rows = read_jsonl(&out);
+    assert!(rows.len() >= 120, "only {} rows", rows.len());
+    // `a op b = c` with one operator, as the tiny model writes its steps; None for anything else.
+    let holds = |step: &str| -> Option<bool> {
+        let (lhs, rhs) = step.split_once('=')?;
+        let c: i64 = rhs.trim().parse().ok()?;
+        let lhs = lhs.trim();
+        let at = lhs
+            .char_indices()
+            .skip(1)
+            .find(|(_, ch)| "+-*".contains(*ch))?
+            .0;
+        let (a, b) = (
+            lhs[..at].parse::<i64>().ok()?,
+            lhs[at + 1..].parse::<i64>().ok()?,
+        );
+        Some(match &lhs[at..at + 1] {
+            "+" => a + b == c,
+            "-" => a - b == c,
+            _ => a * b == c,
+        })
+    };
+    let (mut wrong_steps, mut right_steps) = (0, 0);
+    for r in &rows {
+        let steps: Vec<&str> = r["completions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap())
+            .collect();
+        let labels: Vec<bool> = r["labels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_bool().unwrap())
+            .collect();
+        assert_eq!(steps.len(), labels.len(), "{r}");
+        let mut broken = false;
+        for (s, &l) in steps.iter().zip(&labels) {
+            match holds(s) {
+                Some(false) => {
+                    broken = true;
+                    wrong_steps += 1;
+                }
+                Some(true) if !broken => right_steps += 1,
+                _ => {}
+            }
+            if broken {
+                assert!(
+                    !l,
+                    "step {s:?} of {steps:?} follows a wrong step: {labels:?}"
+                );
+            }
+        }
+        if !broken && r["correct"] == true {
+            assert!(labels.iter().all(|&l| l), "{steps:?}: {labels:?}");
+        }
+        assert!(!(*labels.last().unwrap() && r["correct"] == false), "{r}");
+    }
+    assert!(
+        wrong_steps >= 10 && right_steps >= 50,
+        "{wrong_steps} wrong, {right_steps} right"
+    );
+
+    let bad = temper()
+        .args([
+            "label-steps",
+            "--task",
+            "arithmetic",
+            "--labels",
+            "vibes",
+            "--n",
+            "1",
+        ])
+        .arg("--policy")
+        .arg(common::fixture_sft())
+        .arg("--output")
+        .arg(d.join("x.jsonl"))
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let msg = String::from_utf8_lossy(&bad.stderr);
+    assert!(msg.contains("--labels vibes"), "{msg}");
+}
