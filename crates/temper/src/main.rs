@@ -1,5 +1,8 @@
 //! `temper`: the command line of Tempering. Parses arguments and hands each subcommand to the
-//! library crates; holds no algorithm of its own.
+//! library crates; holds no algorithm of its own. Each subcommand lives in `commands/` (one file, or
+//! two for close pairs such as `dpo`/`kto`, `grpo`/`rloo`, `ppo`/`trpo`); `temper serve` is
+//! `commands/serve.rs` with its HTTP side in `commands/serve/api.rs` (`parse`, `stream` beneath it);
+//! `device.rs` turns device flags into a candle device.
 
 mod commands;
 mod device;

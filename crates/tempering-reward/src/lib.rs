@@ -6,8 +6,8 @@
 //! This crate knows the model layer (to run learned scorers), the tasks layer (the built-in
 //! verifiers) and the generation engine (self-evaluation and step labelling by rollouts). It knows
 //! nothing of training loops, search strategies or the command line.
-
 //!
+//! - [`scorer`]: the two traits and what they take and return.
 //! - [`rules`]: rule rewards by name (`math_answer`, `task_verifier`, `format`, `length_penalty`,
 //!   `overlong_penalty`, `chrf`); [`spec`] parses what a user types (`0.8*math_answer+0.2*format`)
 //!   and builds it; [`compose`] holds weighted sums.

@@ -11,6 +11,11 @@
 //! lookahead search, Tree of Thoughts (BFS, DFS), Graph of Thoughts, MCTS, self-refinement,
 //! early-stopping and adaptive sampling. [`spec`] builds them from strings such as `beam:4x4`.
 //!
+//! Where things live: [`strategy`] holds the trait and one file per family (`cot`, `vote`, `beam`,
+//! `tot`, `got`, `mcts`, `refine`); [`budget`] the budget and cost; [`context`] what a strategy
+//! works with and [`text`] its text encoder; [`trace`] the trace; [`vote`] answers and their
+//! aggregation; [`fake`] scripted backends and scorers for tests.
+//!
 //! This crate knows the generation backend, the scorer traits and the tasks' answer conventions.
 //! It knows nothing of training, of datasets, of how scorers compute, or of the command line.
 

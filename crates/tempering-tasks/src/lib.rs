@@ -4,7 +4,8 @@
 //! - [`dataset`]: JSONL (and Parquet) rows and their typed views for SFT, preference, unpaired,
 //!   stepwise and RL-prompt datasets.
 //! - [`task`], [`arithmetic`], [`countdown`], [`base`]: seeded generators with difficulty levels,
-//!   worked step-by-step solutions and verifiers; [`record`] writes them as JSONL.
+//!   worked step-by-step solutions and verifiers; [`record`] writes them as JSONL; [`expr`] holds
+//!   the integer expressions arithmetic and countdown share, [`rng`] the crate's own seeded PRNG.
 
 pub mod arithmetic;
 pub mod base;

@@ -1,0 +1,190 @@
+//! Responses: the OpenAI-shaped JSON of a finished request (`Meta::full`) and the SSE stream of
+//! chunks (`sse`), with the usage chunk when asked for and `data: [DONE]` last. Knows the response
+//! shapes and the messages the model thread sends; nothing of parsing or the engine.
+
+use super::*;
+
+/// What every response and chunk repeats.
+pub(super) struct Meta {
+    pub(super) id: String,
+    pub(super) created: u64,
+    pub(super) model: String,
+    pub(super) kind: Kind,
+    pub(super) n: usize,
+}
+
+impl Meta {
+    fn object(&self, chunk: bool) -> &'static str {
+        match (self.kind, chunk) {
+            (Kind::Chat, false) => "chat.completion",
+            (Kind::Chat, true) => "chat.completion.chunk",
+            (Kind::Completion, _) => "text_completion",
+        }
+    }
+
+    pub(super) fn full(&self, out: Output) -> Value {
+        let choices: Vec<Value> = out
+            .choices
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| match self.kind {
+                Kind::Chat => json!({
+                    "index": i,
+                    "message": {"role": "assistant", "content": c.text},
+                    "logprobs": c.logprobs,
+                    "finish_reason": c.finish_reason,
+                }),
+                Kind::Completion => json!({
+                    "index": i,
+                    "text": c.text,
+                    "logprobs": c.logprobs,
+                    "finish_reason": c.finish_reason,
+                }),
+            })
+            .collect();
+        json!({
+            "id": self.id,
+            "object": self.object(false),
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+            "usage": out.usage,
+        })
+    }
+
+    /// One chunk with one choice: `text` (a delta), or the finish reason.
+    fn chunk(&self, index: usize, text: Option<&str>, finish: Option<&str>, role: bool) -> Value {
+        let choice = match self.kind {
+            Kind::Chat => {
+                let mut delta = Map::new();
+                if role {
+                    delta.insert("role".into(), json!("assistant"));
+                }
+                if let Some(t) = text {
+                    delta.insert("content".into(), json!(t));
+                }
+                json!({"index": index, "delta": delta, "logprobs": null, "finish_reason": finish})
+            }
+            Kind::Completion => json!({
+                "index": index,
+                "text": text.unwrap_or(""),
+                "logprobs": null,
+                "finish_reason": finish,
+            }),
+        };
+        json!({
+            "id": self.id,
+            "object": self.object(true),
+            "created": self.created,
+            "model": self.model,
+            "choices": [choice],
+        })
+    }
+}
+
+struct StreamState {
+    meta: Meta,
+    rx: UnboundedReceiver<Msg>,
+    include_usage: bool,
+    /// Chat: whether each choice has had its first (role) chunk.
+    opened: Vec<bool>,
+    /// Which choices have sent their finish chunk.
+    finished: Vec<bool>,
+    pending: std::collections::VecDeque<String>,
+    done: bool,
+}
+
+impl StreamState {
+    fn push(&mut self, mut v: Value) {
+        if self.include_usage {
+            v["usage"] = Value::Null;
+        }
+        self.pending.push_back(v.to_string());
+    }
+
+    fn on_token(&mut self, index: usize, text: &str) {
+        if index >= self.opened.len() {
+            return;
+        }
+        let role = self.meta.kind == Kind::Chat && !self.opened[index];
+        self.opened[index] = true;
+        let c = self.meta.chunk(index, Some(text), None, role);
+        self.push(c);
+    }
+
+    fn on_finish(&mut self, index: usize, reason: &str) {
+        if index >= self.finished.len() || self.finished[index] {
+            return;
+        }
+        let role = self.meta.kind == Kind::Chat && !self.opened[index];
+        self.opened[index] = true;
+        self.finished[index] = true;
+        let text = (self.meta.kind == Kind::Chat && role).then_some("");
+        let c = self.meta.chunk(index, text, Some(reason), role);
+        self.push(c);
+    }
+
+    fn on_done(&mut self, out: Output) {
+        for (i, c) in out.choices.iter().enumerate() {
+            self.on_finish(i, c.finish_reason);
+        }
+        if self.include_usage {
+            let v = json!({
+                "id": self.meta.id,
+                "object": self.meta.object(true),
+                "created": self.meta.created,
+                "model": self.meta.model,
+                "choices": [],
+                "usage": out.usage,
+            });
+            self.pending.push_back(v.to_string());
+        }
+        self.pending.push_back("[DONE]".into());
+        self.done = true;
+    }
+
+    fn on_error(&mut self, e: ApiError) {
+        self.pending.push_back(e.body().to_string());
+        self.pending.push_back("[DONE]".into());
+        self.done = true;
+    }
+}
+
+/// The SSE response: `data: {chunk}` lines, the usage chunk when asked for, then `data: [DONE]`;
+/// keep-alive comments while a long search runs.
+pub(super) fn sse(meta: Meta, rx: UnboundedReceiver<Msg>, include_usage: bool) -> Response {
+    let n = meta.n;
+    let state = StreamState {
+        meta,
+        rx,
+        include_usage,
+        opened: vec![false; n],
+        finished: vec![false; n],
+        pending: Default::default(),
+        done: false,
+    };
+    let stream = futures_util::stream::unfold(state, |mut st| async move {
+        loop {
+            if let Some(data) = st.pending.pop_front() {
+                return Some((Ok::<Event, Infallible>(Event::default().data(data)), st));
+            }
+            if st.done {
+                return None;
+            }
+            match st.rx.recv().await {
+                Some(Msg::Token { index, text }) => st.on_token(index, &text),
+                Some(Msg::Finish { index, reason }) => st.on_finish(index, reason),
+                Some(Msg::Done(out)) => st.on_done(out),
+                Some(Msg::Error(e)) => st.on_error(e),
+                Some(Msg::Started) => {}
+                None => st.on_error(server_error("the model thread stopped")),
+            }
+        }
+    });
+    let mut resp = Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(5)))
+        .into_response();
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, "no-cache".parse().expect("a header"));
+    resp
+}
