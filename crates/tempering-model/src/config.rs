@@ -84,6 +84,9 @@ pub struct ModelConfig {
     pub eos_token_ids: Vec<u32>,
 }
 
+/// The most layers, heads or dimensions per head a config may give (real models: a few hundred).
+pub const MAX_COUNT: usize = 1 << 16;
+
 fn field<'a>(v: &'a Value, name: &str) -> Result<&'a Value> {
     v.get(name)
         .filter(|x| !x.is_null())
@@ -355,7 +358,8 @@ impl ModelConfig {
             bos_token_id: tok_u("tokenizer.ggml.bos_token_id"),
             eos_token_ids: tok_u("tokenizer.ggml.eos_token_id").into_iter().collect(),
         };
-        cfg.check_sizes()?;
+        cfg.check_sizes()
+            .map_err(|e| ModelError::format(path, e.to_string()))?;
         Ok(cfg)
     }
 
@@ -469,14 +473,30 @@ impl ModelConfig {
         self.rope_scaling = Some(RopeScaling::FreqFactors(factors.to_vec()));
     }
 
-    /// Refuses sizes no model has: a vocabulary past the u32 token ids, or sizes whose parameter
-    /// count overflows (a hostile `config.json` or GGUF header; they would size allocations).
+    /// Refuses sizes no model has: layer and head counts or a head size past [`MAX_COUNT`], a
+    /// vocabulary past the u32 token ids, or sizes whose parameter count overflows (a hostile
+    /// `config.json` or GGUF header; they would size allocations).
     fn check_sizes(&self) -> Result<()> {
         if self.vocab_size > u32::MAX as usize {
             return Err(ModelError::config(
                 "vocab_size",
                 format!("{} is more than u32 token ids can name", self.vocab_size),
             ));
+        }
+        // Counts that size loops and tables before any weight is read (`rope_inv_freq` has
+        // head_dim / 2 entries); real models are far below these.
+        for (field, value) in [
+            ("num_hidden_layers", self.num_layers),
+            ("head_dim", self.head_dim),
+            ("num_attention_heads", self.num_heads),
+            ("num_key_value_heads", self.num_kv_heads),
+        ] {
+            if value > MAX_COUNT {
+                return Err(ModelError::config(
+                    field,
+                    format!("{value} is more than {MAX_COUNT}"),
+                ));
+            }
         }
         let h = self.hidden_size;
         let per_layer = || -> Option<usize> {
