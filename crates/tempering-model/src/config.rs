@@ -84,6 +84,9 @@ pub struct ModelConfig {
     pub eos_token_ids: Vec<u32>,
 }
 
+/// The most layers, heads or dimensions per head a config may give (real models: a few hundred).
+pub const MAX_COUNT: usize = 1 << 16;
+
 fn field<'a>(v: &'a Value, name: &str) -> Result<&'a Value> {
     v.get(name)
         .filter(|x| !x.is_null())
@@ -231,7 +234,7 @@ impl ModelConfig {
                 .and_then(|x| x.as_bool())
                 .unwrap_or(false),
         };
-        Ok(ModelConfig {
+        let cfg = ModelConfig {
             architecture,
             vocab_size: usize_field(v, "vocab_size")?,
             hidden_size,
@@ -254,7 +257,9 @@ impl ModelConfig {
                 .first()
                 .copied(),
             eos_token_ids: token_ids(v.get("eos_token_id"), "eos_token_id")?,
-        })
+        };
+        cfg.check_sizes()?;
+        Ok(cfg)
     }
 
     /// Reads `config.json` from a file.
@@ -333,7 +338,7 @@ impl ModelConfig {
             }
             _ => None,
         };
-        Ok(ModelConfig {
+        let cfg = ModelConfig {
             architecture,
             vocab_size,
             hidden_size,
@@ -352,7 +357,10 @@ impl ModelConfig {
             sliding_window: None,
             bos_token_id: tok_u("tokenizer.ggml.bos_token_id"),
             eos_token_ids: tok_u("tokenizer.ggml.eos_token_id").into_iter().collect(),
-        })
+        };
+        cfg.check_sizes()
+            .map_err(|e| ModelError::format(path, e.to_string()))?;
+        Ok(cfg)
     }
 
     /// The HF `config.json` document for this configuration.
@@ -463,6 +471,61 @@ impl ModelConfig {
             }
         }
         self.rope_scaling = Some(RopeScaling::FreqFactors(factors.to_vec()));
+    }
+
+    /// Refuses sizes no model has: layer and head counts or a head size past [`MAX_COUNT`], a
+    /// vocabulary past the u32 token ids, or sizes whose parameter count overflows (a hostile
+    /// `config.json` or GGUF header; they would size allocations).
+    fn check_sizes(&self) -> Result<()> {
+        if self.vocab_size > u32::MAX as usize {
+            return Err(ModelError::config(
+                "vocab_size",
+                format!("{} is more than u32 token ids can name", self.vocab_size),
+            ));
+        }
+        // Counts that size loops and tables before any weight is read (`rope_inv_freq` has
+        // head_dim / 2 entries); real models are far below these.
+        for (field, value) in [
+            ("num_hidden_layers", self.num_layers),
+            ("head_dim", self.head_dim),
+            ("num_attention_heads", self.num_heads),
+            ("num_key_value_heads", self.num_kv_heads),
+        ] {
+            if value > MAX_COUNT {
+                return Err(ModelError::config(
+                    field,
+                    format!("{value} is more than {MAX_COUNT}"),
+                ));
+            }
+        }
+        let h = self.hidden_size;
+        let per_layer = || -> Option<usize> {
+            let q = self.num_heads.checked_mul(self.head_dim)?;
+            let kv = self.num_kv_heads.checked_mul(self.head_dim)?;
+            let attn = h.checked_mul(q.checked_mul(2)?.checked_add(kv.checked_mul(2)?)?)?;
+            let mlp = h.checked_mul(self.intermediate_size)?.checked_mul(3)?;
+            attn.checked_add(mlp)?
+                .checked_add(q.checked_add(kv.checked_mul(2)?)?)?
+                .checked_add(h.checked_mul(2)?)
+        };
+        let total = per_layer()
+            .and_then(|p| p.checked_mul(self.num_layers))
+            .and_then(|p| p.checked_add(self.vocab_size.checked_mul(h)?.checked_mul(2)?));
+        if total.is_none() {
+            return Err(ModelError::config(
+                "hidden_size",
+                format!(
+                    "the sizes (vocab_size {}, hidden_size {h}, intermediate_size {}, {} layers, \
+                     {} heads of {}) overflow the parameter count",
+                    self.vocab_size,
+                    self.intermediate_size,
+                    self.num_layers,
+                    self.num_heads,
+                    self.head_dim
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Number of parameters the decoder holds (embeddings counted once when tied).

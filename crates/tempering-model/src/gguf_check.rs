@@ -243,6 +243,14 @@ pub(crate) fn check_tensors(
         else {
             return bad(format!("shape {:?} overflows", info.shape.dims()));
         };
+        // candle views a tensor's bytes as a slice of its blocks; an empty buffer's pointer is not
+        // aligned for them (an abort with debug assertions, undefined behaviour without).
+        if elems == 0 {
+            return bad(format!(
+                "shape {:?} has no elements (a dimension of 0)",
+                info.shape.dims()
+            ));
+        }
         let block = info.ggml_dtype.block_size();
         if !elems.is_multiple_of(block) {
             return bad(format!(

@@ -263,7 +263,9 @@ impl Transformer {
                 },
             ))
         };
-        let mut layers = Vec::with_capacity(c.num_layers);
+        // Not `with_capacity(num_layers)`: the count comes from the file (a GGUF claiming 2^32
+        // layers aborted on the allocation, found by fuzzing); a missing layer ends the loop.
+        let mut layers = Vec::new();
         for i in 0..c.num_layers {
             let p = format!("model.layers.{i}");
             layers.push(Layer {

@@ -225,6 +225,88 @@ pub fn dtype_name(d: DType) -> &'static str {
     }
 }
 
+/// The error for a safetensors file the `safetensors` crate refused with `e`, naming the culprit
+/// where its message does not: the header length against the file's, or the first tensor whose
+/// shape and dtype do not fill its `data_offsets` or whose data lies past the end.
+pub(crate) fn invalid_safetensors(
+    file: &Path,
+    bytes: &[u8],
+    e: safetensors::SafeTensorError,
+) -> ModelError {
+    let why = explain_safetensors(bytes).unwrap_or_else(|| e.to_string());
+    ModelError::format(file, format!("not a valid safetensors file: {why}"))
+}
+
+fn explain_safetensors(bytes: &[u8]) -> Option<String> {
+    let len = bytes.len() as u64;
+    let n = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+    if n > len - 8 {
+        return Some(format!(
+            "the header claims {n} bytes, the file has {len} in all"
+        ));
+    }
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..8 + n as usize]).ok()?;
+    let data_len = len - 8 - n;
+    let mut ends = Vec::new();
+    for (name, t) in header.iter().filter(|(k, _)| *k != "__metadata__") {
+        let dtype = t.get("dtype")?.as_str()?;
+        let bits: u64 = match dtype {
+            "BOOL" | "U8" | "I8" | "F8_E5M2" | "F8_E4M3" | "F8_E8M0" => 8,
+            "I16" | "U16" | "F16" | "BF16" => 16,
+            "I32" | "U32" | "F32" => 32,
+            "I64" | "U64" | "F64" => 64,
+            _ => return None,
+        };
+        let shape: Option<Vec<u64>> = t
+            .get("shape")?
+            .as_array()?
+            .iter()
+            .map(|d| d.as_u64())
+            .collect();
+        let shape = shape?;
+        let offsets: Option<Vec<u64>> = t
+            .get("data_offsets")?
+            .as_array()?
+            .iter()
+            .map(|d| d.as_u64())
+            .collect();
+        let [start, end] = offsets?[..] else {
+            return None;
+        };
+        let needed = shape
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d))
+            .and_then(|e| e.checked_mul(bits / 8));
+        if end < start || end > data_len {
+            return Some(format!(
+                "tensor `{name}`: data_offsets [{start}, {end}] lie outside the {data_len} bytes \
+                 of data"
+            ));
+        }
+        if needed != Some(end - start) {
+            return Some(format!(
+                "tensor `{name}`: shape {shape:?} of {dtype} needs {} bytes, its data_offsets \
+                 [{start}, {end}] hold {}",
+                needed.map_or("more than 2^64".to_string(), |b| b.to_string()),
+                end - start
+            ));
+        }
+        ends.push((start, end));
+    }
+    ends.sort();
+    let covered = ends
+        .iter()
+        .try_fold(0u64, |at, &(s, e)| (s == at).then_some(e));
+    match covered {
+        Some(at) if at != data_len => Some(format!(
+            "the tensors' data ends at byte {at} of the {data_len} bytes of data"
+        )),
+        None => Some("the tensors' data_offsets overlap or leave gaps".into()),
+        _ => None,
+    }
+}
+
 /// The tensors of an HF directory as stored (names, shapes, dtypes), from the headers only.
 pub fn list_hf_dir(dir: &Path) -> Result<Vec<StoredTensor>> {
     let mut out = Vec::new();
@@ -233,7 +315,7 @@ pub fn list_hf_dir(dir: &Path) -> Result<Vec<StoredTensor>> {
         // SAFETY: read-only map dropped before return.
         let mmap = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| ModelError::io(&file, e))?;
         let (_, meta) = safetensors::SafeTensors::read_metadata(&mmap)
-            .map_err(|e| ModelError::format(&file, format!("not a valid safetensors file: {e}")))?;
+            .map_err(|e| invalid_safetensors(&file, &mmap, e))?;
         for (name, info) in meta.tensors() {
             out.push(StoredTensor {
                 name,
@@ -313,7 +395,7 @@ fn read_safetensors_into(
     // another process while we read it is outside what we can defend against.
     let mmap = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| ModelError::io(file, e))?;
     let st = safetensors::SafeTensors::deserialize(&mmap)
-        .map_err(|e| ModelError::format(file, format!("not a valid safetensors file: {e}")))?;
+        .map_err(|e| invalid_safetensors(file, &mmap, e))?;
     for (name, view) in st.tensors() {
         let storage = match view.dtype() {
             safetensors::Dtype::F32 => "f32",

@@ -2,14 +2,14 @@
 //! files (header, metadata, tensor table, offsets, the tokenizer in the metadata), `tokenizer.json`
 //! and `config.json`, each byte-mutated from committed valid files. Each must give `Ok` or an
 //! error, never a panic. `scripts/fuzz.sh PARSER [SECONDS]` runs one of them for longer. The inputs
-//! of the crashes found are replayed from `fixtures/bad-input/`.
+//! of the crashes found are replayed from `fixtures/bad/`.
 
 mod fuzz_common;
 
 use candle_core::{DType, Device};
 use fuzz_common::{fixture, fuzz, read_fixture, write};
 use tempering_model::loader::{read_gguf, ModelFiles, ModelInfo};
-use tempering_model::{ModelConfig, Tokenizer};
+use tempering_model::{load_peft, ModelConfig, Tokenizer};
 
 /// Opens a model path both ways (headers only, then the full load) and uses what loads.
 fn open_model(path: &std::path::Path) {
@@ -99,11 +99,52 @@ fn config_json() {
     });
 }
 
-/// Every input under `fixtures/bad-input/model/` (the crashes the fuzzers found, and hostile
+/// A PEFT adapter directory's `adapter_config.json` (the committed PEFT-made adapter's, and the
+/// same cut to the keys this project reads), loaded beside its committed weights and put onto the
+/// tiny base model, then merged.
+#[test]
+fn adapter_config_json() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        fixture("peft/tiny-llama-peft-adapter/adapter_model.safetensors"),
+        dir.path().join("adapter_model.safetensors"),
+    )
+    .unwrap();
+    let base = ModelFiles::open(&fixture("models/tiny-llama"), DType::F32, &Device::Cpu)
+        .unwrap()
+        .transformer()
+        .unwrap();
+    let full = read_fixture("peft/tiny-llama-peft-adapter/adapter_config.json");
+    let v: serde_json::Value = serde_json::from_slice(&full).unwrap();
+    let keys = [
+        "r",
+        "lora_alpha",
+        "lora_dropout",
+        "target_modules",
+        "use_rslora",
+        "peft_type",
+    ];
+    let short: serde_json::Map<String, serde_json::Value> = keys
+        .iter()
+        .map(|k| (k.to_string(), v[*k].clone()))
+        .collect();
+    let seeds = [full, serde_json::to_vec(&short).unwrap()];
+    fuzz("adapter_config", &seeds, 128, |bytes| {
+        write(dir.path(), "adapter_config.json", bytes);
+        if let Ok(adapter) = load_peft(dir.path()) {
+            let mut model = base.clone();
+            if model.apply_adapter(&adapter).is_ok() {
+                let _ = model.merge_lora();
+            }
+        }
+    });
+}
+
+/// Every input under `fixtures/bad/model/` (the crashes the fuzzers found, and hostile
 /// headers written by hand) gives an error naming the file, not a panic.
 #[test]
 fn bad_inputs_give_errors() {
-    let dir = fixture("bad-input/model");
+    let dir = fixture("bad/model");
     let mut n = 0;
     for e in std::fs::read_dir(&dir).unwrap().flatten() {
         let path = e.path();

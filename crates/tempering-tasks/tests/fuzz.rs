@@ -41,10 +41,10 @@ fn parquet() {
     });
 }
 
-/// Every file under `fixtures/bad-input/datasets/` gives an error naming it, not a panic.
+/// Every file under `fixtures/bad/datasets/` gives an error naming it, not a panic.
 #[test]
 fn bad_inputs_give_errors() {
-    let dir = fixture("bad-input/datasets");
+    let dir = fixture("bad/datasets");
     let mut n = 0;
     for e in std::fs::read_dir(&dir).unwrap().flatten() {
         let path = e.path();

@@ -60,6 +60,61 @@ pub fn list(run_dir: &Path) -> Vec<(usize, PathBuf)> {
     out
 }
 
+/// What a run writes into its directory before its first checkpoint: the config (`config.json`
+/// for ppo and trpo), the metrics, the lock and `checkpoints/` (with at most a partial `.tmp-*`).
+const BEFORE_FIRST_CHECKPOINT: &[&str] = &[
+    "config.toml",
+    "config.json",
+    "metrics.jsonl",
+    crate::run_lock::LOCK_FILE,
+    "checkpoints",
+];
+
+/// Checks that a new run may start in `run_dir`, which the caller has locked
+/// ([`crate::run_lock::RunLock`]). A directory holding a run (a checkpoint, a final model, or any
+/// file a run does not write) is refused ([`TrainError::RunExists`]). One whose run stopped before
+/// its first checkpoint (killed, or out of disk: a config and nothing to resume from) is taken over
+/// with a warning; the new run rewrites its config and metrics.
+pub fn check_new_run(run_dir: &Path) -> Result<()> {
+    let exists = || TrainError::RunExists {
+        dir: run_dir.to_path_buf(),
+    };
+    let entries: Vec<String> = std::fs::read_dir(run_dir)
+        .map_err(|e| TrainError::io(run_dir, e))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect();
+    let started = entries
+        .iter()
+        .any(|n| n == "config.toml" || n == "config.json");
+    if !started {
+        // A new or empty directory; other files there are the user's business, as before.
+        return if list(run_dir).is_empty() {
+            Ok(())
+        } else {
+            Err(exists())
+        };
+    }
+    let only_run_files = entries
+        .iter()
+        .all(|n| BEFORE_FIRST_CHECKPOINT.contains(&n.as_str()));
+    let partial_checkpoints_only = std::fs::read_dir(checkpoints_dir(run_dir))
+        .map(|d| {
+            d.flatten()
+                .all(|e| e.file_name().to_string_lossy().starts_with(".tmp-"))
+        })
+        .unwrap_or(true);
+    if !only_run_files || !partial_checkpoints_only {
+        return Err(exists());
+    }
+    eprintln!(
+        "warning: {}: the run started here stopped before its first checkpoint (nothing to \
+         resume); starting afresh",
+        run_dir.display()
+    );
+    Ok(())
+}
+
 /// The newest complete checkpoint, or an error naming the run directory.
 pub fn latest(run_dir: &Path) -> Result<PathBuf> {
     list(run_dir)
@@ -70,15 +125,45 @@ pub fn latest(run_dir: &Path) -> Result<PathBuf> {
         })
 }
 
-/// Writes a checkpoint for `state.step` and keeps only the newest `keep` (at least one).
+/// Writes a checkpoint for `state.step` and keeps only the newest `keep` (at least one). The files
+/// go to a temporary directory renamed into place once complete; if writing fails (a full disk, a
+/// file-size limit, an unwritable directory) the partial directory is removed and the older
+/// checkpoints are left as they were.
 pub fn save(run_dir: &Path, state: &TrainState, opt: &AdamW, keep: usize) -> Result<PathBuf> {
     let final_dir = step_dir(run_dir, state.step);
     let tmp = checkpoints_dir(run_dir).join(format!(".tmp-step-{:07}", state.step));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
     }
-    std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
+    if let Err(e) = write_files(&tmp, state, opt) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        let kept = list(run_dir)
+            .pop()
+            .map(|(_, p)| format!("the last complete checkpoint, {}, is kept", p.display()))
+            .unwrap_or_else(|| "no earlier checkpoint".into());
+        return Err(TrainError::CheckpointWrite {
+            step: state.step,
+            msg: format!("{e}; {kept}"),
+        });
+    }
 
+    // Replace an older checkpoint of the same step (a re-run) only once the new one is complete.
+    if final_dir.exists() {
+        std::fs::remove_dir_all(&final_dir).map_err(|e| TrainError::io(&final_dir, e))?;
+    }
+    std::fs::rename(&tmp, &final_dir).map_err(|e| TrainError::io(&final_dir, e))?;
+
+    let all = list(run_dir);
+    let excess = all.len().saturating_sub(keep.max(1));
+    for (_, old) in all.into_iter().take(excess) {
+        std::fs::remove_dir_all(&old).map_err(|e| TrainError::io(&old, e))?;
+    }
+    Ok(final_dir)
+}
+
+/// The checkpoint's files in `tmp` (created).
+fn write_files(tmp: &Path, state: &TrainState, opt: &AdamW) -> Result<()> {
+    std::fs::create_dir_all(tmp).map_err(|e| TrainError::io(tmp, e))?;
     let cpu = Device::Cpu;
     let mut params: HashMap<String, Tensor> = HashMap::new();
     let mut moments: HashMap<String, Tensor> = HashMap::new();
@@ -97,20 +182,7 @@ pub fn save(run_dir: &Path, state: &TrainState, opt: &AdamW, keep: usize) -> Res
     let path = tmp.join(STATE);
     let text = serde_json::to_string_pretty(state)
         .map_err(|e| TrainError::format(&path, e.to_string()))?;
-    std::fs::write(&path, text).map_err(|e| TrainError::io(&path, e))?;
-
-    // Replace an older checkpoint of the same step (a re-run) only once the new one is complete.
-    if final_dir.exists() {
-        std::fs::remove_dir_all(&final_dir).map_err(|e| TrainError::io(&final_dir, e))?;
-    }
-    std::fs::rename(&tmp, &final_dir).map_err(|e| TrainError::io(&final_dir, e))?;
-
-    let all = list(run_dir);
-    let excess = all.len().saturating_sub(keep.max(1));
-    for (_, old) in all.into_iter().take(excess) {
-        std::fs::remove_dir_all(&old).map_err(|e| TrainError::io(&old, e))?;
-    }
-    Ok(final_dir)
+    std::fs::write(&path, text).map_err(|e| TrainError::io(&path, e))
 }
 
 /// Reads the checkpoint in `dir` into `opt` (weights and moments) and returns its state. Every
@@ -169,4 +241,38 @@ pub fn load(dir: &Path, opt: &mut AdamW) -> Result<TrainState> {
     }
     opt.steps = state.optimizer_steps;
     Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_killed_before_its_first_checkpoint_is_taken_over_and_others_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let run = d.path();
+        // Empty, or files of the user's own: a new run may start.
+        check_new_run(run).unwrap();
+        // Killed before its first checkpoint: a config, metrics, a partial checkpoint.
+        std::fs::write(run.join("config.toml"), "max_steps = 3\n").unwrap();
+        std::fs::write(run.join("metrics.jsonl"), "{\"step\": 1}\n").unwrap();
+        std::fs::create_dir_all(checkpoints_dir(run).join(".tmp-step-0000002")).unwrap();
+        check_new_run(run).unwrap();
+        // A complete checkpoint: refused.
+        std::fs::create_dir_all(step_dir(run, 2)).unwrap();
+        std::fs::write(step_dir(run, 2).join(STATE), "{}").unwrap();
+        let err = check_new_run(run).unwrap_err().to_string();
+        assert!(err.contains("already holds a run"), "{err}");
+        std::fs::remove_dir_all(step_dir(run, 2)).unwrap();
+        check_new_run(run).unwrap();
+        // A final model, or a file no run writes (a model directory chosen by mistake): refused.
+        for extra in ["model", "tokenizer.json"] {
+            std::fs::create_dir_all(run.join(extra)).unwrap();
+            assert!(matches!(
+                check_new_run(run),
+                Err(TrainError::RunExists { .. })
+            ));
+            std::fs::remove_dir_all(run.join(extra)).unwrap();
+        }
+    }
 }

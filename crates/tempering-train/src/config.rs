@@ -241,6 +241,25 @@ pub fn resolve_keys<T: serde::de::DeserializeOwned + Serialize + Default>(
     }
 }
 
+/// `e` with the config file named when it is about a key set there (not by a flag): a value that
+/// parses but fails validation (`batch_size = 0`) is then traced to its file like a syntax error.
+pub fn name_config_file(e: TrainError, file: Option<&Path>, flags: &[String]) -> TrainError {
+    let (TrainError::Config { key, msg }, Some(path)) = (&e, file) else {
+        return e;
+    };
+    let in_file = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| t.parse::<toml::Table>().ok())
+        .is_some_and(|t| t.contains_key(key));
+    if !in_file || flags.contains(key) || msg.contains("(from ") {
+        return e;
+    }
+    TrainError::Config {
+        key: key.clone(),
+        msg: format!("{msg} (from {})", path.display()),
+    }
+}
+
 /// Writes `cfg` as `config.toml` into `dir` (temporary name, then rename).
 pub fn write_config<T: Serialize>(cfg: &T, dir: &Path) -> Result<PathBuf> {
     let text = toml::to_string_pretty(cfg)
@@ -264,8 +283,10 @@ pub fn run_config_path(dir: &Path) -> Result<PathBuf> {
 impl SftConfig {
     /// Defaults, then the TOML file's keys, then `overrides` (the command line's), validated.
     pub fn resolve(file: Option<&Path>, overrides: toml::Table) -> Result<Self> {
+        let flags: Vec<String> = overrides.keys().cloned().collect();
         let cfg: SftConfig = resolve_keys(file, overrides, SFT_KEYS)?;
-        cfg.validate()?;
+        cfg.validate()
+            .map_err(|e| name_config_file(e, file, &flags))?;
         Ok(cfg)
     }
 

@@ -29,8 +29,21 @@ pub enum TrainError {
         known: Vec<String>,
     },
 
-    #[error("{dir}: no checkpoint to resume from (expected {dir}/checkpoints/step-*/state.json)")]
+    #[error(
+        "{dir}: no checkpoint to resume from (expected {dir}/checkpoints/step-*/state.json); a run \
+         that stopped before its first checkpoint is started afresh by its command again, with \
+         --output {dir}"
+    )]
     NoCheckpoint { dir: PathBuf },
+
+    /// A checkpoint could not be written; `msg` names the file, the cause and what was kept.
+    #[error("writing the checkpoint of step {step} failed: {msg}")]
+    CheckpointWrite { step: usize, msg: String },
+
+    #[error(
+        "{dir} already holds a run: continue it with --resume {dir}, or choose another --output"
+    )]
+    RunExists { dir: PathBuf },
 
     #[error("{path}: checkpoint does not match the model: {msg}")]
     CheckpointMismatch { path: PathBuf, msg: String },

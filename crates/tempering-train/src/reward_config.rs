@@ -235,6 +235,12 @@ pub fn prm_keys() -> Vec<&'static str> {
 
 impl RmConfig {
     pub fn resolve(file: Option<&Path>, overrides: toml::Table) -> Result<Self> {
+        let flags: Vec<String> = overrides.keys().cloned().collect();
+        Self::resolve_unnamed(file, overrides)
+            .map_err(|e| crate::config::name_config_file(e, file, &flags))
+    }
+
+    fn resolve_unnamed(file: Option<&Path>, overrides: toml::Table) -> Result<Self> {
         let cfg: RmConfig = resolve_keys(file, overrides, &rm_keys())?;
         cfg.train.validate(cfg.max_length)?;
         if !(cfg.center_rewards_coefficient >= 0.0 && cfg.center_rewards_coefficient.is_finite()) {
@@ -260,6 +266,12 @@ impl RmConfig {
 
 impl PrmConfig {
     pub fn resolve(file: Option<&Path>, overrides: toml::Table) -> Result<Self> {
+        let flags: Vec<String> = overrides.keys().cloned().collect();
+        Self::resolve_unnamed(file, overrides)
+            .map_err(|e| crate::config::name_config_file(e, file, &flags))
+    }
+
+    fn resolve_unnamed(file: Option<&Path>, overrides: toml::Table) -> Result<Self> {
         let cfg: PrmConfig = resolve_keys(file, overrides, &prm_keys())?;
         cfg.train.validate(cfg.max_length)?;
         if cfg.step_separator.is_empty() {

@@ -29,10 +29,10 @@ fn config_toml() {
     });
 }
 
-/// Every file under `fixtures/bad-input/config/` is refused with an error naming it or its key.
+/// Every file under `fixtures/bad/config/` is refused with an error naming it.
 #[test]
 fn bad_inputs_give_errors() {
-    let dir = fixture("bad-input/config");
+    let dir = fixture("bad/config");
     let mut n = 0;
     for e in std::fs::read_dir(&dir).unwrap().flatten() {
         let path = e.path();
@@ -41,10 +41,8 @@ fn bad_inputs_give_errors() {
             Ok(_) => panic!("{name} resolved"),
             Err(e) => e.to_string(),
         };
-        assert!(
-            msg.contains(&name) || msg.contains("config key"),
-            "{name}: {msg}"
-        );
+        // The file is named whatever went wrong: syntax, an unknown key, a type, a value.
+        assert!(msg.contains(&name), "{name}: {msg}");
         n += 1;
     }
     assert!(n > 0, "no bad inputs in {}", dir.display());

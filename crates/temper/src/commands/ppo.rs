@@ -185,13 +185,7 @@ fn resolve<T: Serialize + for<'de> Deserialize<'de>>(
         None => {
             let out = output.cloned().context("--output is required")?;
             let lock = RunLock::acquire(&out)?;
-            if out.join("config.json").exists() || !checkpoint::list(&out).is_empty() {
-                bail!(
-                    "{} already holds a run: continue it with --resume {}, or choose another --output",
-                    out.display(),
-                    out.display()
-                );
-            }
+            checkpoint::check_new_run(&out)?;
             Ok((args, out, false, lock))
         }
     }

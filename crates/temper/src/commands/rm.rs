@@ -77,13 +77,7 @@ pub(crate) fn run_dir(
     }
     let out = output.context("`output` is not set: give --output or put it in --config")?;
     let lock = RunLock::acquire(out)?;
-    if out.join("config.toml").exists() || !checkpoint::list(out).is_empty() {
-        bail!(
-            "{} already holds a run: continue it with --resume {}, or choose another --output",
-            out.display(),
-            out.display()
-        );
-    }
+    checkpoint::check_new_run(out)?;
     Ok((out.to_path_buf(), false, lock))
 }
 

@@ -213,13 +213,7 @@ pub fn sft(a: SftArgs) -> Result<()> {
             let cfg = SftConfig::resolve(a.config.as_deref(), cli)?;
             let out = required(&cfg.output, "output")?.to_path_buf();
             let lock = RunLock::acquire(&out)?;
-            if out.join("config.toml").exists() || !checkpoint::list(&out).is_empty() {
-                bail!(
-                    "{} already holds a run: continue it with --resume {}, or choose another --output",
-                    out.display(),
-                    out.display()
-                );
-            }
+            checkpoint::check_new_run(&out)?;
             (cfg, out, false, lock)
         }
     };

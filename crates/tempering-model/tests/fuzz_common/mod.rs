@@ -3,7 +3,7 @@
 //! is a committed valid file with a few mutations applied (bit flips, bytes and machine words set
 //! to edge values, text tokens inserted, ranges deleted or duplicated, truncation); the parser
 //! must return, `Ok` or `Err`, and never panic. A panic fails the test with the shrunk input,
-//! which is also written to `$CARGO_TARGET_TMPDIR/fuzz-crashes/` for `fixtures/bad-input/`.
+//! which is also written to `$CARGO_TARGET_TMPDIR/fuzz-crashes/` for `fixtures/bad/`.
 //!
 //! In the test suite each target runs a fixed, deterministic set of cases (seconds);
 //! `PROPTEST_CASES` changes how many. With `FUZZ_SECONDS` set (what `scripts/fuzz.sh` does) a

@@ -22,6 +22,30 @@ fn parquet_error(path: &Path, e: parquet::errors::ParquetError) -> TaskError {
     TaskError::format(path, format!("Parquet: {msg}{hint}"))
 }
 
+thread_local! {
+    /// Set while this thread runs [`catch_quietly`]: its panics become errors, not messages.
+    static CATCHING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f`, catching a panic without the panic hook's message on stderr (the panic becomes an
+/// error naming the file; "thread 'main' panicked" above it would read as a crash). The hook stays
+/// as it was for every other panic, on this thread and on others.
+fn catch_quietly<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !CATCHING.with(|c| c.get()) {
+                previous(info);
+            }
+        }));
+    });
+    let was = CATCHING.with(|c| c.replace(true));
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    CATCHING.with(|c| c.set(was));
+    out
+}
+
 /// Every row with its 1-based row number.
 pub(super) fn read_numbered(path: &Path) -> Result<Vec<(usize, Row)>> {
     let file = std::fs::File::open(path).map_err(|e| TaskError::io(path, e))?;
@@ -29,7 +53,7 @@ pub(super) fn read_numbered(path: &Path) -> Result<Vec<(usize, Row)>> {
     let reader = SerializedFileReader::new(file).map_err(|e| parquet_error(path, e))?;
     check_column_ranges(path, reader.metadata(), len)?;
     // The record reader asserts on corrupt pages (definition levels past the schema's, found by
-    // fuzzing: fixtures/bad-input/datasets/bad-definition-level.parquet) instead of returning an
+    // fuzzing: fixtures/bad/datasets/bad-definition-level.parquet) instead of returning an
     // error; such a panic is turned into an error naming the file.
     let read = || -> Result<Vec<(usize, Row)>> {
         let iter = reader
@@ -46,7 +70,7 @@ pub(super) fn read_numbered(path: &Path) -> Result<Vec<(usize, Row)>> {
         }
         Ok(rows)
     };
-    let rows = std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)).map_err(|p| {
+    let rows = catch_quietly(read).map_err(|p| {
         let why = p
             .downcast_ref::<String>()
             .cloned()
@@ -64,7 +88,7 @@ pub(super) fn read_numbered(path: &Path) -> Result<Vec<(usize, Row)>> {
 
 /// Every column chunk's bytes must lie inside the file: the `parquet` crate asserts (panics) on a
 /// negative offset or size read from a corrupt footer (found by fuzzing; the input is
-/// fixtures/bad-input/datasets/negative-column-start.parquet).
+/// fixtures/bad/datasets/negative-column-start.parquet).
 fn check_column_ranges(
     path: &Path,
     meta: &parquet::file::metadata::ParquetMetaData,

@@ -195,6 +195,7 @@ impl PreferenceConfig {
         overrides: toml::Table,
         kind: PreferenceKind,
     ) -> Result<Self> {
+        let flags: Vec<String> = overrides.keys().cloned().collect();
         let mut cfg: PreferenceConfig = resolve_table(file, overrides, PREFERENCE_KEYS)?;
         if cfg.loss_type.is_empty() {
             cfg.loss_type = match kind {
@@ -203,7 +204,8 @@ impl PreferenceConfig {
             }
             .into();
         }
-        cfg.validate(kind)?;
+        cfg.validate(kind)
+            .map_err(|e| crate::config::name_config_file(e, file, &flags))?;
         Ok(cfg)
     }
 
