@@ -12,12 +12,13 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tempering_reward::label_steps::{label_steps, LabelOptions, LabelRule};
 use tempering_tasks::{generate, task_by_name, write_jsonl, GenerateSpec, Split};
 
-use super::generate::load_engine;
+use super::backend_flags::{open_generator, BackendFlags};
 use super::model::DeviceArgs;
 
 #[derive(Args, Debug)]
 pub struct LabelStepsArgs {
-    /// The policy that writes solutions and rollouts: an HF directory or a GGUF file.
+    /// The policy that writes solutions and rollouts: an HF directory or a GGUF file (with
+    /// --backend: its tokenizer only; the server runs the policy).
     #[arg(long)]
     pub policy: PathBuf,
     /// A PEFT LoRA adapter directory to run on top of the policy.
@@ -65,6 +66,8 @@ pub struct LabelStepsArgs {
     pub output: PathBuf,
     #[command(flatten)]
     pub device: DeviceArgs,
+    #[command(flatten)]
+    pub backend: BackendFlags,
 }
 
 pub fn run(a: LabelStepsArgs) -> Result<()> {
@@ -81,8 +84,15 @@ pub fn run(a: LabelStepsArgs) -> Result<()> {
             unique: false,
         },
     )?;
-    let (engine, _) = load_engine(&a.policy, a.adapter.as_deref(), &a.device, a.batch_rows)?;
-    let tok = engine.tokenizer();
+    let generator = open_generator(
+        &a.policy,
+        a.adapter.as_deref(),
+        &a.device,
+        a.batch_rows,
+        &a.backend,
+    )?
+    .generator;
+    let tok = generator.tokenizer();
     if let Some(p) = problems
         .iter()
         .find(|p| !tok.unknown_chars(&p.prompt).is_empty())
@@ -110,7 +120,7 @@ pub fn run(a: LabelStepsArgs) -> Result<()> {
             .progress_chars("=> "),
     );
     let rows = label_steps(
-        &engine,
+        generator.backend(),
         tok,
         task.as_ref(),
         &problems,
