@@ -450,9 +450,11 @@ fn llama_cpp_is_found_by_props_capped_n_is_fanned_out_and_slots_bound_concurrenc
     assert_eq!(
         sent.len(),
         5,
-        "2 capped requests, then the 3 samples they lacked"
+        "3 requests of n <= total_slots, then the 2 samples they lacked"
     );
+    assert!(sent.iter().all(|s| s["n"].as_u64().unwrap() <= 2));
     for s in &sent {
+        assert_eq!(s["n_probs"], 1, "llama.cpp's logprobs carry the token ids");
         assert_eq!(s["top_k"], 0);
         assert_eq!(s["repeat_penalty"], 1.0);
         assert_eq!(s["min_p"], 0.0);

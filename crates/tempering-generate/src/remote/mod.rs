@@ -149,6 +149,10 @@ impl RemoteBackend {
             stats: RemoteStats::default(),
         };
         b.info = b.probe()?;
+        // llama.cpp refuses `n` above its slot count.
+        if let (ServerKind::LlamaCpp, Some(s)) = (b.info.kind, b.info.slots) {
+            b.n_cap.store(s.max(1), Ordering::Relaxed);
+        }
         Ok(b)
     }
 

@@ -140,6 +140,8 @@ pub fn completion_body(
             b.insert("xtc_probability".into(), json!(0.0));
             b.insert("mirostat".into(), json!(0));
             b.insert("cache_prompt".into(), json!(true));
+            // llama.cpp's completions read `n_probs`, not `logprobs`; its entries carry token ids.
+            b.insert("n_probs".into(), json!(p.top_logprobs.max(1)));
         }
         ServerKind::Temper | ServerKind::Other => {
             b.insert("top_k".into(), json!(top_k_or(p.top_k, 0)));
