@@ -35,7 +35,8 @@ enum Command {
     Tokenize(commands::model::TokenizeArgs),
     /// Fold a PEFT LoRA adapter into its base model and write the merged HF directory.
     Merge(commands::merge::MergeArgs),
-    /// Complete a prompt, or a JSONL file of prompts, with the local generation engine.
+    /// Complete a prompt, or a JSONL file of prompts, with the local generation engine or a
+    /// remote OpenAI-compatible server (--backend).
     Generate(commands::generate::GenerateArgs),
     /// Built-in verifiable reasoning tasks: list, generate.
     Tasks(commands::tasks::TasksArgs),

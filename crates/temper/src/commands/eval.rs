@@ -17,7 +17,7 @@ use crate::commands::search::{build_scorers, rule_step_checker, SearchFlags};
 
 #[derive(Args)]
 pub struct EvalArgs {
-    /// An HF model directory or a GGUF file.
+    /// An HF model directory or a GGUF file (with --backend: its tokenizer and chat template only).
     pub model: PathBuf,
     /// A built-in task whose test split to use (see `temper tasks list`).
     #[arg(long, required_unless_present = "data", conflicts_with = "data")]
@@ -100,8 +100,8 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         ),
         (None, None) => bail!("expected --task or --data"),
     };
-    let engine = a.flags.engine(&a.model)?;
-    let tok = engine.tokenizer();
+    let generator = a.flags.generator(&a.model)?;
+    let tok = generator.tokenizer();
     if let Some(bad) = items
         .iter()
         .find(|i| !tok.unknown_chars(&i.prompt).is_empty())
@@ -122,7 +122,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         add_special_tokens: true,
     };
     let setup = EvalSetup {
-        backend: &engine,
+        backend: generator.backend(),
         encoder: &encoder,
         scorers: loaded.scorers(),
         config: config.clone(),
@@ -136,6 +136,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         "top_p": config.sampling.top_p, "step_max_tokens": config.step_max_tokens,
         "max_depth": config.max_depth, "aggregation": config.aggregation,
         "budget": budget, "scorer": a.flags.scorer, "prm": a.flags.prm, "rm": a.flags.rm,
+        "backend": a.flags.backend.backend, "backend_model": a.flags.backend.backend_model,
     });
     tempering_eval::error::write_atomic(
         &a.output.join("config.json"),

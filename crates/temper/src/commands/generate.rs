@@ -1,6 +1,6 @@
 //! `temper generate`: complete one prompt (`--prompt`) or a JSONL file of prompts (`--input`,
-//! `--output`), with the local generation engine. Parses flags and files, shows progress, writes
-//! results; the engine does the rest.
+//! `--output`), with the local generation engine or a remote server (`--backend`). Parses flags and
+//! files, shows progress, writes results; the backend does the rest.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
@@ -12,11 +12,12 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 use tempering_generate::{
-    render_chat, Backend, Completion, EngineOptions, GenError, GenEvent, GenRequest, LocalEngine,
+    render_chat, Completion, EngineOptions, GenError, GenEvent, GenRequest, LocalEngine,
     SamplingParams,
 };
-use tempering_model::{ChatMessage, ChatTemplate, ModelFiles};
+use tempering_model::{ChatMessage, ChatTemplate, ModelFiles, Tokenizer};
 
+use crate::commands::backend_flags::{open_generator, BackendFlags, Opened};
 use crate::commands::model::DeviceArgs;
 use crate::device::device_and_dtype;
 
@@ -63,7 +64,7 @@ impl SamplingArgs {
 
 #[derive(Args)]
 pub struct GenerateArgs {
-    /// An HF model directory or a GGUF file.
+    /// An HF model directory or a GGUF file (with --backend: its tokenizer and chat template only).
     pub model: PathBuf,
     /// A PEFT LoRA adapter directory to run on top of the model.
     #[arg(long)]
@@ -99,6 +100,8 @@ pub struct GenerateArgs {
     pub batch_rows: usize,
     #[command(flatten)]
     pub device: DeviceArgs,
+    #[command(flatten)]
+    pub backend: BackendFlags,
 }
 
 /// The sampling flags' ranges, checked before the (slow) model load, named as flags.
@@ -146,13 +149,12 @@ pub fn load_engine(
 /// Prompt ids for plain text (with the model's BOS rule) or for a chat (the template writes any
 /// special tokens itself, so none are added, as transformers' `apply_chat_template` does).
 fn prompt_ids(
-    engine: &LocalEngine,
+    tok: &Tokenizer,
     template: Option<&ChatTemplate>,
     text: Option<&str>,
     messages: Option<Vec<ChatMessage>>,
     chat: bool,
 ) -> Result<Vec<u32>> {
-    let tok = engine.tokenizer();
     let messages = match (messages, text) {
         (Some(m), _) => Some(m),
         (None, Some(t)) if chat => Some(vec![ChatMessage::new("user", t)]),
@@ -197,26 +199,30 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     if a.n == 0 {
         bail!("--n: expected at least 1");
     }
-    let (engine, template) = load_engine(&a.model, a.adapter.as_deref(), &a.device, a.batch_rows)?;
+    let opened = open_generator(
+        &a.model,
+        a.adapter.as_deref(),
+        &a.device,
+        a.batch_rows,
+        &a.backend,
+    )?;
     match (&a.prompt, &a.input, &a.output) {
-        (Some(p), _, _) => single(&engine, template.as_ref(), &a, p, params),
-        (None, Some(i), Some(o)) => file(&engine, template.as_ref(), &a, i, o, params),
+        (Some(p), _, _) => single(&opened, &a, p, params),
+        (None, Some(i), Some(o)) => file(&opened, &a, i, o, params),
         _ => bail!("give --prompt, or --input with --output"),
     }
 }
 
-fn single(
-    engine: &LocalEngine,
-    template: Option<&ChatTemplate>,
-    a: &GenerateArgs,
-    prompt: &str,
-    params: SamplingParams,
-) -> Result<()> {
-    let ids = prompt_ids(engine, template, Some(prompt), None, a.chat).context("--prompt")?;
+fn single(opened: &Opened, a: &GenerateArgs, prompt: &str, params: SamplingParams) -> Result<()> {
+    let tok = opened.generator.tokenizer();
+    let ids = prompt_ids(tok, opened.template.as_ref(), Some(prompt), None, a.chat)
+        .context("--prompt")?;
     let req = GenRequest::new(ids.clone(), a.n, params);
     let stream = !a.json && a.n == 1;
     let mut stdout = std::io::stdout();
-    let out = engine
+    let out = opened
+        .generator
+        .backend()
         .generate_with(&[req], &mut |ev| {
             if let (true, GenEvent::Token { text, .. }) = (stream, ev) {
                 // A closed stdout only loses the display; the result still comes back.
@@ -253,7 +259,7 @@ struct Line {
 }
 
 fn read_lines(
-    engine: &LocalEngine,
+    tok: &Tokenizer,
     template: Option<&ChatTemplate>,
     path: &Path,
     chat: bool,
@@ -279,7 +285,7 @@ fn read_lines(
             ),
             None => None,
         };
-        let ids = prompt_ids(engine, template, text, messages, chat).with_context(at)?;
+        let ids = prompt_ids(tok, template, text, messages, chat).with_context(at)?;
         lines.push(Line {
             number: i + 1,
             record,
@@ -290,14 +296,19 @@ fn read_lines(
 }
 
 fn file(
-    engine: &LocalEngine,
-    template: Option<&ChatTemplate>,
+    opened: &Opened,
     a: &GenerateArgs,
     input: &Path,
     output: &Path,
     params: SamplingParams,
 ) -> Result<()> {
-    let lines = read_lines(engine, template, input, a.chat)?;
+    let backend = opened.generator.backend();
+    let lines = read_lines(
+        opened.generator.tokenizer(),
+        opened.template.as_ref(),
+        input,
+        a.chat,
+    )?;
     let reqs: Vec<GenRequest> = lines
         .iter()
         .enumerate()
@@ -311,10 +322,7 @@ fn file(
         })
         .collect();
     // Every line is checked before any compute, and a bad one is named by its line number.
-    let (context, vocab) = (
-        engine.model().config.max_position_embeddings,
-        engine.model().config.vocab_size,
-    );
+    let (context, vocab) = (opened.context, opened.vocab);
     for (r, l) in reqs.iter().zip(&lines) {
         r.validate(0, context, vocab).map_err(|e| {
             let msg = e.to_string();
@@ -334,7 +342,7 @@ fn file(
     let per_chunk = (a.batch_rows / a.n).max(1);
     for (c, chunk) in reqs.chunks(per_chunk).enumerate() {
         let base = c * per_chunk;
-        let results = engine
+        let results = backend
             .generate_with(chunk, &mut |ev| {
                 if let GenEvent::Token { .. } = ev {
                     new_tokens += 1;

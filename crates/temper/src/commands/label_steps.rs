@@ -12,13 +12,14 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tempering_reward::label_steps::{label_steps, label_steps_by_checker, LabelOptions, LabelRule};
 use tempering_tasks::{generate, task_by_name, write_jsonl, GenerateSpec, Split};
 
-use super::generate::load_engine;
+use super::backend_flags::{open_generator, BackendFlags};
 use super::model::DeviceArgs;
 use super::search::rule_step_checker;
 
 #[derive(Args, Debug)]
 pub struct LabelStepsArgs {
-    /// The policy that writes solutions and rollouts: an HF directory or a GGUF file.
+    /// The policy that writes solutions and rollouts: an HF directory or a GGUF file (with
+    /// --backend: its tokenizer only; the server runs the policy).
     #[arg(long)]
     pub policy: PathBuf,
     /// A PEFT LoRA adapter directory to run on top of the policy.
@@ -72,6 +73,8 @@ pub struct LabelStepsArgs {
     pub output: PathBuf,
     #[command(flatten)]
     pub device: DeviceArgs,
+    #[command(flatten)]
+    pub backend: BackendFlags,
 }
 
 pub fn run(a: LabelStepsArgs) -> Result<()> {
@@ -88,8 +91,15 @@ pub fn run(a: LabelStepsArgs) -> Result<()> {
             unique: false,
         },
     )?;
-    let (engine, _) = load_engine(&a.policy, a.adapter.as_deref(), &a.device, a.batch_rows)?;
-    let tok = engine.tokenizer();
+    let generator = open_generator(
+        &a.policy,
+        a.adapter.as_deref(),
+        &a.device,
+        a.batch_rows,
+        &a.backend,
+    )?
+    .generator;
+    let tok = generator.tokenizer();
     if let Some(p) = problems
         .iter()
         .find(|p| !tok.unknown_chars(&p.prompt).is_empty())
@@ -118,11 +128,18 @@ pub fn run(a: LabelStepsArgs) -> Result<()> {
     );
     let mut progress = |done: usize, _: usize| bar.set_position(done as u64);
     let rows = match a.labels.as_str() {
-        "rollouts" => label_steps(&engine, tok, task.as_ref(), &problems, &opts, &mut progress)?,
+        "rollouts" => label_steps(
+            generator.backend(),
+            tok,
+            task.as_ref(),
+            &problems,
+            &opts,
+            &mut progress,
+        )?,
         "rule" => {
             let checker = rule_step_checker("--labels rule", Some(&a.task))?;
             label_steps_by_checker(
-                &engine,
+                generator.backend(),
                 tok,
                 task.as_ref(),
                 &problems,

@@ -1,3 +1,4 @@
+pub mod backend_flags;
 pub mod chat;
 pub mod demo;
 pub mod demo_report;

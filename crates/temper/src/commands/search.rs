@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use tempering_generate::{GenError, LocalEngine, SamplingParams};
+use tempering_generate::{GenError, SamplingParams};
 use tempering_reward::learned::{ProcessRewardModel, RewardModel};
 use tempering_reward::rules::ArithmeticSteps;
 use tempering_reward::{
@@ -19,7 +19,7 @@ use tempering_search::{
     SearchProblem, TokenizerEncoder,
 };
 
-use crate::commands::generate::load_engine;
+use crate::commands::backend_flags::{open_generator, BackendFlags, Generator};
 use crate::commands::model::DeviceArgs;
 use crate::device::device_and_dtype;
 
@@ -76,18 +76,22 @@ pub struct SearchFlags {
     pub batch_rows: usize,
     #[command(flatten)]
     pub device: DeviceArgs,
+    #[command(flatten)]
+    pub backend: BackendFlags,
 }
 
 impl SearchFlags {
-    /// The policy's engine: `model` with `--adapter` on top, on `--device`.
-    pub fn engine(&self, model: &Path) -> Result<LocalEngine> {
-        let (engine, _) = load_engine(
+    /// The policy: `model` with `--adapter` on top, on `--device`; or the `--backend` server with
+    /// `model`'s tokenizer.
+    pub fn generator(&self, model: &Path) -> Result<Generator> {
+        Ok(open_generator(
             model,
             self.adapter.as_deref(),
             &self.device,
             self.batch_rows,
-        )?;
-        Ok(engine)
+            &self.backend,
+        )?
+        .generator)
     }
 
     pub fn budget(&self) -> Result<Budget> {
@@ -130,6 +134,12 @@ impl SearchFlags {
             bail!(
                 "--scorer {other}: expected one of {}",
                 SCORER_NAMES.join(", ")
+            );
+        }
+        if self.backend.backend.is_some() && self.adapter.is_some() {
+            bail!(
+                "--adapter runs on the local engine: with --backend, load the adapter on the \
+                 server and name it with --backend-model"
             );
         }
         // Checked here, before any model loads: the judge would read the model without --adapter.
@@ -261,7 +271,7 @@ pub fn build_scorers(
 
 #[derive(Args)]
 pub struct SearchArgs {
-    /// An HF model directory or a GGUF file.
+    /// An HF model directory or a GGUF file (with --backend: its tokenizer and chat template only).
     pub model: PathBuf,
     /// The problem text the model continues (a newline is added if missing).
     #[arg(long)]
@@ -287,17 +297,23 @@ pub fn search(a: SearchArgs) -> Result<()> {
     if a.flags.scorer.as_deref() == Some("rule") {
         rule_step_checker("--scorer rule", a.task.as_deref())?;
     }
-    let engine = a.flags.engine(&a.model)?;
+    let generator = a.flags.generator(&a.model)?;
     let loaded = build_scorers(&a.flags, &a.model, a.task.as_deref())?;
     let encoder = TokenizerEncoder {
-        tokenizer: engine.tokenizer(),
+        tokenizer: generator.tokenizer(),
         add_special_tokens: true,
     };
     let mut prompt = a.problem.clone();
     if !prompt.ends_with('\n') {
         prompt.push('\n');
     }
-    let mut ctx = SearchContext::new(&engine, &encoder, loaded.scorers(), config, budget);
+    let mut ctx = SearchContext::new(
+        generator.backend(),
+        &encoder,
+        loaded.scorers(),
+        config,
+        budget,
+    );
     let sol = solve(strategy.as_ref(), &SearchProblem::new(prompt), &mut ctx)?;
     println!("{}", sol.trace.render());
     println!("strategy: {}", sol.strategy);

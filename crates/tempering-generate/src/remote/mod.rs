@@ -1,0 +1,772 @@
+//! The remote backend: a [`Backend`] that generates on an OpenAI-compatible server (vLLM, SGLang,
+//! llama.cpp's `llama-server`, `temper serve`) through `/v1/completions`. The tokenizer and chat
+//! template stay local: prompts go out as token ids, and completions come back as the ids the
+//! server sampled (or the text re-tokenised and checked), so what a learner scores is what was
+//! sampled. At connect time it probes the server (`/v1/models`, `/props`, `/tokenize`); it sends
+//! every sampling setting explicitly, fans out seeded requests where `n` is refused or capped,
+//! keeps at most `max_concurrency` requests in flight, and retries only what is safe (connection
+//! refused, 429, 503) with exponential backoff.
+//!
+//! HTTP/1 over plain TCP with reqwest's blocking client: loopback or a private network is the use
+//! case (TLS belongs to a proxy in front). Knows nothing of models, search or the command line;
+//! the wire format lives in [`wire`].
+
+pub mod wire;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Condvar, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tempering_model::Tokenizer;
+
+use crate::backend::{Backend, GenEvent};
+use crate::error::{GenError, RemoteError, Result};
+use crate::request::{Completion, GenRequest};
+use wire::{completion_body, fan_out_seed, normalise, Normalise, ServerKind};
+
+/// How to reach the server and how hard to push it.
+#[derive(Clone, Debug)]
+pub struct RemoteOptions {
+    /// The server's base URL, with or without `/v1` (`http://127.0.0.1:8000`).
+    pub url: String,
+    /// The served model's name; `None` takes the only one the server lists.
+    pub model: Option<String>,
+    /// Sent as `Authorization: Bearer KEY`.
+    pub api_key: Option<String>,
+    /// Most requests in flight (also bounded by llama.cpp's slot count).
+    pub max_concurrency: usize,
+    /// Retries of a connection error, 429 or 503 before giving up.
+    pub max_retries: u32,
+    /// The first retry's wait; each next one doubles (a `Retry-After` header wins).
+    pub backoff: Duration,
+    /// Longest wait for one response.
+    pub timeout: Duration,
+}
+
+impl RemoteOptions {
+    pub fn new(url: impl Into<String>) -> Self {
+        RemoteOptions {
+            url: url.into(),
+            model: None,
+            api_key: None,
+            max_concurrency: 16,
+            max_retries: 5,
+            backoff: Duration::from_millis(250),
+            timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// What the probe found.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServerInfo {
+    pub kind: ServerKind,
+    /// The model name requests carry.
+    pub model: String,
+    /// The server's context length, where it says (`max_model_len`, llama.cpp's `n_ctx`).
+    pub context: Option<usize>,
+    /// llama.cpp's parallel slots (`total_slots`).
+    pub slots: Option<usize>,
+    /// Whether `/tokenize` agreed with the local tokenizer (`None`: no such endpoint).
+    pub tokenizer_checked: Option<bool>,
+}
+
+/// Counters since connect, for reports and tests.
+#[derive(Debug, Default)]
+pub struct RemoteStats {
+    /// HTTP requests sent to `/v1/completions` (retries included).
+    pub requests: AtomicU64,
+    /// Retries after a connection error, 429 or 503.
+    pub retries: AtomicU64,
+    /// Sub-requests sent because the server refused or capped `n`.
+    pub fanned_out: AtomicU64,
+}
+
+/// The text the connect-time `/tokenize` check encodes on both sides.
+const PROBE_TEXT: &str = "Hello, world! 12 + 34 = 46\n";
+
+/// An OpenAI-compatible server as a [`Backend`].
+pub struct RemoteBackend {
+    client: reqwest::blocking::Client,
+    /// `scheme://host:port[/prefix]`, without `/v1`.
+    root: String,
+    opts: RemoteOptions,
+    info: ServerInfo,
+    tokenizer: Tokenizer,
+    stop_ids: Vec<u32>,
+    /// The largest `n` the server honours in one request (`usize::MAX` until it refuses one).
+    n_cap: AtomicUsize,
+    pub stats: RemoteStats,
+}
+
+/// The outcome of one HTTP exchange, before retry decisions.
+enum Attempt {
+    Ok(Value),
+    /// Worth retrying (connection refused, 429, 503), with the server's `Retry-After`.
+    Retry(RemoteError, Option<Duration>),
+    Fail(RemoteError),
+}
+
+impl RemoteBackend {
+    /// Connects and probes the server. `tokenizer` is the local model's; `stop_ids` its stop
+    /// tokens (EOS first), as [`crate::LocalEngine::model_stop_ids`] gives them.
+    pub fn connect(
+        opts: RemoteOptions,
+        tokenizer: Tokenizer,
+        stop_ids: Vec<u32>,
+    ) -> Result<Self, RemoteError> {
+        let root = root_url(&opts.url)?;
+        if opts.max_concurrency == 0 {
+            return Err(RemoteError::BadUrl {
+                url: opts.url.clone(),
+                why: "max_concurrency is 0".into(),
+            });
+        }
+        let client = reqwest::blocking::Client::builder()
+            .timeout(opts.timeout)
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| RemoteError::Io {
+                url: root.clone(),
+                detail: format!("building the HTTP client: {e}"),
+            })?;
+        let mut b = RemoteBackend {
+            client,
+            root,
+            info: ServerInfo {
+                kind: ServerKind::Other,
+                model: String::new(),
+                context: None,
+                slots: None,
+                tokenizer_checked: None,
+            },
+            opts,
+            tokenizer,
+            stop_ids,
+            n_cap: AtomicUsize::new(usize::MAX),
+            stats: RemoteStats::default(),
+        };
+        b.info = b.probe()?;
+        // llama.cpp refuses `n` above its slot count.
+        if let (ServerKind::LlamaCpp, Some(s)) = (b.info.kind, b.info.slots) {
+            b.n_cap.store(s.max(1), Ordering::Relaxed);
+        }
+        Ok(b)
+    }
+
+    pub fn info(&self) -> &ServerInfo {
+        &self.info
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The most requests this backend keeps in flight.
+    pub fn concurrency(&self) -> usize {
+        match self.info.slots {
+            Some(s) if s > 0 => self.opts.max_concurrency.min(s),
+            _ => self.opts.max_concurrency,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.root)
+    }
+
+    /// `/v1/models` (which model, which server, its context), `/props` (llama.cpp's slots and
+    /// context), `/tokenize` (the server's tokenizer is the local one).
+    fn probe(&self) -> Result<ServerInfo, RemoteError> {
+        let url = self.url("/v1/models");
+        let models = self.send(None, &url)?;
+        let data = models
+            .get("data")
+            .and_then(Value::as_array)
+            .ok_or_else(|| RemoteError::BadResponse {
+                what: format!("{url}: no `data` list"),
+            })?;
+        let names: Vec<String> = data
+            .iter()
+            .filter_map(|m| m.get("id").and_then(Value::as_str).map(str::to_string))
+            .collect();
+        let entry = match &self.opts.model {
+            Some(want) => data
+                .iter()
+                .find(|m| m.get("id").and_then(Value::as_str) == Some(want.as_str()))
+                .ok_or_else(|| RemoteError::UnknownModel {
+                    url: url.clone(),
+                    wanted: want.clone(),
+                    available: names.clone(),
+                })?,
+            None => match data.as_slice() {
+                [one] => one,
+                [] => {
+                    return Err(RemoteError::BadResponse {
+                        what: format!("{url} lists no models"),
+                    })
+                }
+                _ => {
+                    return Err(RemoteError::WhichModel {
+                        url,
+                        available: names,
+                    })
+                }
+            },
+        };
+        let model = entry
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let mut kind = ServerKind::from_owned_by(
+            entry
+                .get("owned_by")
+                .and_then(Value::as_str)
+                .unwrap_or_default(),
+        );
+        let mut context = entry
+            .get("max_model_len")
+            .and_then(Value::as_u64)
+            .map(|x| x as usize);
+        let mut slots = None;
+        if matches!(kind, ServerKind::LlamaCpp | ServerKind::Other) {
+            // llama.cpp's `/props`; other servers answer 404, which says nothing.
+            if let Ok(props) = self.send(None, &self.url("/props")) {
+                let s = props.get("total_slots").and_then(Value::as_u64);
+                let ctx = props
+                    .pointer("/default_generation_settings/n_ctx")
+                    .and_then(Value::as_u64);
+                if s.is_some() || ctx.is_some() {
+                    kind = ServerKind::LlamaCpp;
+                    slots = s.map(|x| x as usize);
+                    context = context.or(ctx.map(|x| x as usize));
+                }
+            }
+        }
+        let tokenizer_checked = self.check_tokenizer(kind, &model)?;
+        Ok(ServerInfo {
+            kind,
+            model,
+            context,
+            slots,
+            tokenizer_checked,
+        })
+    }
+
+    /// Encodes [`PROBE_TEXT`] on the server (vLLM's, SGLang's and `temper serve`'s `/tokenize`
+    /// take `prompt`, llama.cpp's `content`) and locally; a difference is an error, since every
+    /// prompt goes out as local token ids.
+    fn check_tokenizer(&self, kind: ServerKind, model: &str) -> Result<Option<bool>, RemoteError> {
+        let body = match kind {
+            ServerKind::LlamaCpp => json!({"content": PROBE_TEXT, "add_special": false}),
+            _ => json!({"model": model, "prompt": PROBE_TEXT, "add_special_tokens": false}),
+        };
+        let url = self.url("/tokenize");
+        let Ok(v) = self.send(Some(&body), &url) else {
+            return Ok(None);
+        };
+        let Some(ids) = v.get("tokens").and_then(Value::as_array).and_then(|a| {
+            a.iter()
+                .map(|x| x.as_u64().and_then(|x| u32::try_from(x).ok()))
+                .collect::<Option<Vec<u32>>>()
+        }) else {
+            return Ok(None);
+        };
+        let local = self
+            .tokenizer
+            .encode(PROBE_TEXT, false)
+            .map_err(|e| RemoteError::Io {
+                url: url.clone(),
+                detail: format!("encoding the probe text locally: {e}"),
+            })?;
+        if ids != local {
+            return Err(RemoteError::TokenMismatch {
+                detail: format!(
+                    "{url} encodes {PROBE_TEXT:?} as {ids:?}, the local tokenizer as {local:?}: \
+                     the server runs another model (or another tokenizer) than the local one"
+                ),
+            });
+        }
+        Ok(Some(true))
+    }
+
+    /// One JSON exchange (GET without a body, POST with one), retried while safe.
+    fn send(&self, body: Option<&Value>, url: &str) -> Result<Value, RemoteError> {
+        let mut tries = 0u32;
+        loop {
+            tries += 1;
+            if url.ends_with("/v1/completions") {
+                self.stats.requests.fetch_add(1, Ordering::Relaxed);
+            }
+            match self.attempt(body, url, tries) {
+                Attempt::Ok(v) => return Ok(v),
+                Attempt::Fail(e) => return Err(e),
+                Attempt::Retry(e, after) => {
+                    if tries > self.opts.max_retries {
+                        return Err(e);
+                    }
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    let backoff = self
+                        .opts
+                        .backoff
+                        .saturating_mul(1u32 << (tries - 1).min(16))
+                        .min(Duration::from_secs(30));
+                    std::thread::sleep(after.unwrap_or(backoff).min(Duration::from_secs(60)));
+                }
+            }
+        }
+    }
+
+    fn attempt(&self, body: Option<&Value>, url: &str, tries: u32) -> Attempt {
+        let mut req = match body {
+            Some(b) => self
+                .client
+                .post(url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(b.to_string()),
+            None => self.client.get(url),
+        };
+        if let Some(k) = &self.opts.api_key {
+            req = req.bearer_auth(k);
+        }
+        let resp = match req.send() {
+            Ok(r) => r,
+            // Refused or unreachable: the request never reached the server.
+            Err(e) if e.is_connect() => {
+                return Attempt::Retry(
+                    RemoteError::Connect {
+                        url: url.to_string(),
+                        detail: error_chain(&e),
+                        tries,
+                    },
+                    None,
+                )
+            }
+            Err(e) => {
+                return Attempt::Fail(RemoteError::Io {
+                    url: url.to_string(),
+                    detail: error_chain(&e),
+                })
+            }
+        };
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.trim().parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(Duration::from_secs_f64);
+        let text: String = match resp.text() {
+            Ok(t) => t,
+            Err(e) => {
+                return Attempt::Fail(RemoteError::Io {
+                    url: url.to_string(),
+                    detail: format!("reading the response: {}", error_chain(&e)),
+                })
+            }
+        };
+        if !(200..300).contains(&status) {
+            let e = RemoteError::Status {
+                url: url.to_string(),
+                status,
+                message: server_message(&text),
+                tries,
+            };
+            return match status {
+                429 | 503 => Attempt::Retry(e, retry_after),
+                _ => Attempt::Fail(e),
+            };
+        }
+        match serde_json::from_str(&text) {
+            Ok(v) => Attempt::Ok(v),
+            Err(e) => Attempt::Fail(RemoteError::BadResponse {
+                what: format!("{url}: the body is not JSON ({e}): {:?}", clip(&text)),
+            }),
+        }
+    }
+
+    /// Runs one job: `n` samples of request `req`, from sample `first`. A refused `n` (a 4xx for
+    /// `n > 1`) or fewer choices than asked lowers the cap and returns the rest as new jobs.
+    fn run_job(&self, job: &Job, reqs: &[GenRequest]) -> Result<JobOut> {
+        let r = &reqs[job.req];
+        let seed = fan_out_seed(r.params.seed, job.first);
+        let mut stop_ids = r.params.stop_token_ids.clone();
+        if !r.params.ignore_eos {
+            stop_ids.extend_from_slice(&self.stop_ids);
+        }
+        let body = completion_body(
+            self.info.kind,
+            &self.info.model,
+            &r.prompt,
+            job.n,
+            seed,
+            &r.params,
+        );
+        let url = self.url("/v1/completions");
+        let v = match self.send(Some(&body), &url) {
+            Ok(v) => v,
+            Err(RemoteError::Status { status, .. })
+                if job.n > 1 && (400..500).contains(&status) && status != 429 =>
+            {
+                // `n` refused: one sample per request from now on.
+                self.n_cap.store(1, Ordering::Relaxed);
+                let rest = (0..job.n)
+                    .map(|k| Job {
+                        req: job.req,
+                        first: job.first + k,
+                        n: 1,
+                    })
+                    .collect();
+                return Ok(JobOut {
+                    job: job.clone(),
+                    completions: vec![],
+                    rest,
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let choices =
+            v.get("choices")
+                .and_then(Value::as_array)
+                .ok_or_else(|| RemoteError::BadResponse {
+                    what: format!("{url}: no `choices` list"),
+                })?;
+        let mut ordered: Vec<&Value> = choices.iter().collect();
+        ordered.sort_by_key(|c| c.get("index").and_then(Value::as_u64).unwrap_or(0));
+        ordered.truncate(job.n);
+        let usage_tokens = match ordered.len() {
+            1 => v
+                .pointer("/usage/completion_tokens")
+                .and_then(Value::as_u64)
+                .map(|x| x as usize),
+            _ => None,
+        };
+        let cx = Normalise {
+            server: self.info.kind.name(),
+            tokenizer: &self.tokenizer,
+            stop_ids: &stop_ids,
+            params: &r.params,
+            usage_tokens,
+        };
+        let completions = ordered
+            .iter()
+            .map(|c| normalise(c, &cx).map(|n| n.completion))
+            .collect::<Result<Vec<_>, _>>()?;
+        let got = completions.len();
+        let mut rest = vec![];
+        if got < job.n {
+            if got == 0 {
+                return Err(RemoteError::BadResponse {
+                    what: format!("{url}: no choices for a request of n = {}", job.n),
+                }
+                .into());
+            }
+            // `n` capped: remember the cap and ask again for the rest.
+            self.n_cap.fetch_min(got, Ordering::Relaxed);
+            rest = split(job.req, job.first + got, job.n - got, got);
+        }
+        Ok(JobOut {
+            job: job.clone(),
+            completions,
+            rest,
+        })
+    }
+}
+
+/// Samples `first..first + n` of one request.
+#[derive(Clone, Debug)]
+struct Job {
+    req: usize,
+    first: usize,
+    n: usize,
+}
+
+struct JobOut {
+    job: Job,
+    completions: Vec<Completion>,
+    /// Jobs this one handed back (a refused or capped `n`).
+    rest: Vec<Job>,
+}
+
+/// Samples `first..first + n` of request `req` as jobs of at most `cap` samples.
+fn split(req: usize, first: usize, n: usize, cap: usize) -> Vec<Job> {
+    let cap = cap.max(1);
+    (0..n)
+        .step_by(cap)
+        .map(|k| Job {
+            req,
+            first: first + k,
+            n: cap.min(n - k),
+        })
+        .collect()
+}
+
+/// The work queue the workers share.
+struct Queue {
+    jobs: Mutex<(VecDeque<Job>, usize)>,
+    ready: Condvar,
+    abort: AtomicBool,
+}
+
+impl Queue {
+    /// The next job, waiting while others are out (they may hand jobs back); `None` when done.
+    fn take(&self) -> Option<Job> {
+        let mut g = self.jobs.lock().ok()?;
+        loop {
+            if self.abort.load(Ordering::Relaxed) {
+                return None;
+            }
+            if let Some(j) = g.0.pop_front() {
+                g.1 += 1;
+                return Some(j);
+            }
+            if g.1 == 0 {
+                return None;
+            }
+            g = self.ready.wait(g).ok()?;
+        }
+    }
+
+    /// A job finished, handing back `rest`.
+    fn done(&self, rest: Vec<Job>) {
+        if let Ok(mut g) = self.jobs.lock() {
+            g.1 -= 1;
+            g.0.extend(rest);
+        }
+        self.ready.notify_all();
+    }
+}
+
+impl Backend for RemoteBackend {
+    fn generate_with(
+        &self,
+        reqs: &[GenRequest],
+        on_event: &mut dyn FnMut(&GenEvent<'_>),
+    ) -> Result<Vec<Vec<Completion>>> {
+        let context = self.info.context.unwrap_or(usize::MAX);
+        let vocab = self.tokenizer.vocab_size();
+        for (i, r) in reqs.iter().enumerate() {
+            r.validate(i, context, vocab)?;
+            if !r.params.stop_token_ids.is_empty() && !self.info.kind.takes_stop_token_ids() {
+                return Err(RemoteError::Unsupported {
+                    server: self.info.kind.name().into(),
+                    what: format!("stop on extra token ids (request {i}'s `stop_token_ids`)"),
+                }
+                .into());
+            }
+            let p = &r.params;
+            if p.tempered_logprobs && p.logprobs && !p.is_greedy() && p.temperature != 1.0 {
+                return Err(RemoteError::Unsupported {
+                    server: self.info.kind.name().into(),
+                    what: format!(
+                        "report tempered logprobs per request (request {i}): servers report the \
+                         model's raw logprobs; recompute them locally at temperature {}",
+                        p.temperature
+                    ),
+                }
+                .into());
+            }
+        }
+        let cap = self.n_cap.load(Ordering::Relaxed);
+        let jobs: VecDeque<Job> = reqs
+            .iter()
+            .enumerate()
+            .flat_map(|(i, r)| split(i, 0, r.n, cap))
+            .collect();
+        let mut out: Vec<Vec<Option<Completion>>> = reqs.iter().map(|r| vec![None; r.n]).collect();
+        if jobs.is_empty() {
+            return Ok(vec![]);
+        }
+        let workers = self.concurrency().min(jobs.len()).max(1);
+        let queue = Queue {
+            jobs: Mutex::new((jobs, 0)),
+            ready: Condvar::new(),
+            abort: AtomicBool::new(false),
+        };
+        let (tx, rx) = mpsc::channel::<Result<JobOut>>();
+        let mut first_err: Option<GenError> = None;
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                let tx = tx.clone();
+                let queue = &queue;
+                s.spawn(move || {
+                    while let Some(job) = queue.take() {
+                        let res = self.run_job(&job, reqs);
+                        let rest = match &res {
+                            Ok(o) => o.rest.clone(),
+                            Err(_) => {
+                                queue.abort.store(true, Ordering::Relaxed);
+                                vec![]
+                            }
+                        };
+                        if !rest.is_empty() {
+                            self.stats
+                                .fanned_out
+                                .fetch_add(rest.len() as u64, Ordering::Relaxed);
+                        }
+                        queue.done(rest);
+                        if tx.send(res).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            drop(tx);
+            // Results come back here, on the caller's thread, where events may be sent.
+            for res in rx {
+                match res {
+                    Err(e) => {
+                        queue.abort.store(true, Ordering::Relaxed);
+                        queue.ready.notify_all();
+                        first_err.get_or_insert(e);
+                    }
+                    Ok(o) => {
+                        if o.completions.is_empty() {
+                            continue;
+                        }
+                        let r = &reqs[o.job.req];
+                        on_event(&GenEvent::Prefill {
+                            requests: 1,
+                            prompt_tokens: r.prompt.len(),
+                        });
+                        for (k, c) in o.completions.into_iter().enumerate() {
+                            let sample = o.job.first + k;
+                            let last = c.tokens.len().saturating_sub(1);
+                            for (t, &token) in c.tokens.iter().enumerate() {
+                                on_event(&GenEvent::Token {
+                                    request: o.job.req,
+                                    sample,
+                                    token,
+                                    text: if t == last { &c.text } else { "" },
+                                });
+                            }
+                            on_event(&GenEvent::Finished {
+                                request: o.job.req,
+                                sample,
+                                completion: &c,
+                            });
+                            if let Some(slot) = out[o.job.req].get_mut(sample) {
+                                *slot = Some(c);
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        out.into_iter()
+            .enumerate()
+            .map(|(i, group)| {
+                group
+                    .into_iter()
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| {
+                        RemoteError::BadResponse {
+                            what: format!("request {i}: some samples never came back"),
+                        }
+                        .into()
+                    })
+            })
+            .collect()
+    }
+}
+
+/// `http://host:port` from what a user typed (`/v1` and trailing slashes dropped).
+fn root_url(url: &str) -> Result<String, RemoteError> {
+    let bad = |why: &str| RemoteError::BadUrl {
+        url: url.to_string(),
+        why: why.to_string(),
+    };
+    let u = url.trim();
+    if u.starts_with("https://") {
+        return Err(bad(
+            "https is not built in (loopback and private networks are the use case): put the \
+             server behind plain http, or a local TLS-terminating proxy",
+        ));
+    }
+    let Some(rest) = u.strip_prefix("http://") else {
+        return Err(bad("expected it to start with http://"));
+    };
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(bad("no host"));
+    }
+    let mut root = u.trim_end_matches('/').to_string();
+    if let Some(r) = root.strip_suffix("/v1") {
+        root = r.to_string();
+    }
+    Ok(root)
+}
+
+/// The server's error message: OpenAI's `error.message`, llama.cpp's and others' `message` /
+/// `detail`, else the body itself (clipped).
+fn server_message(body: &str) -> String {
+    let v: Option<Value> = serde_json::from_str(body).ok();
+    v.as_ref()
+        .and_then(|v| {
+            v.pointer("/error/message")
+                .or(v.get("message"))
+                .or(v.get("detail"))
+                .or(v.get("error"))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| clip(body.trim()))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(x) = src {
+        s.push_str(": ");
+        s.push_str(&x.to_string());
+        src = x.source();
+    }
+    s
+}
+
+fn clip(s: &str) -> String {
+    match s.char_indices().nth(200) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_lose_v1_and_slashes_and_https_is_refused() {
+        assert_eq!(
+            root_url("http://127.0.0.1:8000/v1/").unwrap(),
+            "http://127.0.0.1:8000"
+        );
+        assert_eq!(root_url("http://h:1").unwrap(), "http://h:1");
+        assert!(root_url("https://h:1").is_err());
+        assert!(root_url("127.0.0.1:8000").is_err());
+    }
+
+    #[test]
+    fn split_covers_every_sample_once() {
+        let jobs = split(3, 2, 7, 3);
+        let firsts: Vec<(usize, usize)> = jobs.iter().map(|j| (j.first, j.n)).collect();
+        assert_eq!(firsts, vec![(2, 3), (5, 3), (8, 1)]);
+        assert!(jobs.iter().all(|j| j.req == 3));
+        assert_eq!(split(0, 0, 4, usize::MAX).len(), 1);
+    }
+
+    #[test]
+    fn server_messages_are_read_from_each_error_shape() {
+        assert_eq!(
+            server_message(r#"{"error":{"message":"bad n","type":"x"}}"#),
+            "bad n"
+        );
+        assert_eq!(server_message(r#"{"message":"nope"}"#), "nope");
+        assert_eq!(server_message("plain text"), "plain text");
+    }
+}

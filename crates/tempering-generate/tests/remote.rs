@@ -1,0 +1,623 @@
+//! The remote backend against an in-process mock server (a std `TcpListener`, one thread per
+//! connection) that replays vLLM-, llama.cpp- and `temper serve`-shaped responses: what the
+//! backend sends (token-id prompts, neutral sampling settings, seeds), how it normalises what comes
+//! back (token ids, both logprob layouts, stop token vs stop string), what it retries (429) and
+//! what it does not (500), `n` refused or capped (fan-out), bounded concurrency, and the typed
+//! errors of a wrong model or tokenizer. The tokenizer is the tiny fixture model's: one character
+//! per token, `<eos>` = 1.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tempering_generate::{
+    Backend, FinishReason, GenError, GenRequest, RemoteBackend, RemoteError, RemoteOptions,
+    SamplingParams, ServerKind,
+};
+use tempering_model::Tokenizer;
+
+fn tokenizer() -> Tokenizer {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures/models/tiny-arith-sft/tokenizer.json");
+    Tokenizer::from_file(&p).expect("the tiny model's tokenizer")
+}
+
+fn ids(text: &str) -> Vec<u32> {
+    tokenizer().encode(text, false).unwrap()
+}
+
+/// One request the mock saw.
+#[derive(Clone, Debug)]
+struct Seen {
+    path: String,
+    body: Value,
+    auth: Option<String>,
+}
+
+type Handler = dyn Fn(&str, &Value, usize) -> (u16, Value) + Send + Sync;
+
+/// A scripted HTTP/1.1 server on loopback. `handler(path, body, nth)` answers the `nth` (from 0)
+/// request to `path`.
+struct Mock {
+    addr: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    max_in_flight: Arc<AtomicUsize>,
+}
+
+impl Mock {
+    fn start(
+        handler: impl Fn(&str, &Value, usize) -> (u16, Value) + Send + Sync + 'static,
+    ) -> Mock {
+        Mock::start_delayed(Duration::ZERO, handler)
+    }
+
+    /// Each `/v1/completions` answer waits `delay` (to overlap concurrent requests).
+    fn start_delayed(
+        delay: Duration,
+        handler: impl Fn(&str, &Value, usize) -> (u16, Value) + Send + Sync + 'static,
+    ) -> Mock {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let counts = Arc::new(Mutex::new(std::collections::HashMap::<String, usize>::new()));
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let max_in_flight = Arc::new(AtomicUsize::new(0));
+        let handler: Arc<Handler> = Arc::new(handler);
+        {
+            let (seen, max_in_flight) = (seen.clone(), max_in_flight.clone());
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    let Ok(stream) = stream else { continue };
+                    let (seen, counts, handler) = (seen.clone(), counts.clone(), handler.clone());
+                    let (in_flight, max_in_flight) = (in_flight.clone(), max_in_flight.clone());
+                    std::thread::spawn(move || {
+                        let Some((path, body, auth)) = read_request(&stream) else {
+                            return;
+                        };
+                        let nth = {
+                            let mut c = counts.lock().unwrap();
+                            let e = c.entry(path.clone()).or_insert(0);
+                            *e += 1;
+                            *e - 1
+                        };
+                        seen.lock().unwrap().push(Seen {
+                            path: path.clone(),
+                            body: body.clone(),
+                            auth,
+                        });
+                        let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                        max_in_flight.fetch_max(now, Ordering::SeqCst);
+                        if path == "/v1/completions" {
+                            std::thread::sleep(delay);
+                        }
+                        let (status, v) = handler(&path, &body, nth);
+                        in_flight.fetch_sub(1, Ordering::SeqCst);
+                        write_response(stream, status, &v);
+                    });
+                }
+            });
+        }
+        Mock {
+            addr,
+            seen,
+            max_in_flight,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    fn completions(&self) -> Vec<Value> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.path == "/v1/completions")
+            .map(|s| s.body.clone())
+            .collect()
+    }
+}
+
+fn read_request(stream: &TcpStream) -> Option<(String, Value, Option<String>)> {
+    let mut r = BufReader::new(stream);
+    let mut line = String::new();
+    r.read_line(&mut line).ok()?;
+    let path = line.split_whitespace().nth(1)?.to_string();
+    let (mut len, mut auth) = (0usize, None);
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h).ok()?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        let (k, v) = h.split_once(':')?;
+        match k.to_ascii_lowercase().as_str() {
+            "content-length" => len = v.trim().parse().ok()?,
+            "authorization" => auth = Some(v.trim().to_string()),
+            _ => {}
+        }
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).ok()?;
+    let v = if len == 0 {
+        Value::Null
+    } else {
+        serde_json::from_slice(&body).ok()?
+    };
+    Some((path, v, auth))
+}
+
+fn write_response(mut stream: TcpStream, status: u16, v: &Value) {
+    let body = v.to_string();
+    let head = format!(
+        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = stream.write_all(head.as_bytes());
+    let _ = stream.write_all(body.as_bytes());
+}
+
+fn models(owned_by: &str) -> Value {
+    json!({"object": "list", "data": [{"id": "tiny", "object": "model", "owned_by": owned_by, "max_model_len": 256}]})
+}
+
+fn not_found() -> (u16, Value) {
+    (404, json!({"error": {"message": "not found"}}))
+}
+
+/// The tokenizer check every server passes: `/tokenize` as the local tokenizer encodes.
+fn tokenize(body: &Value) -> (u16, Value) {
+    let text = body
+        .get("prompt")
+        .or(body.get("content"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    (200, json!({"tokens": ids(text)}))
+}
+
+fn opts(mock: &Mock) -> RemoteOptions {
+    RemoteOptions {
+        backoff: Duration::from_millis(5),
+        ..RemoteOptions::new(mock.url())
+    }
+}
+
+fn connect(mock: &Mock) -> RemoteBackend {
+    RemoteBackend::connect(opts(mock), tokenizer(), vec![1]).expect("connecting to the mock")
+}
+
+/// A vLLM choice: ids with `return_token_ids`, `stop_reason`, legacy logprobs with
+/// `token_id:N` tokens.
+fn vllm_choice(index: usize, text: &str, extra: &[u32], stop_reason: Value) -> Value {
+    let mut t = ids(text);
+    t.extend_from_slice(extra);
+    let finish = if stop_reason.is_null() && extra.is_empty() {
+        "length"
+    } else {
+        "stop"
+    };
+    json!({
+        "index": index, "text": text, "finish_reason": finish, "stop_reason": stop_reason,
+        "token_ids": t,
+        "logprobs": {
+            "tokens": t.iter().map(|i| format!("token_id:{i}")).collect::<Vec<_>>(),
+            "token_logprobs": t.iter().map(|_| -0.5).collect::<Vec<_>>(),
+            "top_logprobs": t.iter().map(|i| json!({format!("token_id:{i}"): -0.5, "token_id:2": -3.0})).collect::<Vec<_>>(),
+        }
+    })
+}
+
+#[test]
+fn vllm_gets_token_ids_and_neutral_settings_and_its_answers_are_normalised() {
+    let mock = Mock::start(|path, body, _| match path {
+        "/v1/models" => (200, models("vllm")),
+        "/tokenize" => tokenize(body),
+        "/v1/completions" => (
+            200,
+            json!({"choices": [
+                vllm_choice(1, "1+2=3", &[3], json!("\n")),
+                vllm_choice(0, "7", &[1], Value::Null),
+            ], "usage": {"completion_tokens": 8}}),
+        ),
+        _ => not_found(),
+    });
+    let b = RemoteBackend::connect(
+        RemoteOptions {
+            api_key: Some("sk-test".into()),
+            ..opts(&mock)
+        },
+        tokenizer(),
+        vec![1],
+    )
+    .unwrap();
+    assert_eq!(b.info().kind, ServerKind::Vllm);
+    assert_eq!(b.info().context, Some(256));
+    assert_eq!(b.info().tokenizer_checked, Some(true));
+    let params = SamplingParams {
+        max_new_tokens: 12,
+        temperature: 0.7,
+        seed: 42,
+        stop: vec!["\n".into()],
+        logprobs: true,
+        top_logprobs: 2,
+        ..Default::default()
+    };
+    let prompt = ids("12+3=");
+    let out = b
+        .generate(&[GenRequest::new(prompt.clone(), 2, params)])
+        .unwrap();
+
+    let sent = mock.completions();
+    assert_eq!(sent.len(), 1, "one request carries n = 2");
+    let s = &sent[0];
+    assert_eq!(
+        s["prompt"],
+        json!(prompt),
+        "the prompt goes out as token ids"
+    );
+    assert_eq!(s["n"], 2);
+    assert_eq!(s["seed"], 42);
+    assert_eq!(s["top_k"], -1);
+    assert_eq!(s["top_p"], 1.0);
+    assert_eq!(s["min_p"], 0.0);
+    assert_eq!(s["repetition_penalty"], 1.0);
+    assert_eq!(s["return_token_ids"], true);
+    assert_eq!(s["max_tokens"], 12);
+    assert_eq!(s["logprobs"], 2);
+    assert_eq!(s["stop"], json!(["\n"]));
+    let auth = mock.seen.lock().unwrap()[0].auth.clone();
+    assert_eq!(auth.as_deref(), Some("Bearer sk-test"));
+
+    // Choices come back in index order.
+    let g = &out[0];
+    assert_eq!(g.len(), 2);
+    assert_eq!(g[0].text, "7");
+    assert_eq!(g[0].tokens, vec![ids("7")[0], 1]);
+    assert_eq!(g[0].finish_reason, FinishReason::Stop);
+    assert_eq!(g[1].text, "1+2=3");
+    assert_eq!(g[1].finish_reason, FinishReason::StopString);
+    assert_eq!(g[1].stop_string.as_deref(), Some("\n"));
+    let mut want = ids("1+2=3");
+    want.push(3);
+    assert_eq!(
+        g[1].tokens, want,
+        "the stop string's token is kept, as locally"
+    );
+    assert_eq!(g[1].logprobs.as_ref().unwrap().len(), 6);
+    let top = &g[1].top_logprobs.as_ref().unwrap()[0];
+    assert_eq!(top.len(), 2);
+    assert_eq!(top[0].token, ids("1")[0], "most likely first");
+    assert_eq!(top[1].token, 2);
+    assert!((top[1].logprob + 3.0).abs() < 1e-6);
+}
+
+#[test]
+fn a_429_is_retried_and_a_500_is_not() {
+    let mock = Mock::start(|path, body, nth| match path {
+        "/v1/models" => (200, models("vllm")),
+        "/tokenize" => tokenize(body),
+        "/v1/completions" if body["seed"] == 1 => match nth {
+            0 => (429, json!({"error": {"message": "busy"}})),
+            _ => (
+                200,
+                json!({"choices": [vllm_choice(0, "5", &[1], Value::Null)]}),
+            ),
+        },
+        "/v1/completions" => (
+            500,
+            json!({"error": {"message": "CUDA out of memory", "type": "server_error"}}),
+        ),
+        _ => not_found(),
+    });
+    let b = connect(&mock);
+    let p = |seed| SamplingParams {
+        seed,
+        ..SamplingParams::greedy(4)
+    };
+    let out = b
+        .generate(&[GenRequest::new(ids("2+3="), 1, p(1))])
+        .unwrap();
+    assert_eq!(out[0][0].text, "5");
+    assert_eq!(b.stats.retries.load(Ordering::Relaxed), 1);
+    assert_eq!(mock.completions().len(), 2);
+
+    let err = b
+        .generate(&[GenRequest::new(ids("2+3="), 1, p(2))])
+        .unwrap_err();
+    match &err {
+        GenError::Remote(RemoteError::Status {
+            status: 500,
+            message,
+            tries: 1,
+            ..
+        }) => assert_eq!(message, "CUDA out of memory"),
+        other => panic!("expected a 500 status error, got {other:?}"),
+    }
+    assert!(err.to_string().contains("500"), "{err}");
+    assert_eq!(mock.completions().len(), 3, "a 500 is not retried");
+}
+
+#[test]
+fn a_refused_n_fans_out_into_seeded_requests() {
+    let mock = Mock::start(|path, body, _| match path {
+        "/v1/models" => (200, models("sglang")),
+        "/tokenize" => not_found(),
+        "/v1/completions" if body["n"] != 1 => {
+            (400, json!({"error": {"message": "n > 1 is not supported"}}))
+        }
+        "/v1/completions" => {
+            let seed = body["seed"].as_u64().unwrap();
+            let text = format!("{}", seed % 10);
+            (
+                200,
+                json!({"choices": [{"index": 0, "text": text, "finish_reason": "length",
+                                    "logprobs": null}],
+                       "usage": {"completion_tokens": 1}}),
+            )
+        }
+        _ => not_found(),
+    });
+    let b = connect(&mock);
+    assert_eq!(b.info().kind, ServerKind::Sglang);
+    assert_eq!(
+        b.info().tokenizer_checked,
+        None,
+        "no /tokenize: not checked"
+    );
+    let params = SamplingParams {
+        seed: 1234,
+        max_new_tokens: 1,
+        ..Default::default()
+    };
+    let out = b
+        .generate(&[GenRequest::new(ids("1+1="), 4, params.clone())])
+        .unwrap();
+    assert_eq!(out[0].len(), 4);
+    let sent = mock.completions();
+    assert_eq!(sent.len(), 5, "one refused request, then one per sample");
+    let mut seeds: Vec<u64> = sent[1..]
+        .iter()
+        .map(|s| s["seed"].as_u64().unwrap())
+        .collect();
+    assert!(sent[1..].iter().all(|s| s["n"] == 1));
+    assert!(seeds.contains(&1234), "sample 0 keeps the request's seed");
+    seeds.sort();
+    seeds.dedup();
+    assert_eq!(seeds.len(), 4, "each sample its own seed");
+    // The next call knows: no refused request first.
+    b.generate(&[GenRequest::new(ids("1+1="), 2, params)])
+        .unwrap();
+    assert_eq!(mock.completions().len(), 7);
+    assert!(b.stats.fanned_out.load(Ordering::Relaxed) >= 4);
+}
+
+/// A llama.cpp choice: chat-style logprobs with ids; llama.cpp ignores `n`.
+fn llama_choice(text: &str, eos: bool) -> Value {
+    let mut t = ids(text);
+    if eos {
+        t.push(1);
+    }
+    json!({"index": 0, "text": text, "finish_reason": if eos { "stop" } else { "length" },
+           "logprobs": {"content": t.iter().map(|&i| json!({
+               "id": i, "token": if i == 1 { String::new() } else { tokenizer().decode(&[i], false).unwrap() },
+               "logprob": -0.25, "bytes": [],
+               "top_logprobs": [{"id": i, "token": "x", "logprob": -0.25, "bytes": []}]
+           })).collect::<Vec<_>>()}})
+}
+
+#[test]
+fn llama_cpp_is_found_by_props_capped_n_is_fanned_out_and_slots_bound_concurrency() {
+    let mock = Mock::start_delayed(Duration::from_millis(60), |path, body, _| match path {
+        "/v1/models" => (200, models("llamacpp")),
+        "/props" => (
+            200,
+            json!({"total_slots": 2, "default_generation_settings": {"n_ctx": 128}}),
+        ),
+        "/tokenize" => tokenize(body),
+        "/v1/completions" => (200, json!({"choices": [llama_choice("42", true)]})),
+        _ => not_found(),
+    });
+    let b = connect(&mock);
+    assert_eq!(b.info().kind, ServerKind::LlamaCpp);
+    assert_eq!(b.info().slots, Some(2));
+    assert_eq!(b.info().context, Some(256), "max_model_len wins over n_ctx");
+    assert_eq!(b.concurrency(), 2);
+    let params = SamplingParams {
+        seed: u64::MAX,
+        logprobs: true,
+        ..SamplingParams::greedy(8)
+    };
+    let out = b
+        .generate(&[
+            GenRequest::new(ids("6*7="), 3, params.clone()),
+            GenRequest::new(ids("40+2="), 2, params),
+        ])
+        .unwrap();
+    assert_eq!((out[0].len(), out[1].len()), (3, 2));
+    for c in out.iter().flatten() {
+        assert_eq!(c.text, "42");
+        assert_eq!(c.tokens, vec![ids("4")[0], ids("2")[0], 1]);
+        assert_eq!(c.finish_reason, FinishReason::Stop);
+        assert_eq!(c.logprobs.as_deref(), Some(&[-0.25f32, -0.25, -0.25][..]));
+    }
+    let sent = mock.completions();
+    assert_eq!(
+        sent.len(),
+        5,
+        "3 requests of n <= total_slots, then the 2 samples they lacked"
+    );
+    assert!(sent.iter().all(|s| s["n"].as_u64().unwrap() <= 2));
+    for s in &sent {
+        assert_eq!(s["n_probs"], 1, "llama.cpp's logprobs carry the token ids");
+        assert_eq!(s["top_k"], 0);
+        assert_eq!(s["repeat_penalty"], 1.0);
+        assert_eq!(s["min_p"], 0.0);
+        assert!(s["seed"].as_u64().unwrap() <= 0x7FFF_FFFF, "31-bit seeds");
+    }
+    assert!(
+        mock.max_in_flight.load(Ordering::SeqCst) <= 2,
+        "at most total_slots in flight"
+    );
+}
+
+#[test]
+fn without_ids_the_text_is_re_tokenised_and_the_stop_is_told_from_a_stop_string() {
+    // `temper serve`'s shape: legacy logprobs with each token's text, the stop token's included.
+    let choice = |text: &str, tail: &[&str]| {
+        let mut toks: Vec<String> = text.chars().map(String::from).collect();
+        toks.extend(tail.iter().map(|s| s.to_string()));
+        json!({"index": 0, "text": text, "finish_reason": "stop",
+               "logprobs": {"tokens": toks, "token_logprobs": toks.iter().map(|_| -1.0).collect::<Vec<_>>(),
+                            "top_logprobs": null, "text_offset": []}})
+    };
+    let (a, b2) = (choice("12", &["\n"]), choice("3", &["<eos>"]));
+    let mock = Mock::start(move |path, body, _| match path {
+        "/v1/models" => (200, models("temper")),
+        "/tokenize" => tokenize(body),
+        "/v1/completions" if body["max_tokens"] == 5 => (200, json!({"choices": [a.clone()]})),
+        "/v1/completions" => (200, json!({"choices": [b2.clone()]})),
+        _ => not_found(),
+    });
+    let b = connect(&mock);
+    assert_eq!(b.info().kind, ServerKind::Temper);
+    let step = SamplingParams {
+        stop: vec!["\n".into()],
+        ..SamplingParams::greedy(5)
+    };
+    let whole = SamplingParams {
+        stop: vec!["\n".into()],
+        ..SamplingParams::greedy(6)
+    };
+    let out = b
+        .generate(&[
+            GenRequest::new(ids("1+"), 1, step),
+            GenRequest::new(ids("1+"), 1, whole),
+        ])
+        .unwrap();
+    assert_eq!(out[0][0].finish_reason, FinishReason::StopString);
+    assert_eq!(out[0][0].stop_string.as_deref(), Some("\n"));
+    assert_eq!(out[0][0].tokens, ids("12\n"));
+    assert_eq!(out[1][0].finish_reason, FinishReason::Stop);
+    assert_eq!(out[1][0].tokens, vec![ids("3")[0], 1]);
+    let sent = mock.completions();
+    assert_eq!(sent[0]["top_k"], 0, "temper serve takes 0 for no top-k");
+    assert_eq!(
+        sent[0]["logprobs"], 0,
+        "logprobs asked for, to see every token"
+    );
+    assert!(sent[0].get("return_token_ids").is_none());
+}
+
+#[test]
+fn a_text_that_does_not_re_tokenise_to_the_server_count_is_a_typed_error() {
+    let mock = Mock::start(|path, body, _| match path {
+        "/v1/models" => (200, models("someone")),
+        "/tokenize" => tokenize(body),
+        "/v1/completions" => (
+            200,
+            json!({"choices": [{"index": 0, "text": "12", "finish_reason": "length"}],
+                   "usage": {"completion_tokens": 5}}),
+        ),
+        _ => not_found(),
+    });
+    let b = connect(&mock);
+    let err = b
+        .generate(&[GenRequest::new(ids("1+"), 1, SamplingParams::greedy(5))])
+        .unwrap_err();
+    assert!(
+        matches!(err, GenError::Remote(RemoteError::TokenMismatch { .. })),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("2 tokens"), "{err}");
+}
+
+#[test]
+fn connect_errors_name_the_model_or_the_tokenizer_at_fault() {
+    let mock = Mock::start(|path, _, _| match path {
+        "/v1/models" => (
+            200,
+            json!({"data": [{"id": "a", "owned_by": "vllm"}, {"id": "b", "owned_by": "vllm"}]}),
+        ),
+        "/tokenize" => (200, json!({"tokens": [5, 6, 7]})),
+        _ => not_found(),
+    });
+    let e = RemoteBackend::connect(opts(&mock), tokenizer(), vec![1])
+        .err()
+        .unwrap();
+    assert!(matches!(e, RemoteError::WhichModel { .. }), "{e:?}");
+    assert!(e.to_string().contains("--backend-model"), "{e}");
+    let e = RemoteBackend::connect(
+        RemoteOptions {
+            model: Some("c".into()),
+            ..opts(&mock)
+        },
+        tokenizer(),
+        vec![1],
+    )
+    .err()
+    .unwrap();
+    assert!(e.to_string().contains("serves: a, b"), "{e}");
+    let e = RemoteBackend::connect(
+        RemoteOptions {
+            model: Some("a".into()),
+            ..opts(&mock)
+        },
+        tokenizer(),
+        vec![1],
+    )
+    .err()
+    .unwrap();
+    assert!(matches!(e, RemoteError::TokenMismatch { .. }), "{e:?}");
+}
+
+#[test]
+fn a_server_that_is_not_there_is_a_connect_error_after_retries() {
+    // A port that was just free.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let e = RemoteBackend::connect(
+        RemoteOptions {
+            max_retries: 2,
+            backoff: Duration::from_millis(1),
+            ..RemoteOptions::new(format!("http://127.0.0.1:{port}"))
+        },
+        tokenizer(),
+        vec![1],
+    )
+    .err()
+    .unwrap();
+    match e {
+        RemoteError::Connect { tries, .. } => assert_eq!(tries, 3),
+        other => panic!("expected a connect error, got {other:?}"),
+    }
+}
+
+#[test]
+fn what_a_server_cannot_do_is_refused_before_any_request() {
+    let mock = Mock::start(|path, body, _| match path {
+        "/v1/models" => (200, models("llamacpp")),
+        "/tokenize" => tokenize(body),
+        _ => not_found(),
+    });
+    let b = connect(&mock);
+    let p = SamplingParams {
+        stop_token_ids: vec![3],
+        ..SamplingParams::greedy(4)
+    };
+    let e = b.generate(&[GenRequest::new(ids("1"), 1, p)]).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("llama.cpp cannot stop on extra token ids"),
+        "{e}"
+    );
+    assert!(mock.completions().is_empty());
+}
