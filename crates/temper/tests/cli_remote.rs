@@ -1,10 +1,10 @@
-//! `--backend` end to end: `temper search`, `eval`, `generate` and `label-steps` against our own
-//! `temper serve` on loopback (port 0) with the committed tiny arithmetic model, compared with the
-//! same commands run locally: greedy decoding gives the same answers and the same token costs,
-//! whole completions and step-level search (stop strings) alike. And, when a llama.cpp
-//! `llama-server` binary and SmolLM2's GGUF are on this machine (`scripts/llama-server.sh`,
-//! `scripts/fetch-smollm2.sh`), `temper eval --backend` against it; skipped with the reason
-//! otherwise.
+//! `--backend` end to end: `temper search`, `eval` and `generate` against our own `temper serve`
+//! on loopback (port 0) with the committed tiny arithmetic model, compared with the same commands
+//! run locally: greedy decoding gives the same answers and the same token costs, whole completions
+//! and step-level search (stop strings) alike; `label-steps` writes labelled rows. And, when a
+//! llama.cpp `llama-server` binary and SmolLM2's GGUF are on this machine
+//! (`scripts/llama-server.sh`, `scripts/fetch-smollm2.sh`), `temper eval --backend` against it;
+//! skipped with the reason otherwise.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -265,6 +265,45 @@ fn eval_on_temper_serve_gives_the_local_answers_and_costs() {
         (4..=4 * 24).contains(&tokens),
         "sane token costs: {tokens} for 4 greedy answers of at most 24 tokens"
     );
+}
+
+#[test]
+fn label_steps_on_temper_serve_writes_labelled_rows() {
+    let model = fixture_sft();
+    let server = temper_serve(&model);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("steps.jsonl");
+    let o = temper()
+        .arg("label-steps")
+        .arg("--policy")
+        .arg(&model)
+        .args(["--task", "arithmetic", "--level", "1", "--n", "2"])
+        .args([
+            "--samples",
+            "2",
+            "--rollouts",
+            "2",
+            "--max-new-tokens",
+            "24",
+        ])
+        .args(["--backend", &server.url, "--output"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let rows: Vec<Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!rows.is_empty() && rows.len() <= 4, "{rows:?}");
+    for r in &rows {
+        let (steps, labels) = (
+            r["completions"].as_array().unwrap(),
+            r["labels"].as_array().unwrap(),
+        );
+        assert!(!steps.is_empty() && steps.len() == labels.len(), "{r}");
+    }
 }
 
 #[test]
