@@ -17,9 +17,10 @@ use super::model::DeviceArgs;
 
 #[derive(Args, Debug)]
 pub struct LabelStepsArgs {
-    /// The policy that writes solutions and rollouts: an HF directory or a GGUF file.
-    #[arg(long)]
-    pub policy: PathBuf,
+    /// The policy that writes solutions and rollouts: an HF directory or a GGUF file (`--policy`
+    /// is the older spelling).
+    #[arg(long, visible_alias = "policy")]
+    pub model: PathBuf,
     /// A PEFT LoRA adapter directory to run on top of the policy.
     #[arg(long)]
     pub adapter: Option<PathBuf>,
@@ -81,7 +82,7 @@ pub fn run(a: LabelStepsArgs) -> Result<()> {
             unique: false,
         },
     )?;
-    let (engine, _) = load_engine(&a.policy, a.adapter.as_deref(), &a.device, a.batch_rows)?;
+    let (engine, _) = load_engine(&a.model, a.adapter.as_deref(), &a.device, a.batch_rows)?;
     let tok = engine.tokenizer();
     if let Some(p) = problems
         .iter()
@@ -143,4 +144,26 @@ pub fn run(a: LabelStepsArgs) -> Result<()> {
         a.output.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        a: LabelStepsArgs,
+    }
+
+    #[test]
+    fn the_model_is_model_as_in_every_command_and_policy_still_works() {
+        for flag in ["--model", "--policy"] {
+            let cli =
+                Cli::try_parse_from(["x", flag, "m", "--task", "arithmetic", "--output", "o"])
+                    .unwrap();
+            assert_eq!(cli.a.model, PathBuf::from("m"));
+        }
+    }
 }

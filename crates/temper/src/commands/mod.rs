@@ -1,4 +1,5 @@
 pub mod chat;
+pub mod common;
 pub mod demo;
 pub mod demo_report;
 pub mod dpo;
