@@ -136,6 +136,9 @@ pub(crate) fn lora_config(lora_r: usize, alpha: f64, targets: &str) -> Result<Op
     )))
 }
 
+/// A policy, its trainable weights and its reference (`None`: the policy with adapters off).
+pub(crate) type TrainablePolicy = (Transformer, Vec<(String, Var)>, Option<Transformer>);
+
 /// The policy to train (a copy of `base`), its trainable weights and its reference: LoRA adapters
 /// with no reference (the policy with adapters off is one), or every weight with `base` frozen as
 /// the reference.
@@ -143,7 +146,7 @@ pub(crate) fn trainable_policy(
     base: Transformer,
     lora: Option<&LoraConfig>,
     seed: u64,
-) -> Result<(Transformer, Vec<(String, Var)>, Option<Transformer>)> {
+) -> Result<TrainablePolicy> {
     let mut policy = base.clone();
     Ok(match lora {
         Some(l) => {
