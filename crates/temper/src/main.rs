@@ -46,9 +46,9 @@ enum Command {
     Sft(Box<commands::sft::SftArgs>),
     /// Online RL with group-normalised advantages (GRPO, Dr. GRPO, DAPO, BNPO; REINFORCE++ with
     /// --reinforce-pp); --resume continues a run.
-    Grpo(Box<GrpoArgs>),
+    Grpo(Box<commands::rl::GrpoArgs>),
     /// Online RL with the leave-one-out baseline (RLOO); same flags as grpo.
-    Rloo(Box<commands::rl::RlArgs>),
+    Rloo(Box<commands::rl::GrpoArgs>),
     /// The whole pipeline on the embedded default: data, SFT, PRM, GRPO with guards, test-time
     /// search, a table and an HTML report (--fast: the one-minute version).
     Demo(commands::demo::DemoArgs),
@@ -67,7 +67,7 @@ enum Command {
     /// Score completions with a reward model or a process reward model.
     Score(commands::score::ScoreArgs),
     /// PPO with a critic (value head or --critic-model), GAE and the KL-penalised per-token reward;
-    /// GRPO's flags plus the critic's and PPO's; --resume continues a run.
+    /// the shared RL flags plus the critic's and PPO's; --resume continues a run.
     Ppo(Box<commands::ppo::PpoArgs>),
     /// TRPO: natural-gradient steps within a KL trust region (--max-kl), conjugate gradient and a
     /// line search; the critic as in ppo; --resume continues a run.
@@ -78,15 +78,6 @@ enum Command {
     Kto(Box<commands::dpo::PreferenceArgs>),
     /// The implicit rewards of a DPO run's policy on preference pairs, one JSON line per pair.
     DpoRewards(commands::dpo_rewards::DpoRewardsArgs),
-}
-
-#[derive(clap::Args)]
-struct GrpoArgs {
-    #[command(flatten)]
-    rl: commands::rl::RlArgs,
-    /// REINFORCE++: batch-whitened returns with the per-token KL in the reward.
-    #[arg(long)]
-    reinforce_pp: bool,
 }
 
 // mimalloc's C API (linked through the `mimalloc` crate): option numbers from its mimalloc.h.
@@ -210,15 +201,8 @@ fn run_command(command: Command) -> anyhow::Result<()> {
         Command::Chat(a) => commands::chat::chat(a),
         Command::Tasks(a) => commands::tasks::run(a),
         Command::Sft(a) => commands::sft::sft(*a),
-        Command::Grpo(a) => {
-            let alg = if a.reinforce_pp {
-                tempering_train::rl::Algorithm::ReinforcePp
-            } else {
-                tempering_train::rl::Algorithm::Grpo
-            };
-            commands::rl::run(a.rl, alg)
-        }
-        Command::Rloo(a) => commands::rl::run(*a, tempering_train::rl::Algorithm::Rloo),
+        Command::Grpo(a) => commands::rl::run(*a, false),
+        Command::Rloo(a) => commands::rl::run(*a, true),
         Command::Demo(a) => commands::demo::demo(a),
         Command::Search(a) => commands::search::search(*a),
         Command::Serve(a) => commands::serve::serve(*a),

@@ -53,7 +53,7 @@ fn ppo_writes_a_complete_run_and_resumes() {
     let err = ok(&out);
     assert!(err.contains("done: 3 rollout batches"), "{err}");
     for f in [
-        "config.json",
+        "config.toml",
         "metrics.jsonl",
         "rollouts.jsonl",
         "model/config.json",

@@ -48,9 +48,11 @@ fn grpo_with_the_rule_checker_as_process_reward_trains_and_logs_step_advantages(
         .count();
     assert_eq!(batches, 2, "{metrics}");
     // The config records the flag, so --resume continues with process supervision.
-    let config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
-    assert_eq!(config["process_reward"], "rule");
+    let config: toml::Table = std::fs::read_to_string(run.join("config.toml"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(config["process_reward"].as_str(), Some("rule"));
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! `temper grpo` and `temper rloo` through the command line on a tiny random model: the run
 //! directory (config, metrics, rollouts, checkpoint, final model), resume of a finished run, LoRA
-//! output as a PEFT adapter, and clear errors for bad flags.
+//! output as a PEFT adapter, `--config` TOML under flag overrides, flags refused with `--resume`, and
+//! clear errors for bad flags.
 
 mod common;
 
@@ -41,7 +42,7 @@ fn grpo_writes_a_complete_run_and_resumes() {
     let err = ok(&out);
     assert!(err.contains("done: 3 rollout batches"), "{err}");
     for f in [
-        "config.json",
+        "config.toml",
         "metrics.jsonl",
         "rollouts.jsonl",
         "model/config.json",
@@ -86,6 +87,64 @@ fn grpo_writes_a_complete_run_and_resumes() {
         .unwrap();
     let err = ok(&resumed);
     assert!(err.contains("done: 3 rollout batches"), "{err}");
+    // --resume continues with the saved config: another flag is refused, naming it.
+    let refused = temper()
+        .arg("grpo")
+        .arg("--resume")
+        .arg(&run)
+        .args(["--steps", "5"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && err.contains("saved config.toml") && err.contains("steps"),
+        "{err}"
+    );
+}
+
+#[test]
+fn grpo_reads_a_config_file_under_the_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = prompts(dir.path());
+    let run = dir.path().join("run");
+    let file = dir.path().join("grpo.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "model = {:?}\ndata = {:?}\nnum_generations = 3\nprompts_per_step = 2\nsteps = 5\n\
+             max_completion_length = 6\nbeta = 0.04\n",
+            model().display().to_string(),
+            data.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = temper()
+        .arg("grpo")
+        .arg("--config")
+        .arg(&file)
+        .args(["--steps", "1", "--quiet", "--output"])
+        .arg(&run)
+        .output()
+        .unwrap();
+    let err = ok(&out);
+    assert!(err.contains("done: 1 rollout batches"), "{err}");
+    let saved: toml::Table = std::fs::read_to_string(run.join("config.toml"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(saved["steps"].as_integer(), Some(1));
+    assert_eq!(saved["num_generations"].as_integer(), Some(3));
+    assert_eq!(saved["beta"].as_float(), Some(0.04));
+    // A key of another algorithm is an error naming it.
+    std::fs::write(&file, "kl_coef = 0.1\n").unwrap();
+    let out = temper()
+        .arg("grpo")
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("kl_coef"), "{err}");
 }
 
 #[test]

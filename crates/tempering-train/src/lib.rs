@@ -3,9 +3,18 @@
 //! checkpoints with exact resume, `metrics.jsonl`, a progress bar); an algorithm is an [`Objective`]
 //! that turns a batch into a summed loss and metrics: [`sft`], [`reward_model`] (Bradley-Terry),
 //! [`prm`] (step classification) and the preference family in [`dpo`] (DPO, IPO, hinge, robust,
-//! SimPO, ORPO, KTO).
+//! SimPO, ORPO, KTO). Every objective reads its log-probabilities through the decoder's one gather
+//! (`Transformer::token_logprobs_at`, `Transformer::hidden_at`).
 //!
-//! [`rl`] holds the online algorithms (GRPO and relatives, RLOO, REINFORCE++) and their guards.
+//! [`rl`] holds online RL: one driver ([`rl::driver`]: rollouts through [`rl::rollout`], scores,
+//! guards, logs, checkpoints, resume) with the algorithm as a plug-in ([`rl::RlAlgorithm`]):
+//! [`rl::grpo`] (GRPO and its loss types, RLOO, REINFORCE++, process supervision) and
+//! [`rl::actor_critic`] (PPO and TRPO with their critic and GAE).
+//!
+//! Run configurations are flat TOML keys resolved from defaults, a file and the command line:
+//! [`config`] (SFT, and the shared resolver), [`dpo::config`], [`reward_config`] (RM, PRM) and
+//! [`rl::run_config`] (GRPO, RLOO, PPO, TRPO), each flattening the trainer's keys defined once in
+//! [`train_keys`].
 //!
 //! This crate knows the model layer (the decoder, LoRA, tokenizer, chat templates), the tasks
 //! layer (datasets), the generation engine (rollouts) and the reward layer (the scorers' traits, and
@@ -30,6 +39,7 @@ pub mod run_lock;
 pub mod schedule;
 pub mod sft;
 pub mod tiny;
+pub mod train_keys;
 pub mod trainer;
 
 pub use config::SftConfig;

@@ -1,6 +1,6 @@
 //! Run configurations of the reward-model trainers: the outcome reward model (`temper rm`) and the
 //! process reward model (`temper prm`). Each is one flat set of TOML keys: the trainer's keys
-//! ([`TrainKeys`], shared) plus the algorithm's own, resolved like the SFT config (defaults, file,
+//! ([`TrainKeys`], shared with every trainer) plus the algorithm's own, resolved like the SFT config (defaults, file,
 //! command line; unknown keys suggest the nearest). Knows keys and values; nothing of how training
 //! runs.
 
@@ -10,133 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{resolve_keys, run_config_path, write_config};
 use crate::error::{Result, TrainError};
-use crate::optim::AdamWConfig;
-use crate::schedule::ScheduleKind;
-use crate::trainer::TrainConfig;
-
-/// The trainer's keys, as in the SFT config. Flattened into each config, whose defaults fill the
-/// keys a file and the command line leave out.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrainKeys {
-    pub learning_rate: f64,
-    /// constant, linear or cosine (after warm-up).
-    pub lr_scheduler: ScheduleKind,
-    pub warmup_steps: usize,
-    pub min_lr_ratio: f64,
-    /// Optimiser steps; 0: `epochs` passes over the data.
-    pub max_steps: usize,
-    pub epochs: usize,
-    pub batch_size: usize,
-    pub grad_accum: usize,
-    /// 0 disables clipping.
-    pub max_grad_norm: f64,
-    pub weight_decay: f64,
-    pub adam_beta1: f64,
-    pub adam_beta2: f64,
-    pub adam_eps: f64,
-    /// 0: evaluate only at the end.
-    pub eval_every: usize,
-    pub eval_batch_size: usize,
-    /// 0: checkpoint only at the end.
-    pub save_every: usize,
-    pub keep_checkpoints: usize,
-    pub seed: u64,
-    pub shuffle: bool,
-}
-
-/// The keys of [`TrainKeys`].
-pub const TRAIN_KEYS: &[&str] = &[
-    "learning_rate",
-    "lr_scheduler",
-    "warmup_steps",
-    "min_lr_ratio",
-    "max_steps",
-    "epochs",
-    "batch_size",
-    "grad_accum",
-    "max_grad_norm",
-    "weight_decay",
-    "adam_beta1",
-    "adam_beta2",
-    "adam_eps",
-    "eval_every",
-    "eval_batch_size",
-    "save_every",
-    "keep_checkpoints",
-    "seed",
-    "shuffle",
-];
-
-impl TrainKeys {
-    fn with_learning_rate(learning_rate: f64) -> Self {
-        let t = TrainConfig::default();
-        TrainKeys {
-            learning_rate,
-            lr_scheduler: t.schedule,
-            warmup_steps: t.warmup_steps,
-            min_lr_ratio: t.min_lr_ratio,
-            max_steps: t.max_steps,
-            epochs: t.epochs,
-            batch_size: t.batch_size,
-            grad_accum: t.grad_accum,
-            max_grad_norm: t.max_grad_norm,
-            weight_decay: t.adamw.weight_decay,
-            adam_beta1: t.adamw.beta1,
-            adam_beta2: t.adamw.beta2,
-            adam_eps: t.adamw.eps,
-            eval_every: t.eval_every,
-            eval_batch_size: t.eval_batch_size,
-            save_every: t.save_every,
-            keep_checkpoints: t.keep_checkpoints,
-            seed: t.seed,
-            shuffle: t.shuffle,
-        }
-    }
-
-    pub fn train_config(&self) -> TrainConfig {
-        TrainConfig {
-            learning_rate: self.learning_rate,
-            schedule: self.lr_scheduler,
-            warmup_steps: self.warmup_steps,
-            min_lr_ratio: self.min_lr_ratio,
-            max_steps: self.max_steps,
-            epochs: self.epochs,
-            batch_size: self.batch_size,
-            grad_accum: self.grad_accum,
-            max_grad_norm: self.max_grad_norm,
-            adamw: AdamWConfig {
-                beta1: self.adam_beta1,
-                beta2: self.adam_beta2,
-                eps: self.adam_eps,
-                weight_decay: self.weight_decay,
-            },
-            eval_every: self.eval_every,
-            eval_batch_size: self.eval_batch_size,
-            save_every: self.save_every,
-            keep_checkpoints: self.keep_checkpoints,
-            seed: self.seed,
-            shuffle: self.shuffle,
-            progress: true,
-        }
-    }
-
-    fn validate(&self, max_length: usize) -> Result<()> {
-        self.train_config().validate()?;
-        if max_length < 2 {
-            return Err(TrainError::config(
-                "max_length",
-                "expected at least 2 tokens",
-            ));
-        }
-        if self.keep_checkpoints == 0 {
-            return Err(TrainError::config(
-                "keep_checkpoints",
-                "expected at least 1",
-            ));
-        }
-        Ok(())
-    }
-}
+use crate::train_keys::train_keys;
+pub use crate::train_keys::TrainKeys;
 
 /// A Bradley-Terry outcome reward model run (`temper rm`). Defaults follow TRL's `RewardConfig`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -220,7 +95,7 @@ const IO_KEYS: &[&str] = &["model", "data", "eval_data", "output", "device", "dt
 /// Every key of an RM config.
 pub fn rm_keys() -> Vec<&'static str> {
     let mut k = IO_KEYS.to_vec();
-    k.extend_from_slice(TRAIN_KEYS);
+    k.extend(train_keys());
     k.extend_from_slice(&["max_length", "center_rewards_coefficient"]);
     k
 }
@@ -228,7 +103,7 @@ pub fn rm_keys() -> Vec<&'static str> {
 /// Every key of a PRM config.
 pub fn prm_keys() -> Vec<&'static str> {
     let mut k = IO_KEYS.to_vec();
-    k.extend_from_slice(TRAIN_KEYS);
+    k.extend(train_keys());
     k.extend_from_slice(&["max_length", "step_separator", "train_on_last_step_only"]);
     k
 }

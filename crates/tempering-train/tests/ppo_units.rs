@@ -17,8 +17,8 @@ use tempering_train::rl::ppo::ppo_token_losses;
 use tempering_train::rl::value::{completion_hidden, logprobs_from_hidden};
 use tempering_train::rl::{
     run_actor_critic, ActorCriticConfig, ActorCriticInputs, Critic, KlControl, KlController,
-    KlEstimator, Method, OnlineConfig, PpoLossConfig, PpoObjective, PpoSample, RolloutSample,
-    ValueHead,
+    KlEstimator, Method, OnlineConfig, OnlineInputs, PpoLossConfig, PpoObjective, PpoSample,
+    RolloutSample, ValueHead,
 };
 use tempering_train::Rng;
 
@@ -282,7 +282,7 @@ fn run(
     run_actor_critic(
         c,
         ActorCriticInputs {
-            online: online_inputs(
+            online: OnlineInputs::new(
                 policy.clone(),
                 params,
                 Some(model),
@@ -389,7 +389,7 @@ fn a_reference_sharing_the_policy_weights_is_refused() {
     let err = run_actor_critic(
         &config(Method::Ppo, 1),
         ActorCriticInputs {
-            online: online_inputs(
+            online: OnlineInputs::new(
                 policy.clone(),
                 params,
                 // A clone of a trainable model holds the same `Var`s.

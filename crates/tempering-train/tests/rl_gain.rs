@@ -38,7 +38,7 @@ use tempering_train::dpo::{
 };
 use tempering_train::rl::{
     run_actor_critic, run_online, ActorCriticConfig, ActorCriticInputs, AdvantageEstimator,
-    Algorithm, LossType, Method, OnlineConfig, OnlineSummary,
+    Algorithm, GrpoConfig, LossType, Method, OnlineConfig, OnlineInputs, OnlineSummary,
 };
 use tempering_train::{ScheduleKind, TrainConfig, Trainer};
 
@@ -91,26 +91,29 @@ fn sft() -> &'static Sft {
     })
 }
 
-fn grpo_config() -> OnlineConfig {
-    let mut c = OnlineConfig {
+fn grpo_config() -> GrpoConfig {
+    let mut c = GrpoConfig {
+        online: OnlineConfig {
+            num_generations: knob("RL_GENS", 8),
+            prompts_per_step: knob("RL_PROMPTS", 16),
+            steps: knob("RL_STEPS", 50),
+            micro_batch_size: 64,
+            learning_rate: knob("RL_LR", 1e-3),
+            max_completion_length: 48,
+            temperature: knob("RL_TEMP", 1.0),
+            warmup_steps: knob("RL_WARMUP", 0),
+            log_rollouts_every: 5,
+            seed: 3,
+            progress: false,
+            ..OnlineConfig::default()
+        },
         algorithm: match knob("RL_ALGO", "grpo".to_string()).as_str() {
             "rloo" => Algorithm::Rloo,
             _ => Algorithm::Grpo,
         },
-        num_generations: knob("RL_GENS", 8),
-        prompts_per_step: knob("RL_PROMPTS", 16),
-        steps: knob("RL_STEPS", 50),
         num_iterations: knob("RL_ITERS", 1),
-        micro_batch_size: 64,
-        learning_rate: knob("RL_LR", 1e-3),
-        max_completion_length: 48,
-        temperature: knob("RL_TEMP", 1.0),
         dynamic_sampling_rounds: knob("RL_DYN", 0),
-        warmup_steps: knob("RL_WARMUP", 0),
-        log_rollouts_every: 5,
-        seed: 3,
-        progress: false,
-        ..OnlineConfig::default()
+        ..GrpoConfig::default()
     };
     c.loss.loss_type = knob("RL_LOSS", LossType::Dapo);
     c.loss.beta = knob("RL_BETA", 0.0);
@@ -138,12 +141,12 @@ fn grpo_raises_greedy_accuracy_of_the_tiny_sft_model() {
     let c = grpo_config();
     let summary = run_online(
         &c,
-        online_inputs(policy.clone(), params, reference, tok, &prompts, &reward),
+        OnlineInputs::new(policy.clone(), params, reference, tok, &prompts, &reward),
         &dir.path().join("grpo"),
         false,
     )
     .unwrap();
-    assert_eq!(summary.steps, c.steps);
+    assert_eq!(summary.steps, c.online.steps);
     let after = greedy_accuracy(&policy, tok, eval);
     let after_held_out = greedy_accuracy(&policy, tok, held_out);
     let recs = tempering_train::metrics::read(&dir.path().join("grpo/metrics.jsonl")).unwrap();
@@ -206,19 +209,22 @@ fn grpo_raises_held_out_greedy_accuracy_of_the_tiny_sft_model() {
     .unwrap();
     let prompts = prompt_items(&train, &tok);
     let (policy, params, reference) = trainable_policy(&model, 0, "");
-    let mut c = OnlineConfig {
+    let mut c = GrpoConfig {
+        online: OnlineConfig {
+            num_generations: 8,
+            prompts_per_step: 16,
+            steps: knob("RL_HELD_OUT_STEPS", 80),
+            micro_batch_size: 64,
+            learning_rate: knob("RL_HELD_OUT_LR", 5e-5),
+            max_completion_length: 64,
+            temperature: knob("RL_HELD_OUT_TEMP", 0.6),
+            log_rollouts_every: 0,
+            seed: 1,
+            progress: false,
+            ..OnlineConfig::default()
+        },
         algorithm: Algorithm::Grpo,
-        num_generations: 8,
-        prompts_per_step: 16,
-        steps: knob("RL_HELD_OUT_STEPS", 80),
-        micro_batch_size: 64,
-        learning_rate: knob("RL_HELD_OUT_LR", 5e-5),
-        max_completion_length: 64,
-        temperature: knob("RL_HELD_OUT_TEMP", 0.6),
-        log_rollouts_every: 0,
-        seed: 1,
-        progress: false,
-        ..OnlineConfig::default()
+        ..GrpoConfig::default()
     };
     c.loss.loss_type = LossType::Dapo;
     c.loss.beta = 0.0;
@@ -227,7 +233,7 @@ fn grpo_raises_held_out_greedy_accuracy_of_the_tiny_sft_model() {
     let reward = TaskReward { invert: false };
     run_online(
         &c,
-        online_inputs(policy.clone(), params, reference, &tok, &prompts, &reward),
+        OnlineInputs::new(policy.clone(), params, reference, &tok, &prompts, &reward),
         &dir.path().join("grpo"),
         false,
     )
@@ -319,7 +325,7 @@ fn train(
     let summary = run_actor_critic(
         &ac_config(method),
         ActorCriticInputs {
-            online: online_inputs(policy.clone(), params, reference, &s.tok, &prompts, &reward),
+            online: OnlineInputs::new(policy.clone(), params, reference, &s.tok, &prompts, &reward),
             // AC_CRITIC=1: a separate critic, a full copy of the SFT model (all weights trained).
             critic_model: (knob("AC_CRITIC", 0) == 1).then(|| {
                 let mut c = deep_copy(&s.model);

@@ -13,8 +13,8 @@ use tempering_train::metrics::read;
 use tempering_train::objective::{Mode, Objective, StepContext};
 use tempering_train::rl::policy_loss::completion_logprobs;
 use tempering_train::rl::{
-    run_online, Algorithm, LossType, OnlineConfig, OnlineInputs, PolicyLossConfig, PolicyObjective,
-    RolloutSample,
+    run_online, Algorithm, GrpoConfig, LossType, OnlineConfig, OnlineInputs, PolicyLossConfig,
+    PolicyObjective, RolloutSample,
 };
 use tempering_train::Rng;
 
@@ -34,36 +34,39 @@ impl Verifier for NonDigitShare {
     }
 }
 
-fn config(steps: usize, iterations: usize) -> OnlineConfig {
-    OnlineConfig {
+fn config(steps: usize, iterations: usize) -> GrpoConfig {
+    GrpoConfig {
+        online: OnlineConfig {
+            num_generations: 4,
+            prompts_per_step: 3,
+            steps,
+            micro_batch_size: 5,
+            learning_rate: 1e-2,
+            max_completion_length: 12,
+            log_rollouts_every: 1,
+            seed: 11,
+            progress: false,
+            ..OnlineConfig::default()
+        },
         algorithm: Algorithm::Grpo,
-        num_generations: 4,
-        prompts_per_step: 3,
-        steps,
         num_iterations: iterations,
-        micro_batch_size: 5,
-        learning_rate: 1e-2,
-        max_completion_length: 12,
-        log_rollouts_every: 1,
-        seed: 11,
-        progress: false,
         loss: PolicyLossConfig {
             beta: 0.05,
             loss_type: LossType::Grpo,
             max_completion_length: 12,
             ..PolicyLossConfig::default()
         },
-        ..OnlineConfig::default()
+        ..GrpoConfig::default()
     }
 }
 
-fn run(dir: &std::path::Path, c: &OnlineConfig, resume: bool) -> Transformer {
+fn run(dir: &std::path::Path, c: &GrpoConfig, resume: bool) -> Transformer {
     run_with(dir, c, resume, None).0
 }
 
 fn run_with(
     dir: &std::path::Path,
-    c: &OnlineConfig,
+    c: &GrpoConfig,
     resume: bool,
     verifier: Option<&dyn Verifier>,
 ) -> (Transformer, tempering_train::rl::OnlineSummary) {
@@ -73,17 +76,15 @@ fn run_with(
     let params = policy.make_trainable(|_| true).unwrap();
     let summary = run_online(
         c,
-        OnlineInputs {
-            verifier,
-            ..online_inputs(
-                policy.clone(),
-                params,
-                Some(model),
-                &tok,
-                &prompts,
-                &DigitShare,
-            )
-        },
+        OnlineInputs::new(
+            policy.clone(),
+            params,
+            Some(model),
+            &tok,
+            &prompts,
+            &DigitShare,
+        )
+        .with_verifier(verifier),
         dir,
         resume,
     )
@@ -113,7 +114,7 @@ fn trainer_logprobs_equal_the_sampling_logprobs_at_any_temperature() {
     for temperature in [1.0, 0.7, 1.5] {
         let dir = tempfile::tempdir().unwrap();
         let mut c = config(1, 2);
-        c.temperature = temperature;
+        c.online.temperature = temperature;
         run(dir.path(), &c, false);
         let recs = read(&dir.path().join("metrics.jsonl")).unwrap();
         // The engine's logprobs of the sampled tokens (from the tempered distribution) against the
@@ -264,9 +265,9 @@ fn clipped_loss_gradient_equals_policy_gradient_when_beta_is_zero() {
 fn grpo_increases_a_simple_reward() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(25, 1);
-    c.prompts_per_step = 4;
-    c.num_generations = 8;
-    c.learning_rate = 3e-3;
+    c.online.prompts_per_step = 4;
+    c.online.num_generations = 8;
+    c.online.learning_rate = 3e-3;
     c.loss.beta = 0.0;
     run(dir.path(), &c, false);
     let recs = read(&dir.path().join("metrics.jsonl")).unwrap();
@@ -281,9 +282,9 @@ fn grpo_increases_a_simple_reward() {
 fn a_gamed_proxy_makes_the_hacking_monitor_fire() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(25, 1);
-    c.prompts_per_step = 4;
-    c.num_generations = 8;
-    c.learning_rate = 3e-3;
+    c.online.prompts_per_step = 4;
+    c.online.num_generations = 8;
+    c.online.learning_rate = 3e-3;
     c.loss.beta = 0.0;
     let (_, summary) = run_with(dir.path(), &c, false, Some(&NonDigitShare));
     assert!(
@@ -314,7 +315,7 @@ fn a_reference_sharing_the_policy_weights_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let err = run_online(
         &config(1, 1),
-        online_inputs(
+        OnlineInputs::new(
             policy.clone(),
             params,
             Some(trained.without_adapters()),

@@ -19,7 +19,7 @@ use tempering_train::dpo::{
 use tempering_train::run_lock::RunLock;
 use tempering_train::{checkpoint, Trainer};
 
-use crate::commands::sft::{required, write_final};
+use crate::commands::common::{required, write_final};
 use crate::device::device_and_dtype;
 
 /// Every config key is also a flag (`beta` is `--beta`); flags win over the file.

@@ -14,7 +14,7 @@ use tempering_train::dpo::{
     load_pairs, DpoObjective, PreferenceConfig, PreferenceKind, PreferenceObjective, Reference,
 };
 
-use crate::commands::sft::required;
+use crate::commands::common::required;
 use crate::device::device_and_dtype;
 
 #[derive(Args)]

@@ -18,10 +18,10 @@ use super::search::rule_step_checker;
 
 #[derive(Args, Debug)]
 pub struct LabelStepsArgs {
-    /// The policy that writes solutions and rollouts: an HF directory or a GGUF file (with
-    /// --backend: its tokenizer only; the server runs the policy).
-    #[arg(long)]
-    pub policy: PathBuf,
+    /// The policy that writes solutions and rollouts: an HF directory or a GGUF file (`--policy`
+    /// is the older spelling; with --backend: its tokenizer only, the server runs the policy).
+    #[arg(long, visible_alias = "policy")]
+    pub model: PathBuf,
     /// A PEFT LoRA adapter directory to run on top of the policy.
     #[arg(long)]
     pub adapter: Option<PathBuf>,
@@ -92,7 +92,7 @@ pub fn run(a: LabelStepsArgs) -> Result<()> {
         },
     )?;
     let generator = open_generator(
-        &a.policy,
+        &a.model,
         a.adapter.as_deref(),
         &a.device,
         a.batch_rows,
@@ -176,4 +176,26 @@ pub fn run(a: LabelStepsArgs) -> Result<()> {
         a.output.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        a: LabelStepsArgs,
+    }
+
+    #[test]
+    fn the_model_is_model_as_in_every_command_and_policy_still_works() {
+        for flag in ["--model", "--policy"] {
+            let cli =
+                Cli::try_parse_from(["x", flag, "m", "--task", "arithmetic", "--output", "o"])
+                    .unwrap();
+            assert_eq!(cli.a.model, PathBuf::from("m"));
+        }
+    }
 }

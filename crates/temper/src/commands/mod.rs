@@ -1,5 +1,6 @@
 pub mod backend_flags;
 pub mod chat;
+pub mod common;
 pub mod demo;
 pub mod demo_report;
 pub mod dpo;

@@ -12,8 +12,8 @@ use tempering_model::{save_classifier, ClassifierSave, HeadKind};
 use tempering_train::prm::{load_step_sequences, StepDataOptions};
 use tempering_train::{PrmConfig, PrmObjective, Trainer};
 
-use super::rm::{flag_table, open_with_head, required, run_dir};
-use super::sft::write_final;
+use super::common::{flag_table, required, run_dir, write_final};
+use super::rm::open_with_head;
 use super::train_flags::TrainFlags;
 use crate::device::device_and_dtype;
 
@@ -66,7 +66,7 @@ pub fn prm(a: PrmArgs) -> Result<()> {
         model_path,
         HeadKind::Token,
         2,
-        cfg.train.seed,
+        cfg.train.step.seed,
         dtype,
         &device,
     )?;

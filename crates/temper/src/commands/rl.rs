@@ -1,36 +1,45 @@
-//! `temper grpo` and `temper rloo`: online RL with verifiable rewards. Resolves flags into the
-//! library's `OnlineConfig`, loads the policy (full or LoRA), the reference, the prompts (a dataset
-//! or a built-in task), the reward spec and the guards' data, runs `run_online`, and writes the
-//! final model or adapter. Holds no algorithm of its own.
+//! `temper grpo` and `temper rloo`: online RL with verifiable rewards. Resolves the run config
+//! (defaults, then `--config FILE`, then flags; `--resume` takes its saved `config.toml`) into the
+//! library's `GrpoConfig`, loads the policy (full or LoRA), the reference, the prompts (a dataset or
+//! a built-in task), the reward spec and the guards' data, runs `run_online`, and writes the final
+//! model or adapter. Also the pieces `temper ppo`/`trpo` share: the RL flags, prompts, rewards and
+//! the run's opening. Holds no algorithm of its own.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Var};
 use clap::Args;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tempering_generate::render_chat;
-use tempering_model::loader::save_hf_dir;
-use tempering_model::{save_peft, ChatMessage, LoraConfig, LoraTarget, ModelFiles, Tokenizer};
+use tempering_model::{ChatMessage, ModelFiles, Tokenizer, Transformer};
 use tempering_reward::learned::ProcessRewardModel;
 use tempering_reward::spec::{build_reward, RewardContext};
-use tempering_reward::StepScorer;
+use tempering_reward::{StepScorer, Verifier};
 use tempering_tasks::dataset::{load_rl_prompts, TextOrChat};
 use tempering_tasks::{generate, task_by_name, GenerateSpec, Split};
-use tempering_train::checkpoint;
+use tempering_train::rl::run_config::{legacy_json_overrides, GrpoRunConfig, RlKeys};
 use tempering_train::rl::{
-    run_online, Algorithm, GuardConfig, KlEstimator, LossType, OnlineConfig, OnlineInputs,
-    PolicyLossConfig, PromptItem, ScaleRewards,
+    run_online, KlEstimator, LossType, OnlineInputs, PromptItem, ScaleRewards,
 };
 use tempering_train::run_lock::RunLock;
 use tempering_train::sft::{load_sft_sequences, SftDataOptions, SftSequence};
-use tempering_train::ScheduleKind;
 
-use crate::commands::sft::write_final;
+use crate::commands::common::{
+    flag_table, lora_config, refuse_flags_with_resume, required, run_dir, save_policy,
+    trainable_policy,
+};
+use crate::commands::train_flags::StepFlags;
 use crate::device::device_and_dtype;
 
-/// Flags of an online RL run; saved as the run's `config.json` so `--resume` continues it as it was.
-#[derive(Args, Serialize, Deserialize, Debug, Clone)]
-pub struct RlArgs {
+/// The flags of every online RL command; each is a config key (`num_generations` is
+/// `--num-generations`) and, when given, overrides the config file.
+#[derive(Args, Serialize, Default, Debug, Clone)]
+pub struct RlFlags {
+    /// A TOML file with any of the command's keys (unknown keys are an error).
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
     /// Continue the run in this directory from its last checkpoint, with its saved config.
     #[arg(long)]
     #[serde(skip)]
@@ -41,219 +50,324 @@ pub struct RlArgs {
     pub quiet: bool,
 
     /// The policy to start from: an HF directory or a GGUF file.
-    #[arg(long, required_unless_present = "resume")]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<PathBuf>,
     /// RL prompts (JSONL or Parquet): `prompt` (text or messages) and the reference answer.
-    #[arg(long, conflicts_with = "task")]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub data: Option<PathBuf>,
-    /// The column holding the reference answer.
-    #[arg(long, default_value = "answer")]
-    pub answer_column: String,
+    /// The column holding the reference answer (default: answer).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answer_column: Option<String>,
     /// Or prompts from a built-in task's train split (with its verifier as the default reward).
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub task: Option<String>,
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub level: Option<u32>,
-    /// Built-in task prompts to draw.
-    #[arg(long, default_value_t = 2000)]
-    pub num_prompts: usize,
+    /// Built-in task prompts to draw (default 2000).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub num_prompts: Option<usize>,
     /// The run directory to create.
-    #[arg(long, required_unless_present = "resume")]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub output: Option<PathBuf>,
-
     /// The training reward, e.g. `task_verifier`, `math_answer`, `0.8*math_answer+0.2*format=...`
     /// (default: task_verifier with --task, math_answer otherwise).
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub reward: Option<String>,
     /// A held-out verifier logged beside the reward on the same rollouts; the run warns when the
     /// reward rises while this falls (reward hacking).
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub verifier: Option<String>,
 
-    #[arg(long, default_value_t = 8)]
-    pub num_generations: usize,
-    /// Prompts per rollout batch.
-    #[arg(long, default_value_t = 8)]
-    pub prompts_per_step: usize,
-    /// Rollout batches.
-    #[arg(long, default_value_t = 100)]
-    pub steps: usize,
-    /// Optimiser steps over each rollout batch.
-    #[arg(long, default_value_t = 1)]
-    pub num_iterations: usize,
-    #[arg(long, default_value_t = 16)]
-    pub micro_batch_size: usize,
-    #[arg(long, default_value_t = 1e-6)]
-    pub learning_rate: f64,
-    /// constant, linear or cosine.
-    #[arg(long, default_value = "constant")]
-    pub lr_scheduler: String,
-    #[arg(long, default_value_t = 0)]
-    pub warmup_steps: usize,
-    #[arg(long, default_value_t = 1.0)]
-    pub max_grad_norm: f64,
-    #[arg(long, default_value_t = 0.0)]
-    pub weight_decay: f64,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub train: StepFlags,
 
-    #[arg(long, default_value_t = 1.0)]
-    pub temperature: f32,
-    #[arg(long, default_value_t = 1.0)]
-    pub top_p: f32,
-    #[arg(long, default_value_t = 0)]
-    pub top_k: usize,
-    #[arg(long, default_value_t = 256)]
-    pub max_completion_length: usize,
+    /// Completions per prompt (default 8).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub num_generations: Option<usize>,
+    /// Prompts per rollout batch (default 8).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompts_per_step: Option<usize>,
+    /// Rollout batches (default 100).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps: Option<usize>,
+    /// Completions per micro-batch of the update (default 16).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub micro_batch_size: Option<usize>,
+    /// Sampling temperature (default 1).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f32>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<usize>,
+    /// (default 256)
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_completion_length: Option<usize>,
     /// Sample exactly --max-completion-length tokens, past EOS (fixed benchmark workloads).
-    #[arg(long)]
-    #[serde(default)]
-    pub ignore_eos: bool,
-
-    /// grpo, dr_grpo, dapo or bnpo.
-    #[arg(long, default_value = "dapo")]
-    pub loss_type: String,
-    #[arg(long, default_value_t = 0.2)]
-    pub epsilon: f64,
-    /// Upper clip bound (clip-higher); default: --epsilon.
-    #[arg(long)]
-    pub epsilon_high: Option<f64>,
-    /// KL penalty to the reference.
-    #[arg(long, default_value_t = 0.0)]
-    pub beta: f64,
-    /// k1, k2 or k3.
-    #[arg(long, default_value = "k3")]
-    pub kl_estimator: String,
-    #[arg(long, default_value_t = 0.0)]
-    pub entropy_coef: f64,
-    /// group, batch or none.
-    #[arg(long, default_value = "group")]
-    pub scale_rewards: String,
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ignore_eos: Option<bool>,
     /// Leave truncated completions out of the loss (overlong filtering).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mask_truncated_completions: Option<bool>,
+    /// The ratio's clip (default 0.2).
     #[arg(long)]
-    pub mask_truncated_completions: bool,
-    /// Dynamic sampling: refill groups whose rewards all tie, at most this many extra rounds.
-    #[arg(long, default_value_t = 0)]
-    pub dynamic_sampling_rounds: usize,
-
-    /// Process supervision (grpo, rloo): score every step with `rule` (the task's rule step
-    /// checker, which sees no reference answer) or a PRM directory from `temper prm`. The outcome
-    /// reward joins the last step's score; a token's advantage sums the group-normalised scores
-    /// of its step and the steps after it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epsilon: Option<f64>,
+    /// k1, k2 or k3 (default k3).
     #[arg(long)]
-    #[serde(default)]
-    pub process_reward: Option<String>,
-
-    /// Write rollouts to rollouts.jsonl every this many batches (0: never).
-    #[arg(long, default_value_t = 10)]
-    pub log_rollouts_every: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kl_estimator: Option<KlEstimator>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entropy_coef: Option<f64>,
+    /// Write rollouts to rollouts.jsonl every this many batches (0: never; default 10).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_rollouts_every: Option<usize>,
     /// SFT-format data whose loss is watched for forgetting.
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub retain_data: Option<PathBuf>,
-    #[arg(long, default_value_t = 10)]
-    pub retain_every: usize,
-    /// Warn when the retain loss rises by more than this fraction.
-    #[arg(long, default_value_t = 0.1)]
-    pub forgetting_threshold: f64,
-    /// SFT-format data replayed into the loss against forgetting.
+    /// (default 10)
     #[arg(long)]
-    pub replay_data: Option<PathBuf>,
-    #[arg(long, default_value_t = 0.0)]
-    pub replay_coef: f64,
-    #[arg(long, default_value_t = 8)]
-    pub replay_batch_size: usize,
-    /// Warn when the per-token KL to the reference exceeds this.
-    #[arg(long, default_value_t = 0.5)]
-    pub kl_limit: f64,
-    #[arg(long, default_value_t = 6)]
-    pub hacking_window: usize,
-    #[arg(long, default_value_t = 1.5)]
-    pub length_drift_ratio: f64,
-
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retain_every: Option<usize>,
+    /// Warn when the retain loss rises by more than this fraction (default 0.1).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forgetting_threshold: Option<f64>,
+    /// Warn when the per-token KL to the reference exceeds this (default 0.5).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kl_limit: Option<f64>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hacking_window: Option<usize>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub length_drift_ratio: Option<f64>,
     /// LoRA rank; 0: full fine-tuning (with a frozen copy as the reference).
-    #[arg(long, default_value_t = 0)]
-    pub lora_r: usize,
-    #[arg(long, default_value_t = 16.0)]
-    pub lora_alpha: f64,
-    #[arg(long, default_value = "q,v")]
-    pub lora_targets: String,
-
-    /// Checkpoint every this many rollout batches (0: only at the end).
-    #[arg(long, default_value_t = 0)]
-    pub save_every: usize,
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lora_r: Option<usize>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lora_alpha: Option<f64>,
+    /// q,k,v,o,gate,up,down or all (default q,v).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lora_targets: Option<String>,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// f32, bf16 or f16.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub dtype: Option<String>,
 }
 
-fn parse<T: std::str::FromStr<Err = String>>(flag: &str, v: &str) -> Result<T> {
-    v.parse()
-        .map_err(|e: String| anyhow::anyhow!("--{flag}: {e}"))
+/// `temper grpo` and `temper rloo`: the shared RL flags plus the GRPO family's.
+#[derive(Args, Serialize, Default, Debug, Clone)]
+pub struct GrpoArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub rl: RlFlags,
+    /// REINFORCE++ (grpo only): batch-whitened returns with the per-token KL in the reward.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reinforce_pp: Option<bool>,
+    /// Optimiser steps over each rollout batch (default 1).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub num_iterations: Option<usize>,
+    /// grpo, dr_grpo, dapo or bnpo (default dapo).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss_type: Option<LossType>,
+    /// Upper clip bound (clip-higher); default: --epsilon.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epsilon_high: Option<f64>,
+    /// KL penalty to the reference (default 0).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub beta: Option<f64>,
+    /// group, batch or none (default group).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scale_rewards: Option<ScaleRewards>,
+    /// Dynamic sampling: refill groups whose rewards all tie, at most this many extra rounds.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dynamic_sampling_rounds: Option<usize>,
+    /// Process supervision: score every step with `rule` (the task's rule step checker, which
+    /// sees no reference answer) or a PRM directory from `temper prm`. The outcome reward joins the
+    /// last step's score; a token's advantage sums the group-normalised scores of its step and the
+    /// steps after it.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process_reward: Option<String>,
+    /// SFT-format data replayed into the loss against forgetting.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replay_data: Option<PathBuf>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replay_coef: Option<f64>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replay_batch_size: Option<usize>,
 }
 
-impl RlArgs {
-    /// The library config for `algorithm`.
-    pub fn online_config(&self, algorithm: Algorithm) -> Result<OnlineConfig> {
-        let schedule: ScheduleKind = self
-            .lr_scheduler
-            .parse()
-            .map_err(|e| anyhow::anyhow!("--lr-scheduler: {e}"))?;
-        Ok(OnlineConfig {
-            algorithm,
-            num_generations: self.num_generations,
-            prompts_per_step: self.prompts_per_step,
-            steps: self.steps,
-            num_iterations: self.num_iterations,
-            micro_batch_size: self.micro_batch_size,
-            learning_rate: self.learning_rate,
-            schedule,
-            warmup_steps: self.warmup_steps,
-            max_grad_norm: self.max_grad_norm,
-            weight_decay: self.weight_decay,
-            temperature: self.temperature,
-            top_p: self.top_p,
-            top_k: self.top_k,
-            max_completion_length: self.max_completion_length,
-            ignore_eos: self.ignore_eos,
-            loss: PolicyLossConfig {
-                loss_type: parse::<LossType>("loss-type", &self.loss_type)?,
-                epsilon_low: self.epsilon,
-                epsilon_high: self.epsilon_high.unwrap_or(self.epsilon),
-                beta: self.beta,
-                kl_estimator: parse::<KlEstimator>("kl-estimator", &self.kl_estimator)?,
-                entropy_coef: self.entropy_coef,
-                max_completion_length: self.max_completion_length,
-            },
-            scale_rewards: parse::<ScaleRewards>("scale-rewards", &self.scale_rewards)?,
-            mask_truncated_completions: self.mask_truncated_completions,
-            dynamic_sampling_rounds: self.dynamic_sampling_rounds,
-            log_rollouts_every: self.log_rollouts_every,
-            retain_every: if self.retain_data.is_some() {
-                self.retain_every
-            } else {
-                0
-            },
-            replay_coef: self.replay_coef,
-            replay_batch_size: self.replay_batch_size,
-            guards: GuardConfig {
-                hacking_window: self.hacking_window,
-                length_drift_ratio: self.length_drift_ratio,
-                kl_limit: self.kl_limit,
-                forgetting_threshold: self.forgetting_threshold,
-                ..GuardConfig::default()
-            },
-            save_every: self.save_every,
-            seed: self.seed,
-            progress: !self.quiet,
-            ..OnlineConfig::default()
+/// The run's config, directory, lock and whether it resumes: a new run's config from the file and
+/// the flags, or the saved one of the run `--resume` names (its `config.toml`, or the `config.json`
+/// of a run started before there was one, read through `legacy` into the command's keys).
+pub(crate) fn open_run<C>(
+    flags: &RlFlags,
+    cli: toml::Table,
+    resolve: impl Fn(Option<&Path>, toml::Table) -> tempering_train::Result<C>,
+    keys: &[&str],
+    output: impl Fn(&C) -> Option<&Path>,
+) -> Result<(C, PathBuf, bool, RunLock)> {
+    if let Some(dir) = &flags.resume {
+        refuse_flags_with_resume(dir, &cli, flags.config.is_some())?;
+        let (run, resume, lock) = run_dir(Some(dir), &cli, false, None)?;
+        let toml_path = dir.join("config.toml");
+        let json_path = dir.join("config.json");
+        let cfg = if !toml_path.is_file() && json_path.is_file() {
+            let text = std::fs::read_to_string(&json_path)
+                .with_context(|| format!("reading {}", json_path.display()))?;
+            let json: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{}: not a saved RL config", json_path.display()))?;
+            resolve(None, legacy_json_overrides(&json, keys)?)
+                .with_context(|| format!("{}", json_path.display()))?
+        } else {
+            resolve(
+                Some(&tempering_train::config::run_config_path(dir)?),
+                toml::Table::new(),
+            )?
+        };
+        return Ok((cfg, run, resume, lock));
+    }
+    let cfg = resolve(flags.config.as_deref(), cli)?;
+    let (run, resume, lock) = run_dir(None, &toml::Table::new(), false, output(&cfg))?;
+    Ok((cfg, run, resume, lock))
+}
+
+/// What every online RL command opens before its algorithm runs: the model, device, tokenizer,
+/// prompts, rewards, retain data and the policy to train with its reference.
+pub(crate) struct RlRun {
+    pub model_path: PathBuf,
+    pub files: ModelFiles,
+    pub device: Device,
+    pub dtype: DType,
+    pub tok: Tokenizer,
+    pub prompts: Vec<PromptItem>,
+    pub reward_spec: String,
+    pub reward: Box<dyn Verifier>,
+    pub verifier: Option<Box<dyn Verifier>>,
+    pub retain: Option<Vec<SftSequence>>,
+    pub lora: Option<tempering_model::LoraConfig>,
+    pub policy: Transformer,
+    pub params: Vec<(String, Var)>,
+    pub reference: Option<Transformer>,
+}
+
+impl RlRun {
+    pub(crate) fn open(k: &RlKeys) -> Result<Self> {
+        let model_path = required(&k.model, "model")?.to_path_buf();
+        let (device, dtype) = device_and_dtype(&k.device, k.dtype.as_deref())?;
+        let files = ModelFiles::open(&model_path, dtype, &device)
+            .with_context(|| format!("opening the model {}", model_path.display()))?;
+        let tok = files.require_tokenizer()?.clone();
+        let template = files.chat_template.as_ref();
+        let prompts = prompt_items(k, &tok, template)?;
+        let ctx = RewardContext {
+            task: k.task.clone(),
+            level: k.level,
+        };
+        let reward_spec = k.reward_spec();
+        let reward = build_reward(&reward_spec, &ctx).with_context(|| "--reward")?;
+        let verifier = match &k.verifier {
+            Some(s) => Some(build_reward(s, &ctx).with_context(|| "--verifier")?),
+            None => None,
+        };
+        let retain = match &k.retain_data {
+            Some(p) => Some(sft_data(p, &tok, template)?),
+            None => None,
+        };
+        let lora = lora_config(k.lora_r, k.lora_alpha, &k.lora_targets)?;
+        let (policy, params, reference) =
+            trainable_policy(files.transformer()?, lora.as_ref(), k.train.seed)?;
+        Ok(RlRun {
+            model_path,
+            files,
+            device,
+            dtype,
+            tok,
+            prompts,
+            reward_spec,
+            reward,
+            verifier,
+            retain,
+            lora,
+            policy,
+            params,
+            reference,
         })
+    }
+
+    /// The driver's inputs (no process reward or replay; GRPO adds those).
+    pub(crate) fn inputs(&self) -> OnlineInputs<'_> {
+        OnlineInputs::new(
+            self.policy.clone(),
+            self.params.clone(),
+            self.reference.clone(),
+            &self.tok,
+            &self.prompts,
+            self.reward.as_ref(),
+        )
+        .with_verifier(self.verifier.as_deref())
+        .with_retain(self.retain.as_deref())
+    }
+
+    /// Writes the trained policy (adapter or model) into `run_dir`.
+    pub(crate) fn save(&self, run_dir: &Path) -> Result<PathBuf> {
+        save_policy(
+            run_dir,
+            &self.policy,
+            self.lora.is_some(),
+            &self.model_path,
+            &self.files,
+            self.dtype,
+        )
     }
 }
 
 /// Prompts as the policy sees them: chat prompts through the model's template.
 pub(crate) fn prompt_items(
-    a: &RlArgs,
+    a: &RlKeys,
     tok: &Tokenizer,
     template: Option<&tempering_model::ChatTemplate>,
 ) -> Result<Vec<PromptItem>> {
@@ -265,7 +379,7 @@ pub(crate) fn prompt_items(
             &GenerateSpec {
                 level,
                 n: a.num_prompts,
-                seed: a.seed,
+                seed: a.train.seed,
                 split: Split::Train,
                 unique: false,
             },
@@ -320,7 +434,7 @@ pub(crate) fn prompt_items(
 pub(crate) fn process_scorer(
     spec: &str,
     task: Option<&str>,
-    device: &candle_core::Device,
+    device: &Device,
 ) -> Result<Box<dyn StepScorer>> {
     if spec == "rule" {
         return crate::commands::search::rule_step_checker("--process-reward rule", task);
@@ -345,132 +459,48 @@ pub(crate) fn sft_data(
     Ok(seqs)
 }
 
-pub fn run(a: RlArgs, algorithm: Algorithm) -> Result<()> {
-    let (a, run_dir, resume, _lock) = match &a.resume {
-        Some(dir) => {
-            let lock = RunLock::acquire(dir)?;
-            checkpoint::latest(dir)?;
-            let path = dir.join("config.json");
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            let mut saved: RlArgs = serde_json::from_str(&text)
-                .with_context(|| format!("{}: not a saved RL config", path.display()))?;
-            saved.quiet = a.quiet;
-            (saved, dir.clone(), true, lock)
-        }
-        None => {
-            let out = a.output.clone().context("--output is required")?;
-            let lock = RunLock::acquire(&out)?;
-            if out.join("config.json").exists() || !checkpoint::list(&out).is_empty() {
-                bail!(
-                    "{} already holds a run: continue it with --resume {}, or choose another --output",
-                    out.display(),
-                    out.display()
-                );
-            }
-            (a, out, false, lock)
-        }
-    };
-    let config = a.online_config(algorithm)?;
+/// `temper grpo` (`rloo` false) or `temper rloo`.
+pub fn run(a: GrpoArgs, rloo: bool) -> Result<()> {
+    let cli = flag_table(&a)?;
+    let keys = tempering_train::rl::run_config::grpo_keys();
+    let (cfg, run_dir, resume, _lock) = open_run(&a.rl, cli, GrpoRunConfig::resolve, &keys, |c| {
+        c.rl.output.as_deref()
+    })?;
+    let config = cfg.grpo_config(rloo, !a.rl.quiet)?;
     config.validate()?;
-    let model_path = a.model.clone().context("--model is required")?;
-    let (device, dtype) = device_and_dtype(&a.device, a.dtype.as_deref())?;
-    let files = ModelFiles::open(&model_path, dtype, &device)
-        .with_context(|| format!("opening the model {}", model_path.display()))?;
-    let tok = files
-        .tokenizer
-        .clone()
-        .with_context(|| format!("{}: the model has no tokenizer", model_path.display()))?;
-    let template = files.chat_template.as_ref();
-    let prompts = prompt_items(&a, &tok, template)?;
-    let ctx = RewardContext {
-        task: a.task.clone(),
-        level: a.level,
-    };
-    let reward_spec = a.reward.clone().unwrap_or_else(|| {
-        if a.task.is_some() {
-            "task_verifier".into()
-        } else {
-            "math_answer".into()
-        }
-    });
-    let reward = build_reward(&reward_spec, &ctx).with_context(|| "--reward")?;
-    let verifier = match &a.verifier {
-        Some(s) => Some(build_reward(s, &ctx).with_context(|| "--verifier")?),
+    let run = RlRun::open(&cfg.rl)?;
+    let template = run.files.chat_template.as_ref();
+    let process = match &cfg.process_reward {
+        Some(spec) => Some(process_scorer(spec, cfg.rl.task.as_deref(), &run.device)?),
         None => None,
     };
-    let process = match &a.process_reward {
-        Some(spec) => Some(process_scorer(spec, a.task.as_deref(), &device)?),
+    let replay = match &cfg.replay_data {
+        Some(p) => Some(sft_data(p, &run.tok, template)?),
         None => None,
-    };
-    let retain = match &a.retain_data {
-        Some(p) => Some(sft_data(p, &tok, template)?),
-        None => None,
-    };
-    let replay = match &a.replay_data {
-        Some(p) => Some(sft_data(p, &tok, template)?),
-        None => None,
-    };
-
-    let base = files.transformer()?;
-    let mut policy = base.clone();
-    let (params, reference) = if a.lora_r > 0 {
-        let lora = LoraConfig::new(
-            a.lora_r,
-            a.lora_alpha,
-            0.0,
-            LoraTarget::parse_list(&a.lora_targets)?,
-        );
-        (policy.add_lora(&lora, a.seed)?, None)
-    } else {
-        (policy.make_trainable(|_| true)?, Some(base))
     };
     if !resume {
         std::fs::create_dir_all(&run_dir)
             .with_context(|| format!("creating {}", run_dir.display()))?;
-        let text = serde_json::to_string_pretty(&a)?;
-        let path = run_dir.join("config.json");
-        let tmp = run_dir.join(".config.json.tmp");
-        std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+        cfg.write(&run_dir)?;
     }
     eprintln!(
-        "{:?}: {} prompts, {} x {} completions per batch, {} batches, reward `{reward_spec}`",
-        algorithm,
-        prompts.len(),
-        config.prompts_per_step,
-        config.num_generations,
-        config.steps
+        "{:?}: {} prompts, {} x {} completions per batch, {} batches, reward `{}`",
+        config.algorithm,
+        run.prompts.len(),
+        config.online.prompts_per_step,
+        config.online.num_generations,
+        config.online.steps,
+        run.reward_spec
     );
     let summary = run_online(
         &config,
-        OnlineInputs {
-            policy: policy.clone(),
-            params,
-            reference,
-            tokenizer: &tok,
-            prompts: &prompts,
-            reward: reward.as_ref(),
-            verifier: verifier.as_deref(),
-            prm: process.as_deref(),
-            retain: retain.as_deref(),
-            replay: replay.as_deref(),
-        },
+        run.inputs()
+            .with_prm(process.as_deref())
+            .with_replay(replay.as_deref()),
         &run_dir,
         resume,
     )?;
-    let final_dir = if a.lora_r > 0 {
-        let out = run_dir.join("adapter");
-        let base = model_path.display().to_string();
-        write_final(&out, |tmp| Ok(save_peft(tmp, &policy, &base)?))?;
-        out
-    } else {
-        let out = run_dir.join("model");
-        write_final(&out, |tmp| {
-            Ok(save_hf_dir(tmp, &policy, Some(&tok), template, dtype)?)
-        })?;
-        out
-    };
+    let final_dir = run.save(&run_dir)?;
     let get = |k: &str| summary.last.get(k).and_then(|v| v.as_f64());
     eprintln!(
         "done: {} rollout batches; last reward {}, kl {}; warnings {:?}; {} written",
@@ -481,4 +511,39 @@ pub fn run(a: RlArgs, algorithm: Algorithm) -> Result<()> {
         final_dir.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        a: GrpoArgs,
+    }
+
+    #[test]
+    fn every_config_key_is_a_flag_and_flags_override_the_file() {
+        let cmd = Cli::command();
+        let flags: Vec<String> = cmd
+            .get_arguments()
+            .filter_map(|a| a.get_long().map(|s| s.replace('-', "_")))
+            .collect();
+        for key in tempering_train::rl::run_config::grpo_keys() {
+            assert!(flags.iter().any(|f| f == key), "no flag for `{key}`");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("grpo.toml");
+        std::fs::write(&file, "learning_rate = 0.001\nbeta = 0.1\nsteps = 7\n").unwrap();
+        let cli =
+            Cli::try_parse_from(["x", "--beta", "0.2", "--ignore-eos", "--seed", "3"]).unwrap();
+        let cfg = GrpoRunConfig::resolve(Some(&file), flag_table(&cli.a).unwrap()).unwrap();
+        assert_eq!(cfg.rl.train.learning_rate, 0.001);
+        assert_eq!(cfg.rl.steps, 7);
+        assert_eq!(cfg.beta, 0.2);
+        assert!(cfg.rl.ignore_eos);
+        assert_eq!(cfg.rl.train.seed, 3);
+    }
 }

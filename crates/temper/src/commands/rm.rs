@@ -14,10 +14,9 @@ use tempering_model::{
     Tokenizer, Transformer,
 };
 use tempering_train::reward_model::load_preference_pairs;
-use tempering_train::run_lock::RunLock;
-use tempering_train::{checkpoint, RewardModelObjective, RmConfig, Trainer};
+use tempering_train::{RewardModelObjective, RmConfig, Trainer};
 
-use super::sft::write_final;
+use super::common::{flag_table, required, run_dir, write_final};
 use super::train_flags::TrainFlags;
 use crate::device::device_and_dtype;
 
@@ -43,51 +42,6 @@ pub struct RmArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub center_rewards_coefficient: Option<f64>,
-}
-
-/// The command line's keys, for the config resolver.
-pub(crate) fn flag_table<T: Serialize>(a: &T) -> Result<toml::Table> {
-    toml::Table::try_from(a).context("reading the command-line flags")
-}
-
-/// A new run's directory, refusing one that already holds a run; or, with `--resume`, the run to
-/// continue (which takes no other flags).
-pub(crate) fn run_dir(
-    resume: Option<&Path>,
-    cli: &toml::Table,
-    config_file: bool,
-    output: Option<&Path>,
-) -> Result<(PathBuf, bool, RunLock)> {
-    if let Some(dir) = resume {
-        if !cli.is_empty() || config_file {
-            let keys: Vec<&String> = cli.keys().collect();
-            bail!(
-                "--resume continues {} with its saved config.toml; remove {}",
-                dir.display(),
-                if config_file {
-                    "--config".to_string()
-                } else {
-                    format!("{keys:?}")
-                }
-            );
-        }
-        let lock = RunLock::acquire(dir)?;
-        checkpoint::latest(dir)?;
-        return Ok((dir.to_path_buf(), true, lock));
-    }
-    let out = output.context("`output` is not set: give --output or put it in --config")?;
-    let lock = RunLock::acquire(out)?;
-    checkpoint::check_new_run(out)?;
-    Ok((out.to_path_buf(), false, lock))
-}
-
-pub(crate) fn required<'a>(v: &'a Option<PathBuf>, key: &str) -> Result<&'a Path> {
-    v.as_deref().with_context(|| {
-        format!(
-            "`{key}` is not set: give --{} or put it in --config",
-            key.replace('_', "-")
-        )
-    })
 }
 
 /// A decoder with a score head to train: a classifier directory's own head when `path` is one
@@ -170,7 +124,7 @@ pub fn rm(a: RmArgs) -> Result<()> {
         model_path,
         HeadKind::Sequence,
         1,
-        cfg.train.seed,
+        cfg.train.step.seed,
         dtype,
         &device,
     )?;
@@ -286,9 +240,12 @@ mod tests {
             "\n\n",
         ])
         .unwrap();
-        let cfg =
-            tempering_train::PrmConfig::resolve(None, super::flag_table(&cli.a).unwrap()).unwrap();
-        assert_eq!(cfg.train.learning_rate, 0.01);
+        let cfg = tempering_train::PrmConfig::resolve(
+            None,
+            super::super::common::flag_table(&cli.a).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(cfg.train.step.learning_rate, 0.01);
         assert!(cfg.train_on_last_step_only);
         assert_eq!(cfg.step_separator, "\n\n");
         assert_eq!(cfg.train.batch_size, 8);

@@ -13,6 +13,7 @@ use tempering_train::run_lock::RunLock;
 use tempering_train::sft::{load_sft_sequences, PrepareReport};
 use tempering_train::{checkpoint, SftConfig, SftObjective, Trainer};
 
+use crate::commands::common::{required, write_final};
 use crate::device::device_and_dtype;
 
 /// Every config key is also a flag (`learning_rate` is `--learning-rate`); flags win over the file.
@@ -146,15 +147,6 @@ fn overrides(a: &SftArgs) -> Result<toml::Table> {
     toml::Table::try_from(a).context("reading the command-line flags")
 }
 
-pub(crate) fn required<'a>(v: &'a Option<PathBuf>, key: &str) -> Result<&'a Path> {
-    v.as_deref().with_context(|| {
-        format!(
-            "`{key}` is not set: give --{} or put it in --config",
-            key.replace('_', "-")
-        )
-    })
-}
-
 fn print_report(what: &Path, r: &PrepareReport, max_length: usize) {
     eprintln!(
         "{}: {} rows -> {} sequences, {} tokens ({} targets); {} truncated at max_length {}, {} dropped \
@@ -168,24 +160,6 @@ fn print_report(what: &Path, r: &PrepareReport, max_length: usize) {
         max_length,
         r.dropped
     );
-}
-
-/// Writes the final model through a temporary directory renamed into place.
-pub(crate) fn write_final(out: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let parent = out.parent().unwrap_or(Path::new("."));
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
-    let tmp = parent.join(format!(".tmp-{name}"));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
-    }
-    write(&tmp)?;
-    if out.exists() {
-        std::fs::remove_dir_all(out).with_context(|| format!("replacing {}", out.display()))?;
-    }
-    std::fs::rename(&tmp, out).with_context(|| format!("writing {}", out.display()))
 }
 
 pub fn sft(a: SftArgs) -> Result<()> {

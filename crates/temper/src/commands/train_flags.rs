@@ -1,12 +1,15 @@
-//! The trainer's flags shared by the reward-model commands (`temper rm`, `temper prm`): each is a
-//! config key (`learning_rate` is `--learning-rate`) and, when given, overrides the config file.
-//! Holds no logic beyond turning the given flags into config keys.
+//! The trainer's flags, one per key of `tempering_train::train_keys` (`learning_rate` is
+//! `--learning-rate`); when given, each overrides the config file. [`StepFlags`] are every training
+//! command's (the online RL commands take only these); [`TrainFlags`] add the offline trainers'
+//! data-pass flags and the reward-model commands' inputs. Holds no logic beyond turning the given
+//! flags into config keys.
 
 use clap::Args;
 use serde::Serialize;
 
-#[derive(Args, Serialize, Default, Debug)]
-pub struct TrainFlags {
+/// The keys every trainer reads (`tempering_train::train_keys::StepKeys`).
+#[derive(Args, Serialize, Default, Debug, Clone)]
+pub struct StepFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub learning_rate: Option<f64>,
@@ -17,6 +20,30 @@ pub struct TrainFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub warmup_steps: Option<u64>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_grad_norm: Option<f64>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight_decay: Option<f64>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub save_every: Option<u64>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_checkpoints: Option<u64>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+}
+
+/// The offline trainers' flags (`tempering_train::train_keys::TrainKeys`) and the reward-model
+/// commands' inputs.
+#[derive(Args, Serialize, Default, Debug)]
+pub struct TrainFlags {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub step: StepFlags,
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub min_lr_ratio: Option<f64>,
@@ -34,12 +61,6 @@ pub struct TrainFlags {
     pub grad_accum: Option<u64>,
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_grad_norm: Option<f64>,
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub weight_decay: Option<f64>,
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub adam_beta1: Option<f64>,
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -53,15 +74,6 @@ pub struct TrainFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eval_batch_size: Option<u64>,
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub save_every: Option<u64>,
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub keep_checkpoints: Option<u64>,
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub seed: Option<u64>,
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shuffle: Option<bool>,

@@ -1,40 +1,35 @@
-//! The PPO and TRPO driver: sample completions from the policy's current weights, score them, read
-//! the old logprobs, the critic's values and the reference's logprobs, build the classic RLHF
-//! per-token reward (score at the last token minus `kl_coef` times the per-token KL), estimate
-//! advantages by GAE, then update: PPO by several epochs of shuffled minibatches of the clipped
-//! loss (stopping early past an approximate-KL limit), TRPO by one trust-region step of the policy
-//! and regression epochs of the critic. The rollout, scoring, guard, logging and checkpoint code
-//! is GRPO's ([`crate::rl::online`]). Knows the generation engine, the scorers' traits and the
-//! trainer; nothing of the command line.
+//! The actor-critic algorithms, PPO and TRPO, as a plug-in of the online driver
+//! ([`crate::rl::driver`]): the critic (a value head on the policy or a separate critic model), the
+//! old logprobs and values, the classic RLHF per-token reward (the score at the last token minus
+//! `kl_coef` times the per-token KL, with an optional adaptive KL controller), GAE (or group)
+//! advantages, and the update: PPO by several epochs of shuffled minibatches of the clipped loss
+//! (stopping early past an approximate-KL limit), TRPO by one trust-region step of the policy and
+//! regression epochs of the critic. Knows the losses, the critic and the trainer; nothing of
+//! rollouts, guards, logs or checkpoints (the driver's) or of the command line.
 
 use std::path::Path;
 use std::time::Instant;
 
 use candle_core::Var;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map};
-use tempering_generate::{FinishReason, LocalEngine};
+use serde_json::{json, Map, Value};
 use tempering_model::Transformer;
 
-use crate::data::DataOrder;
 use crate::error::{Result, TrainError};
-use crate::metrics::MetricsLog;
 use crate::rl::advantage::{grpo_advantages, ScaleRewards};
-use crate::rl::gae::{explained_variance, gae, token_rewards, whiten, KlControl, KlController};
-use crate::rl::guards::{GuardState, Warning};
-use crate::rl::kl::kl_value;
-use crate::rl::online::{
-    no_grad_logprobs, progress_bar, retain_loss, rollout_groups, score_groups, warn,
-    write_rollouts, OnlineConfig, OnlineInputs, OnlineSummary,
+use crate::rl::driver::{
+    check, run, Batch, OnlineConfig, OnlineInputs, OnlineSummary, RlAlgorithm, Update,
 };
+use crate::rl::gae::{explained_variance, gae, token_rewards, whiten, KlControl, KlController};
+use crate::rl::kl::{kl_value, KlEstimator};
 use crate::rl::policy_loss::RolloutSample;
 use crate::rl::ppo::{actor_critic_forward, PpoLossConfig, PpoObjective, PpoSample};
+use crate::rl::rollout::{no_grad_logprobs, rollout_samples, Group};
 use crate::rl::trpo::{trpo_update, TrpoConfig, TrpoOutcome};
 use crate::rl::value::{Critic, ValueHead};
 use crate::rng::Rng;
 use crate::schedule::Schedule;
-use crate::sft::SftObjective;
-use crate::trainer::{TrainConfig, Trainer};
+use crate::trainer::Trainer;
 
 /// Which policy update.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,14 +64,16 @@ impl std::str::FromStr for AdvantageEstimator {
     }
 }
 
-/// Every setting of a PPO or TRPO run. `online` holds what GRPO shares (rollouts, learning rate,
-/// guards, logging, checkpoints); its algorithm, loss type, group scaling and iteration count are
-/// unused. Defaults follow TRL's `PPOConfig`.
+/// Every setting of a PPO or TRPO run: the shared online keys (rollouts, learning rate, guards,
+/// logging, checkpoints) plus the critic's, GAE's and the update's. Defaults follow TRL's
+/// `PPOConfig`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ActorCriticConfig {
     pub method: Method,
     pub online: OnlineConfig,
     pub loss: PpoLossConfig,
+    /// The per-token KL estimator of the reward's penalty and the logged KL.
+    pub kl_estimator: KlEstimator,
     /// PPO: passes over each rollout batch; TRPO: the critic's regression passes.
     pub epochs: usize,
     /// Minibatches (optimiser steps) per pass.
@@ -106,6 +103,7 @@ impl Default for ActorCriticConfig {
                 ..OnlineConfig::default()
             },
             loss: PpoLossConfig::default(),
+            kl_estimator: KlEstimator::K3,
             epochs: 4,
             num_mini_batches: 1,
             gamma: 1.0,
@@ -123,35 +121,8 @@ impl Default for ActorCriticConfig {
 
 impl ActorCriticConfig {
     pub fn validate(&self) -> Result<()> {
-        let check = |key: &str, ok: bool, msg: &str| {
-            if ok {
-                Ok(())
-            } else {
-                Err(TrainError::config(key, msg))
-            }
-        };
         let o = &self.online;
-        check(
-            "num_generations",
-            o.num_generations >= 1,
-            "expected at least 1",
-        )?;
-        check(
-            "prompts_per_step",
-            o.prompts_per_step > 0,
-            "expected at least 1",
-        )?;
-        check("steps", o.steps > 0, "expected at least 1")?;
-        check(
-            "micro_batch_size",
-            o.micro_batch_size > 0,
-            "expected at least 1",
-        )?;
-        check(
-            "max_completion_length",
-            o.max_completion_length > 0,
-            "expected at least 1",
-        )?;
+        o.validate()?;
         check(
             "temperature",
             o.temperature == 1.0,
@@ -236,29 +207,7 @@ impl ActorCriticConfig {
             "fisher_fraction",
             self.trpo.fisher_fraction > 0.0 && self.trpo.fisher_fraction <= 1.0,
             "expected a number in (0, 1]",
-        )?;
-        check(
-            "replay_coef",
-            o.replay_coef == 0.0,
-            "replay is not supported by PPO and TRPO (watch forgetting with --retain-data)",
         )
-    }
-
-    fn train_config(&self) -> TrainConfig {
-        let o = &self.online;
-        let mut t = TrainConfig {
-            learning_rate: o.learning_rate,
-            schedule: o.schedule,
-            warmup_steps: o.warmup_steps,
-            max_steps: o.steps * self.epochs * self.num_mini_batches,
-            max_grad_norm: o.max_grad_norm,
-            keep_checkpoints: o.keep_checkpoints,
-            seed: o.seed,
-            progress: false,
-            ..TrainConfig::default()
-        };
-        t.adamw.weight_decay = o.weight_decay;
-        t
     }
 }
 
@@ -269,12 +218,325 @@ pub struct ActorCriticInputs<'a> {
     pub critic_model: Option<(Transformer, Vec<(String, Var)>)>,
 }
 
-/// The driver's resumable state, stored in each checkpoint.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct DriverState {
-    rollout_step: usize,
-    guards: GuardState,
-    kl_coef: Option<f64>,
+/// Runs (or resumes) a PPO or TRPO run in `run_dir`.
+pub fn run_actor_critic(
+    config: &ActorCriticConfig,
+    inputs: ActorCriticInputs<'_>,
+    run_dir: &Path,
+    resume: bool,
+) -> Result<OnlineSummary> {
+    config.validate()?;
+    if inputs.online.prm.is_some() {
+        return Err(TrainError::config(
+            "prm",
+            "PPO and TRPO take outcome rewards; step scores are supported by GRPO",
+        ));
+    }
+    let mut ac = ActorCritic {
+        config,
+        critic_model: inputs.critic_model,
+        policy_vars: Vec::new(),
+        critic: None,
+        objective: None,
+        kl_ctl: KlController::new(config.kl_coef, config.kl_control),
+    };
+    run(&config.online, &mut ac, inputs.online, run_dir, resume)
+}
+
+/// PPO's or TRPO's plug-in: the critic, the objective, the policy's own weights (TRPO steps them
+/// directly) and the KL controller.
+struct ActorCritic<'a> {
+    config: &'a ActorCriticConfig,
+    /// The separate critic model until `prepare` builds the critic from it.
+    critic_model: Option<(Transformer, Vec<(String, Var)>)>,
+    policy_vars: Vec<Var>,
+    critic: Option<Critic>,
+    objective: Option<PpoObjective>,
+    kl_ctl: KlController,
+}
+
+impl RlAlgorithm for ActorCritic<'_> {
+    fn updates_per_batch(&self) -> usize {
+        self.config.epochs * self.config.num_mini_batches
+    }
+
+    fn prepare(
+        &mut self,
+        policy: &Transformer,
+        pad: u32,
+        params: &mut Vec<(String, Var)>,
+    ) -> Result<()> {
+        let config = self.config;
+        self.policy_vars = params.iter().map(|(_, v)| v.clone()).collect();
+        let critic = match self.critic_model.take() {
+            Some((mut model, cparams)) => {
+                model.set_lora_dropout(None);
+                let head = ValueHead::new(model.config.hidden_size, model.device())?;
+                params.extend(cparams.into_iter().map(|(n, v)| (format!("critic.{n}"), v)));
+                params.extend(head.params());
+                Critic::Separate {
+                    model: Box::new(model),
+                    head,
+                }
+            }
+            None => {
+                let head = ValueHead::new(policy.config.hidden_size, policy.device())?;
+                params.extend(head.params());
+                Critic::Shared(head)
+            }
+        };
+        let shared = matches!(critic, Critic::Shared(_));
+        let group_adv = config.advantages == AdvantageEstimator::Group;
+        if group_adv && !shared {
+            return Err(TrainError::config(
+                "critic_model",
+                "group advantages use no critic: drop the critic model or use GAE",
+            ));
+        }
+        let mut loss_config = config.loss;
+        if config.method == Method::Trpo {
+            loss_config.policy_coef = 0.0;
+            loss_config.entropy_coef = 0.0;
+            loss_config.detach_features = shared;
+        }
+        if group_adv && config.method == Method::Ppo {
+            loss_config.vf_coef = 0.0;
+        }
+        self.objective = Some(PpoObjective::new(
+            policy.clone(),
+            critic.clone(),
+            pad,
+            loss_config,
+        ));
+        self.critic = Some(critic);
+        Ok(())
+    }
+
+    fn restore_state(&mut self, saved: &Map<String, Value>) -> Result<()> {
+        if let Some(v) = saved.get("kl_coef").and_then(Value::as_f64) {
+            self.kl_ctl = KlController::new(v, self.config.kl_control);
+        }
+        Ok(())
+    }
+
+    fn save_state(&self) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert("kl_coef".into(), json!(self.kl_ctl.value));
+        m
+    }
+
+    fn update(
+        &mut self,
+        batch: &Batch<'_>,
+        trainer: &mut Trainer,
+        schedule: &Schedule,
+    ) -> Result<Update> {
+        let config = self.config;
+        let o = &config.online;
+        let (Some(critic), Some(objective)) = (self.critic.as_ref(), self.objective.as_mut())
+        else {
+            return Err(TrainError::config("algorithm", "update before prepare"));
+        };
+        let (groups, pad, k) = (batch.groups, batch.pad, batch.rollout_step);
+
+        // Old logprobs, values, reference logprobs; per-token rewards; advantages.
+        let t2 = Instant::now();
+        let rollouts = rollout_samples(groups, batch.prompts, o.mask_truncated_completions);
+        let scores: Vec<f64> = groups
+            .iter()
+            .flat_map(|g| g.samples.iter().map(|s| s.reward))
+            .collect();
+        let micro = o.micro_batch_size;
+        let (old_lp, old_v) = logprobs_and_values(batch.policy, critic, &rollouts, pad, micro)?;
+        let refs = no_grad_logprobs(batch.reference, &rollouts, pad, micro, 1.0)?;
+        let forward_s = t2.elapsed().as_secs_f64();
+
+        let mut token_r: Vec<Vec<f64>> = Vec::with_capacity(rollouts.len());
+        let (mut kl_tok_sum, mut kl_tok_n, mut kl_seq_sum) = (0.0, 0usize, 0.0);
+        for i in 0..rollouts.len() {
+            let r = token_rewards(
+                scores[i],
+                &old_lp[i],
+                &refs[i],
+                self.kl_ctl.value,
+                config.kl_estimator,
+            );
+            let kl: f64 = old_lp[i]
+                .iter()
+                .zip(&refs[i])
+                .map(|(&a, &b)| kl_value(a as f64, b as f64, config.kl_estimator))
+                .sum();
+            kl_tok_sum += kl;
+            kl_tok_n += old_lp[i].len();
+            kl_seq_sum += kl;
+            token_r.push(r);
+        }
+        if config.whiten_rewards {
+            let flat: Vec<f64> = token_r.iter().flatten().copied().collect();
+            let w = whiten(&flat, false);
+            let mut at = 0;
+            for r in token_r.iter_mut() {
+                let n = r.len();
+                r.copy_from_slice(&w[at..at + n]);
+                at += n;
+            }
+        }
+        let non_score: f64 = token_r
+            .iter()
+            .zip(&scores)
+            .map(|(r, s)| r.iter().sum::<f64>() - if r.is_empty() { 0.0 } else { *s })
+            .sum::<f64>();
+        let mut advs: Vec<Vec<f64>> = Vec::with_capacity(rollouts.len());
+        let mut rets: Vec<Vec<f64>> = Vec::with_capacity(rollouts.len());
+        for i in 0..rollouts.len() {
+            let v: Vec<f64> = old_v[i].iter().map(|&x| x as f64).collect();
+            let (a, r) = gae(&token_r[i], &v, config.gamma, config.lambda);
+            advs.push(a);
+            rets.push(r);
+        }
+        if config.advantages == AdvantageEstimator::Group {
+            group_advantages(&mut advs, &token_r, &groups_sizes(groups));
+        } else if config.whiten_advantages {
+            let flat: Vec<f64> = (0..rollouts.len())
+                .filter(|&i| rollouts[i].in_loss)
+                .flat_map(|i| advs[i].iter().copied())
+                .collect();
+            let w = whiten(&flat, true);
+            let mut at = 0;
+            for i in (0..rollouts.len()).filter(|&i| rollouts[i].in_loss) {
+                let n = advs[i].len();
+                advs[i].copy_from_slice(&w[at..at + n]);
+                at += n;
+            }
+        }
+        let (mut ev_v, mut ev_r) = (Vec::new(), Vec::new());
+        for i in (0..rollouts.len()).filter(|&i| rollouts[i].in_loss) {
+            ev_v.extend(old_v[i].iter().map(|&x| x as f64));
+            ev_r.extend(rets[i].iter().copied());
+        }
+        let samples: Vec<PpoSample> = rollouts
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut r)| {
+                r.advantages = advs[i].iter().map(|&x| x as f32).collect();
+                r.old_logprobs = Some(old_lp[i].clone());
+                r.ref_logprobs = Some(refs[i].clone());
+                PpoSample {
+                    rollout: r,
+                    old_values: old_v[i].clone(),
+                    returns: rets[i].iter().map(|&x| x as f32).collect(),
+                }
+            })
+            .collect();
+
+        // TRPO's trust-region step of the policy.
+        let t3 = Instant::now();
+        let mut trpo_out: Option<TrpoOutcome> = None;
+        if config.method == Method::Trpo {
+            let refs: Vec<&RolloutSample> = samples.iter().map(|s| &s.rollout).collect();
+            let mut tcfg = config.trpo;
+            tcfg.micro_batch_size = micro;
+            trpo_out = Some(trpo_update(
+                batch.policy,
+                &self.policy_vars,
+                &refs,
+                pad,
+                &tcfg,
+            )?);
+        }
+        let policy_s = t3.elapsed().as_secs_f64();
+
+        // PPO's epochs of minibatches (TRPO's: the critic's regression).
+        let t4 = Instant::now();
+        let mut means = MetricMeans::default();
+        let mut updates = 0usize;
+        let mut early_stop = false;
+        let mb = samples.len().div_ceil(config.num_mini_batches).max(1);
+        'epochs: for epoch in 0..config.epochs {
+            let mut perm: Vec<usize> = (0..samples.len()).collect();
+            Rng::derived(o.seed, ((k as u64) << 16) ^ ((epoch as u64) << 4) ^ 0xAC)
+                .shuffle(&mut perm);
+            for part in perm.chunks(mb) {
+                let micro: Vec<Vec<&PpoSample>> = part
+                    .chunks(micro)
+                    .map(|c| c.iter().map(|&i| &samples[i]).collect())
+                    .collect();
+                let lr = schedule.lr_at(trainer.step());
+                let out = trainer.optimizer_step(objective, &micro, lr)?;
+                updates += 1;
+                let mut m = out.metrics.clone();
+                m.push(("loss".into(), out.loss));
+                m.push(("grad_norm".into(), out.grad_norm));
+                m.push(("lr".into(), lr));
+                means.add(&m);
+                let approx = out
+                    .metrics
+                    .iter()
+                    .find(|(n, _)| n == "approx_kl_k3")
+                    .map(|x| x.1);
+                if config.kl_stop > 0.0 && approx.is_some_and(|a| a > config.kl_stop) {
+                    early_stop = true;
+                    break 'epochs;
+                }
+            }
+        }
+        let critic_s = t4.elapsed().as_secs_f64();
+        let n_samples = samples.len();
+        self.kl_ctl
+            .update(kl_seq_sum / n_samples.max(1) as f64, n_samples);
+
+        // Metrics.
+        let kl_mean = kl_tok_sum / kl_tok_n.max(1) as f64;
+        let mut u = Update {
+            kl: Some(kl_mean),
+            ..Update::default()
+        };
+        for key in [
+            "loss",
+            "policy_loss",
+            "value_loss",
+            "value_clipfrac",
+            "value_mean",
+            "clipfrac",
+            "approx_kl_k1",
+            "approx_kl_k3",
+            "entropy",
+            "grad_norm",
+            "lr",
+        ] {
+            if let Some(v) = means.get(key) {
+                u.put(key, v);
+            }
+        }
+        u.put("updates", updates);
+        u.put("early_stopped", early_stop);
+        if let Some(t) = &trpo_out {
+            u.put("trpo/accepted", t.accepted);
+            u.put("trpo/kl", t.kl);
+            u.put("trpo/backtracks", t.backtracks);
+            u.put("trpo/surrogate_improvement", t.surrogate_improvement);
+            u.put("trpo/expected_improvement", t.expected_improvement);
+            u.put("trpo/grad_norm", t.grad_norm);
+            u.put("trpo/step_norm", t.step_norm);
+            u.put("trpo/cg_residual", t.cg_residual);
+        }
+        let ev = explained_variance(&ev_v, &ev_r);
+        if ev.is_finite() {
+            u.put("explained_variance", ev);
+        }
+        let n = n_samples.max(1) as f64;
+        u.put("non_score_reward", non_score / n);
+        u.put("kl_coef", Some(self.kl_ctl.value));
+        u.put("kl", kl_mean);
+        u.put("kl_per_completion", kl_seq_sum / n);
+        u.put("forward_s", forward_s);
+        if config.method == Method::Trpo {
+            u.put("policy_update_s", policy_s);
+            u.put("critic_update_s", critic_s);
+        }
+        u.put("update_s", policy_s + critic_s);
+        Ok(u)
+    }
 }
 
 /// Per sample, one value per completion token.
@@ -312,7 +574,7 @@ fn logprobs_and_values(
     Ok((lps, vals))
 }
 
-fn groups_sizes(groups: &[crate::rl::online::Group]) -> Vec<usize> {
+fn groups_sizes(groups: &[Group]) -> Vec<usize> {
     groups.iter().map(|g| g.samples.len()).collect()
 }
 
@@ -352,456 +614,6 @@ impl MetricMeans {
             .find(|(n, _, _)| n == key)
             .map(|(_, s, c)| s / *c as f64)
     }
-}
-
-/// Runs (or resumes) a PPO or TRPO run in `run_dir`.
-pub fn run_actor_critic(
-    config: &ActorCriticConfig,
-    inputs: ActorCriticInputs<'_>,
-    run_dir: &Path,
-    resume: bool,
-) -> Result<OnlineSummary> {
-    config.validate()?;
-    let o = &config.online;
-    let inp = inputs.online;
-    if inp.prompts.is_empty() {
-        return Err(TrainError::EmptyData {
-            what: "RL prompts".into(),
-            why: None,
-        });
-    }
-    if inp.prm.is_some() {
-        return Err(TrainError::config(
-            "prm",
-            "PPO and TRPO take outcome rewards; step scores are supported by GRPO",
-        ));
-    }
-    let tok = inp.tokenizer;
-    let pad = tok.pad_id();
-    let mut policy_model = inp.policy.clone();
-    policy_model.set_lora_dropout(None);
-    let reference = match inp.reference {
-        Some(r) => r,
-        None if policy_model.has_lora() => policy_model.without_adapters(),
-        None => {
-            return Err(TrainError::config(
-                "reference",
-                "full fine-tuning needs a frozen reference copy of the policy",
-            ))
-        }
-    };
-    let policy_vars: Vec<Var> = inp.params.iter().map(|(_, v)| v.clone()).collect();
-    crate::rl::online::check_reference_is_frozen(&reference, &inp.params)?;
-    let mut params = inp.params;
-    let critic = match inputs.critic_model {
-        Some((mut model, cparams)) => {
-            model.set_lora_dropout(None);
-            let head = ValueHead::new(model.config.hidden_size, model.device())?;
-            params.extend(cparams.into_iter().map(|(n, v)| (format!("critic.{n}"), v)));
-            params.extend(head.params());
-            Critic::Separate {
-                model: Box::new(model),
-                head,
-            }
-        }
-        None => {
-            let head = ValueHead::new(policy_model.config.hidden_size, policy_model.device())?;
-            params.extend(head.params());
-            Critic::Shared(head)
-        }
-    };
-    let shared = matches!(critic, Critic::Shared(_));
-    let group_adv = config.advantages == AdvantageEstimator::Group;
-    if group_adv && !shared {
-        return Err(TrainError::config(
-            "critic_model",
-            "group advantages use no critic: drop the critic model or use GAE",
-        ));
-    }
-
-    let tc = config.train_config();
-    let mut trainer = if resume {
-        Trainer::resume(tc.clone(), params, run_dir)?
-    } else {
-        Trainer::new(tc.clone(), params, run_dir)?
-    };
-    let mut state: DriverState = match trainer.resumed_extra() {
-        Some(v) => serde_json::from_value(v.clone()).map_err(|e| TrainError::Format {
-            path: run_dir.join("checkpoints"),
-            msg: format!("the checkpoint's RL state is unreadable: {e}"),
-        })?,
-        None => DriverState::default(),
-    };
-    let mut kl_ctl = KlController::new(state.kl_coef.unwrap_or(config.kl_coef), config.kl_control);
-    let schedule = Schedule {
-        kind: tc.schedule,
-        lr: tc.learning_rate,
-        warmup_steps: tc.warmup_steps,
-        total_steps: tc.max_steps,
-        min_lr_ratio: tc.min_lr_ratio,
-    };
-    let mut order = DataOrder::new(inp.prompts.len(), o.seed, true, trainer.data_position());
-    let mut log = MetricsLog::open(run_dir, resume.then_some(trainer.step()))?;
-    let rollouts_path = run_dir.join("rollouts.jsonl");
-    if !resume && rollouts_path.exists() {
-        std::fs::remove_file(&rollouts_path).map_err(|e| TrainError::io(&rollouts_path, e))?;
-    }
-    let mut loss_config = config.loss;
-    if config.method == Method::Trpo {
-        loss_config.policy_coef = 0.0;
-        loss_config.entropy_coef = 0.0;
-        loss_config.detach_features = shared;
-    }
-    if group_adv && config.method == Method::Ppo {
-        loss_config.vf_coef = 0.0;
-    }
-    let mut objective = PpoObjective::new(policy_model.clone(), critic.clone(), pad, loss_config);
-    let mut retain_eval = inp
-        .retain
-        .map(|r| (r, SftObjective::new(policy_model.clone(), pad)));
-
-    let bar = progress_bar(o.progress, o.steps, state.rollout_step);
-    let mut last = Map::new();
-    if !resume {
-        if let Some((retain, eval)) = retain_eval.as_mut() {
-            let loss = retain_loss(&trainer, eval, retain)?;
-            let (_, w) = state.guards.observe_retain(&o.guards, loss);
-            warn(&bar, w);
-            let mut rec = Map::new();
-            rec.insert("step".into(), json!(0));
-            rec.insert("retain_loss".into(), json!(loss));
-            log.write(rec)?;
-        }
-    }
-
-    if resume {
-        crate::interrupt::announce_resume(run_dir, state.rollout_step, o.steps);
-    }
-    let _armed = crate::interrupt::arm();
-    while state.rollout_step < o.steps {
-        let k = state.rollout_step;
-        let started = Instant::now();
-
-        // 1. Rollouts and scores.
-        let engine = LocalEngine::new(policy_model.clone(), tok.clone());
-        let idx = order.take(o.prompts_per_step);
-        let t0 = Instant::now();
-        let mut groups = rollout_groups(o, &engine, inp.prompts, &idx, k, 0)?;
-        let gen_s = t0.elapsed().as_secs_f64();
-        let t1 = Instant::now();
-        score_groups(&mut groups, inp.prompts, inp.reward, inp.verifier)?;
-        let score_s = t1.elapsed().as_secs_f64();
-
-        // 2. Old logprobs, values, reference logprobs; per-token rewards; GAE.
-        let t2 = Instant::now();
-        let mut rollouts: Vec<RolloutSample> = Vec::new();
-        let mut scores: Vec<f64> = Vec::new();
-        for g in &groups {
-            let p = &inp.prompts[g.prompt];
-            for s in &g.samples {
-                let mut ids = p.ids.clone();
-                ids.extend_from_slice(&s.completion.tokens);
-                let truncated = s.completion.finish_reason == FinishReason::Length;
-                rollouts.push(RolloutSample {
-                    ids,
-                    prompt_len: p.ids.len(),
-                    advantages: Vec::new(),
-                    old_logprobs: None,
-                    ref_logprobs: None,
-                    in_loss: !(o.mask_truncated_completions && truncated),
-                });
-                scores.push(s.reward);
-            }
-        }
-        let (old_lp, old_v) =
-            logprobs_and_values(&policy_model, &critic, &rollouts, pad, o.micro_batch_size)?;
-        let refs = no_grad_logprobs(&reference, &rollouts, pad, o.micro_batch_size, 1.0)?;
-        let forward_s = t2.elapsed().as_secs_f64();
-
-        let mut token_r: Vec<Vec<f64>> = Vec::with_capacity(rollouts.len());
-        let (mut kl_tok_sum, mut kl_tok_n, mut kl_seq_sum) = (0.0, 0usize, 0.0);
-        for i in 0..rollouts.len() {
-            let r = token_rewards(
-                scores[i],
-                &old_lp[i],
-                &refs[i],
-                kl_ctl.value,
-                o.loss.kl_estimator,
-            );
-            let kl: f64 = old_lp[i]
-                .iter()
-                .zip(&refs[i])
-                .map(|(&a, &b)| kl_value(a as f64, b as f64, o.loss.kl_estimator))
-                .sum();
-            kl_tok_sum += kl;
-            kl_tok_n += old_lp[i].len();
-            kl_seq_sum += kl;
-            token_r.push(r);
-        }
-        if config.whiten_rewards {
-            let flat: Vec<f64> = token_r.iter().flatten().copied().collect();
-            let w = whiten(&flat, false);
-            let mut at = 0;
-            for r in token_r.iter_mut() {
-                let n = r.len();
-                r.copy_from_slice(&w[at..at + n]);
-                at += n;
-            }
-        }
-        let non_score: f64 = token_r
-            .iter()
-            .zip(&scores)
-            .map(|(r, s)| r.iter().sum::<f64>() - if r.is_empty() { 0.0 } else { *s })
-            .sum::<f64>();
-        let mut advs: Vec<Vec<f64>> = Vec::with_capacity(rollouts.len());
-        let mut rets: Vec<Vec<f64>> = Vec::with_capacity(rollouts.len());
-        for i in 0..rollouts.len() {
-            let v: Vec<f64> = old_v[i].iter().map(|&x| x as f64).collect();
-            let (a, r) = gae(&token_r[i], &v, config.gamma, config.lambda);
-            advs.push(a);
-            rets.push(r);
-        }
-        if config.advantages == AdvantageEstimator::Group {
-            group_advantages(&mut advs, &token_r, &groups_sizes(&groups));
-        } else if config.whiten_advantages {
-            let flat: Vec<f64> = (0..rollouts.len())
-                .filter(|&i| rollouts[i].in_loss)
-                .flat_map(|i| advs[i].iter().copied())
-                .collect();
-            let w = whiten(&flat, true);
-            let mut at = 0;
-            for i in (0..rollouts.len()).filter(|&i| rollouts[i].in_loss) {
-                let n = advs[i].len();
-                advs[i].copy_from_slice(&w[at..at + n]);
-                at += n;
-            }
-        }
-        let (mut ev_v, mut ev_r) = (Vec::new(), Vec::new());
-        for i in (0..rollouts.len()).filter(|&i| rollouts[i].in_loss) {
-            ev_v.extend(old_v[i].iter().map(|&x| x as f64));
-            ev_r.extend(rets[i].iter().copied());
-        }
-        let samples: Vec<PpoSample> = rollouts
-            .into_iter()
-            .enumerate()
-            .map(|(i, mut r)| {
-                r.advantages = advs[i].iter().map(|&x| x as f32).collect();
-                r.old_logprobs = Some(old_lp[i].clone());
-                r.ref_logprobs = Some(refs[i].clone());
-                PpoSample {
-                    rollout: r,
-                    old_values: old_v[i].clone(),
-                    returns: rets[i].iter().map(|&x| x as f32).collect(),
-                }
-            })
-            .collect();
-
-        // 3. Updates.
-        let t3 = Instant::now();
-        let mut trpo_out: Option<TrpoOutcome> = None;
-        if config.method == Method::Trpo {
-            let refs: Vec<&RolloutSample> = samples.iter().map(|s| &s.rollout).collect();
-            let mut tcfg = config.trpo;
-            tcfg.micro_batch_size = o.micro_batch_size;
-            trpo_out = Some(trpo_update(&policy_model, &policy_vars, &refs, pad, &tcfg)?);
-        }
-        let policy_s = t3.elapsed().as_secs_f64();
-        let t4 = Instant::now();
-        let mut means = MetricMeans::default();
-        let mut updates = 0usize;
-        let mut early_stop = false;
-        let mb = samples.len().div_ceil(config.num_mini_batches).max(1);
-        'epochs: for epoch in 0..config.epochs {
-            let mut perm: Vec<usize> = (0..samples.len()).collect();
-            Rng::derived(o.seed, ((k as u64) << 16) ^ ((epoch as u64) << 4) ^ 0xAC)
-                .shuffle(&mut perm);
-            for part in perm.chunks(mb) {
-                let micro: Vec<Vec<&PpoSample>> = part
-                    .chunks(o.micro_batch_size)
-                    .map(|c| c.iter().map(|&i| &samples[i]).collect())
-                    .collect();
-                let lr = schedule.lr_at(trainer.step());
-                let out = trainer.optimizer_step(&mut objective, &micro, lr)?;
-                updates += 1;
-                let mut m = out.metrics.clone();
-                m.push(("loss".into(), out.loss));
-                m.push(("grad_norm".into(), out.grad_norm));
-                m.push(("lr".into(), lr));
-                means.add(&m);
-                let approx = out
-                    .metrics
-                    .iter()
-                    .find(|(n, _)| n == "approx_kl_k3")
-                    .map(|x| x.1);
-                if config.kl_stop > 0.0 && approx.is_some_and(|a| a > config.kl_stop) {
-                    early_stop = true;
-                    break 'epochs;
-                }
-            }
-        }
-        let critic_s = t4.elapsed().as_secs_f64();
-        let n_samples = samples.len();
-        kl_ctl.update(kl_seq_sum / n_samples.max(1) as f64, n_samples);
-        state.kl_coef = Some(kl_ctl.value);
-        state.rollout_step += 1;
-
-        // 4. Metrics and guards.
-        let mut rec = Map::new();
-        rec.insert("step".into(), json!(trainer.step()));
-        rec.insert("rollout_step".into(), json!(state.rollout_step));
-        for key in [
-            "loss",
-            "policy_loss",
-            "value_loss",
-            "value_clipfrac",
-            "value_mean",
-            "clipfrac",
-            "approx_kl_k1",
-            "approx_kl_k3",
-            "entropy",
-            "grad_norm",
-            "lr",
-        ] {
-            if let Some(v) = means.get(key) {
-                rec.insert(key.into(), json!(v));
-            }
-        }
-        rec.insert("updates".into(), json!(updates));
-        rec.insert("early_stopped".into(), json!(early_stop));
-        if let Some(t) = &trpo_out {
-            rec.insert("trpo/accepted".into(), json!(t.accepted));
-            rec.insert("trpo/kl".into(), json!(t.kl));
-            rec.insert("trpo/backtracks".into(), json!(t.backtracks));
-            rec.insert(
-                "trpo/surrogate_improvement".into(),
-                json!(t.surrogate_improvement),
-            );
-            rec.insert(
-                "trpo/expected_improvement".into(),
-                json!(t.expected_improvement),
-            );
-            rec.insert("trpo/grad_norm".into(), json!(t.grad_norm));
-            rec.insert("trpo/step_norm".into(), json!(t.step_norm));
-            rec.insert("trpo/cg_residual".into(), json!(t.cg_residual));
-        }
-        let ev = explained_variance(&ev_v, &ev_r);
-        if ev.is_finite() {
-            rec.insert("explained_variance".into(), json!(ev));
-        }
-        let n = n_samples.max(1) as f64;
-        let reward_mean = scores.iter().sum::<f64>() / n;
-        rec.insert("reward".into(), json!(reward_mean));
-        rec.insert(
-            "reward_std".into(),
-            json!(crate::rl::advantage::std_unbiased(&scores)),
-        );
-        rec.insert("non_score_reward".into(), json!(non_score / n));
-        rec.insert("kl_coef".into(), json!(state.kl_coef));
-        let kl_mean = kl_tok_sum / kl_tok_n.max(1) as f64;
-        rec.insert("kl".into(), json!(kl_mean));
-        rec.insert("kl_per_completion".into(), json!(kl_seq_sum / n));
-        let all: Vec<_> = groups.iter().flat_map(|g| &g.samples).collect();
-        let mean_len = all
-            .iter()
-            .map(|s| s.completion.tokens.len() as f64)
-            .sum::<f64>()
-            / n;
-        rec.insert("completion_length".into(), json!(mean_len));
-        rec.insert(
-            "truncated_fraction".into(),
-            json!(
-                all.iter()
-                    .filter(|s| s.completion.finish_reason == FinishReason::Length)
-                    .count() as f64
-                    / n
-            ),
-        );
-        if let Some(c) = all.iter().map(|s| s.correct).collect::<Option<Vec<bool>>>() {
-            rec.insert(
-                "reward_accuracy".into(),
-                json!(c.iter().filter(|&&x| x).count() as f64 / n),
-            );
-        }
-        rec.insert("generation_s".into(), json!(gen_s));
-        rec.insert("scoring_s".into(), json!(score_s));
-        rec.insert("forward_s".into(), json!(forward_s));
-        if config.method == Method::Trpo {
-            rec.insert("policy_update_s".into(), json!(policy_s));
-            rec.insert("critic_update_s".into(), json!(critic_s));
-        }
-        rec.insert("update_s".into(), json!(policy_s + critic_s));
-        rec.insert("step_s".into(), json!(started.elapsed().as_secs_f64()));
-
-        let mut warnings: Vec<Warning> = Vec::new();
-        if let Some(vs) = all.iter().map(|s| s.verifier).collect::<Option<Vec<f64>>>() {
-            let vmean = vs.iter().sum::<f64>() / n;
-            rec.insert("verifier_reward".into(), json!(vmean));
-            let (trend, w) = state.guards.observe_rewards(&o.guards, reward_mean, vmean);
-            if let Some((dp, dv)) = trend {
-                rec.insert("hacking/proxy_trend".into(), json!(dp));
-                rec.insert("hacking/verifier_trend".into(), json!(dv));
-            }
-            warnings.extend(w);
-        }
-        let (ratio, w) = state.guards.observe_length(&o.guards, mean_len);
-        rec.insert("length_ratio".into(), json!(ratio));
-        warnings.extend(w);
-        warnings.extend(state.guards.observe_kl(&o.guards, kl_mean));
-        let retain_due = o.retain_every > 0
-            && (state.rollout_step.is_multiple_of(o.retain_every) || state.rollout_step == o.steps);
-        if let (true, Some((retain, eval))) = (retain_due, retain_eval.as_mut()) {
-            let loss = retain_loss(&trainer, eval, retain)?;
-            let (rel, w) = state.guards.observe_retain(&o.guards, loss);
-            rec.insert("retain_loss".into(), json!(loss));
-            rec.insert("retain_change".into(), json!(rel));
-            warnings.extend(w);
-        }
-        for w in &warnings {
-            rec.insert(format!("warning/{}", w.guard), json!(w.message));
-        }
-        for w in warnings {
-            warn(&bar, Some(w));
-        }
-        if o.log_rollouts_every > 0
-            && (k.is_multiple_of(o.log_rollouts_every) || state.rollout_step == o.steps)
-        {
-            write_rollouts(&rollouts_path, state.rollout_step, &groups, inp.prompts)?;
-        }
-        bar.set_position(state.rollout_step as u64);
-        bar.set_message(format!(
-            "reward {reward_mean:.3}  kl {kl_mean:.4}  len {mean_len:.0}  {:.1}s/step",
-            started.elapsed().as_secs_f64()
-        ));
-        log.write(rec.clone())?;
-        last = rec;
-
-        // 5. Checkpoint.
-        trainer.set_data_position(order.position());
-        let done = state.rollout_step == o.steps;
-        let interrupted = crate::interrupt::requested().filter(|_| !done);
-        if done
-            || interrupted.is_some()
-            || (o.save_every > 0 && state.rollout_step.is_multiple_of(o.save_every))
-        {
-            let extra = serde_json::to_value(&state).map_err(|e| TrainError::Format {
-                path: run_dir.to_path_buf(),
-                msg: e.to_string(),
-            })?;
-            trainer.save_checkpoint(extra)?;
-        }
-        if let Some(signal) = interrupted {
-            bar.abandon();
-            let (step, total) = (state.rollout_step, o.steps);
-            return Err(crate::interrupt::stopped(step, total, run_dir, signal));
-        }
-    }
-    bar.finish_and_clear();
-    Ok(OnlineSummary {
-        steps: state.rollout_step,
-        last,
-        guards: state.guards,
-        checkpoint: crate::checkpoint::latest(run_dir)?,
-    })
 }
 
 #[cfg(test)]

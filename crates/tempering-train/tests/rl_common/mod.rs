@@ -1,17 +1,17 @@
 //! Shared by the online-RL tests: a tiny SFT model on a built-in task, a task-verifier reward, and
 //! greedy accuracy through the local engine; a small random model with a reward that has spread on
-//! random text, and the online driver's inputs without the optional monitors.
+//! random text.
 
 #![allow(dead_code)]
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Var};
+use candle_core::{DType, Device};
 use tempering_generate::{Backend, GenRequest, LocalEngine, SamplingParams};
 use tempering_model::{Tokenizer, Transformer};
 use tempering_reward::{ScoreInput, Scored, Verifier};
 use tempering_tasks::{generate, task_by_name, GenerateSpec, Problem, Split, Task};
-use tempering_train::rl::{OnlineInputs, PromptItem};
+use tempering_train::rl::PromptItem;
 use tempering_train::tiny::{task_tokenizer, tiny_config, train_tiny, TinyOptions};
 
 /// A measurement override from the environment, or `default`.
@@ -240,29 +240,5 @@ impl Verifier for DigitShare {
             score: d / n,
             correct: None,
         })
-    }
-}
-
-/// The online driver's inputs with no held-out verifier, process reward, retain set or replay
-/// (set those with struct update syntax where a test needs them).
-pub fn online_inputs<'a>(
-    policy: Transformer,
-    params: Vec<(String, Var)>,
-    reference: Option<Transformer>,
-    tokenizer: &'a Tokenizer,
-    prompts: &'a [PromptItem],
-    reward: &'a dyn Verifier,
-) -> OnlineInputs<'a> {
-    OnlineInputs {
-        policy,
-        params,
-        reference,
-        tokenizer,
-        prompts,
-        reward,
-        verifier: None,
-        prm: None,
-        retain: None,
-        replay: None,
     }
 }
