@@ -120,12 +120,9 @@ pub fn label_steps(
 ) -> Result<Vec<StepwiseRow>> {
     opts.validate()?;
     let sep = opts.separator.as_str();
-    let mut rows = Vec::new();
     let mut seeds = Seeds::new(opts.seed);
     // Problems in chunks, so that one chunk's rollouts fill the engine's batches.
-    const CHUNK: usize = 8;
-    let mut done = 0;
-    for chunk in problems.chunks(CHUNK) {
+    in_chunks(problems, 8, opts, on_progress, |chunk| {
         let pending = sample_solutions(backend, tokenizer, task, chunk, opts, &mut seeds)?;
         // One rollout request per step but the last.
         let mut rollout_reqs = Vec::new();
@@ -142,7 +139,7 @@ pub fn label_steps(
         }
         let rollouts = backend.generate(&rollout_reqs)?;
         let mut results = rollouts.into_iter();
-        let first_row = rows.len();
+        let mut rows = Vec::with_capacity(pending.len());
         for (pi, steps, correct) in pending {
             let p = &chunk[pi];
             let mut values = Vec::with_capacity(steps.len());
@@ -161,23 +158,11 @@ pub fn label_steps(
                 values.push(ok as f64 / outs.len().max(1) as f64);
             }
             values.push(if correct { 1.0 } else { 0.0 });
-            rows.push(StepwiseRow {
-                prompt: p.prompt.clone(),
-                labels: values.iter().map(|&v| opts.rule.label(v)).collect(),
-                completions: steps,
-                values,
-                answer: p.answer.clone(),
-                correct,
-            });
+            let labels = values.iter().map(|&v| opts.rule.label(v)).collect();
+            rows.push(StepwiseRow::new(p, steps, labels, values, correct));
         }
-        if opts.balance {
-            let chunk_rows = rows.split_off(first_row);
-            rows.extend(balanced(chunk_rows));
-        }
-        done += chunk.len();
-        on_progress(done, problems.len());
-    }
-    Ok(rows)
+        Ok(rows)
+    })
 }
 
 /// Labels `opts.samples` sampled solutions of each problem with `checker`'s step scores (a step is
@@ -193,12 +178,9 @@ pub fn label_steps_by_checker(
     on_progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<StepwiseRow>> {
     opts.validate()?;
-    let mut rows = Vec::new();
     let mut seeds = Seeds::new(opts.seed);
     // Sampling alone is cheap: larger chunks fill the engine's batches.
-    const CHUNK: usize = 64;
-    let mut done = 0;
-    for chunk in problems.chunks(CHUNK) {
+    in_chunks(problems, 64, opts, on_progress, |chunk| {
         let pending = sample_solutions(backend, tokenizer, task, chunk, opts, &mut seeds)?;
         let items: Vec<(&str, Vec<&str>)> = pending
             .iter()
@@ -221,7 +203,7 @@ pub fn label_steps_by_checker(
                 ),
             ));
         }
-        let first_row = rows.len();
+        let mut rows = Vec::with_capacity(pending.len());
         for ((pi, steps, correct), mut values) in pending.into_iter().zip(scores) {
             if values.len() != steps.len() {
                 return Err(RewardError::spec(
@@ -237,19 +219,49 @@ pub fn label_steps_by_checker(
             if let Some(last) = values.last_mut() {
                 *last = last.min(if correct { 1.0 } else { 0.0 });
             }
-            let p = &chunk[pi];
-            rows.push(StepwiseRow {
-                prompt: p.prompt.clone(),
-                labels: values.iter().map(|&v| v >= 0.5).collect(),
-                completions: steps,
-                values,
-                answer: p.answer.clone(),
-                correct,
-            });
+            let labels = values.iter().map(|&v| v >= 0.5).collect();
+            rows.push(StepwiseRow::new(&chunk[pi], steps, labels, values, correct));
         }
+        Ok(rows)
+    })
+}
+
+impl StepwiseRow {
+    fn new(
+        p: &Problem,
+        steps: Vec<String>,
+        labels: Vec<bool>,
+        values: Vec<f64>,
+        correct: bool,
+    ) -> Self {
+        StepwiseRow {
+            prompt: p.prompt.clone(),
+            completions: steps,
+            labels,
+            values,
+            answer: p.answer.clone(),
+            correct,
+        }
+    }
+}
+
+/// Labels `problems` `size` at a time with `label_chunk`, balancing each chunk's rows when asked and
+/// reporting progress after each.
+fn in_chunks(
+    problems: &[Problem],
+    size: usize,
+    opts: &LabelOptions,
+    on_progress: &mut dyn FnMut(usize, usize),
+    mut label_chunk: impl FnMut(&[Problem]) -> Result<Vec<StepwiseRow>>,
+) -> Result<Vec<StepwiseRow>> {
+    let mut rows = Vec::new();
+    let mut done = 0;
+    for chunk in problems.chunks(size) {
+        let chunk_rows = label_chunk(chunk)?;
         if opts.balance {
-            let chunk_rows = rows.split_off(first_row);
             rows.extend(balanced(chunk_rows));
+        } else {
+            rows.extend(chunk_rows);
         }
         done += chunk.len();
         on_progress(done, problems.len());
