@@ -77,11 +77,6 @@ impl<'a> MemoBackend<'a> {
         }
         Ok(())
     }
-
-    /// Forgets every remembered answer (memory is freed between strategies that share none).
-    pub fn clear(&self) {
-        self.answered.borrow_mut().clear();
-    }
 }
 
 impl Backend for MemoBackend<'_> {

@@ -10,29 +10,43 @@ use std::path::Path;
 use candle_core::{DType, Device};
 use tempering_eval::{items_from_task, run_grid, summarise, EvalSetup};
 use tempering_generate::LocalEngine;
-use tempering_model::ModelFiles;
+use tempering_model::{ModelFiles, Tokenizer};
 use tempering_reward::rules::ArithmeticSteps;
 use tempering_search::{parse_strategy, Budget, Scorers, SearchConfig, TokenizerEncoder};
 
-#[test]
-fn accuracy_rises_with_samples() {
+/// The committed tiny SFT model as an engine, and its tokenizer.
+fn tiny_sft() -> (LocalEngine, Tokenizer) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/models/tiny-arith-sft");
     let files = ModelFiles::open(&dir, DType::F32, &Device::Cpu).unwrap();
     let tok = files.tokenizer.clone().unwrap();
-    let engine = LocalEngine::new(files.transformer().unwrap(), tok.clone());
+    (
+        LocalEngine::new(files.transformer().unwrap(), tok.clone()),
+        tok,
+    )
+}
+
+/// Steps of at most 24 tokens, 8 deep; completions of at most 64 tokens sampled at temperature 1.
+fn search_config(seed: u64) -> SearchConfig {
+    let mut config = SearchConfig {
+        step_max_tokens: 24,
+        max_depth: 8,
+        seed,
+        ..SearchConfig::default()
+    };
+    config.sampling.max_new_tokens = 64;
+    config.sampling.temperature = 1.0;
+    config
+}
+
+#[test]
+fn accuracy_rises_with_samples() {
+    let (engine, tok) = tiny_sft();
     let encoder = TokenizerEncoder {
         tokenizer: &tok,
         add_special_tokens: true,
     };
     let items = items_from_task("arithmetic", 3, 60, 7).unwrap();
-    let mut config = SearchConfig {
-        step_max_tokens: 24,
-        max_depth: 8,
-        seed: 1,
-        ..SearchConfig::default()
-    };
-    config.sampling.max_new_tokens = 64;
-    config.sampling.temperature = 1.0;
+    let config = search_config(1);
     let checker = ArithmeticSteps;
     let setup = EvalSetup {
         backend: &engine,
@@ -93,22 +107,13 @@ fn accuracy_rises_with_samples() {
 /// multi-call strategy alike.
 #[test]
 fn batched_and_one_at_a_time_grids_agree() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/models/tiny-arith-sft");
-    let files = ModelFiles::open(&dir, DType::F32, &Device::Cpu).unwrap();
-    let tok = files.tokenizer.clone().unwrap();
-    let engine = LocalEngine::new(files.transformer().unwrap(), tok.clone());
+    let (engine, tok) = tiny_sft();
     let encoder = TokenizerEncoder {
         tokenizer: &tok,
         add_special_tokens: true,
     };
     let items = items_from_task("arithmetic", 3, 24, 11).unwrap();
-    let mut config = SearchConfig {
-        step_max_tokens: 24,
-        max_depth: 8,
-        seed: 3,
-        ..SearchConfig::default()
-    };
-    config.sampling.max_new_tokens = 64;
+    let config = search_config(3);
     let checker = ArithmeticSteps;
     let strategies: Vec<_> = ["greedy", "sc@4", "bon@4:min", "beam:2x2"]
         .iter()

@@ -88,11 +88,15 @@ fn read_items(path: &std::path::Path) -> Result<Vec<Item>> {
 /// The probability that a labelled-correct item outscores a labelled-incorrect one (ties count
 /// half); `None` without both kinds.
 pub fn auc(scored: &[(f64, bool)]) -> Option<f64> {
+    let (wins, pairs) = pair_wins(scored);
+    (pairs > 0).then(|| wins / pairs as f64)
+}
+
+/// Over every (correct, incorrect) pair: how many the correct one wins (ties count half), and how
+/// many pairs there are.
+fn pair_wins(scored: &[(f64, bool)]) -> (f64, usize) {
     let pos: Vec<f64> = scored.iter().filter(|s| s.1).map(|s| s.0).collect();
     let neg: Vec<f64> = scored.iter().filter(|s| !s.1).map(|s| s.0).collect();
-    if pos.is_empty() || neg.is_empty() {
-        return None;
-    }
     let mut wins = 0.0;
     for p in &pos {
         for n in &neg {
@@ -105,7 +109,7 @@ pub fn auc(scored: &[(f64, bool)]) -> Option<f64> {
             };
         }
     }
-    Some(wins / (pos.len() * neg.len()) as f64)
+    (wins, pos.len() * neg.len())
 }
 
 /// [`auc`] over the pairs that share a prompt only (pooled over prompts): how often a correct
@@ -113,34 +117,17 @@ pub fn auc(scored: &[(f64, bool)]) -> Option<f64> {
 /// scorer can reach a high [`auc`] by telling easy problems from hard ones and still be at chance
 /// here. `None` when no prompt has both kinds.
 pub fn within_prompt_auc(scored: &[(&str, f64, bool)]) -> Option<(f64, usize)> {
-    let mut prompts: Vec<&str> = scored.iter().map(|s| s.0).collect();
-    prompts.sort_unstable();
-    prompts.dedup();
+    let mut by_prompt: std::collections::BTreeMap<&str, Vec<(f64, bool)>> = Default::default();
+    for &(p, score, label) in scored {
+        by_prompt.entry(p).or_default().push((score, label));
+    }
     let (mut wins, mut pairs, mut used) = (0.0, 0usize, 0usize);
-    for p in prompts {
-        let of = |c: bool| -> Vec<f64> {
-            scored
-                .iter()
-                .filter(|s| s.0 == p && s.2 == c)
-                .map(|s| s.1)
-                .collect()
-        };
-        let (pos, neg) = (of(true), of(false));
-        if pos.is_empty() || neg.is_empty() {
-            continue;
-        }
-        used += 1;
-        for a in &pos {
-            for b in &neg {
-                pairs += 1;
-                wins += if a > b {
-                    1.0
-                } else if a == b {
-                    0.5
-                } else {
-                    0.0
-                };
-            }
+    for rows in by_prompt.values() {
+        let (w, n) = pair_wins(rows);
+        if n > 0 {
+            wins += w;
+            pairs += n;
+            used += 1;
         }
     }
     (pairs > 0).then(|| (wins / pairs as f64, used))
