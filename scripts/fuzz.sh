@@ -21,18 +21,16 @@ case "$parser" in
     adapter_config) crate=tempering-model test=adapter_config_json ;;
     jsonl | parquet) crate=tempering-tasks test="$parser" ;;
     config) crate=tempering-train test=config_toml ;;
-    chat)
-        FUZZ_SECONDS="$seconds" PROPTEST_CASES="${PROPTEST_CASES:-2000}" \
-            exec cargo test -p tempering-model --test fuzz_chat -- --exact chat_template --nocapture
-        ;;
+    chat) crate=tempering-model test=chat_template target=fuzz_chat ;;
     *)
         echo "usage: scripts/fuzz.sh PARSER [SECONDS]; PARSER: safetensors gguf tokenizer_json config_json adapter_config jsonl parquet config chat" >&2
         exit 2
         ;;
 esac
 export FUZZ_SECONDS="$seconds" PROPTEST_CASES="${PROPTEST_CASES:-2000}"
-bin=$(cargo test -p "$crate" --test fuzz --no-run 2>&1 | tee /dev/stderr |
-    sed -n 's/^ *Executable tests\/fuzz.rs (\(.*\))$/\1/p' | tail -n 1)
+target="${target:-fuzz}"
+bin=$(cargo test -p "$crate" --test "$target" --no-run 2>&1 | tee /dev/stderr |
+    sed -n "s/^ *Executable tests\/$target.rs (\(.*\))\$/\1/p" | tail -n 1)
 if [ -z "$bin" ]; then
     echo "scripts/fuzz.sh: could not build the fuzz tests of $crate" >&2
     exit 1

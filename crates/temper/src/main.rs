@@ -9,8 +9,10 @@ mod device;
 
 use clap::{Parser, Subcommand};
 
+// mimalloc, counted by the chat-template memory cap (a hostile template cannot exhaust memory).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tempering_model::chat::RenderMemoryCap<mimalloc::MiMalloc> =
+    tempering_model::chat::RenderMemoryCap(mimalloc::MiMalloc);
 
 #[derive(Parser)]
 #[command(

@@ -45,8 +45,10 @@ pub enum TemplateLimit {
     Fuel(u64),
     /// More than this many bytes of output.
     OutputBytes(usize),
-    /// Still writing output after this long.
+    /// Still rendering after this long.
     Duration(std::time::Duration),
+    /// Holding more than this many bytes of memory.
+    Memory(usize),
 }
 
 impl std::fmt::Display for TemplateLimit {
@@ -57,6 +59,7 @@ impl std::fmt::Display for TemplateLimit {
             TemplateLimit::Duration(d) => {
                 write!(f, "still rendering after {:.1} s", d.as_secs_f64())
             }
+            TemplateLimit::Memory(n) => write!(f, "holding more than {n} bytes of memory"),
         }
     }
 }

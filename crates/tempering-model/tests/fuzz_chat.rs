@@ -2,7 +2,8 @@
 //! size, wall time) with an error naming the template, never a hang or an unbounded allocation;
 //! and a fuzz smoke (see `fuzz_common`): the committed templates of `fixtures/chat/`, byte-mutated,
 //! must compile and render to `Ok` or an error, never a panic, and never past the limits.
-//! `scripts/fuzz.sh chat [SECONDS]` runs the fuzz target for longer.
+//! `scripts/fuzz.sh chat [SECONDS]` runs the fuzz target for longer. This test binary installs the
+//! memory cap as its global allocator, as the `temper` binary does.
 
 mod fuzz_common;
 
@@ -11,8 +12,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use fuzz_common::fuzz;
-use tempering_model::chat::{ChatMessage, ChatTemplate, RenderLimits};
+use tempering_model::chat::{ChatMessage, ChatTemplate, RenderLimits, RenderMemoryCap};
 use tempering_model::{ModelError, TemplateLimit};
+
+#[global_allocator]
+static GLOBAL: RenderMemoryCap<std::alloc::System> = RenderMemoryCap(std::alloc::System);
 
 fn conversation() -> Vec<ChatMessage> {
     vec![
@@ -121,6 +125,65 @@ fn a_slow_template_stops_at_the_deadline() {
 }
 
 #[test]
+fn a_template_that_doubles_a_string_stops_at_the_memory_cap() {
+    assert!(tempering_model::chat::memory_cap_installed());
+    // 2^60 bytes in sixty steps of `~`, few instructions and no output before the end: only the
+    // memory cap stops it.
+    let src = "{% set ns = namespace(s='xy') %}{% for i in range(60) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s | length }}";
+    let cap = 64 << 20;
+    let t = ChatTemplate::new(src, None, None)
+        .unwrap()
+        .named("evil/chat_template.jinja")
+        .with_limits(RenderLimits {
+            max_memory_bytes: cap,
+            ..RenderLimits::default()
+        });
+    let started = Instant::now();
+    let err = t.render(&conversation(), false).unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let msg = err.to_string();
+    let (name, limit) = limit_of(err);
+    assert_eq!(name, "evil/chat_template.jinja");
+    assert_eq!(limit, TemplateLimit::Memory(cap));
+    assert!(
+        msg.contains("64 MiB") || msg.contains(&cap.to_string()),
+        "{msg}"
+    );
+
+    // The same loop, twelve doublings (8 kB): inside every bound, it renders.
+    let ok = ChatTemplate::new(src.replace("range(60)", "range(12)"), None, None)
+        .unwrap()
+        .with_limits(RenderLimits {
+            max_memory_bytes: cap,
+            ..RenderLimits::default()
+        })
+        .render(&conversation(), false)
+        .unwrap();
+    assert_eq!(ok, (2usize << 12).to_string());
+}
+
+#[test]
+fn a_template_busy_without_writing_stops_at_the_deadline() {
+    // Ten million instructions of arithmetic, no output: the caller's deadline ends the wait.
+    let src = "{% set ns = namespace(n=0) %}{% for i in range(100000) %}{% for j in range(100000) %}{% set ns.n = ns.n + 1 %}{% endfor %}{% endfor %}{{ ns.n }}";
+    let limits = RenderLimits {
+        max_duration: Duration::from_millis(50),
+        ..RenderLimits::default()
+    };
+    let t = ChatTemplate::new(src, None, None)
+        .unwrap()
+        .with_limits(limits);
+    let started = Instant::now();
+    let (_, limit) = limit_of(t.render(&conversation(), false).unwrap_err());
+    assert_eq!(limit, TemplateLimit::Duration(Duration::from_millis(50)));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
 fn committed_templates_render_with_a_hundredth_of_the_default_fuel() {
     let small = RenderLimits {
         fuel: RenderLimits::default().fuel / 100,
@@ -190,6 +253,7 @@ fn chat_template() {
         fuel: 200_000,
         max_output_bytes: 1 << 20,
         max_duration: Duration::from_secs(2),
+        max_memory_bytes: 64 << 20,
     };
     let messages = conversation();
     let (cases, rendered) = (Cell::new(0u32), Cell::new(0u32));

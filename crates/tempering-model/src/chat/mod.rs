@@ -10,14 +10,20 @@
 //! rendered with, and the limits it is rendered under.
 //!
 //! A template comes from a model directory, which may not be trusted: rendering runs under a fuel
-//! budget (minijinja counts the instructions it executes), a cap on the output's size and a
-//! wall-clock deadline checked whenever output is written ([`RenderLimits`]). A template that loops
-//! or grows past them ends with [`ModelError::TemplateLimit`] naming the template, never a hang.
+//! budget (minijinja counts the instructions it executes), a cap on the output's size, a wall-clock
+//! deadline and a cap on the memory it holds ([`RenderLimits`]). A template that loops or grows past
+//! them ends with [`ModelError::TemplateLimit`] naming the template, never a hang or an
+//! out-of-memory abort. The memory cap (and the deadline on a rendering that writes nothing) needs
+//! [`RenderMemoryCap`] as the process's global allocator, as the `temper` binary has it: the
+//! rendering then runs on a thread of its own, which is abandoned, parked, when it goes past a bound.
 //!
 //! This module turns messages into a prompt string and nothing else: it knows nothing of tokenizers,
 //! token ids, models or where a conversation comes from.
 
 mod jinja_compat;
+mod memory_cap;
+
+pub use memory_cap::{installed as memory_cap_installed, RenderMemoryCap};
 
 use std::io;
 use std::path::Path;
@@ -56,8 +62,12 @@ pub struct RenderLimits {
     pub fuel: u64,
     /// Bytes of rendered output.
     pub max_output_bytes: usize,
-    /// Wall-clock time, checked each time the template writes output.
+    /// Wall-clock time, checked each time the template writes output and, with the memory cap
+    /// installed, by the caller waiting on the rendering thread.
     pub max_duration: Duration,
+    /// Bytes the rendering may hold at once (its values, strings and output), enforced where
+    /// [`RenderMemoryCap`] is the global allocator.
+    pub max_memory_bytes: usize,
 }
 
 impl Default for RenderLimits {
@@ -66,6 +76,7 @@ impl Default for RenderLimits {
             fuel: 10_000_000,
             max_output_bytes: 16 << 20,
             max_duration: Duration::from_secs(10),
+            max_memory_bytes: 512 << 20,
         }
     }
 }
@@ -221,6 +232,56 @@ impl ChatTemplate {
     /// A `raise_exception(msg)` in the template becomes `ModelError::Template` carrying `msg`; a
     /// rendering past [`Self::limits`] stops with `ModelError::TemplateLimit`.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        if !memory_cap::installed() {
+            return self.render_here(messages, add_generation_prompt);
+        }
+        let budget = memory_cap::Budget::new(self.limits.max_memory_bytes);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (this, messages, thread_budget) = (self.clone(), messages.to_vec(), budget.clone());
+        std::thread::Builder::new()
+            .name("chat-template".into())
+            // Deep template recursion must meet minijinja's own depth limit, not the stack's end.
+            .stack_size(16 << 20)
+            .spawn(move || {
+                let guard = memory_cap::BudgetGuard::enter(&thread_budget);
+                let rendered = this.render_here(&messages, add_generation_prompt);
+                drop(guard);
+                let _ = tx.send(rendered);
+            })
+            .map_err(|e| {
+                ModelError::Template(format!("{}: cannot start rendering: {e}", self.origin))
+            })?;
+        let deadline = Instant::now() + self.limits.max_duration;
+        let limit = loop {
+            match rx.recv_timeout(Duration::from_millis(5)) {
+                Ok(rendered) => return rendered,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(ModelError::Template(format!(
+                        "{}: rendering failed (its thread panicked)",
+                        self.origin
+                    )))
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if budget.exceeded() {
+                        break TemplateLimit::Memory(self.limits.max_memory_bytes);
+                    }
+                    if Instant::now() > deadline {
+                        break TemplateLimit::Duration(self.limits.max_duration);
+                    }
+                }
+            }
+        };
+        // The rendering thread is left behind: parked for good past the memory cap, or running
+        // on until its fuel ends past the deadline.
+        Err(ModelError::TemplateLimit {
+            template: self.origin.clone(),
+            limit,
+        })
+    }
+
+    /// Renders on the calling thread, under every limit but memory (and a deadline checked only
+    /// when output is written).
+    fn render_here(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
         let template = self
             .env
             .get_template(TEMPLATE_NAME)

@@ -100,7 +100,7 @@ impl Tokenizer {
         let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
         // Valid JSON first (syntax, UTF-8, escapes): `tokenizers` 0.23 panics (`expect("Helper")`)
         // on any such error inside the `decoder` object (found by fuzzing; the inputs are in
-        // fixtures/bad-input/model/). Skipping over strings would not check their encoding.
+        // fixtures/bad/model/). Skipping over strings would not check their encoding.
         let json = serde_json::from_slice::<Json>(&bytes)
             .map_err(|e| ModelError::format(path, format!("not a tokenizer.json: {e}")))?;
         // A post-processor template naming a special token it does not define panics in
