@@ -15,14 +15,14 @@ PY=${PYREF:-/work/pyref/venv/bin/python}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 
-cargo build -q -p temper
+cargo build -q --release -p temper
 # One HF directory for both systems (TRL reads HF directories).
-target/debug/temper convert "$GGUF" "$WORK/smollm2" >/dev/null
+target/release/temper convert "$GGUF" "$WORK/smollm2" >/dev/null
 "$PY" scripts/bench/dpo_data.py "$WORK/prefs.jsonl" 16
 
 {
   RAYON_NUM_THREADS=$THREADS /usr/bin/time -f "%M" -o "$WORK/rss" \
-    target/debug/temper dpo --model "$WORK/smollm2" --data "$WORK/prefs.jsonl" --output "$WORK/run" --quiet \
+    target/release/temper dpo --model "$WORK/smollm2" --data "$WORK/prefs.jsonl" --output "$WORK/run" --quiet \
     --loss sigmoid --beta 0.1 --max-steps "$STEPS" --batch-size 2 --max-length 128 --learning-rate 1e-5 \
     --lr-scheduler constant --shuffle false --lora-r 8 --lora-alpha 16 --lora-dropout 0.05 --lora-targets q,v \
     >/dev/null 2>"$WORK/log"

@@ -13,12 +13,12 @@ GGUF=${TEMPER_SMOLLM2:-models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 
-cargo build -q -p temper
-target/debug/temper convert "$GGUF" "$WORK/smollm2" >/dev/null
+cargo build -q --release -p temper
+target/release/temper convert "$GGUF" "$WORK/smollm2" >/dev/null
 python3 scripts/bench/dpo_data.py "$WORK/prefs.jsonl" 16
 
 RAYON_NUM_THREADS=$THREADS perf record -q -e cpu-clock -F 499 -g -o "$WORK/perf.data" -- \
-  target/debug/temper dpo --model "$WORK/smollm2" --data "$WORK/prefs.jsonl" --output "$WORK/run" --quiet \
+  target/release/temper dpo --model "$WORK/smollm2" --data "$WORK/prefs.jsonl" --output "$WORK/run" --quiet \
   --loss sigmoid --beta 0.1 --max-steps "$STEPS" --batch-size 2 --max-length 128 --learning-rate 1e-5 \
   --lr-scheduler constant --shuffle false --lora-r 8 --lora-alpha 16 --lora-dropout 0.05 --lora-targets q,v \
   >/dev/null 2>"$WORK/log"

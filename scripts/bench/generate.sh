@@ -9,7 +9,7 @@
 # Env:   TEMPER_SMOLLM2 (GGUF path), PYTHON (default /work/pyref/venv/bin/python)
 set -euo pipefail
 # The allocator settings `temper` applies itself (see crates/temper/src/main.rs).
-export MIMALLOC_PURGE_DELAY=-1 MIMALLOC_ARENA_EAGER_COMMIT=1
+export MIMALLOC_PURGE_DELAY=-1 MIMALLOC_ARENA_EAGER_COMMIT=1 CANDLE_NUM_THREADS=1
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$ROOT"
 BATCHES="${1:-1 8 32}"
@@ -17,8 +17,8 @@ NEW="${2:-64}"
 GGUF="${TEMPER_SMOLLM2:-$ROOT/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf}"
 PY="${PYTHON:-/work/pyref/venv/bin/python}"
 PROMPTS="$ROOT/scripts/bench/generate_prompts.txt"
-cargo build -q -p tempering-generate --example generate_bench
-BIN="$ROOT/target/debug/examples/generate_bench"
+cargo build -q --release -p tempering-generate --example generate_bench
+BIN="$ROOT/target/release/examples/generate_bench"
 OUT="$(mktemp)"
 for b in $BATCHES; do
   "$BIN" "$GGUF" "$PROMPTS" "$b" "$NEW" | tee -a "$OUT"

@@ -16,8 +16,8 @@ PY=${PYREF:-/work/pyref/venv/bin/python}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 
-cargo build -q -p temper
-T=target/debug/temper
+cargo build -q --release -p temper
+T=target/release/temper
 $T tasks generate arithmetic --level 3 --n 256 --seed 7 --output "$WORK/all.jsonl" >/dev/null
 # Prompt and answer only: both systems see the same prompts, and TRL gets no `completion` column.
 "$PY" -c "

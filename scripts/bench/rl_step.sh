@@ -16,8 +16,8 @@ PY=${PYREF:-python3}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 
-cargo build -q -p temper
-T=target/debug/temper
+cargo build -q --release -p temper
+T=target/release/temper
 $T tasks train-tiny arithmetic --level 1 --steps 150 --train-problems 2000 --eval-problems 0 \
   --output "$WORK/tiny" >/dev/null 2>&1
 

@@ -14,14 +14,14 @@ PY=${PYREF:-/work/pyref/venv/bin/python}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 
-cargo build -q -p temper
+cargo build -q --release -p temper
 "$PY" scripts/bench/train_data.py "$WORK/data.jsonl" 16
 
 ours() { # mode, extra flags...
   local mode=$1; shift
   local run="$WORK/run-$mode"
   RAYON_NUM_THREADS=$THREADS /usr/bin/time -f "%M" -o "$WORK/rss-$mode" \
-    target/debug/temper sft --model "$GGUF" --data "$WORK/data.jsonl" --output "$run" --quiet \
+    target/release/temper sft --model "$GGUF" --data "$WORK/data.jsonl" --output "$run" --quiet \
     --max-steps "$STEPS" --batch-size 4 --max-length 128 --learning-rate 1e-5 --lr-scheduler constant \
     --weight-decay 0 --max-grad-norm 1 --shuffle false "$@" >/dev/null 2>"$WORK/log-$mode"
   "$PY" - "$run/metrics.jsonl" "$WORK/rss-$mode" "$mode" <<'PYEOF'

@@ -9,8 +9,8 @@ cd "$(dirname "$0")/../.."
 THREADS=${THREADS:-2}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
-cargo build -q -p temper
-T=target/debug/temper
+cargo build -q --release -p temper
+T=target/release/temper
 TASKS=("$@")
 if [ ${#TASKS[@]} -eq 0 ]; then
   mapfile -t TASKS < <($T tasks list | awk '{print $1}')

@@ -108,7 +108,22 @@ fn tune_allocator() {
     }
 }
 
+/// Candle splits element-wise ops over 64k elements across a pool of its own whose threads, and the
+/// caller waiting on them, spin rather than sleep. Beside rayon's pool (the matmuls) that is one
+/// thread more than a 2-core machine has, and whenever the cores are shared a spinning waiter burns
+/// a whole time slice: a tiny-model GRPO update took 2.5-2.9 s with the pool and 0.92-0.96 s without
+/// while other builds ran; on idle cores both measured the same (update 0.78-0.82 s, SmolLM2
+/// prefill 520-533 tok/s; release build, 2026-12-06). So that pool is off (one thread: the caller
+/// runs the op) unless `CANDLE_NUM_THREADS` says otherwise; rayon's pool is untouched.
+fn quiet_candle_pool() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // Called first thing in `main`, before any other thread exists.
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}
+
 fn main() {
+    quiet_candle_pool();
     tune_allocator();
     tracing_subscriber::fmt()
         .with_env_filter(
