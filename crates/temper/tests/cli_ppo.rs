@@ -7,7 +7,7 @@ use std::path::Path;
 
 mod common;
 
-use common::{ok, prompts, temper, two_step_model as model};
+use common::{ok, prompts, rerun_refused_and_resume_ok, temper, two_step_model as model};
 
 fn metrics(run: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(run.join("metrics.jsonl"))
@@ -86,26 +86,7 @@ fn ppo_writes_a_complete_run_and_resumes() {
     // The adaptive controller moved the coefficient away from its start.
     assert_ne!(recs[2]["kl_coef"].as_f64(), Some(0.05));
 
-    let again = temper()
-        .arg("ppo")
-        .arg("--model")
-        .arg(model())
-        .arg("--data")
-        .arg(&data)
-        .arg("--output")
-        .arg(&run)
-        .output()
-        .unwrap();
-    assert!(!again.status.success());
-    assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
-    let resumed = temper()
-        .arg("ppo")
-        .arg("--resume")
-        .arg(&run)
-        .arg("--quiet")
-        .output()
-        .unwrap();
-    let err = ok(&resumed);
+    let err = rerun_refused_and_resume_ok("ppo", &model(), &data, &run);
     assert!(err.contains("done: 3 rollout batches"), "{err}");
 }
 

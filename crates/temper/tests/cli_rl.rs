@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{ok, prompts, temper, two_step_model as model};
+use common::{ok, prompts, rerun_refused_and_resume_ok, temper, two_step_model as model};
 
 #[test]
 fn grpo_writes_a_complete_run_and_resumes() {
@@ -66,26 +66,7 @@ fn grpo_writes_a_complete_run_and_resumes() {
     assert_eq!(first["advantages"].as_array().unwrap().len(), 4);
 
     // A second run into the same directory is refused; --resume of the finished run is a no-op.
-    let again = temper()
-        .arg("grpo")
-        .arg("--model")
-        .arg(model())
-        .arg("--data")
-        .arg(&data)
-        .arg("--output")
-        .arg(&run)
-        .output()
-        .unwrap();
-    assert!(!again.status.success());
-    assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
-    let resumed = temper()
-        .arg("grpo")
-        .arg("--resume")
-        .arg(&run)
-        .arg("--quiet")
-        .output()
-        .unwrap();
-    let err = ok(&resumed);
+    let err = rerun_refused_and_resume_ok("grpo", &model(), &data, &run);
     assert!(err.contains("done: 3 rollout batches"), "{err}");
     // --resume continues with the saved config: another flag is refused, naming it.
     let refused = temper()
