@@ -223,3 +223,21 @@ pub(crate) fn trainable_policy(
         }
     })
 }
+
+/// Test support: the config keys `cmd`'s long flags stand for (`--learning-rate` is
+/// `learning_rate`), asserting that each of `keys` is one of them.
+#[cfg(test)]
+pub(crate) fn flags_covering(cmd: clap::Command, keys: &[&str]) -> Vec<String> {
+    let flags: Vec<String> = cmd
+        .get_arguments()
+        .filter_map(|a| a.get_long().map(|s| s.replace('-', "_")))
+        .collect();
+    for key in keys {
+        assert!(
+            flags.iter().any(|f| f == key),
+            "{}: no flag for config key `{key}`",
+            cmd.get_name()
+        );
+    }
+    flags
+}

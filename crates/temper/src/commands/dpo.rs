@@ -104,6 +104,35 @@ fn print_report(what: &Path, r: &PreferenceReport, opts: &PreferenceDataOptions)
     eprintln!("{}", r.summary(what, opts));
 }
 
+/// The training set and the evaluation set (if any), each read by `load` and its report printed.
+fn load_sets<T>(
+    data: &Path,
+    eval_data: Option<&Path>,
+    opts: &PreferenceDataOptions,
+    load: impl Fn(&Path) -> Result<(Vec<T>, PreferenceReport)>,
+) -> Result<(Vec<T>, Option<Vec<T>>)> {
+    let (train, report) = load(data)?;
+    print_report(data, &report, opts);
+    let eval = match eval_data {
+        Some(p) => {
+            let (e, r) = load(p)?;
+            print_report(p, &r, opts);
+            Some(e)
+        }
+        None => None,
+    };
+    Ok((train, eval))
+}
+
+/// The training set and any evaluation set, for precomputing their reference log-probs.
+fn all_sets<'a, T>(train: &'a mut [T], eval: &'a mut Option<Vec<T>>) -> Vec<&'a mut [T]> {
+    let mut sets = vec![train];
+    if let Some(e) = eval.as_mut() {
+        sets.push(e.as_mut_slice());
+    }
+    sets
+}
+
 /// The policy with its trainable `Var`s, and the frozen model full fine-tuning compares against.
 struct Policy {
     model: Transformer,
@@ -188,50 +217,30 @@ pub fn run(a: PreferenceArgs, kind: PreferenceKind) -> Result<()> {
 
     let (summary, trained) = match objective {
         PreferenceObjective::Paired(params) => {
-            let (mut train, report) = load_pairs(data_path, tokenizer, template, &opts)?;
-            print_report(data_path, &report, &opts);
-            let mut eval = match &cfg.eval_data {
-                Some(p) => {
-                    let (e, r) = load_pairs(p, tokenizer, template, &opts)?;
-                    print_report(p, &r, &opts);
-                    Some(e)
-                }
-                None => None,
-            };
+            let (mut train, mut eval) =
+                load_sets(data_path, cfg.eval_data.as_deref(), &opts, |p| {
+                    Ok(load_pairs(p, tokenizer, template, &opts)?)
+                })?;
             let reference = Reference::for_policy(&params, &model, frozen_reference)?;
             let mut o = DpoObjective::new(model, reference, params, pad)?;
             if cfg.precompute_ref {
-                let mut sets: Vec<&mut [_]> = vec![&mut train];
-                if let Some(e) = eval.as_mut() {
-                    sets.push(e);
-                }
-                o.precompute_reference(&mut sets, batch)?;
+                o.precompute_reference(&mut all_sets(&mut train, &mut eval), batch)?;
             }
             let s = trainer.fit(&mut o, &train, eval.as_deref())?;
             (s, o.model().clone())
         }
         PreferenceObjective::Kto(params) => {
-            let (mut train, report) = load_unpaired(data_path, tokenizer, template, &opts)?;
-            print_report(data_path, &report, &opts);
-            let mut eval = match &cfg.eval_data {
-                Some(p) => {
-                    let (e, r) = load_unpaired(p, tokenizer, template, &opts)?;
-                    print_report(p, &r, &opts);
-                    Some(e)
-                }
-                None => None,
-            };
+            let (mut train, mut eval) =
+                load_sets(data_path, cfg.eval_data.as_deref(), &opts, |p| {
+                    Ok(load_unpaired(p, tokenizer, template, &opts)?)
+                })?;
             let reference = match frozen_reference {
                 Some(m) => Reference::Model(Box::new(m)),
                 None => Reference::Model(Box::new(model.without_adapters())),
             };
             let mut o = KtoObjective::new(model, reference, params, pad)?;
             if cfg.precompute_ref {
-                let mut sets: Vec<&mut [_]> = vec![&mut train];
-                if let Some(e) = eval.as_mut() {
-                    sets.push(e);
-                }
-                o.precompute_reference(&mut sets, batch)?;
+                o.precompute_reference(&mut all_sets(&mut train, &mut eval), batch)?;
             }
             let s = trainer.fit(&mut o, &train, eval.as_deref())?;
             (s, o.model().clone())
@@ -262,17 +271,10 @@ mod tests {
 
     #[test]
     fn every_config_key_is_a_flag_and_loss_is_an_alias() {
-        let cmd = Cli::command();
-        let flags: Vec<String> = cmd
-            .get_arguments()
-            .filter_map(|a| a.get_long().map(|s| s.replace('-', "_")))
-            .collect();
-        for key in tempering_train::dpo::preference_keys() {
-            assert!(
-                flags.iter().any(|f| f == key),
-                "no flag for config key `{key}`"
-            );
-        }
+        super::super::common::flags_covering(
+            Cli::command(),
+            &tempering_train::dpo::preference_keys(),
+        );
         let cli = Cli::try_parse_from(["x", "--loss", "ipo", "--beta", "0.2", "--precompute-ref"])
             .unwrap();
         let cfg = PreferenceConfig::resolve(

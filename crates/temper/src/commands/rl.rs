@@ -512,14 +512,10 @@ mod tests {
 
     #[test]
     fn every_config_key_is_a_flag_and_flags_override_the_file() {
-        let cmd = Cli::command();
-        let flags: Vec<String> = cmd
-            .get_arguments()
-            .filter_map(|a| a.get_long().map(|s| s.replace('-', "_")))
-            .collect();
-        for key in tempering_train::rl::run_config::grpo_keys() {
-            assert!(flags.iter().any(|f| f == key), "no flag for `{key}`");
-        }
+        super::super::common::flags_covering(
+            Cli::command(),
+            &tempering_train::rl::run_config::grpo_keys(),
+        );
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("grpo.toml");
         std::fs::write(&file, "learning_rate = 0.001\nbeta = 0.1\nsteps = 7\n").unwrap();

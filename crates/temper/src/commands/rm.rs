@@ -257,28 +257,11 @@ mod tests {
         a: super::super::prm::PrmArgs,
     }
 
-    fn flags(cmd: clap::Command) -> Vec<String> {
-        cmd.get_arguments()
-            .filter_map(|a| a.get_long().map(|s| s.replace('-', "_")))
-            .collect()
-    }
-
     #[test]
     fn every_config_key_is_a_flag_and_flags_become_keys() {
-        let rm = flags(Rm::command());
-        for key in tempering_train::reward_config::rm_keys() {
-            assert!(
-                rm.iter().any(|f| f == key),
-                "temper rm: no flag for `{key}`"
-            );
-        }
-        let prm = flags(Prm::command());
-        for key in tempering_train::reward_config::prm_keys() {
-            assert!(
-                prm.iter().any(|f| f == key),
-                "temper prm: no flag for `{key}`"
-            );
-        }
+        use super::super::common::flags_covering;
+        flags_covering(Rm::command(), &tempering_train::reward_config::rm_keys());
+        flags_covering(Prm::command(), &tempering_train::reward_config::prm_keys());
         let cli = Prm::try_parse_from([
             "x",
             "--learning-rate",

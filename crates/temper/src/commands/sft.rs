@@ -143,17 +143,7 @@ mod tests {
 
     #[test]
     fn every_config_key_is_a_flag() {
-        let cmd = Cli::command();
-        let flags: Vec<String> = cmd
-            .get_arguments()
-            .filter_map(|a| a.get_long().map(|s| s.replace('-', "_")))
-            .collect();
-        for key in tempering_train::config::sft_keys() {
-            assert!(
-                flags.iter().any(|f| f == key),
-                "no flag for config key `{key}`"
-            );
-        }
+        super::super::common::flags_covering(Cli::command(), &tempering_train::config::sft_keys());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use tempering_model::Transformer;
 use crate::dpo::data::{PromptCompletion, UnpairedSequence};
 use crate::dpo::logps::{completion_logps, completion_logps_values};
 use crate::dpo::loss::log_sigmoid;
-use crate::dpo::objective::Reference;
+use crate::dpo::objective::{precomputed, Reference};
 use crate::error::{Result, TrainError};
 use crate::objective::{DropoutPolicy, LossOutput, Objective, StepContext};
 
@@ -233,21 +233,7 @@ impl Objective for KtoObjective {
                 completion_logps_values(m, &seqs, self.pad_id)?,
                 completion_logps_values(m, &kls, self.pad_id)?,
             ),
-            Reference::Precomputed => {
-                let mut a = Vec::with_capacity(n);
-                let mut b = Vec::with_capacity(n);
-                for e in batch {
-                    let (x, y) = e.reference.ok_or_else(|| {
-                        TrainError::config(
-                            "precompute_ref",
-                            format!("line {}: no precomputed reference log-probs", e.line),
-                        )
-                    })?;
-                    a.push(x);
-                    b.push(y);
-                }
-                (a, b)
-            }
+            Reference::Precomputed => precomputed(batch.iter().map(|e| (e.reference, e.line)))?,
             Reference::None => {
                 return Err(TrainError::config(
                     "ref_model",

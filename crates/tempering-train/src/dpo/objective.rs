@@ -47,6 +47,26 @@ impl Reference {
     }
 }
 
+/// The precomputed reference log-probs of a batch's examples (`(reference, line)` each) as two
+/// columns; an example without them is an error naming its line.
+pub(crate) fn precomputed(
+    examples: impl ExactSizeIterator<Item = (Option<(f64, f64)>, usize)>,
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    let mut a = Vec::with_capacity(examples.len());
+    let mut b = Vec::with_capacity(examples.len());
+    for (reference, line) in examples {
+        let (x, y) = reference.ok_or_else(|| {
+            TrainError::config(
+                "precompute_ref",
+                format!("line {line}: no precomputed reference log-probs"),
+            )
+        })?;
+        a.push(x);
+        b.push(y);
+    }
+    Ok((a, b))
+}
+
 /// Implicit rewards of one pair under the trained policy.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PairRewards {
@@ -158,19 +178,7 @@ impl DpoObjective {
                 Some((v[..b].to_vec(), v[b..].to_vec()))
             }
             Reference::Precomputed => {
-                let mut c = Vec::with_capacity(b);
-                let mut r = Vec::with_capacity(b);
-                for p in batch {
-                    let (pc, pr) = p.reference.ok_or_else(|| {
-                        TrainError::config(
-                            "precompute_ref",
-                            format!("line {}: no precomputed reference log-probs", p.line),
-                        )
-                    })?;
-                    c.push(pc);
-                    r.push(pr);
-                }
-                Some((c, r))
+                Some(precomputed(batch.iter().map(|p| (p.reference, p.line)))?)
             }
         };
         let x = PairLogps {
