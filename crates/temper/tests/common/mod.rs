@@ -1,8 +1,8 @@
 //! Helpers shared by the CLI test binaries (each uses it with `mod common;`): the `temper` binary
 //! under test, a success check that prints what the command said, what a command printed, the
 //! committed tiny SFT model, the two-step tiny model and prompts file that the online RL tests start
-//! from, a small SFT data file, a run's checkpoint steps, and the second-run-refused-then-resume
-//! check of the RL commands. Knows nothing of what the tests check.
+//! from, a small SFT data file, a training command line, a run's files and checkpoint steps, and
+//! the second-run-refused-then-resume check of the RL commands. Knows nothing of what the tests check.
 
 // Each test binary uses only some of these.
 #![allow(dead_code)]
@@ -125,15 +125,28 @@ pub fn checkpoint_steps(run: &Path) -> Vec<usize> {
     steps
 }
 
-/// Asserts that `temper <command>` into the finished `run` again is refused (pointing to
-/// `--resume`) and that `--resume` of it succeeds; returns the resumed command's stderr.
-pub fn rerun_refused_and_resume_ok(command: &str, model: &Path, data: &Path, run: &Path) -> String {
-    let again = temper()
-        .arg(command)
+/// `temper <command> --model MODEL --data DATA`, for a test to add its flags to.
+pub fn train_command(command: &str, model: &Path, data: &Path) -> Command {
+    let mut c = temper();
+    c.arg(command)
         .arg("--model")
         .arg(model)
         .arg("--data")
-        .arg(data)
+        .arg(data);
+    c
+}
+
+/// Asserts that each of `files` is a file under `run`.
+pub fn assert_files(run: &Path, files: &[&str]) {
+    for f in files {
+        assert!(run.join(f).is_file(), "missing {f}");
+    }
+}
+
+/// Asserts that `temper <command>` into the finished `run` again is refused (pointing to
+/// `--resume`) and that `--resume` of it succeeds; returns the resumed command's stderr.
+pub fn rerun_refused_and_resume_ok(command: &str, model: &Path, data: &Path, run: &Path) -> String {
+    let again = train_command(command, model, data)
         .arg("--output")
         .arg(run)
         .output()
