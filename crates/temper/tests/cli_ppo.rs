@@ -9,7 +9,7 @@ mod common;
 
 use common::{
     assert_files, ok, prompts, rerun_refused_and_resume_ok, temper, train_command,
-    two_step_model as model,
+    two_step_model as model, RL_RUN_FILES,
 };
 
 fn metrics(run: &Path) -> Vec<serde_json::Value> {
@@ -50,15 +50,7 @@ fn ppo_writes_a_complete_run_and_resumes() {
         .unwrap();
     let err = ok(&out);
     assert!(err.contains("done: 3 rollout batches"), "{err}");
-    assert_files(
-        &run,
-        &[
-            "config.toml",
-            "metrics.jsonl",
-            "rollouts.jsonl",
-            "model/config.json",
-        ],
-    );
+    assert_files(&run, &RL_RUN_FILES);
     let recs = metrics(&run);
     assert_eq!(recs.len(), 3);
     for key in [

@@ -7,7 +7,7 @@ mod common;
 
 use common::{
     assert_files, ok, prompts, rerun_refused_and_resume_ok, temper, train_command,
-    two_step_model as model,
+    two_step_model as model, RL_RUN_FILES,
 };
 
 #[test]
@@ -39,15 +39,7 @@ fn grpo_writes_a_complete_run_and_resumes() {
         .unwrap();
     let err = ok(&out);
     assert!(err.contains("done: 3 rollout batches"), "{err}");
-    assert_files(
-        &run,
-        &[
-            "config.toml",
-            "metrics.jsonl",
-            "rollouts.jsonl",
-            "model/config.json",
-        ],
-    );
+    assert_files(&run, &RL_RUN_FILES);
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().count(), 3);
     for key in [

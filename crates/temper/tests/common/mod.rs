@@ -136,6 +136,14 @@ pub fn train_command(command: &str, model: &Path, data: &Path) -> Command {
     c
 }
 
+/// The files every finished online RL run of full fine-tuning holds.
+pub const RL_RUN_FILES: [&str; 4] = [
+    "config.toml",
+    "metrics.jsonl",
+    "rollouts.jsonl",
+    "model/config.json",
+];
+
 /// Asserts that each of `files` is a file under `run`.
 pub fn assert_files(run: &Path, files: &[&str]) {
     for f in files {
