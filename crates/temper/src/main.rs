@@ -2,7 +2,10 @@
 //! library crates; holds no algorithm of its own. Each subcommand lives in `commands/` (one file, or
 //! two for close pairs such as `dpo`/`kto`, `grpo`/`rloo`, `ppo`/`trpo`); `temper serve` is
 //! `commands/serve.rs` with its HTTP side in `commands/serve/api.rs` (`parse`, `stream` beneath it);
-//! `device.rs` turns device flags into a candle device.
+//! `temper demo` is `commands/demo.rs` (its stages; `demo/` the plan and results reading) with its
+//! page in `commands/demo_report.rs`; what the training commands share is in `commands/common.rs`
+//! (the run lifecycle) and `commands/train_flags.rs` (the shared flags); `device.rs` turns device
+//! flags into a candle device.
 
 mod commands;
 mod device;

@@ -5,30 +5,15 @@
 //! panic), and the run directory stays usable: the last complete checkpoint is intact and resumes,
 //! and a run killed before any checkpoint is started afresh with a warning.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{fixture_sft as model, ok, temper};
+use common::{checkpoint_steps, fixture_sft as model, ok, sft_data, temper};
 
 const STEPS: usize = 40;
-
-fn sft_data(dir: &Path) -> PathBuf {
-    let p = dir.join("sft.jsonl");
-    let rows: String = (0..16)
-        .map(|i| {
-            format!(
-                "{{\"prompt\": \"Compute: {i}+{}\\n\", \"completion\": \"Answer: {}\"}}\n",
-                i % 7,
-                i + i % 7
-            )
-        })
-        .collect();
-    std::fs::write(&p, rows).unwrap();
-    p
-}
 
 /// `temper sft` arguments for a run of `steps` steps into `run`, checkpointing every `save_every`.
 fn sft_args(data: &Path, run: &Path, steps: usize, save_every: usize) -> Vec<String> {
@@ -57,21 +42,6 @@ fn clean_failure(out: &Output) -> String {
     );
     assert!(!err.contains("panicked"), "{err}");
     err
-}
-
-fn checkpoint_steps(run: &Path) -> Vec<usize> {
-    let mut steps: Vec<usize> = std::fs::read_dir(run.join("checkpoints"))
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| {
-                    let name = e.file_name().to_string_lossy().to_string();
-                    name.strip_prefix("step-")?.parse().ok()
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    steps.sort();
-    steps
 }
 
 /// Every file of the newest checkpoint with its bytes.

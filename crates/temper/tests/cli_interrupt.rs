@@ -4,28 +4,13 @@
 //! says where it continues and reaches the final step. A run on a directory in use is refused
 //! naming the owner's pid; a stale lock is taken over with a warning.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{fixture_sft as model, ok, temper};
-
-fn sft_data(dir: &Path) -> PathBuf {
-    let p = dir.join("sft.jsonl");
-    let rows: String = (0..16)
-        .map(|i| {
-            format!(
-                "{{\"prompt\": \"Compute: {i}+{}\\n\", \"completion\": \"Answer: {}\"}}\n",
-                i % 7,
-                i + i % 7
-            )
-        })
-        .collect();
-    std::fs::write(&p, rows).unwrap();
-    p
-}
+use common::{checkpoint_steps, fixture_sft as model, ok, sft_data, temper};
 
 /// Lines of `run/metrics.jsonl` that record a training step.
 fn steps_logged(run: &Path) -> usize {
@@ -72,21 +57,6 @@ fn interrupted_step(err: &str, cmd: &str, run: &Path) -> usize {
     line["interrupted at step ".len()..line.len() - tail.len()]
         .parse()
         .unwrap()
-}
-
-fn checkpoint_steps(run: &Path) -> Vec<usize> {
-    let mut steps: Vec<usize> = std::fs::read_dir(run.join("checkpoints"))
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| {
-                    let name = e.file_name().to_string_lossy().to_string();
-                    name.strip_prefix("step-")?.parse().ok()
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    steps.sort();
-    steps
 }
 
 const SFT_STEPS: usize = 600;

@@ -7,7 +7,10 @@ use std::path::Path;
 
 mod common;
 
-use common::{ok, prompts, temper, two_step_model as model};
+use common::{
+    assert_files, ok, prompts, rerun_refused_and_resume_ok, temper, train_command,
+    two_step_model as model, RL_RUN_FILES,
+};
 
 fn metrics(run: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(run.join("metrics.jsonl"))
@@ -22,12 +25,7 @@ fn ppo_writes_a_complete_run_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let data = prompts(dir.path());
     let run = dir.path().join("run");
-    let out = temper()
-        .arg("ppo")
-        .arg("--model")
-        .arg(model())
-        .arg("--data")
-        .arg(&data)
+    let out = train_command("ppo", &model(), &data)
         .args(["--reward", "math_answer + 0.1*length_penalty"])
         .args([
             "--num-generations",
@@ -52,14 +50,7 @@ fn ppo_writes_a_complete_run_and_resumes() {
         .unwrap();
     let err = ok(&out);
     assert!(err.contains("done: 3 rollout batches"), "{err}");
-    for f in [
-        "config.toml",
-        "metrics.jsonl",
-        "rollouts.jsonl",
-        "model/config.json",
-    ] {
-        assert!(run.join(f).is_file(), "missing {f}");
-    }
+    assert_files(&run, &RL_RUN_FILES);
     let recs = metrics(&run);
     assert_eq!(recs.len(), 3);
     for key in [
@@ -86,26 +77,7 @@ fn ppo_writes_a_complete_run_and_resumes() {
     // The adaptive controller moved the coefficient away from its start.
     assert_ne!(recs[2]["kl_coef"].as_f64(), Some(0.05));
 
-    let again = temper()
-        .arg("ppo")
-        .arg("--model")
-        .arg(model())
-        .arg("--data")
-        .arg(&data)
-        .arg("--output")
-        .arg(&run)
-        .output()
-        .unwrap();
-    assert!(!again.status.success());
-    assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
-    let resumed = temper()
-        .arg("ppo")
-        .arg("--resume")
-        .arg(&run)
-        .arg("--quiet")
-        .output()
-        .unwrap();
-    let err = ok(&resumed);
+    let err = rerun_refused_and_resume_ok("ppo", &model(), &data, &run);
     assert!(err.contains("done: 3 rollout batches"), "{err}");
 }
 
@@ -159,12 +131,7 @@ fn trpo_with_group_advantages_runs_and_refuses_what_does_not_fit() {
     let dir = tempfile::tempdir().unwrap();
     let data = prompts(dir.path());
     let trpo = |extra: &[&str], out: &str| {
-        temper()
-            .arg("trpo")
-            .arg("--model")
-            .arg(model())
-            .arg("--data")
-            .arg(&data)
+        train_command("trpo", &model(), &data)
             .args([
                 "--advantages",
                 "group",
@@ -225,12 +192,7 @@ fn flags_that_do_not_apply_are_named() {
         ("trpo", "--replay-coef", "0.5", "replay"),
         ("ppo", "--advantages", "median", "expected gae or group"),
     ] {
-        let out = temper()
-            .arg(cmd)
-            .arg("--model")
-            .arg(model())
-            .arg("--data")
-            .arg(&data)
+        let out = train_command(cmd, &model(), &data)
             .args([flag, value, "--output"])
             .arg(dir.path().join(format!("r{cmd}{value}")))
             .output()

@@ -16,17 +16,9 @@ use serde_json::Value;
 
 mod common;
 
-use common::{fixture_sft, temper};
+use common::{fixture_sft, temper, text};
 
 const WAIT: Duration = Duration::from_secs(120);
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 /// A server process, killed when dropped.
 struct Server {

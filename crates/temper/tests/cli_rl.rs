@@ -5,19 +5,17 @@
 
 mod common;
 
-use common::{ok, prompts, temper, two_step_model as model};
+use common::{
+    assert_files, ok, prompts, rerun_refused_and_resume_ok, temper, train_command,
+    two_step_model as model, RL_RUN_FILES,
+};
 
 #[test]
 fn grpo_writes_a_complete_run_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let data = prompts(dir.path());
     let run = dir.path().join("run");
-    let out = temper()
-        .arg("grpo")
-        .arg("--model")
-        .arg(model())
-        .arg("--data")
-        .arg(&data)
+    let out = train_command("grpo", &model(), &data)
         .args(["--reward", "math_answer + 0.1*length_penalty"])
         .args([
             "--num-generations",
@@ -41,14 +39,7 @@ fn grpo_writes_a_complete_run_and_resumes() {
         .unwrap();
     let err = ok(&out);
     assert!(err.contains("done: 3 rollout batches"), "{err}");
-    for f in [
-        "config.toml",
-        "metrics.jsonl",
-        "rollouts.jsonl",
-        "model/config.json",
-    ] {
-        assert!(run.join(f).is_file(), "missing {f}");
-    }
+    assert_files(&run, &RL_RUN_FILES);
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().count(), 3);
     for key in [
@@ -66,26 +57,7 @@ fn grpo_writes_a_complete_run_and_resumes() {
     assert_eq!(first["advantages"].as_array().unwrap().len(), 4);
 
     // A second run into the same directory is refused; --resume of the finished run is a no-op.
-    let again = temper()
-        .arg("grpo")
-        .arg("--model")
-        .arg(model())
-        .arg("--data")
-        .arg(&data)
-        .arg("--output")
-        .arg(&run)
-        .output()
-        .unwrap();
-    assert!(!again.status.success());
-    assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
-    let resumed = temper()
-        .arg("grpo")
-        .arg("--resume")
-        .arg(&run)
-        .arg("--quiet")
-        .output()
-        .unwrap();
-    let err = ok(&resumed);
+    let err = rerun_refused_and_resume_ok("grpo", &model(), &data, &run);
     assert!(err.contains("done: 3 rollout batches"), "{err}");
     // --resume continues with the saved config: another flag is refused, naming it.
     let refused = temper()
@@ -152,12 +124,7 @@ fn rloo_with_lora_writes_an_adapter() {
     let dir = tempfile::tempdir().unwrap();
     let data = prompts(dir.path());
     let run = dir.path().join("rloo");
-    let out = temper()
-        .arg("rloo")
-        .arg("--model")
-        .arg(model())
-        .arg("--data")
-        .arg(&data)
+    let out = train_command("rloo", &model(), &data)
         .args([
             "--num-generations",
             "3",
@@ -192,12 +159,7 @@ fn bad_flags_are_named() {
         ("--num-generations", "1", "num_generations"),
         ("--scale-rewards", "maybe", "--scale-rewards"),
     ] {
-        let out = temper()
-            .arg("grpo")
-            .arg("--model")
-            .arg(model())
-            .arg("--data")
-            .arg(&data)
+        let out = train_command("grpo", &model(), &data)
             .args([flag, value, "--output"])
             .arg(dir.path().join(format!("r{value}")))
             .output()

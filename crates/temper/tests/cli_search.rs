@@ -2,20 +2,12 @@
 //! does not matter here; the outputs and the errors do).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::OnceLock;
 
 mod common;
 
-use common::{fixture_sft as sft_model, temper};
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use common::{fixture_sft as sft_model, temper, text};
 
 /// A tiny arithmetic model trained for two steps, shared by the tests of this file.
 fn model() -> &'static Path {

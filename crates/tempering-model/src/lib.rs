@@ -3,7 +3,9 @@
 //! LoRA adapters (PEFT's format), loading and saving of HF safetensors directories and GGUF files,
 //! the tokenizer and chat templates, and the workspace's atomic file write (`write_atomic`).
 //!
-//! Where things live: [`config`] and [`transformer`] (with its fused [`ops`]) compute logits;
+//! Where things live: [`config`] and [`transformer`] (with its fused [`ops`]) compute logits, and
+//! the transformer's one gather (`Transformer::hidden_at`, `Transformer::token_logprobs_at`) is how
+//! every objective and score head reads hidden states or token log-probabilities at positions;
 //! [`weights`] reads and writes tensors (GGUF headers checked first by `gguf_check`), [`loader`] opens
 //! a model whatever its format; [`lora`] holds the adapters (`attach` puts them on a model, `peft`
 //! reads and writes PEFT's files); [`heads`] the score heads of reward models; [`tokenizer`] the
@@ -31,7 +33,7 @@ pub mod weights;
 pub use chat::{ChatMessage, ChatTemplate, RenderLimits};
 pub use config::{Architecture, ModelConfig};
 pub use error::{ModelError, Result, TemplateLimit};
-pub use heads::{hidden_at, save_classifier, Classifier, ClassifierSave, HeadKind, ScoreHead};
+pub use heads::{save_classifier, Classifier, ClassifierSave, HeadKind, ScoreHead};
 pub use loader::{ModelFiles, ModelFormat, ModelInfo};
 pub use lora::{load_peft, save_peft, DropoutRng, LoraConfig, LoraLinear, LoraTarget, PeftAdapter};
 pub use tokenizer::Tokenizer;

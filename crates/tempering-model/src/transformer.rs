@@ -14,6 +14,12 @@ use crate::ops;
 use crate::rng::SplitMix64;
 use crate::weights::Weights;
 
+mod cache;
+mod gather;
+
+use cache::LayerKv;
+pub use cache::{KvCache, TokenLayout};
+
 /// Added to attention scores of keys a query must not see. Finite, so that a padded query row with no
 /// visible key gives a uniform (ignored) distribution rather than NaNs.
 const MASKED: f32 = -1e9;
@@ -93,142 +99,6 @@ pub struct Layer {
     pub self_attn: Attention,
     pub post_attention_layernorm: Tensor,
     pub mlp: Mlp,
-}
-
-/// Keys and values of every layer for the tokens seen so far, with each row's key positions
-/// (`None` for padding) so that masks and RoPE stay right across decode steps. It holds values, not
-/// a gradient graph: new keys are copied into preallocated buffers.
-#[derive(Clone, Debug, Default)]
-pub struct KvCache {
-    layers: Vec<Option<LayerKv>>,
-    key_positions: Vec<Vec<Option<u32>>>,
-}
-
-/// One layer's keys and values in buffers `[B, nkv, capacity, hd]` filled up to `len`: a decode
-/// step writes its keys in place instead of copying the whole history (`Tensor::cat`).
-#[derive(Clone, Debug)]
-struct LayerKv {
-    k: Tensor,
-    v: Tensor,
-    len: usize,
-    /// Shared by clones of the cache: buffers are written in place only when no clone sees them.
-    owner: std::sync::Arc<()>,
-}
-
-impl LayerKv {
-    /// Appends keys and values `[B, nkv, T, hd]` to `slot`; returns views of all it holds.
-    fn append(slot: &mut Option<LayerKv>, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
-        let (b, h, t, d) = k.dims4()?;
-        let len = slot.as_ref().map_or(0, |s| s.len);
-        let need = len + t;
-        let fits = match slot.as_ref() {
-            Some(s) => s.k.dim(2)? >= need && std::sync::Arc::strong_count(&s.owner) == 1,
-            None => false,
-        };
-        if !fits {
-            // Growth by half plus a margin keeps appends amortised O(1) per token.
-            let cap = need + need / 2 + 64;
-            let nk = Tensor::zeros((b, h, cap, d), k.dtype(), k.device())?;
-            let nv = Tensor::zeros((b, h, cap, d), v.dtype(), v.device())?;
-            if let Some(s) = slot.as_ref().filter(|s| s.len > 0) {
-                nk.slice_set(&s.k.narrow(2, 0, s.len)?.contiguous()?, 2, 0)?;
-                nv.slice_set(&s.v.narrow(2, 0, s.len)?.contiguous()?, 2, 0)?;
-            }
-            *slot = Some(LayerKv {
-                k: nk,
-                v: nv,
-                len,
-                owner: std::sync::Arc::new(()),
-            });
-        }
-        let s = slot
-            .as_mut()
-            .ok_or_else(|| ModelError::Unsupported("kv cache slot left empty".into()))?;
-        s.k.slice_set(&k.contiguous()?, 2, s.len)?;
-        s.v.slice_set(&v.contiguous()?, 2, s.len)?;
-        s.len = need;
-        Ok((s.k.narrow(2, 0, need)?, s.v.narrow(2, 0, need)?))
-    }
-}
-
-impl KvCache {
-    pub fn new(num_layers: usize) -> Self {
-        KvCache {
-            layers: vec![None; num_layers],
-            key_positions: vec![],
-        }
-    }
-    /// Number of key slots held per row (padding included).
-    pub fn len(&self) -> usize {
-        self.key_positions.first().map_or(0, |r| r.len())
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    pub fn key_positions(&self) -> &[Vec<Option<u32>>] {
-        &self.key_positions
-    }
-    /// Keeps only the rows in `rows` (in that order), e.g. to drop finished sequences.
-    pub fn select_rows(&mut self, rows: &[u32]) -> Result<()> {
-        let dev = match self.layers.iter().flatten().next() {
-            Some(l) => l.k.device().clone(),
-            None => Device::Cpu,
-        };
-        let idx = Tensor::new(rows, &dev)?;
-        for l in self.layers.iter_mut().flatten() {
-            // New buffers: clones of the cache keep theirs.
-            l.k = l.k.index_select(&idx, 0)?;
-            l.v = l.v.index_select(&idx, 0)?;
-            l.owner = std::sync::Arc::new(());
-        }
-        self.key_positions = rows
-            .iter()
-            .map(|&r| self.key_positions[r as usize].clone())
-            .collect();
-        Ok(())
-    }
-}
-
-/// Where each new token sits: its position (for RoPE and causality) and whether it is real or
-/// padding (padding keys are never attended to).
-#[derive(Clone, Debug)]
-pub struct TokenLayout {
-    pub positions: Vec<Vec<u32>>,
-    pub valid: Vec<Vec<bool>>,
-}
-
-impl TokenLayout {
-    /// `b` rows of `t` real tokens at positions `start..start + t`.
-    pub fn contiguous(b: usize, t: usize, start: u32) -> Self {
-        TokenLayout {
-            positions: vec![(start..start + t as u32).collect(); b],
-            valid: vec![vec![true; t]; b],
-        }
-    }
-    /// Rows of the given lengths, right-padded to `t` (training batches).
-    pub fn right_padded(lengths: &[usize], t: usize) -> Self {
-        TokenLayout {
-            positions: lengths.iter().map(|_| (0..t as u32).collect()).collect(),
-            valid: lengths
-                .iter()
-                .map(|&l| (0..t).map(|i| i < l).collect())
-                .collect(),
-        }
-    }
-    /// Rows of the given lengths, left-padded to `t` (generation prompts): positions start at 0 on
-    /// each row's first real token.
-    pub fn left_padded(lengths: &[usize], t: usize) -> Self {
-        TokenLayout {
-            positions: lengths
-                .iter()
-                .map(|&l| (0..t).map(|i| (i + l).saturating_sub(t) as u32).collect())
-                .collect(),
-            valid: lengths
-                .iter()
-                .map(|&l| (0..t).map(|i| i + l >= t).collect())
-                .collect(),
-        }
-    }
 }
 
 /// The decoder. Weights are shared `Tensor`s (cheap clones), so a `Transformer` is cheap to clone.

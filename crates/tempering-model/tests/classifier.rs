@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 use serde_json::Value;
-use tempering_model::{hidden_at, save_classifier, Classifier, ClassifierSave, HeadKind};
+use tempering_model::{save_classifier, Classifier, ClassifierSave, HeadKind};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -54,7 +54,7 @@ fn scores(c: &Classifier, ids: &[Vec<u32>], all_positions: bool) -> Vec<Vec<f32>
             }
         })
         .collect();
-    let h = hidden_at(&c.model, &rows, &positions, 0).unwrap();
+    let h = c.model.hidden_at(&rows, &positions, 0).unwrap();
     c.head.forward(&h).unwrap().to_vec2::<f32>().unwrap()
 }
 

@@ -1,22 +1,23 @@
-//! The SFT run configuration: one flat set of keys, read from TOML (`--config sft.toml`), overridden
-//! key by key (the command line), validated with errors naming the key, and written back resolved
-//! into the run directory. An unknown key is an error suggesting the nearest known one. Knows keys and
-//! values; nothing of how training runs.
+//! The SFT run configuration: one flat set of keys (the trainer's and the adapter's shared through
+//! `train_keys`, and SFT's own), read from TOML (`--config sft.toml`), overridden key by key (the
+//! command line), validated with errors naming the key, and written back resolved into the run
+//! directory. An unknown key is an error suggesting the nearest known one. Also the resolver every
+//! run config uses. Knows keys and values; nothing of how training runs.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use tempering_model::{LoraConfig, LoraTarget};
+use tempering_model::LoraConfig;
 
 use crate::error::{Result, TrainError};
-use crate::optim::AdamWConfig;
-use crate::schedule::ScheduleKind;
 use crate::sft::SftDataOptions;
+use crate::train_keys::{train_keys, LoraKeys, TrainKeys, LORA_KEYS};
 use crate::trainer::TrainConfig;
 
-/// Every key of an SFT run. Defaults follow TRL's `SFTConfig` where it has one.
+/// Every key of an SFT run: the trainer's ([`TrainKeys`], shared with every offline trainer), the
+/// adapter's ([`LoraKeys`]) and SFT's own. Defaults follow TRL's `SFTConfig` where it has one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct SftConfig {
     /// The model: an HF directory or a GGUF file.
     pub model: Option<PathBuf>,
@@ -26,41 +27,15 @@ pub struct SftConfig {
     /// The run directory.
     pub output: Option<PathBuf>,
 
-    pub learning_rate: f64,
-    /// constant, linear or cosine (after warm-up).
-    pub lr_scheduler: ScheduleKind,
-    pub warmup_steps: usize,
-    pub min_lr_ratio: f64,
-    /// Optimiser steps; 0: `epochs` passes over the data.
-    pub max_steps: usize,
-    pub epochs: usize,
-    pub batch_size: usize,
-    pub grad_accum: usize,
-    /// 0 disables clipping.
-    pub max_grad_norm: f64,
-    pub weight_decay: f64,
-    pub adam_beta1: f64,
-    pub adam_beta2: f64,
-    pub adam_eps: f64,
-    /// 0: evaluate only at the end.
-    pub eval_every: usize,
-    pub eval_batch_size: usize,
-    /// 0: checkpoint only at the end.
-    pub save_every: usize,
-    pub keep_checkpoints: usize,
-    pub seed: u64,
-    pub shuffle: bool,
+    #[serde(flatten)]
+    pub train: TrainKeys,
 
     pub max_length: usize,
     pub completion_only_loss: bool,
     pub packing: bool,
 
-    /// LoRA rank; 0 means full fine-tuning.
-    pub lora_r: usize,
-    pub lora_alpha: f64,
-    pub lora_dropout: f64,
-    /// Comma-separated: q,k,v,o,gate,up,down or all.
-    pub lora_targets: String,
+    #[serde(flatten)]
+    pub lora: LoraKeys,
 
     /// cpu, cuda, cuda:N or auto.
     pub device: String,
@@ -70,81 +45,32 @@ pub struct SftConfig {
 
 impl Default for SftConfig {
     fn default() -> Self {
-        let t = TrainConfig::default();
         let d = SftDataOptions::default();
-        let l = LoraConfig::default();
         SftConfig {
             model: None,
             data: None,
             eval_data: None,
             output: None,
-            learning_rate: t.learning_rate,
-            lr_scheduler: t.schedule,
-            warmup_steps: t.warmup_steps,
-            min_lr_ratio: t.min_lr_ratio,
-            max_steps: t.max_steps,
-            epochs: t.epochs,
-            batch_size: t.batch_size,
-            grad_accum: t.grad_accum,
-            max_grad_norm: t.max_grad_norm,
-            weight_decay: t.adamw.weight_decay,
-            adam_beta1: t.adamw.beta1,
-            adam_beta2: t.adamw.beta2,
-            adam_eps: t.adamw.eps,
-            eval_every: t.eval_every,
-            eval_batch_size: t.eval_batch_size,
-            save_every: t.save_every,
-            keep_checkpoints: t.keep_checkpoints,
-            seed: t.seed,
-            shuffle: t.shuffle,
+            train: TrainKeys::with_learning_rate(TrainConfig::default().learning_rate),
             max_length: d.max_length,
             completion_only_loss: d.completion_only_loss,
             packing: d.packing,
-            lora_r: 0,
-            lora_alpha: l.alpha,
-            lora_dropout: l.dropout,
-            lora_targets: "q,v".into(),
+            lora: LoraKeys::default(),
             device: "cpu".into(),
             dtype: String::new(),
         }
     }
 }
 
-/// Every key an SFT config may hold, in the order written.
-pub const SFT_KEYS: &[&str] = &[
-    "model",
-    "data",
-    "eval_data",
-    "output",
-    "learning_rate",
-    "lr_scheduler",
-    "warmup_steps",
-    "min_lr_ratio",
-    "max_steps",
-    "epochs",
-    "batch_size",
-    "grad_accum",
-    "max_grad_norm",
-    "weight_decay",
-    "adam_beta1",
-    "adam_beta2",
-    "adam_eps",
-    "eval_every",
-    "eval_batch_size",
-    "save_every",
-    "keep_checkpoints",
-    "seed",
-    "shuffle",
-    "max_length",
-    "completion_only_loss",
-    "packing",
-    "lora_r",
-    "lora_alpha",
-    "lora_dropout",
-    "lora_targets",
-    "device",
-    "dtype",
-];
+/// Every key an SFT config may hold.
+pub fn sft_keys() -> Vec<&'static str> {
+    let mut k = vec!["model", "data", "eval_data", "output"];
+    k.extend(train_keys());
+    k.extend_from_slice(&["max_length", "completion_only_loss", "packing"]);
+    k.extend_from_slice(LORA_KEYS);
+    k.extend_from_slice(&["device", "dtype"]);
+    k
+}
 
 /// Edit distance, for "did you mean".
 fn levenshtein(a: &str, b: &str) -> usize {
@@ -164,7 +90,7 @@ fn levenshtein(a: &str, b: &str) -> usize {
 
 /// The known key of an SFT config nearest to `key`, if it is near enough to be a plausible typo.
 pub fn nearest_key(key: &str) -> Option<String> {
-    nearest_in(key, SFT_KEYS)
+    nearest_in(key, &sft_keys())
 }
 
 /// The key of `keys` nearest to `key`, if it is near enough to be a plausible typo.
@@ -284,7 +210,7 @@ impl SftConfig {
     /// Defaults, then the TOML file's keys, then `overrides` (the command line's), validated.
     pub fn resolve(file: Option<&Path>, overrides: toml::Table) -> Result<Self> {
         let flags: Vec<String> = overrides.keys().cloned().collect();
-        let cfg: SftConfig = resolve_keys(file, overrides, SFT_KEYS)?;
+        let cfg: SftConfig = resolve_keys(file, overrides, &sft_keys())?;
         cfg.validate()
             .map_err(|e| name_config_file(e, file, &flags))?;
         Ok(cfg)
@@ -292,51 +218,12 @@ impl SftConfig {
 
     /// Checks every value that can be checked without touching files.
     pub fn validate(&self) -> Result<()> {
-        self.train_config().validate()?;
-        if self.max_length < 2 {
-            return Err(TrainError::config(
-                "max_length",
-                "expected at least 2 tokens",
-            ));
-        }
-        if self.keep_checkpoints == 0 {
-            return Err(TrainError::config(
-                "keep_checkpoints",
-                "expected at least 1",
-            ));
-        }
-        if let Some(l) = self.lora()? {
-            l.validate()
-                .map_err(|e| TrainError::config("lora", e.to_string()))?;
-        }
-        Ok(())
+        self.train.validate(self.max_length)?;
+        self.lora.validate()
     }
 
     pub fn train_config(&self) -> TrainConfig {
-        TrainConfig {
-            learning_rate: self.learning_rate,
-            schedule: self.lr_scheduler,
-            warmup_steps: self.warmup_steps,
-            min_lr_ratio: self.min_lr_ratio,
-            max_steps: self.max_steps,
-            epochs: self.epochs,
-            batch_size: self.batch_size,
-            grad_accum: self.grad_accum,
-            max_grad_norm: self.max_grad_norm,
-            adamw: AdamWConfig {
-                beta1: self.adam_beta1,
-                beta2: self.adam_beta2,
-                eps: self.adam_eps,
-                weight_decay: self.weight_decay,
-            },
-            eval_every: self.eval_every,
-            eval_batch_size: self.eval_batch_size,
-            save_every: self.save_every,
-            keep_checkpoints: self.keep_checkpoints,
-            seed: self.seed,
-            shuffle: self.shuffle,
-            progress: true,
-        }
+        self.train.train_config()
     }
 
     pub fn data_options(&self) -> SftDataOptions {
@@ -349,17 +236,7 @@ impl SftConfig {
 
     /// The LoRA configuration, or `None` for full fine-tuning (`lora_r = 0`).
     pub fn lora(&self) -> Result<Option<LoraConfig>> {
-        if self.lora_r == 0 {
-            return Ok(None);
-        }
-        let targets = LoraTarget::parse_list(&self.lora_targets)
-            .map_err(|e| TrainError::config("lora_targets", e.to_string()))?;
-        Ok(Some(LoraConfig::new(
-            self.lora_r,
-            self.lora_alpha,
-            self.lora_dropout,
-            targets,
-        )))
+        self.lora.config()
     }
 
     /// The resolved config as TOML (what `config.toml` in the run directory holds).
@@ -390,13 +267,16 @@ mod tests {
             data: Some("d.jsonl".into()),
             eval_data: Some("e.jsonl".into()),
             output: Some("runs/x".into()),
-            lora_r: 4,
+            lora: LoraKeys {
+                lora_r: 4,
+                ..Default::default()
+            },
             ..Default::default()
         };
         let text = cfg.to_toml().unwrap();
         let table: toml::Table = text.parse().unwrap();
         let mut keys: Vec<&str> = table.keys().map(|k| k.as_str()).collect();
-        let mut known = SFT_KEYS.to_vec();
+        let mut known = sft_keys();
         keys.sort();
         known.sort();
         assert_eq!(keys, known);

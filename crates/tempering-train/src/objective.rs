@@ -4,6 +4,8 @@
 //! schedules or checkpoints.
 
 use candle_core::Tensor;
+use tempering_model::lora::DropoutRng;
+use tempering_model::Transformer;
 
 use crate::error::Result;
 use crate::rng::Rng;
@@ -21,6 +23,49 @@ pub struct StepContext<'a> {
     pub mode: Mode,
     pub step: usize,
     pub rng: &'a mut Rng,
+}
+
+/// A policy as the offline objectives (SFT, DPO, KTO) hold it: the model the optimiser steps, with
+/// LoRA dropout when it has adapters, and the same weights with dropout off (evaluation, saving).
+pub struct DropoutPolicy {
+    train_model: Transformer,
+    model: Transformer,
+    dropout: Option<DropoutRng>,
+}
+
+impl DropoutPolicy {
+    /// `model` must already carry its trainable `Var`s (full fine-tuning or LoRA).
+    pub fn new(model: Transformer) -> Self {
+        let mut train_model = model.clone();
+        let dropout = model.has_lora().then(|| DropoutRng::new(0));
+        if let Some(rng) = &dropout {
+            train_model.set_lora_dropout(Some(rng.clone()));
+        }
+        DropoutPolicy {
+            train_model,
+            model,
+            dropout,
+        }
+    }
+
+    /// The model with dropout off (what to save or evaluate).
+    pub fn model(&self) -> &Transformer {
+        &self.model
+    }
+
+    /// The model a loss in `ctx.mode` runs: in training, with dropout masks drawn from the
+    /// trainer's checkpointed stream (one draw per call, only when there is dropout).
+    pub fn for_step(&self, ctx: &mut StepContext<'_>) -> &Transformer {
+        match ctx.mode {
+            Mode::Train => {
+                if let Some(rng) = &self.dropout {
+                    rng.set_state(ctx.rng.next_u64());
+                }
+                &self.train_model
+            }
+            Mode::Eval => &self.model,
+        }
+    }
 }
 
 /// The loss of one (micro-)batch.

@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use candle_core::{DType, Tensor};
-use tempering_model::{hidden_at, ops, ScoreHead, Tokenizer, Transformer};
+use tempering_model::{ops, ScoreHead, Tokenizer, Transformer};
 use tempering_reward::learned::step_tokens;
 use tempering_tasks::dataset::{read_rows_numbered, StepwiseExample};
 
@@ -158,7 +158,7 @@ impl Objective for PrmObjective {
             .iter()
             .flat_map(|s| s.labels.iter().copied())
             .collect();
-        let h = hidden_at(&self.model, &seqs, &positions, self.pad_id)?;
+        let h = self.model.hidden_at(&seqs, &positions, self.pad_id)?;
         let logits = self.head.forward(&h)?.to_dtype(DType::F32)?;
         let n = labels.len();
         let targets = Tensor::from_vec(

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use candle_core::{DType, Tensor};
 use serde_json::Value;
-use tempering_model::{hidden_at, ChatMessage, ChatTemplate, ScoreHead, Tokenizer, Transformer};
+use tempering_model::{ChatMessage, ChatTemplate, ScoreHead, Tokenizer, Transformer};
 use tempering_reward::learned::completion_tokens;
 use tempering_tasks::dataset::{read_rows_numbered, Message, PreferenceExample, TextOrChat};
 
@@ -202,7 +202,7 @@ impl RewardModelObjective {
             .chain(batch.iter().map(|p| p.rejected.as_slice()))
             .collect();
         let positions: Vec<Vec<usize>> = seqs.iter().map(|s| vec![s.len() - 1]).collect();
-        let h = hidden_at(&self.model, &seqs, &positions, self.pad_id)?;
+        let h = self.model.hidden_at(&seqs, &positions, self.pad_id)?;
         Ok(self.head.forward(&h)?.to_dtype(DType::F32)?.flatten_all()?)
     }
 }

@@ -6,13 +6,12 @@
 
 use std::path::Path;
 
-use candle_core::{Tensor, D};
-use tempering_model::lora::DropoutRng;
-use tempering_model::{ops, ChatMessage, ChatTemplate, TokenLayout, Tokenizer, Transformer};
+use candle_core::Tensor;
+use tempering_model::{ChatMessage, ChatTemplate, Tokenizer, Transformer};
 use tempering_tasks::dataset::{read_rows_numbered, Message, SftExample, TextOrChat};
 
 use crate::error::{Result, TrainError};
-use crate::objective::{LossOutput, Mode, Objective, StepContext};
+use crate::objective::{DropoutPolicy, LossOutput, Objective, StepContext};
 
 /// One training sequence: token ids, and whether each token is a target (predicted from the tokens
 /// before it). The first token is never a target.
@@ -277,33 +276,23 @@ pub fn pack(mut seqs: Vec<SftSequence>, max_len: usize) -> Vec<SftSequence> {
 /// head (the prompt's and padding's logits are never computed), and log-probabilities come from the
 /// fused op that never materialises a full log-softmax.
 pub struct SftObjective {
-    /// The model as trained: LoRA dropout on.
-    train_model: Transformer,
-    /// The same weights with LoRA dropout off, for evaluation and saving.
-    model: Transformer,
-    dropout: Option<DropoutRng>,
+    /// The model as trained (LoRA dropout on) and as saved (off).
+    policy: DropoutPolicy,
     pad_id: u32,
 }
 
 impl SftObjective {
     /// `model` must already carry its trainable `Var`s (full fine-tuning or LoRA).
     pub fn new(model: Transformer, pad_id: u32) -> Self {
-        let mut train_model = model.clone();
-        let dropout = model.has_lora().then(|| DropoutRng::new(0));
-        if let Some(rng) = &dropout {
-            train_model.set_lora_dropout(Some(rng.clone()));
-        }
         SftObjective {
-            train_model,
-            model,
-            dropout,
+            policy: DropoutPolicy::new(model),
             pad_id,
         }
     }
 
     /// The trained model with dropout off (what to save or evaluate).
     pub fn model(&self) -> &Transformer {
-        &self.model
+        self.policy.model()
     }
 }
 
@@ -315,34 +304,22 @@ impl Objective for SftObjective {
     }
 
     fn loss(&mut self, batch: &[&SftSequence], ctx: &mut StepContext<'_>) -> Result<LossOutput> {
-        let model = match ctx.mode {
-            Mode::Train => {
-                // Dropout masks come from the trainer's checkpointed stream.
-                if let Some(rng) = &self.dropout {
-                    rng.set_state(ctx.rng.next_u64());
-                }
-                &self.train_model
-            }
-            Mode::Eval => &self.model,
-        };
+        let model = self.policy.for_step(ctx);
         let device = model.device().clone();
-        let t = batch.iter().map(|s| s.len()).max().unwrap_or(0);
-        let b = batch.len();
-        let mut ids = vec![self.pad_id; b * t];
-        let mut rows = Vec::new();
+        let mut positions = Vec::with_capacity(batch.len());
         let mut labels = Vec::new();
-        for (i, s) in batch.iter().enumerate() {
-            ids[i * t..i * t + s.len()].copy_from_slice(&s.ids);
+        for s in batch {
+            let mut pos = Vec::new();
             for j in 1..s.len() {
                 if s.targets[j] {
-                    rows.push((i * t + j - 1) as u32);
+                    pos.push(j - 1);
                     labels.push(s.ids[j]);
                 }
             }
+            positions.push(pos);
         }
-        let lengths: Vec<usize> = batch.iter().map(|s| s.len()).collect();
-        let n = rows.len();
-        let tokens = lengths.iter().sum();
+        let n = labels.len();
+        let tokens = batch.iter().map(|s| s.len()).sum();
         if n == 0 {
             return Ok(LossOutput {
                 loss_sum: Tensor::zeros((), model.dtype(), &device)?,
@@ -351,14 +328,8 @@ impl Objective for SftObjective {
                 metrics: vec![],
             });
         }
-        let input = Tensor::from_vec(ids, (b, t), &device)?;
-        let hidden = model.forward_hidden(&input, &TokenLayout::right_padded(&lengths, t), None)?;
-        let h = hidden.dim(D::Minus1)?;
-        let picked = hidden
-            .reshape((b * t, h))?
-            .index_select(&Tensor::from_vec(rows, n, &device)?, 0)?;
-        let logits = model.logits(&picked)?;
-        let lp = ops::token_logprobs(&logits, &Tensor::from_vec(labels, n, &device)?)?;
+        let seqs: Vec<&[u32]> = batch.iter().map(|s| s.ids.as_slice()).collect();
+        let (lp, _) = model.token_logprobs_at(&seqs, &positions, labels, self.pad_id, 1.0)?;
         let loss_sum = lp.sum_all()?.neg()?;
         Ok(LossOutput {
             loss_sum,

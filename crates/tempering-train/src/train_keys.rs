@@ -2,10 +2,11 @@
 //! flags, into its command line): [`StepKeys`], what every trainer reads (learning rate, schedule,
 //! warm-up, clipping, weight decay, checkpoints, seed; the online RL commands read only these), and
 //! [`TrainKeys`], those plus the data-pass and optimiser keys of the offline trainers (steps, epochs,
-//! batch, accumulation, Adam's betas, evaluation, shuffling). Knows keys and values; nothing of how
-//! training runs.
+//! batch, accumulation, Adam's betas, evaluation, shuffling); and [`LoraKeys`], the adapter keys of
+//! the offline policy trainers (SFT, DPO, KTO). Knows keys and values; nothing of how training runs.
 
 use serde::{Deserialize, Serialize};
+use tempering_model::{LoraConfig, LoraTarget};
 
 use crate::error::{Result, TrainError};
 use crate::optim::AdamWConfig;
@@ -164,5 +165,57 @@ impl TrainKeys {
             ));
         }
         self.step.validate()
+    }
+}
+
+/// The LoRA keys of the commands that train a policy offline (`temper sft`, `dpo`, `kto`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraKeys {
+    /// LoRA rank; 0 means full fine-tuning.
+    pub lora_r: usize,
+    pub lora_alpha: f64,
+    pub lora_dropout: f64,
+    /// Comma-separated: q,k,v,o,gate,up,down or all.
+    pub lora_targets: String,
+}
+
+/// The keys of [`LoraKeys`].
+pub const LORA_KEYS: &[&str] = &["lora_r", "lora_alpha", "lora_dropout", "lora_targets"];
+
+impl Default for LoraKeys {
+    fn default() -> Self {
+        let l = LoraConfig::default();
+        LoraKeys {
+            lora_r: 0,
+            lora_alpha: l.alpha,
+            lora_dropout: l.dropout,
+            lora_targets: "q,v".into(),
+        }
+    }
+}
+
+impl LoraKeys {
+    /// The LoRA configuration, or `None` for full fine-tuning (`lora_r = 0`).
+    pub fn config(&self) -> Result<Option<LoraConfig>> {
+        if self.lora_r == 0 {
+            return Ok(None);
+        }
+        let targets = LoraTarget::parse_list(&self.lora_targets)
+            .map_err(|e| TrainError::config("lora_targets", e.to_string()))?;
+        Ok(Some(LoraConfig::new(
+            self.lora_r,
+            self.lora_alpha,
+            self.lora_dropout,
+            targets,
+        )))
+    }
+
+    /// The adapter's own checks (after the trainer's: see [`TrainKeys::validate`]).
+    pub(crate) fn validate(&self) -> Result<()> {
+        if let Some(l) = self.config()? {
+            l.validate()
+                .map_err(|e| TrainError::config("lora", e.to_string()))?;
+        }
+        Ok(())
     }
 }

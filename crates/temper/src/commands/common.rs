@@ -1,21 +1,45 @@
 //! The run lifecycle every training command shares: the command line's keys as config overrides,
-//! the run directory (a new one, refusing one that holds a run; or `--resume`, which takes no other
-//! flag), required keys, the policy to train (full or LoRA) with its reference, and writing the
-//! final adapter or model into place. Holds no algorithm and no command's flags.
+//! the run's config and directory (a new one, refusing one that holds a run; or `--resume`, which
+//! takes no other flag), required keys, the device, the trainer (new or resumed), the policy to
+//! train (full or LoRA) with its reference, writing the final adapter or model into place, and the
+//! closing line. Holds no algorithm and no command's flags.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Var};
+use candle_core::{DType, Device, Var};
 use serde::Serialize;
 use tempering_model::loader::save_hf_dir;
 use tempering_model::{save_peft, LoraConfig, LoraTarget, ModelFiles, Transformer};
-use tempering_train::checkpoint;
 use tempering_train::run_lock::RunLock;
+use tempering_train::{checkpoint, FitSummary, TrainConfig, Trainer};
+
+use super::train_flags::RunControl;
+use crate::device::device_and_dtype;
 
 /// The command line's keys, for the config resolver.
 pub(crate) fn flag_table<T: Serialize>(a: &T) -> Result<toml::Table> {
     toml::Table::try_from(a).context("reading the command-line flags")
+}
+
+/// The run's config, directory, lock and whether it resumes: with `--resume`, the saved config of
+/// the run it names (`read_saved`; no other flag may be given); else a new run's config from
+/// `--config` and the flags (`resolve`), in the directory its `output` names (refused when it
+/// already holds a run).
+pub(crate) fn open_run<C>(
+    control: &RunControl,
+    cli: toml::Table,
+    resolve: impl FnOnce(Option<&Path>, toml::Table) -> Result<C>,
+    read_saved: impl FnOnce(&Path) -> Result<C>,
+    output: impl FnOnce(&C) -> Option<&Path>,
+) -> Result<(C, PathBuf, bool, RunLock)> {
+    if let Some(dir) = &control.resume {
+        let (run, resume, lock) = run_dir(Some(dir), &cli, control.config.is_some(), None)?;
+        return Ok((read_saved(&run)?, run, resume, lock));
+    }
+    let cfg = resolve(control.config.as_deref(), cli)?;
+    let (run, resume, lock) = run_dir(None, &toml::Table::new(), false, output(&cfg))?;
+    Ok((cfg, run, resume, lock))
 }
 
 /// A new run's directory, refusing one that already holds a run; or, with `--resume`, the run to
@@ -66,6 +90,52 @@ pub(crate) fn required<'a>(v: &'a Option<PathBuf>, key: &str) -> Result<&'a Path
             key.replace('_', "-")
         )
     })
+}
+
+/// The device and dtype of a config's `device` and `dtype` keys (an empty `dtype`: the device's
+/// default).
+pub(crate) fn device_of(device: &str, dtype: &str) -> Result<(Device, DType)> {
+    device_and_dtype(device, (!dtype.is_empty()).then_some(dtype))
+}
+
+/// The trainer of an offline run: restored from the run's last checkpoint when it resumes, else a
+/// new one, after which `write_config` saves the run's resolved `config.toml`.
+pub(crate) fn start_trainer(
+    tc: TrainConfig,
+    vars: Vec<(String, Var)>,
+    run_dir: &Path,
+    resume: bool,
+    write_config: impl FnOnce(&Path) -> Result<PathBuf>,
+) -> Result<Trainer> {
+    if resume {
+        return Ok(Trainer::resume(tc, vars, run_dir)?);
+    }
+    let t = Trainer::new(tc, vars, run_dir)?;
+    write_config(run_dir)?;
+    Ok(t)
+}
+
+/// `LoRA: N trainable parameters in K tensors` (or `full fine-tuning: ...`).
+pub(crate) fn trainable_summary(lora: bool, vars: &[(String, Var)]) -> String {
+    let n: usize = vars.iter().map(|(_, v)| v.elem_count()).sum();
+    format!(
+        "{}: {n} trainable parameters in {} tensors",
+        if lora { "LoRA" } else { "full fine-tuning" },
+        vars.len()
+    )
+}
+
+/// The closing line of an offline training run.
+pub(crate) fn report_done(summary: &FitSummary, written: &Path) {
+    eprintln!(
+        "done: {} steps, last loss {}{}; {} written",
+        summary.steps,
+        summary.last_loss.map_or("-".into(), |l| format!("{l:.4}")),
+        summary
+            .last_eval_loss
+            .map_or(String::new(), |l| format!(", eval loss {l:.4}")),
+        written.display()
+    );
 }
 
 /// Writes the final model through a temporary directory renamed into place.
@@ -152,4 +222,22 @@ pub(crate) fn trainable_policy(
             (policy, params, Some(base))
         }
     })
+}
+
+/// Test support: the config keys `cmd`'s long flags stand for (`--learning-rate` is
+/// `learning_rate`), asserting that each of `keys` is one of them.
+#[cfg(test)]
+pub(crate) fn flags_covering(cmd: clap::Command, keys: &[&str]) -> Vec<String> {
+    let flags: Vec<String> = cmd
+        .get_arguments()
+        .filter_map(|a| a.get_long().map(|s| s.replace('-', "_")))
+        .collect();
+    for key in keys {
+        assert!(
+            flags.iter().any(|f| f == key),
+            "{}: no flag for config key `{key}`",
+            cmd.get_name()
+        );
+    }
+    flags
 }

@@ -6,37 +6,28 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use clap::Args;
 use serde::Serialize;
-use tempering_model::loader::save_hf_dir;
-use tempering_model::{save_peft, ModelFiles, Transformer};
+use tempering_model::{ModelFiles, Transformer};
 use tempering_train::dpo::{
     load_pairs, load_unpaired, DpoObjective, KtoObjective, PreferenceConfig, PreferenceDataOptions,
     PreferenceKind, PreferenceObjective, PreferenceReport, Reference,
 };
-use tempering_train::run_lock::RunLock;
-use tempering_train::{checkpoint, Trainer};
 
-use crate::commands::common::{required, write_final};
-use crate::device::device_and_dtype;
+use super::common::{
+    device_of, flag_table, open_run, report_done, required, save_policy, start_trainer,
+    trainable_summary,
+};
+use super::train_flags::{DeviceFlags, LoraFlags, RunControl, RunPathFlags, TrainFlags};
 
 /// Every config key is also a flag (`beta` is `--beta`); flags win over the file.
 #[derive(Args, Serialize, Default, Debug)]
 pub struct PreferenceArgs {
-    /// A TOML file with any of the keys below (unknown keys are an error).
-    #[arg(long)]
+    #[command(flatten)]
     #[serde(skip)]
-    pub config: Option<PathBuf>,
-    /// Continue the run in this directory from its last checkpoint, with its saved config.
-    #[arg(long)]
-    #[serde(skip)]
-    pub resume: Option<PathBuf>,
-    /// No progress bar.
-    #[arg(long)]
-    #[serde(skip)]
-    pub quiet: bool,
+    pub control: RunControl,
 
     /// The policy to start from (usually the SFT model): an HF directory or a GGUF file.
     #[arg(long)]
@@ -50,13 +41,9 @@ pub struct PreferenceArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data: Option<PathBuf>,
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub eval_data: Option<PathBuf>,
-    /// The run directory to create.
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub output: Option<PathBuf>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub paths: RunPathFlags,
 
     /// sigmoid, ipo, hinge, robust, simpo or orpo (dpo); kto (kto).
     #[arg(long, visible_alias = "loss")]
@@ -90,65 +77,9 @@ pub struct PreferenceArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub precompute_ref: Option<bool>,
 
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub learning_rate: Option<f64>,
-    /// constant, linear or cosine.
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub lr_scheduler: Option<String>,
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub warmup_steps: Option<u64>,
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub min_lr_ratio: Option<f64>,
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_steps: Option<u64>,
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub epochs: Option<u64>,
-    /// Pairs (dpo) or examples (kto) per micro-batch.
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub batch_size: Option<u64>,
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub grad_accum: Option<u64>,
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_grad_norm: Option<f64>,
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub weight_decay: Option<f64>,
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub adam_beta1: Option<f64>,
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub adam_beta2: Option<f64>,
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub adam_eps: Option<f64>,
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub eval_every: Option<u64>,
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub eval_batch_size: Option<u64>,
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub save_every: Option<u64>,
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub keep_checkpoints: Option<u64>,
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub seed: Option<u64>,
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub shuffle: Option<bool>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub train: TrainFlags,
 
     /// Prompt plus completion, in tokens: prompts lose their first tokens, completions are never cut
     /// (rows whose completion cannot fit are dropped and reported).
@@ -160,72 +91,46 @@ pub struct PreferenceArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_prompt_length: Option<u64>,
 
-    /// LoRA rank (0: full fine-tuning).
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub lora_r: Option<u64>,
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub lora_alpha: Option<f64>,
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub lora_dropout: Option<f64>,
-    /// q,k,v,o,gate,up,down or all.
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub lora_targets: Option<String>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub lora: LoraFlags,
 
-    /// cpu, cuda, cuda:N or auto.
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub device: Option<String>,
-    /// f32, bf16 or f16.
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub dtype: Option<String>,
-}
-
-/// The config of a new run or of the run being resumed, its directory, and whether it resumes.
-fn resolve(
-    a: &PreferenceArgs,
-    kind: PreferenceKind,
-) -> Result<(PreferenceConfig, PathBuf, bool, RunLock)> {
-    let cli = toml::Table::try_from(a).context("reading the command-line flags")?;
-    match &a.resume {
-        Some(dir) => {
-            if !cli.is_empty() || a.config.is_some() {
-                let keys: Vec<&String> = cli.keys().collect();
-                bail!(
-                    "--resume continues {} with its saved config.toml; remove {}",
-                    dir.display(),
-                    if a.config.is_some() {
-                        "--config".to_string()
-                    } else {
-                        format!("{keys:?}")
-                    }
-                );
-            }
-            let lock = RunLock::acquire(dir)?;
-            checkpoint::latest(dir)?;
-            Ok((
-                PreferenceConfig::read_run(dir, kind)?,
-                dir.clone(),
-                true,
-                lock,
-            ))
-        }
-        None => {
-            let cfg = PreferenceConfig::resolve(a.config.as_deref(), cli, kind)?;
-            let out = required(&cfg.output, "output")?.to_path_buf();
-            let lock = RunLock::acquire(&out)?;
-            checkpoint::check_new_run(&out)?;
-            Ok((cfg, out, false, lock))
-        }
-    }
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub device: DeviceFlags,
 }
 
 fn print_report(what: &Path, r: &PreferenceReport, opts: &PreferenceDataOptions) {
     eprintln!("{}", r.summary(what, opts));
+}
+
+/// The training set and the evaluation set (if any), each read by `load` and its report printed.
+fn load_sets<T>(
+    data: &Path,
+    eval_data: Option<&Path>,
+    opts: &PreferenceDataOptions,
+    load: impl Fn(&Path) -> Result<(Vec<T>, PreferenceReport)>,
+) -> Result<(Vec<T>, Option<Vec<T>>)> {
+    let (train, report) = load(data)?;
+    print_report(data, &report, opts);
+    let eval = match eval_data {
+        Some(p) => {
+            let (e, r) = load(p)?;
+            print_report(p, &r, opts);
+            Some(e)
+        }
+        None => None,
+    };
+    Ok((train, eval))
+}
+
+/// The training set and any evaluation set, for precomputing their reference log-probs.
+fn all_sets<'a, T>(train: &'a mut [T], eval: &'a mut Option<Vec<T>>) -> Vec<&'a mut [T]> {
+    let mut sets = vec![train];
+    if let Some(e) = eval.as_mut() {
+        sets.push(e.as_mut_slice());
+    }
+    sets
 }
 
 /// The policy with its trainable `Var`s, and the frozen model full fine-tuning compares against.
@@ -256,18 +161,12 @@ fn policy(
         (None, true, None) => Some(model.clone()),
     };
     let vars = match &lora {
-        Some(l) => model.add_lora(l, cfg.seed)?,
+        Some(l) => model.add_lora(l, cfg.train.step.seed)?,
         None => model.make_trainable(|_| true)?,
     };
-    let n: usize = vars.iter().map(|(_, v)| v.elem_count()).sum();
     eprintln!(
-        "{}: {n} trainable parameters in {} tensors; reference: {}",
-        if lora.is_some() {
-            "LoRA"
-        } else {
-            "full fine-tuning"
-        },
-        vars.len(),
+        "{}; reference: {}",
+        trainable_summary(lora.is_some(), &vars),
         match (&frozen_reference, needs_reference, lora.is_some()) {
             (_, false, _) => "none (reference-free loss)",
             (None, true, true) => "the base model, adapters off",
@@ -282,38 +181,18 @@ fn policy(
     })
 }
 
-/// Writes the trained adapter (LoRA) or model into the run directory.
-fn save(
-    cfg: &PreferenceConfig,
-    run_dir: &Path,
-    trained: &Transformer,
-    files: &ModelFiles,
-    dtype: DType,
-) -> Result<PathBuf> {
-    let model_path = required(&cfg.model, "model")?;
-    let tokenizer = files.tokenizer.as_ref();
-    let template = files.chat_template.as_ref();
-    if cfg.lora_r > 0 {
-        let out = run_dir.join("adapter");
-        let base = model_path.display().to_string();
-        write_final(&out, |tmp| Ok(save_peft(tmp, trained, &base)?))?;
-        Ok(out)
-    } else {
-        let out = run_dir.join("model");
-        write_final(&out, |tmp| {
-            Ok(save_hf_dir(tmp, trained, tokenizer, template, dtype)?)
-        })?;
-        Ok(out)
-    }
-}
-
 /// `temper dpo` (`kind` paired) and `temper kto` (unpaired).
 pub fn run(a: PreferenceArgs, kind: PreferenceKind) -> Result<()> {
-    let (cfg, run_dir, resume, _lock) = resolve(&a, kind)?;
+    let (cfg, run_dir, resume, _lock) = open_run(
+        &a.control,
+        flag_table(&a)?,
+        |file, cli| Ok(PreferenceConfig::resolve(file, cli, kind)?),
+        |dir| Ok(PreferenceConfig::read_run(dir, kind)?),
+        |cfg| cfg.output.as_deref(),
+    )?;
     let model_path = required(&cfg.model, "model")?;
     let data_path = required(&cfg.data, "data")?;
-    let dtype = (!cfg.dtype.is_empty()).then_some(cfg.dtype.as_str());
-    let (device, dtype) = device_and_dtype(&cfg.device, dtype)?;
+    let (device, dtype) = device_of(&cfg.device, &cfg.dtype)?;
     let files = ModelFiles::open(model_path, dtype, &device)
         .with_context(|| format!("opening the model {}", model_path.display()))?;
     let tokenizer = files.require_tokenizer()?;
@@ -331,78 +210,51 @@ pub fn run(a: PreferenceArgs, kind: PreferenceKind) -> Result<()> {
     } = policy(&cfg, &files, needs_reference, (&device, dtype))?;
 
     let mut tc = cfg.train_config();
-    tc.progress = !a.quiet;
-    let mut trainer = if resume {
-        Trainer::resume(tc, vars, &run_dir)?
-    } else {
-        let t = Trainer::new(tc, vars, &run_dir)?;
-        cfg.write(&run_dir)?;
-        t
-    };
+    tc.progress = !a.control.quiet;
+    let mut trainer = start_trainer(tc, vars, &run_dir, resume, |d| Ok(cfg.write(d)?))?;
     let pad = tokenizer.pad_id();
-    let batch = cfg.eval_batch_size;
+    let batch = cfg.train.eval_batch_size;
 
     let (summary, trained) = match objective {
         PreferenceObjective::Paired(params) => {
-            let (mut train, report) = load_pairs(data_path, tokenizer, template, &opts)?;
-            print_report(data_path, &report, &opts);
-            let mut eval = match &cfg.eval_data {
-                Some(p) => {
-                    let (e, r) = load_pairs(p, tokenizer, template, &opts)?;
-                    print_report(p, &r, &opts);
-                    Some(e)
-                }
-                None => None,
-            };
+            let (mut train, mut eval) =
+                load_sets(data_path, cfg.eval_data.as_deref(), &opts, |p| {
+                    Ok(load_pairs(p, tokenizer, template, &opts)?)
+                })?;
             let reference = Reference::for_policy(&params, &model, frozen_reference)?;
             let mut o = DpoObjective::new(model, reference, params, pad)?;
             if cfg.precompute_ref {
-                let mut sets: Vec<&mut [_]> = vec![&mut train];
-                if let Some(e) = eval.as_mut() {
-                    sets.push(e);
-                }
-                o.precompute_reference(&mut sets, batch)?;
+                o.precompute_reference(&mut all_sets(&mut train, &mut eval), batch)?;
             }
             let s = trainer.fit(&mut o, &train, eval.as_deref())?;
             (s, o.model().clone())
         }
         PreferenceObjective::Kto(params) => {
-            let (mut train, report) = load_unpaired(data_path, tokenizer, template, &opts)?;
-            print_report(data_path, &report, &opts);
-            let mut eval = match &cfg.eval_data {
-                Some(p) => {
-                    let (e, r) = load_unpaired(p, tokenizer, template, &opts)?;
-                    print_report(p, &r, &opts);
-                    Some(e)
-                }
-                None => None,
-            };
+            let (mut train, mut eval) =
+                load_sets(data_path, cfg.eval_data.as_deref(), &opts, |p| {
+                    Ok(load_unpaired(p, tokenizer, template, &opts)?)
+                })?;
             let reference = match frozen_reference {
                 Some(m) => Reference::Model(Box::new(m)),
                 None => Reference::Model(Box::new(model.without_adapters())),
             };
             let mut o = KtoObjective::new(model, reference, params, pad)?;
             if cfg.precompute_ref {
-                let mut sets: Vec<&mut [_]> = vec![&mut train];
-                if let Some(e) = eval.as_mut() {
-                    sets.push(e);
-                }
-                o.precompute_reference(&mut sets, batch)?;
+                o.precompute_reference(&mut all_sets(&mut train, &mut eval), batch)?;
             }
             let s = trainer.fit(&mut o, &train, eval.as_deref())?;
             (s, o.model().clone())
         }
     };
-    let final_dir = save(&cfg, &run_dir, &trained, &files, dtype)?;
-    eprintln!(
-        "done: {} steps, last loss {}{}; {} written",
-        summary.steps,
-        summary.last_loss.map_or("-".into(), |l| format!("{l:.4}")),
-        summary
-            .last_eval_loss
-            .map_or(String::new(), |l| format!(", eval loss {l:.4}")),
-        final_dir.display()
-    );
+    let written = save_policy(
+        &run_dir,
+        &trained,
+        cfg.lora.lora_r > 0,
+        model_path,
+        &files,
+        dtype,
+    )?;
+    report_done(&summary, &written);
     Ok(())
 }
 
@@ -419,17 +271,10 @@ mod tests {
 
     #[test]
     fn every_config_key_is_a_flag_and_loss_is_an_alias() {
-        let cmd = Cli::command();
-        let flags: Vec<String> = cmd
-            .get_arguments()
-            .filter_map(|a| a.get_long().map(|s| s.replace('-', "_")))
-            .collect();
-        for key in tempering_train::dpo::PREFERENCE_KEYS {
-            assert!(
-                flags.iter().any(|f| f == key),
-                "no flag for config key `{key}`"
-            );
-        }
+        super::super::common::flags_covering(
+            Cli::command(),
+            &tempering_train::dpo::preference_keys(),
+        );
         let cli = Cli::try_parse_from(["x", "--loss", "ipo", "--beta", "0.2", "--precompute-ref"])
             .unwrap();
         let cfg = PreferenceConfig::resolve(

@@ -44,7 +44,7 @@ pub fn run(a: DpoRewardsArgs) -> Result<()> {
         .with_context(|| format!("opening the model {}", base_path.display()))?;
     let tokenizer = base.require_tokenizer()?;
 
-    let (policy, frozen) = if cfg.lora_r > 0 {
+    let (policy, frozen) = if cfg.lora.lora_r > 0 {
         let dir = a.run.join("adapter");
         let mut m = base.transformer()?;
         m.apply_peft(&dir)

@@ -16,7 +16,7 @@ use tempering_train::rl::{
 };
 
 use crate::commands::common::flag_table;
-use crate::commands::rl::{open_run, RlFlags, RlRun};
+use crate::commands::rl::{open_rl_run, RlFlags, RlRun};
 
 /// GRPO's flags that PPO and TRPO do not read: hidden from `--help`, and refused naming what to
 /// use instead (rather than clap's bare "unexpected argument").
@@ -196,10 +196,10 @@ pub fn ppo(a: PpoArgs) -> Result<()> {
     a.not.check()?;
     let cli = overrides(&a, &a.ac)?;
     let (cfg, run_dir, resume, _lock) =
-        open_run(&a.rl, cli, PpoRunConfig::resolve, &ppo_keys(), |c| {
+        open_rl_run(&a.rl, cli, PpoRunConfig::resolve, &ppo_keys(), |c| {
             c.rl.output.as_deref()
         })?;
-    let config = cfg.config(!a.rl.quiet);
+    let config = cfg.config(!a.rl.control.quiet);
     run(
         &cfg.rl,
         cfg.ac.critic_model.as_deref(),
@@ -217,10 +217,10 @@ pub fn trpo(a: TrpoArgs) -> Result<()> {
     a.not.check()?;
     let cli = overrides(&a, &a.ac)?;
     let (cfg, run_dir, resume, _lock) =
-        open_run(&a.rl, cli, TrpoRunConfig::resolve, &trpo_keys(), |c| {
+        open_rl_run(&a.rl, cli, TrpoRunConfig::resolve, &trpo_keys(), |c| {
             c.rl.output.as_deref()
         })?;
-    let config = cfg.config(!a.rl.quiet);
+    let config = cfg.config(!a.rl.control.quiet);
     run(
         &cfg.rl,
         cfg.ac.critic_model.as_deref(),

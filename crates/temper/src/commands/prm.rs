@@ -2,39 +2,29 @@
 //! and writes it as an HF token-classification directory (`runs/x/model`, two labels, with its
 //! `step_separator` in `config.json`). Holds no training logic.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Result;
 use clap::Args;
 use serde::Serialize;
 use serde_json::json;
-use tempering_model::{save_classifier, ClassifierSave, HeadKind};
+use tempering_model::HeadKind;
 use tempering_train::prm::{load_step_sequences, StepDataOptions};
-use tempering_train::{PrmConfig, PrmObjective, Trainer};
+use tempering_train::{PrmConfig, PrmObjective};
 
-use super::common::{flag_table, required, run_dir, write_final};
-use super::rm::open_with_head;
-use super::train_flags::TrainFlags;
-use crate::device::device_and_dtype;
+use super::common::{flag_table, open_run, report_done, required};
+use super::rm::{open_scored, save_scored, scored_trainer, ScoreTrainFlags};
+use super::train_flags::RunControl;
 
 /// Every config key is also a flag; flags win over the file.
 #[derive(Args, Serialize, Default, Debug)]
 pub struct PrmArgs {
-    /// A TOML file with any of the config keys (unknown keys are an error).
-    #[arg(long)]
+    #[command(flatten)]
     #[serde(skip)]
-    pub config: Option<PathBuf>,
-    /// Continue the run in this directory from its last checkpoint, with its saved config.
-    #[arg(long)]
-    #[serde(skip)]
-    pub resume: Option<PathBuf>,
-    /// No progress bar.
-    #[arg(long)]
-    #[serde(skip)]
-    pub quiet: bool,
+    pub control: RunControl,
     #[command(flatten)]
     #[serde(flatten)]
-    pub train: TrainFlags,
+    pub common: ScoreTrainFlags,
     /// Written after every step; each step's label is read at its last token (default: newline).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -46,29 +36,21 @@ pub struct PrmArgs {
 }
 
 pub fn prm(a: PrmArgs) -> Result<()> {
-    let cli = flag_table(&a)?;
-    let (cfg, run_dir, resume, _lock) = match &a.resume {
-        Some(dir) => {
-            let (d, r, l) = run_dir(Some(dir), &cli, a.config.is_some(), None)?;
-            (PrmConfig::read_run(&d)?, d, r, l)
-        }
-        None => {
-            let cfg = PrmConfig::resolve(a.config.as_deref(), cli.clone())?;
-            let (d, r, l) = run_dir(None, &cli, false, cfg.output.as_deref())?;
-            (cfg, d, r, l)
-        }
-    };
+    let (cfg, run_dir, resume, _lock) = open_run(
+        &a.control,
+        flag_table(&a)?,
+        |file, cli| Ok(PrmConfig::resolve(file, cli)?),
+        |dir| Ok(PrmConfig::read_run(dir)?),
+        |cfg| cfg.output.as_deref(),
+    )?;
     let model_path = required(&cfg.model, "model")?;
     let data_path = required(&cfg.data, "data")?;
-    let dtype = (!cfg.dtype.is_empty()).then_some(cfg.dtype.as_str());
-    let (device, dtype) = device_and_dtype(&cfg.device, dtype)?;
-    let mut s = open_with_head(
+    let (mut s, dtype) = open_scored(
         model_path,
+        (&cfg.device, &cfg.dtype),
         HeadKind::Token,
         2,
         cfg.train.step.seed,
-        dtype,
-        &device,
     )?;
     let opts = StepDataOptions {
         max_length: cfg.max_length,
@@ -92,46 +74,23 @@ pub fn prm(a: PrmArgs) -> Result<()> {
     let train = load(data_path)?;
     let eval = cfg.eval_data.as_deref().map(load).transpose()?;
 
-    let mut vars = s.model.make_trainable(|_| true)?;
-    vars.extend(s.head.make_trainable()?);
-    let mut tc = cfg.train.train_config();
-    tc.progress = !a.quiet;
-    let mut trainer = if resume {
-        Trainer::resume(tc, vars, &run_dir)?
-    } else {
-        let t = Trainer::new(tc, vars, &run_dir)?;
-        cfg.write(&run_dir)?;
-        t
-    };
+    let tc = cfg.train.train_config();
+    let mut trainer = scored_trainer(&mut s, tc, a.control.quiet, (&run_dir, resume), |d| {
+        Ok(cfg.write(d)?)
+    })?;
     let pad = s.tokenizer.pad_id();
     let mut objective = PrmObjective::new(s.model.clone(), s.head.clone(), pad);
     let summary = trainer.fit(&mut objective, &train, eval.as_deref())?;
-    let out = run_dir.join("model");
     let mut extra = serde_json::Map::new();
     extra.insert("step_separator".into(), json!(cfg.step_separator));
-    write_final(&out, |tmp| {
-        Ok(save_classifier(
-            tmp,
-            objective.model(),
-            objective.head(),
-            &ClassifierSave {
-                kind: HeadKind::Token,
-                label_names: &[],
-                tokenizer: Some(&s.tokenizer),
-                chat_template: s.template.as_ref(),
-                extra_config: extra,
-                dtype,
-            },
-        )?)
-    })?;
-    eprintln!(
-        "done: {} steps, last loss {}{}; {} written",
-        summary.steps,
-        summary.last_loss.map_or("-".into(), |l| format!("{l:.4}")),
-        summary
-            .last_eval_loss
-            .map_or(String::new(), |l| format!(", eval loss {l:.4}")),
-        out.display()
-    );
+    let written = save_scored(
+        &run_dir,
+        (objective.model(), objective.head()),
+        &s,
+        HeadKind::Token,
+        extra,
+        dtype,
+    )?;
+    report_done(&summary, &written);
     Ok(())
 }

@@ -26,28 +26,18 @@ use tempering_train::run_lock::RunLock;
 use tempering_train::sft::{load_sft_sequences, SftDataOptions, SftSequence};
 
 use crate::commands::common::{
-    flag_table, lora_config, refuse_flags_with_resume, required, run_dir, save_policy,
-    trainable_policy,
+    flag_table, lora_config, open_run, required, save_policy, trainable_policy,
 };
-use crate::commands::train_flags::StepFlags;
+use crate::commands::train_flags::{DeviceFlags, RunControl, StepFlags};
 use crate::device::device_and_dtype;
 
 /// The flags of every online RL command; each is a config key (`num_generations` is
 /// `--num-generations`) and, when given, overrides the config file.
 #[derive(Args, Serialize, Default, Debug, Clone)]
 pub struct RlFlags {
-    /// A TOML file with any of the command's keys (unknown keys are an error).
-    #[arg(long)]
+    #[command(flatten)]
     #[serde(skip)]
-    pub config: Option<PathBuf>,
-    /// Continue the run in this directory from its last checkpoint, with its saved config.
-    #[arg(long)]
-    #[serde(skip)]
-    pub resume: Option<PathBuf>,
-    /// No progress bar.
-    #[arg(long)]
-    #[serde(skip)]
-    pub quiet: bool,
+    pub control: RunControl,
 
     /// The policy to start from: an HF directory or a GGUF file.
     #[arg(long)]
@@ -177,14 +167,9 @@ pub struct RlFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lora_targets: Option<String>,
-    /// cpu, cuda, cuda:N or auto.
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub device: Option<String>,
-    /// f32, bf16 or f16.
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub dtype: Option<String>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub device: DeviceFlags,
 }
 
 /// `temper grpo` and `temper rloo`: the shared RL flags plus the GRPO family's.
@@ -243,36 +228,36 @@ pub struct GrpoArgs {
 /// The run's config, directory, lock and whether it resumes: a new run's config from the file and
 /// the flags, or the saved one of the run `--resume` names (its `config.toml`, or the `config.json`
 /// of a run started before there was one, read through `legacy` into the command's keys).
-pub(crate) fn open_run<C>(
+pub(crate) fn open_rl_run<C>(
     flags: &RlFlags,
     cli: toml::Table,
     resolve: impl Fn(Option<&Path>, toml::Table) -> tempering_train::Result<C>,
     keys: &[&str],
     output: impl Fn(&C) -> Option<&Path>,
 ) -> Result<(C, PathBuf, bool, RunLock)> {
-    if let Some(dir) = &flags.resume {
-        refuse_flags_with_resume(dir, &cli, flags.config.is_some())?;
-        let (run, resume, lock) = run_dir(Some(dir), &cli, false, None)?;
-        let toml_path = dir.join("config.toml");
-        let json_path = dir.join("config.json");
-        let cfg = if !toml_path.is_file() && json_path.is_file() {
-            let text = std::fs::read_to_string(&json_path)
-                .with_context(|| format!("reading {}", json_path.display()))?;
-            let json: serde_json::Value = serde_json::from_str(&text)
-                .with_context(|| format!("{}: not a saved RL config", json_path.display()))?;
-            resolve(None, legacy_json_overrides(&json, keys)?)
-                .with_context(|| format!("{}", json_path.display()))?
-        } else {
-            resolve(
-                Some(&tempering_train::config::run_config_path(dir)?),
-                toml::Table::new(),
-            )?
-        };
-        return Ok((cfg, run, resume, lock));
-    }
-    let cfg = resolve(flags.config.as_deref(), cli)?;
-    let (run, resume, lock) = run_dir(None, &toml::Table::new(), false, output(&cfg))?;
-    Ok((cfg, run, resume, lock))
+    open_run(
+        &flags.control,
+        cli,
+        |file, cli| Ok(resolve(file, cli)?),
+        |dir| {
+            let toml_path = dir.join("config.toml");
+            let json_path = dir.join("config.json");
+            if !toml_path.is_file() && json_path.is_file() {
+                let text = std::fs::read_to_string(&json_path)
+                    .with_context(|| format!("reading {}", json_path.display()))?;
+                let json: serde_json::Value = serde_json::from_str(&text)
+                    .with_context(|| format!("{}: not a saved RL config", json_path.display()))?;
+                Ok(resolve(None, legacy_json_overrides(&json, keys)?)
+                    .with_context(|| format!("{}", json_path.display()))?)
+            } else {
+                Ok(resolve(
+                    Some(&tempering_train::config::run_config_path(dir)?),
+                    toml::Table::new(),
+                )?)
+            }
+        },
+        output,
+    )
 }
 
 /// What every online RL command opens before its algorithm runs: the model, device, tokenizer,
@@ -463,10 +448,11 @@ pub(crate) fn sft_data(
 pub fn run(a: GrpoArgs, rloo: bool) -> Result<()> {
     let cli = flag_table(&a)?;
     let keys = tempering_train::rl::run_config::grpo_keys();
-    let (cfg, run_dir, resume, _lock) = open_run(&a.rl, cli, GrpoRunConfig::resolve, &keys, |c| {
-        c.rl.output.as_deref()
-    })?;
-    let config = cfg.grpo_config(rloo, !a.rl.quiet)?;
+    let (cfg, run_dir, resume, _lock) =
+        open_rl_run(&a.rl, cli, GrpoRunConfig::resolve, &keys, |c| {
+            c.rl.output.as_deref()
+        })?;
+    let config = cfg.grpo_config(rloo, !a.rl.control.quiet)?;
     config.validate()?;
     let run = RlRun::open(&cfg.rl)?;
     let template = run.files.chat_template.as_ref();
@@ -526,14 +512,10 @@ mod tests {
 
     #[test]
     fn every_config_key_is_a_flag_and_flags_override_the_file() {
-        let cmd = Cli::command();
-        let flags: Vec<String> = cmd
-            .get_arguments()
-            .filter_map(|a| a.get_long().map(|s| s.replace('-', "_")))
-            .collect();
-        for key in tempering_train::rl::run_config::grpo_keys() {
-            assert!(flags.iter().any(|f| f == key), "no flag for `{key}`");
-        }
+        super::super::common::flags_covering(
+            Cli::command(),
+            &tempering_train::rl::run_config::grpo_keys(),
+        );
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("grpo.toml");
         std::fs::write(&file, "learning_rate = 0.001\nbeta = 0.1\nsteps = 7\n").unwrap();

@@ -1,6 +1,7 @@
 //! `temper rm`: trains a Bradley-Terry outcome reward model on preference pairs and writes it as an
 //! HF sequence-classification directory (`runs/x/model`, `score.weight`). Also holds what `temper
-//! prm` shares with it: starting or resuming a run, and opening a base model with a score head.
+//! prm` shares with it: the flags, opening a base model with a score head, its trainer and saving
+//! the classifier.
 //! Holds no training logic.
 
 use std::path::{Path, PathBuf};
@@ -14,30 +15,49 @@ use tempering_model::{
     Tokenizer, Transformer,
 };
 use tempering_train::reward_model::load_preference_pairs;
-use tempering_train::{RewardModelObjective, RmConfig, Trainer};
+use tempering_train::{RewardModelObjective, RmConfig, TrainConfig, Trainer};
 
-use super::common::{flag_table, required, run_dir, write_final};
-use super::train_flags::TrainFlags;
-use crate::device::device_and_dtype;
+use super::common::{
+    device_of, flag_table, open_run, report_done, required, start_trainer, write_final,
+};
+use super::train_flags::{DeviceFlags, RunControl, RunPathFlags, TrainFlags};
+
+/// The flags `temper rm` and `temper prm` share: the base model, the data and run paths, the
+/// trainer's keys, the length limit and the device.
+#[derive(Args, Serialize, Default, Debug)]
+pub struct ScoreTrainFlags {
+    /// The model: an HF directory or a GGUF file.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<PathBuf>,
+    /// Training data (JSONL or Parquet).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<PathBuf>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub paths: RunPathFlags,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub train: TrainFlags,
+    /// Sequences longer than this many tokens are dropped (rm) or cut (prm).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_length: Option<u64>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub device: DeviceFlags,
+}
 
 /// Every config key is also a flag; flags win over the file.
 #[derive(Args, Serialize, Default, Debug)]
 pub struct RmArgs {
-    /// A TOML file with any of the config keys (unknown keys are an error).
-    #[arg(long)]
+    #[command(flatten)]
     #[serde(skip)]
-    pub config: Option<PathBuf>,
-    /// Continue the run in this directory from its last checkpoint, with its saved config.
-    #[arg(long)]
-    #[serde(skip)]
-    pub resume: Option<PathBuf>,
-    /// No progress bar.
-    #[arg(long)]
-    #[serde(skip)]
-    pub quiet: bool,
+    pub control: RunControl,
     #[command(flatten)]
     #[serde(flatten)]
-    pub train: TrainFlags,
+    pub common: ScoreTrainFlags,
     /// Weight of the reward-centering term mean((r_chosen + r_rejected)^2); 0 is off.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -103,30 +123,81 @@ pub(crate) fn open_with_head(
     })
 }
 
+/// The base model of a reward-model run with its score head, on the device its `device` and `dtype`
+/// keys name; and the dtype it runs in.
+pub(crate) fn open_scored(
+    path: &Path,
+    (device, dtype): (&str, &str),
+    kind: HeadKind,
+    num_labels: usize,
+    seed: u64,
+) -> Result<(Scored, DType)> {
+    let (device, dtype) = device_of(device, dtype)?;
+    Ok((
+        open_with_head(path, kind, num_labels, seed, dtype, &device)?,
+        dtype,
+    ))
+}
+
+/// The trainer of every weight of `s` (the decoder and its head), new or resumed.
+pub(crate) fn scored_trainer(
+    s: &mut Scored,
+    mut tc: TrainConfig,
+    quiet: bool,
+    (run_dir, resume): (&Path, bool),
+    write_config: impl FnOnce(&Path) -> Result<PathBuf>,
+) -> Result<Trainer> {
+    let mut vars = s.model.make_trainable(|_| true)?;
+    vars.extend(s.head.make_trainable()?);
+    tc.progress = !quiet;
+    start_trainer(tc, vars, run_dir, resume, write_config)
+}
+
+/// Writes the trained decoder and head as the HF classifier directory `model/` of the run, with the
+/// tokenizer and chat template of `s`.
+pub(crate) fn save_scored(
+    run_dir: &Path,
+    (model, head): (&Transformer, &ScoreHead),
+    s: &Scored,
+    kind: HeadKind,
+    extra_config: serde_json::Map<String, serde_json::Value>,
+    dtype: DType,
+) -> Result<PathBuf> {
+    let out = run_dir.join("model");
+    write_final(&out, |tmp| {
+        Ok(save_classifier(
+            tmp,
+            model,
+            head,
+            &ClassifierSave {
+                kind,
+                label_names: &[],
+                tokenizer: Some(&s.tokenizer),
+                chat_template: s.template.as_ref(),
+                extra_config,
+                dtype,
+            },
+        )?)
+    })?;
+    Ok(out)
+}
+
 pub fn rm(a: RmArgs) -> Result<()> {
-    let cli = flag_table(&a)?;
-    let (cfg, run_dir, resume, _lock) = match &a.resume {
-        Some(dir) => {
-            let (d, r, l) = run_dir(Some(dir), &cli, a.config.is_some(), None)?;
-            (RmConfig::read_run(&d)?, d, r, l)
-        }
-        None => {
-            let cfg = RmConfig::resolve(a.config.as_deref(), cli.clone())?;
-            let (d, r, l) = run_dir(None, &cli, false, cfg.output.as_deref())?;
-            (cfg, d, r, l)
-        }
-    };
+    let (cfg, run_dir, resume, _lock) = open_run(
+        &a.control,
+        flag_table(&a)?,
+        |file, cli| Ok(RmConfig::resolve(file, cli)?),
+        |dir| Ok(RmConfig::read_run(dir)?),
+        |cfg| cfg.output.as_deref(),
+    )?;
     let model_path = required(&cfg.model, "model")?;
     let data_path = required(&cfg.data, "data")?;
-    let dtype = (!cfg.dtype.is_empty()).then_some(cfg.dtype.as_str());
-    let (device, dtype) = device_and_dtype(&cfg.device, dtype)?;
-    let mut s = open_with_head(
+    let (mut s, dtype) = open_scored(
         model_path,
+        (&cfg.device, &cfg.dtype),
         HeadKind::Sequence,
         1,
         cfg.train.step.seed,
-        dtype,
-        &device,
     )?;
     let load = |p: &Path| -> Result<_> {
         let (pairs, r) =
@@ -146,17 +217,10 @@ pub fn rm(a: RmArgs) -> Result<()> {
     let train = load(data_path)?;
     let eval = cfg.eval_data.as_deref().map(load).transpose()?;
 
-    let mut vars = s.model.make_trainable(|_| true)?;
-    vars.extend(s.head.make_trainable()?);
-    let mut tc = cfg.train.train_config();
-    tc.progress = !a.quiet;
-    let mut trainer = if resume {
-        Trainer::resume(tc, vars, &run_dir)?
-    } else {
-        let t = Trainer::new(tc, vars, &run_dir)?;
-        cfg.write(&run_dir)?;
-        t
-    };
+    let tc = cfg.train.train_config();
+    let mut trainer = scored_trainer(&mut s, tc, a.control.quiet, (&run_dir, resume), |d| {
+        Ok(cfg.write(d)?)
+    })?;
     let pad = s.tokenizer.pad_id();
     let mut objective = RewardModelObjective::new(
         s.model.clone(),
@@ -165,31 +229,15 @@ pub fn rm(a: RmArgs) -> Result<()> {
         cfg.center_rewards_coefficient,
     );
     let summary = trainer.fit(&mut objective, &train, eval.as_deref())?;
-    let out = run_dir.join("model");
-    write_final(&out, |tmp| {
-        Ok(save_classifier(
-            tmp,
-            objective.model(),
-            objective.head(),
-            &ClassifierSave {
-                kind: HeadKind::Sequence,
-                label_names: &[],
-                tokenizer: Some(&s.tokenizer),
-                chat_template: s.template.as_ref(),
-                extra_config: Default::default(),
-                dtype,
-            },
-        )?)
-    })?;
-    eprintln!(
-        "done: {} steps, last loss {}{}; {} written",
-        summary.steps,
-        summary.last_loss.map_or("-".into(), |l| format!("{l:.4}")),
-        summary
-            .last_eval_loss
-            .map_or(String::new(), |l| format!(", eval loss {l:.4}")),
-        out.display()
-    );
+    let written = save_scored(
+        &run_dir,
+        (objective.model(), objective.head()),
+        &s,
+        HeadKind::Sequence,
+        Default::default(),
+        dtype,
+    )?;
+    report_done(&summary, &written);
     Ok(())
 }
 
@@ -209,28 +257,11 @@ mod tests {
         a: super::super::prm::PrmArgs,
     }
 
-    fn flags(cmd: clap::Command) -> Vec<String> {
-        cmd.get_arguments()
-            .filter_map(|a| a.get_long().map(|s| s.replace('-', "_")))
-            .collect()
-    }
-
     #[test]
     fn every_config_key_is_a_flag_and_flags_become_keys() {
-        let rm = flags(Rm::command());
-        for key in tempering_train::reward_config::rm_keys() {
-            assert!(
-                rm.iter().any(|f| f == key),
-                "temper rm: no flag for `{key}`"
-            );
-        }
-        let prm = flags(Prm::command());
-        for key in tempering_train::reward_config::prm_keys() {
-            assert!(
-                prm.iter().any(|f| f == key),
-                "temper prm: no flag for `{key}`"
-            );
-        }
+        use super::super::common::flags_covering;
+        flags_covering(Rm::command(), &tempering_train::reward_config::rm_keys());
+        flags_covering(Prm::command(), &tempering_train::reward_config::prm_keys());
         let cli = Prm::try_parse_from([
             "x",
             "--learning-rate",

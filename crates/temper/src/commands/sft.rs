@@ -4,33 +4,25 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 use serde::Serialize;
-use tempering_model::loader::save_hf_dir;
-use tempering_model::{save_peft, ModelFiles};
-use tempering_train::run_lock::RunLock;
+use tempering_model::ModelFiles;
 use tempering_train::sft::{load_sft_sequences, PrepareReport};
-use tempering_train::{checkpoint, SftConfig, SftObjective, Trainer};
+use tempering_train::{SftConfig, SftObjective};
 
-use crate::commands::common::{required, write_final};
-use crate::device::device_and_dtype;
+use super::common::{
+    device_of, flag_table, open_run, report_done, required, save_policy, start_trainer,
+    trainable_summary,
+};
+use super::train_flags::{DeviceFlags, LoraFlags, RunControl, RunPathFlags, TrainFlags};
 
 /// Every config key is also a flag (`learning_rate` is `--learning-rate`); flags win over the file.
 #[derive(Args, Serialize, Default, Debug)]
 pub struct SftArgs {
-    /// A TOML file with any of the keys below (unknown keys are an error).
-    #[arg(long)]
+    #[command(flatten)]
     #[serde(skip)]
-    pub config: Option<PathBuf>,
-    /// Continue the run in this directory from its last checkpoint, with its saved config.
-    #[arg(long)]
-    #[serde(skip)]
-    pub resume: Option<PathBuf>,
-    /// No progress bar.
-    #[arg(long)]
-    #[serde(skip)]
-    pub quiet: bool,
+    pub control: RunControl,
 
     /// The model: an HF directory or a GGUF file.
     #[arg(long)]
@@ -40,72 +32,13 @@ pub struct SftArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data: Option<PathBuf>,
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub eval_data: Option<PathBuf>,
-    /// The run directory to create.
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub output: Option<PathBuf>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub paths: RunPathFlags,
 
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub learning_rate: Option<f64>,
-    /// constant, linear or cosine.
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub lr_scheduler: Option<String>,
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub warmup_steps: Option<u64>,
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub min_lr_ratio: Option<f64>,
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_steps: Option<u64>,
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub epochs: Option<u64>,
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub batch_size: Option<u64>,
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub grad_accum: Option<u64>,
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_grad_norm: Option<f64>,
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub weight_decay: Option<f64>,
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub adam_beta1: Option<f64>,
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub adam_beta2: Option<f64>,
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub adam_eps: Option<f64>,
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub eval_every: Option<u64>,
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub eval_batch_size: Option<u64>,
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub save_every: Option<u64>,
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub keep_checkpoints: Option<u64>,
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub seed: Option<u64>,
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub shuffle: Option<bool>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub train: TrainFlags,
 
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -118,33 +51,13 @@ pub struct SftArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub packing: Option<bool>,
 
-    /// LoRA rank (0: full fine-tuning).
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub lora_r: Option<u64>,
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub lora_alpha: Option<f64>,
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub lora_dropout: Option<f64>,
-    /// q,k,v,o,gate,up,down or all.
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub lora_targets: Option<String>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub lora: LoraFlags,
 
-    /// cpu, cuda, cuda:N or auto.
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub device: Option<String>,
-    /// f32, bf16 or f16.
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub dtype: Option<String>,
-}
-
-fn overrides(a: &SftArgs) -> Result<toml::Table> {
-    toml::Table::try_from(a).context("reading the command-line flags")
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub device: DeviceFlags,
 }
 
 fn print_report(what: &Path, r: &PrepareReport, max_length: usize) {
@@ -163,38 +76,16 @@ fn print_report(what: &Path, r: &PrepareReport, max_length: usize) {
 }
 
 pub fn sft(a: SftArgs) -> Result<()> {
-    let cli = overrides(&a)?;
-    let (cfg, run_dir, resume, _lock) = match &a.resume {
-        Some(dir) => {
-            if !cli.is_empty() || a.config.is_some() {
-                let keys: Vec<&String> = cli.keys().collect();
-                bail!(
-                    "--resume continues {} with its saved config.toml; remove {}",
-                    dir.display(),
-                    if a.config.is_some() {
-                        "--config".to_string()
-                    } else {
-                        format!("{keys:?}")
-                    }
-                );
-            }
-            let lock = RunLock::acquire(dir)?;
-            checkpoint::latest(dir)?;
-            let cfg = SftConfig::read_run(dir)?;
-            (cfg, dir.clone(), true, lock)
-        }
-        None => {
-            let cfg = SftConfig::resolve(a.config.as_deref(), cli)?;
-            let out = required(&cfg.output, "output")?.to_path_buf();
-            let lock = RunLock::acquire(&out)?;
-            checkpoint::check_new_run(&out)?;
-            (cfg, out, false, lock)
-        }
-    };
+    let (cfg, run_dir, resume, _lock) = open_run(
+        &a.control,
+        flag_table(&a)?,
+        |file, cli| Ok(SftConfig::resolve(file, cli)?),
+        |dir| Ok(SftConfig::read_run(dir)?),
+        |cfg| cfg.output.as_deref(),
+    )?;
     let model_path = required(&cfg.model, "model")?;
     let data_path = required(&cfg.data, "data")?;
-    let dtype = (!cfg.dtype.is_empty()).then_some(cfg.dtype.as_str());
-    let (device, dtype) = device_and_dtype(&cfg.device, dtype)?;
+    let (device, dtype) = device_of(&cfg.device, &cfg.dtype)?;
 
     let files = ModelFiles::open(model_path, dtype, &device)
         .with_context(|| format!("opening the model {}", model_path.display()))?;
@@ -215,59 +106,27 @@ pub fn sft(a: SftArgs) -> Result<()> {
     let mut model = files.transformer()?;
     let lora = cfg.lora()?;
     let vars = match &lora {
-        Some(l) => model.add_lora(l, cfg.seed)?,
+        Some(l) => model.add_lora(l, cfg.train.step.seed)?,
         None => model.make_trainable(|_| true)?,
     };
-    let n_params: usize = vars.iter().map(|(_, v)| v.elem_count()).sum();
-    eprintln!(
-        "{}: {} trainable parameters in {} tensors",
-        if lora.is_some() {
-            "LoRA"
-        } else {
-            "full fine-tuning"
-        },
-        n_params,
-        vars.len()
-    );
+    eprintln!("{}", trainable_summary(lora.is_some(), &vars));
     let pad = tokenizer.pad_id();
 
     let mut tc = cfg.train_config();
-    tc.progress = !a.quiet;
-    let mut trainer = if resume {
-        Trainer::resume(tc, vars, &run_dir)?
-    } else {
-        let t = Trainer::new(tc, vars, &run_dir)?;
-        cfg.write(&run_dir)?;
-        t
-    };
+    tc.progress = !a.control.quiet;
+    let mut trainer = start_trainer(tc, vars, &run_dir, resume, |d| Ok(cfg.write(d)?))?;
     let mut objective = SftObjective::new(model, pad);
     let summary = trainer.fit(&mut objective, &train, eval.as_deref())?;
 
-    let trained = objective.model();
-    let final_dir = match &lora {
-        Some(_) => {
-            let out = run_dir.join("adapter");
-            let base = model_path.display().to_string();
-            write_final(&out, |tmp| Ok(save_peft(tmp, trained, &base)?))?;
-            out
-        }
-        None => {
-            let out = run_dir.join("model");
-            write_final(&out, |tmp| {
-                Ok(save_hf_dir(tmp, trained, Some(tokenizer), template, dtype)?)
-            })?;
-            out
-        }
-    };
-    eprintln!(
-        "done: {} steps, last loss {}{}; {} written",
-        summary.steps,
-        summary.last_loss.map_or("-".into(), |l| format!("{l:.4}")),
-        summary
-            .last_eval_loss
-            .map_or(String::new(), |l| format!(", eval loss {l:.4}")),
-        final_dir.display()
-    );
+    let written = save_policy(
+        &run_dir,
+        objective.model(),
+        lora.is_some(),
+        model_path,
+        &files,
+        dtype,
+    )?;
+    report_done(&summary, &written);
     Ok(())
 }
 
@@ -284,17 +143,7 @@ mod tests {
 
     #[test]
     fn every_config_key_is_a_flag() {
-        let cmd = Cli::command();
-        let flags: Vec<String> = cmd
-            .get_arguments()
-            .filter_map(|a| a.get_long().map(|s| s.replace('-', "_")))
-            .collect();
-        for key in tempering_train::config::SFT_KEYS {
-            assert!(
-                flags.iter().any(|f| f == key),
-                "no flag for config key `{key}`"
-            );
-        }
+        super::super::common::flags_covering(Cli::command(), &tempering_train::config::sft_keys());
     }
 
     #[test]
@@ -318,12 +167,12 @@ mod tests {
             "q,k",
         ])
         .unwrap();
-        let cfg = SftConfig::resolve(Some(&file), overrides(&cli.a).unwrap()).unwrap();
-        assert_eq!(cfg.learning_rate, 0.001);
-        assert_eq!(cfg.batch_size, 5);
+        let cfg = SftConfig::resolve(Some(&file), flag_table(&cli.a).unwrap()).unwrap();
+        assert_eq!(cfg.train.step.learning_rate, 0.001);
+        assert_eq!(cfg.train.batch_size, 5);
         assert!(!cfg.completion_only_loss);
         assert!(cfg.packing);
-        assert_eq!(cfg.lora_targets, "q,k");
+        assert_eq!(cfg.lora.lora_targets, "q,k");
         std::fs::write(&file, "learning_rat = 0.001\n").unwrap();
         let e = SftConfig::resolve(Some(&file), toml::Table::new())
             .unwrap_err()

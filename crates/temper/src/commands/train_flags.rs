@@ -1,8 +1,12 @@
-//! The trainer's flags, one per key of `tempering_train::train_keys` (`learning_rate` is
-//! `--learning-rate`); when given, each overrides the config file. [`StepFlags`] are every training
-//! command's (the online RL commands take only these); [`TrainFlags`] add the offline trainers'
-//! data-pass flags and the reward-model commands' inputs. Holds no logic beyond turning the given
-//! flags into config keys.
+//! The flags every training command shares, one per key of `tempering_train::train_keys`
+//! (`learning_rate` is `--learning-rate`); when given, each overrides the config file.
+//! [`StepFlags`] are every training command's (the online RL commands take only these);
+//! [`TrainFlags`] add the offline trainers' data-pass flags; [`LoraFlags`], [`RunPathFlags`] and
+//! [`DeviceFlags`] the adapter, paths and device keys several commands spell alike; [`RunControl`]
+//! is `--config`, `--resume` and `--quiet`. Holds no logic beyond turning the given flags into
+//! config keys.
+
+use std::path::PathBuf;
 
 use clap::Args;
 use serde::Serialize;
@@ -37,8 +41,7 @@ pub struct StepFlags {
     pub seed: Option<u64>,
 }
 
-/// The offline trainers' flags (`tempering_train::train_keys::TrainKeys`) and the reward-model
-/// commands' inputs.
+/// The offline trainers' flags (`tempering_train::train_keys::TrainKeys`).
 #[derive(Args, Serialize, Default, Debug)]
 pub struct TrainFlags {
     #[command(flatten)]
@@ -53,6 +56,7 @@ pub struct TrainFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub epochs: Option<u64>,
+    /// Examples per micro-batch (pairs for dpo and rm).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub batch_size: Option<u64>,
@@ -77,22 +81,38 @@ pub struct TrainFlags {
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shuffle: Option<bool>,
+}
 
-    /// The model: an HF directory or a GGUF file.
+/// How a training command runs rather than what it trains: `--config`, `--resume`, `--quiet`
+/// (none of them a config key).
+#[derive(Args, Default, Debug, Clone)]
+pub struct RunControl {
+    /// A TOML file with any of the command's config keys (unknown keys are an error).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Continue the run in this directory from its last checkpoint, with its saved config.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// The evaluation data and the run directory of the offline trainers.
+#[derive(Args, Serialize, Default, Debug)]
+pub struct RunPathFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub model: Option<std::path::PathBuf>,
-    /// Training data (JSONL or Parquet).
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub data: Option<std::path::PathBuf>,
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub eval_data: Option<std::path::PathBuf>,
+    pub eval_data: Option<PathBuf>,
     /// The run directory to create.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub output: Option<std::path::PathBuf>,
+    pub output: Option<PathBuf>,
+}
+
+/// Where the model runs.
+#[derive(Args, Serialize, Default, Debug, Clone)]
+pub struct DeviceFlags {
     /// cpu, cuda, cuda:N or auto.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -101,8 +121,23 @@ pub struct TrainFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dtype: Option<String>,
-    /// Sequences longer than this many tokens are dropped (rm) or cut (prm).
+}
+
+/// The adapter of the offline policy trainers (`tempering_train::train_keys::LoraKeys`).
+#[derive(Args, Serialize, Default, Debug)]
+pub struct LoraFlags {
+    /// LoRA rank (0: full fine-tuning).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_length: Option<u64>,
+    pub lora_r: Option<u64>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lora_alpha: Option<f64>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lora_dropout: Option<f64>,
+    /// q,k,v,o,gate,up,down or all.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lora_targets: Option<String>,
 }

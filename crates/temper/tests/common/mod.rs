@@ -1,7 +1,8 @@
 //! Helpers shared by the CLI test binaries (each uses it with `mod common;`): the `temper` binary
-//! under test, a success check that prints what the command said, the committed tiny SFT model, and
-//! the two-step tiny model and prompts file that the online RL tests start from. Knows nothing of
-//! what the tests check.
+//! under test, a success check that prints what the command said, what a command printed, the
+//! committed tiny SFT model, the two-step tiny model and prompts file that the online RL tests start
+//! from, a small SFT data file, a training command line, a run's files and checkpoint steps, and
+//! the second-run-refused-then-resume check of the RL commands. Knows nothing of what the tests check.
 
 // Each test binary uses only some of these.
 #![allow(dead_code)]
@@ -81,4 +82,91 @@ pub fn prompts(dir: &Path) -> PathBuf {
     )
     .unwrap();
     p
+}
+
+/// What the command printed: stdout, then stderr.
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Writes `dir/sft.jsonl`: 16 arithmetic prompt/completion rows.
+pub fn sft_data(dir: &Path) -> PathBuf {
+    let p = dir.join("sft.jsonl");
+    let rows: String = (0..16)
+        .map(|i| {
+            format!(
+                "{{\"prompt\": \"Compute: {i}+{}\\n\", \"completion\": \"Answer: {}\"}}\n",
+                i % 7,
+                i + i % 7
+            )
+        })
+        .collect();
+    std::fs::write(&p, rows).unwrap();
+    p
+}
+
+/// The steps of the checkpoints in `run/checkpoints`, ascending (none: empty).
+pub fn checkpoint_steps(run: &Path) -> Vec<usize> {
+    let mut steps: Vec<usize> = std::fs::read_dir(run.join("checkpoints"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().to_string();
+                    name.strip_prefix("step-")?.parse().ok()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    steps.sort();
+    steps
+}
+
+/// `temper <command> --model MODEL --data DATA`, for a test to add its flags to.
+pub fn train_command(command: &str, model: &Path, data: &Path) -> Command {
+    let mut c = temper();
+    c.arg(command)
+        .arg("--model")
+        .arg(model)
+        .arg("--data")
+        .arg(data);
+    c
+}
+
+/// The files every finished online RL run of full fine-tuning holds.
+pub const RL_RUN_FILES: [&str; 4] = [
+    "config.toml",
+    "metrics.jsonl",
+    "rollouts.jsonl",
+    "model/config.json",
+];
+
+/// Asserts that each of `files` is a file under `run`.
+pub fn assert_files(run: &Path, files: &[&str]) {
+    for f in files {
+        assert!(run.join(f).is_file(), "missing {f}");
+    }
+}
+
+/// Asserts that `temper <command>` into the finished `run` again is refused (pointing to
+/// `--resume`) and that `--resume` of it succeeds; returns the resumed command's stderr.
+pub fn rerun_refused_and_resume_ok(command: &str, model: &Path, data: &Path, run: &Path) -> String {
+    let again = train_command(command, model, data)
+        .arg("--output")
+        .arg(run)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
+    let resumed = temper()
+        .arg(command)
+        .arg("--resume")
+        .arg(run)
+        .arg("--quiet")
+        .output()
+        .unwrap();
+    ok(&resumed)
 }

@@ -9,8 +9,11 @@
 //!
 //! HTTP/1 over plain TCP with reqwest's blocking client: loopback or a private network is the use
 //! case (TLS belongs to a proxy in front). Knows nothing of models, search or the command line;
-//! the wire format lives in [`wire`].
+//! the wire format lives in [`wire`], the fan-out work queue in `queue`, and reading URLs and
+//! servers' error messages in `text`.
 
+mod queue;
+mod text;
 pub mod wire;
 
 use std::collections::VecDeque;
@@ -24,6 +27,8 @@ use tempering_model::Tokenizer;
 use crate::backend::{Backend, GenEvent};
 use crate::error::{GenError, RemoteError, Result};
 use crate::request::{Completion, GenRequest};
+use queue::{split, Job, JobOut, Queue};
+use text::{clip, error_chain, root_url, server_message};
 use wire::{completion_body, fan_out_seed, normalise, Normalise, ServerKind};
 
 /// How to reach the server and how hard to push it.
@@ -476,70 +481,6 @@ impl RemoteBackend {
     }
 }
 
-/// Samples `first..first + n` of one request.
-#[derive(Clone, Debug)]
-struct Job {
-    req: usize,
-    first: usize,
-    n: usize,
-}
-
-struct JobOut {
-    job: Job,
-    completions: Vec<Completion>,
-    /// Jobs this one handed back (a refused or capped `n`).
-    rest: Vec<Job>,
-}
-
-/// Samples `first..first + n` of request `req` as jobs of at most `cap` samples.
-fn split(req: usize, first: usize, n: usize, cap: usize) -> Vec<Job> {
-    let cap = cap.max(1);
-    (0..n)
-        .step_by(cap)
-        .map(|k| Job {
-            req,
-            first: first + k,
-            n: cap.min(n - k),
-        })
-        .collect()
-}
-
-/// The work queue the workers share.
-struct Queue {
-    jobs: Mutex<(VecDeque<Job>, usize)>,
-    ready: Condvar,
-    abort: AtomicBool,
-}
-
-impl Queue {
-    /// The next job, waiting while others are out (they may hand jobs back); `None` when done.
-    fn take(&self) -> Option<Job> {
-        let mut g = self.jobs.lock().ok()?;
-        loop {
-            if self.abort.load(Ordering::Relaxed) {
-                return None;
-            }
-            if let Some(j) = g.0.pop_front() {
-                g.1 += 1;
-                return Some(j);
-            }
-            if g.1 == 0 {
-                return None;
-            }
-            g = self.ready.wait(g).ok()?;
-        }
-    }
-
-    /// A job finished, handing back `rest`.
-    fn done(&self, rest: Vec<Job>) {
-        if let Ok(mut g) = self.jobs.lock() {
-            g.1 -= 1;
-            g.0.extend(rest);
-        }
-        self.ready.notify_all();
-    }
-}
-
 impl Backend for RemoteBackend {
     fn generate_with(
         &self,
@@ -673,100 +614,5 @@ impl Backend for RemoteBackend {
                     })
             })
             .collect()
-    }
-}
-
-/// `http://host:port` from what a user typed (`/v1` and trailing slashes dropped).
-fn root_url(url: &str) -> Result<String, RemoteError> {
-    let bad = |why: &str| RemoteError::BadUrl {
-        url: url.to_string(),
-        why: why.to_string(),
-    };
-    let u = url.trim();
-    if u.starts_with("https://") {
-        return Err(bad(
-            "https is not built in (loopback and private networks are the use case): put the \
-             server behind plain http, or a local TLS-terminating proxy",
-        ));
-    }
-    let Some(rest) = u.strip_prefix("http://") else {
-        return Err(bad("expected it to start with http://"));
-    };
-    if rest.is_empty() || rest.starts_with('/') {
-        return Err(bad("no host"));
-    }
-    let mut root = u.trim_end_matches('/').to_string();
-    if let Some(r) = root.strip_suffix("/v1") {
-        root = r.to_string();
-    }
-    Ok(root)
-}
-
-/// The server's error message: OpenAI's `error.message`, llama.cpp's and others' `message` /
-/// `detail`, else the body itself (clipped).
-fn server_message(body: &str) -> String {
-    let v: Option<Value> = serde_json::from_str(body).ok();
-    v.as_ref()
-        .and_then(|v| {
-            v.pointer("/error/message")
-                .or(v.get("message"))
-                .or(v.get("detail"))
-                .or(v.get("error"))
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        })
-        .unwrap_or_else(|| clip(body.trim()))
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(x) = src {
-        s.push_str(": ");
-        s.push_str(&x.to_string());
-        src = x.source();
-    }
-    s
-}
-
-fn clip(s: &str) -> String {
-    match s.char_indices().nth(200) {
-        Some((i, _)) => format!("{}...", &s[..i]),
-        None => s.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls_lose_v1_and_slashes_and_https_is_refused() {
-        assert_eq!(
-            root_url("http://127.0.0.1:8000/v1/").unwrap(),
-            "http://127.0.0.1:8000"
-        );
-        assert_eq!(root_url("http://h:1").unwrap(), "http://h:1");
-        assert!(root_url("https://h:1").is_err());
-        assert!(root_url("127.0.0.1:8000").is_err());
-    }
-
-    #[test]
-    fn split_covers_every_sample_once() {
-        let jobs = split(3, 2, 7, 3);
-        let firsts: Vec<(usize, usize)> = jobs.iter().map(|j| (j.first, j.n)).collect();
-        assert_eq!(firsts, vec![(2, 3), (5, 3), (8, 1)]);
-        assert!(jobs.iter().all(|j| j.req == 3));
-        assert_eq!(split(0, 0, 4, usize::MAX).len(), 1);
-    }
-
-    #[test]
-    fn server_messages_are_read_from_each_error_shape() {
-        assert_eq!(
-            server_message(r#"{"error":{"message":"bad n","type":"x"}}"#),
-            "bad n"
-        );
-        assert_eq!(server_message(r#"{"message":"nope"}"#), "nope");
-        assert_eq!(server_message("plain text"), "plain text");
     }
 }

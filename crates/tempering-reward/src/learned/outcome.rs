@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use candle_core::{DType, Device};
-use tempering_model::{hidden_at, Classifier, HeadKind, ScoreHead, Tokenizer, Transformer};
+use tempering_model::{Classifier, HeadKind, ScoreHead, Tokenizer, Transformer};
 
 use super::tokens::completion_tokens;
 use super::{default_dtype, length_batches, name_of};
@@ -99,7 +99,7 @@ impl RewardModel {
         for batch in length_batches(&lens) {
             let rows: Vec<&[u32]> = batch.iter().map(|&i| seqs[i].as_slice()).collect();
             let positions: Vec<Vec<usize>> = batch.iter().map(|&i| vec![lens[i] - 1]).collect();
-            let h = hidden_at(&self.model, &rows, &positions, self.pad)?;
+            let h = self.model.hidden_at(&rows, &positions, self.pad)?;
             let scores = self
                 .head
                 .forward(&h)?

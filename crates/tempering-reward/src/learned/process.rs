@@ -9,7 +9,7 @@ use std::path::Path;
 use std::str::FromStr;
 
 use candle_core::{DType, Device, D};
-use tempering_model::{hidden_at, ops, Classifier, HeadKind, ScoreHead, Tokenizer, Transformer};
+use tempering_model::{ops, Classifier, HeadKind, ScoreHead, Tokenizer, Transformer};
 
 use super::tokens::step_tokens;
 use super::{default_dtype, length_batches, name_of};
@@ -163,7 +163,7 @@ impl StepScorer for ProcessRewardModel {
             let rows: Vec<&[u32]> = batch.iter().map(|&i| seqs[i].ids.as_slice()).collect();
             let positions: Vec<Vec<usize>> =
                 batch.iter().map(|&i| seqs[i].step_ends.clone()).collect();
-            let h = hidden_at(&self.model, &rows, &positions, self.pad)?;
+            let h = self.model.hidden_at(&rows, &positions, self.pad)?;
             let logits = self.head.forward(&h)?.to_dtype(DType::F32)?;
             let p = if self.head.num_labels() == 2 {
                 ops::softmax_last_dim(&logits)?.narrow(D::Minus1, 1, 1)?

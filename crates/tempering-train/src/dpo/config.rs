@@ -1,25 +1,25 @@
-//! The run configuration of `temper dpo` and `temper kto`: the SFT run's training keys (same names,
-//! same meaning) plus the preference keys, read from TOML, overridden by flags, validated with errors
-//! naming the key, and written back resolved into the run directory. Defaults follow TRL's
-//! `DPOConfig` / `KTOConfig` where they have one. Knows keys and values; nothing of how training runs.
+//! The run configuration of `temper dpo` and `temper kto`: the trainer's keys (`TrainKeys`, shared
+//! with SFT and the reward models), the adapter's (`LoraKeys`, shared with SFT) and the preference
+//! keys, read from TOML, overridden by flags, validated with errors naming the key, and written back
+//! resolved into the run directory. Defaults follow TRL's `DPOConfig` / `KTOConfig` where they have
+//! one. Knows keys and values; nothing of how training runs.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use tempering_model::{LoraConfig, LoraTarget};
+use tempering_model::LoraConfig;
 
-use crate::config::resolve_keys as resolve_table;
+use crate::config::{resolve_keys as resolve_table, run_config_path};
 use crate::dpo::data::PreferenceDataOptions;
 use crate::dpo::kto::KtoParams;
 use crate::dpo::loss::{LossParams, PreferenceLoss};
 use crate::error::{Result, TrainError};
-use crate::optim::AdamWConfig;
-use crate::schedule::ScheduleKind;
+use crate::train_keys::{train_keys, LoraKeys, TrainKeys, LORA_KEYS};
 use crate::trainer::TrainConfig;
 
 /// Every key of a preference run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct PreferenceConfig {
     /// The policy to start from (usually the SFT model): an HF directory or a GGUF file.
     pub model: Option<PathBuf>,
@@ -43,35 +43,16 @@ pub struct PreferenceConfig {
     /// Compute the reference log-probs once before training (frees a full fine-tuning copy).
     pub precompute_ref: bool,
 
-    pub learning_rate: f64,
-    pub lr_scheduler: ScheduleKind,
-    pub warmup_steps: usize,
-    pub min_lr_ratio: f64,
-    pub max_steps: usize,
-    pub epochs: usize,
-    pub batch_size: usize,
-    pub grad_accum: usize,
-    pub max_grad_norm: f64,
-    pub weight_decay: f64,
-    pub adam_beta1: f64,
-    pub adam_beta2: f64,
-    pub adam_eps: f64,
-    pub eval_every: usize,
-    pub eval_batch_size: usize,
-    pub save_every: usize,
-    pub keep_checkpoints: usize,
-    pub seed: u64,
-    pub shuffle: bool,
+    #[serde(flatten)]
+    pub train: TrainKeys,
 
     /// Prompt plus completion, in tokens; prompts are shortened from the start, completions never.
     pub max_length: usize,
     /// 0: no separate prompt limit.
     pub max_prompt_length: usize,
 
-    pub lora_r: usize,
-    pub lora_alpha: f64,
-    pub lora_dropout: f64,
-    pub lora_targets: String,
+    #[serde(flatten)]
+    pub lora: LoraKeys,
 
     pub device: String,
     pub dtype: String,
@@ -79,8 +60,6 @@ pub struct PreferenceConfig {
 
 impl Default for PreferenceConfig {
     fn default() -> Self {
-        let t = TrainConfig::default();
-        let l = LoraConfig::default();
         let d = PreferenceDataOptions::default();
         PreferenceConfig {
             model: None,
@@ -98,31 +77,10 @@ impl Default for PreferenceConfig {
             undesirable_weight: 1.0,
             precompute_ref: false,
             // TRL's DPOConfig and KTOConfig default.
-            learning_rate: 1e-6,
-            lr_scheduler: t.schedule,
-            warmup_steps: t.warmup_steps,
-            min_lr_ratio: t.min_lr_ratio,
-            max_steps: t.max_steps,
-            epochs: t.epochs,
-            batch_size: t.batch_size,
-            grad_accum: t.grad_accum,
-            max_grad_norm: t.max_grad_norm,
-            weight_decay: t.adamw.weight_decay,
-            adam_beta1: t.adamw.beta1,
-            adam_beta2: t.adamw.beta2,
-            adam_eps: t.adamw.eps,
-            eval_every: t.eval_every,
-            eval_batch_size: t.eval_batch_size,
-            save_every: t.save_every,
-            keep_checkpoints: t.keep_checkpoints,
-            seed: t.seed,
-            shuffle: t.shuffle,
+            train: TrainKeys::with_learning_rate(1e-6),
             max_length: d.max_length,
             max_prompt_length: d.max_prompt_length,
-            lora_r: 0,
-            lora_alpha: l.alpha,
-            lora_dropout: l.dropout,
-            lora_targets: "q,v".into(),
+            lora: LoraKeys::default(),
             device: "cpu".into(),
             dtype: String::new(),
         }
@@ -130,48 +88,28 @@ impl Default for PreferenceConfig {
 }
 
 /// Every key a preference config may hold.
-pub const PREFERENCE_KEYS: &[&str] = &[
-    "model",
-    "ref_model",
-    "data",
-    "eval_data",
-    "output",
-    "loss_type",
-    "beta",
-    "label_smoothing",
-    "simpo_gamma",
-    "rpo_alpha",
-    "desirable_weight",
-    "undesirable_weight",
-    "precompute_ref",
-    "learning_rate",
-    "lr_scheduler",
-    "warmup_steps",
-    "min_lr_ratio",
-    "max_steps",
-    "epochs",
-    "batch_size",
-    "grad_accum",
-    "max_grad_norm",
-    "weight_decay",
-    "adam_beta1",
-    "adam_beta2",
-    "adam_eps",
-    "eval_every",
-    "eval_batch_size",
-    "save_every",
-    "keep_checkpoints",
-    "seed",
-    "shuffle",
-    "max_length",
-    "max_prompt_length",
-    "lora_r",
-    "lora_alpha",
-    "lora_dropout",
-    "lora_targets",
-    "device",
-    "dtype",
-];
+pub fn preference_keys() -> Vec<&'static str> {
+    let mut k = vec![
+        "model",
+        "ref_model",
+        "data",
+        "eval_data",
+        "output",
+        "loss_type",
+        "beta",
+        "label_smoothing",
+        "simpo_gamma",
+        "rpo_alpha",
+        "desirable_weight",
+        "undesirable_weight",
+        "precompute_ref",
+    ];
+    k.extend(train_keys());
+    k.extend_from_slice(&["max_length", "max_prompt_length"]);
+    k.extend_from_slice(LORA_KEYS);
+    k.extend_from_slice(&["device", "dtype"]);
+    k
+}
 
 /// Which command a config is for: the paired losses or KTO.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,7 +134,7 @@ impl PreferenceConfig {
         kind: PreferenceKind,
     ) -> Result<Self> {
         let flags: Vec<String> = overrides.keys().cloned().collect();
-        let mut cfg: PreferenceConfig = resolve_table(file, overrides, PREFERENCE_KEYS)?;
+        let mut cfg: PreferenceConfig = resolve_table(file, overrides, &preference_keys())?;
         if cfg.loss_type.is_empty() {
             cfg.loss_type = match kind {
                 PreferenceKind::Paired => "sigmoid",
@@ -211,19 +149,7 @@ impl PreferenceConfig {
 
     /// Checks every value that can be checked without touching files.
     pub fn validate(&self, kind: PreferenceKind) -> Result<()> {
-        self.train_config().validate()?;
-        if self.max_length < 2 {
-            return Err(TrainError::config(
-                "max_length",
-                "expected at least 2 tokens",
-            ));
-        }
-        if self.keep_checkpoints == 0 {
-            return Err(TrainError::config(
-                "keep_checkpoints",
-                "expected at least 1",
-            ));
-        }
+        self.train.validate(self.max_length)?;
         match (kind, self.objective()?) {
             (PreferenceKind::Paired, PreferenceObjective::Kto(_)) => {
                 return Err(TrainError::config(
@@ -242,11 +168,7 @@ impl PreferenceConfig {
             }
             _ => {}
         }
-        if let Some(l) = self.lora()? {
-            l.validate()
-                .map_err(|e| TrainError::config("lora", e.to_string()))?;
-        }
-        Ok(())
+        self.lora.validate()
     }
 
     /// The loss and its settings.
@@ -276,30 +198,7 @@ impl PreferenceConfig {
     }
 
     pub fn train_config(&self) -> TrainConfig {
-        TrainConfig {
-            learning_rate: self.learning_rate,
-            schedule: self.lr_scheduler,
-            warmup_steps: self.warmup_steps,
-            min_lr_ratio: self.min_lr_ratio,
-            max_steps: self.max_steps,
-            epochs: self.epochs,
-            batch_size: self.batch_size,
-            grad_accum: self.grad_accum,
-            max_grad_norm: self.max_grad_norm,
-            adamw: AdamWConfig {
-                beta1: self.adam_beta1,
-                beta2: self.adam_beta2,
-                eps: self.adam_eps,
-                weight_decay: self.weight_decay,
-            },
-            eval_every: self.eval_every,
-            eval_batch_size: self.eval_batch_size,
-            save_every: self.save_every,
-            keep_checkpoints: self.keep_checkpoints,
-            seed: self.seed,
-            shuffle: self.shuffle,
-            progress: true,
-        }
+        self.train.train_config()
     }
 
     pub fn data_options(&self) -> PreferenceDataOptions {
@@ -311,17 +210,7 @@ impl PreferenceConfig {
 
     /// The LoRA configuration, or `None` for full fine-tuning (`lora_r = 0`).
     pub fn lora(&self) -> Result<Option<LoraConfig>> {
-        if self.lora_r == 0 {
-            return Ok(None);
-        }
-        let targets = LoraTarget::parse_list(&self.lora_targets)
-            .map_err(|e| TrainError::config("lora_targets", e.to_string()))?;
-        Ok(Some(LoraConfig::new(
-            self.lora_r,
-            self.lora_alpha,
-            self.lora_dropout,
-            targets,
-        )))
+        self.lora.config()
     }
 
     pub fn to_toml(&self) -> Result<String> {
@@ -336,13 +225,7 @@ impl PreferenceConfig {
 
     /// Reads a run directory's `config.toml`.
     pub fn read_run(dir: &Path, kind: PreferenceKind) -> Result<Self> {
-        let path = dir.join("config.toml");
-        if !path.is_file() {
-            return Err(TrainError::NoCheckpoint {
-                dir: dir.to_path_buf(),
-            });
-        }
-        Self::resolve(Some(&path), toml::Table::new(), kind)
+        Self::resolve(Some(&run_config_path(dir)?), toml::Table::new(), kind)
     }
 }
 
@@ -359,12 +242,15 @@ mod tests {
             eval_data: Some("e.jsonl".into()),
             output: Some("runs/x".into()),
             loss_type: "ipo".into(),
-            lora_r: 4,
+            lora: LoraKeys {
+                lora_r: 4,
+                ..Default::default()
+            },
             ..Default::default()
         };
         let table: toml::Table = cfg.to_toml().unwrap().parse().unwrap();
         let mut keys: Vec<&str> = table.keys().map(|k| k.as_str()).collect();
-        let mut known = PREFERENCE_KEYS.to_vec();
+        let mut known = preference_keys();
         keys.sort();
         known.sort();
         assert_eq!(keys, known);

@@ -5,15 +5,14 @@
 //! log-probs and the objective; nothing of optimisers or checkpoints.
 
 use candle_core::{DType, Device, Tensor};
-use tempering_model::lora::DropoutRng;
 use tempering_model::Transformer;
 
 use crate::dpo::data::{PromptCompletion, UnpairedSequence};
 use crate::dpo::logps::{completion_logps, completion_logps_values};
 use crate::dpo::loss::log_sigmoid;
-use crate::dpo::objective::Reference;
+use crate::dpo::objective::{precomputed, Reference};
 use crate::error::{Result, TrainError};
-use crate::objective::{LossOutput, Mode, Objective, StepContext};
+use crate::objective::{DropoutPolicy, LossOutput, Objective, StepContext};
 
 /// KTO's settings (TRL's `KTOConfig` names).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -138,9 +137,7 @@ pub fn kto_loss(p: &KtoParams, x: &UnpairedLogps) -> Result<KtoLoss> {
 }
 
 pub struct KtoObjective {
-    train_model: Transformer,
-    model: Transformer,
-    dropout: Option<DropoutRng>,
+    policy: DropoutPolicy,
     reference: Reference,
     params: KtoParams,
     pad_id: u32,
@@ -162,15 +159,8 @@ impl KtoObjective {
                 "KTO needs a reference model",
             ));
         }
-        let mut train_model = model.clone();
-        let dropout = model.has_lora().then(|| DropoutRng::new(0));
-        if let Some(rng) = &dropout {
-            train_model.set_lora_dropout(Some(rng.clone()));
-        }
         Ok(KtoObjective {
-            train_model,
-            model,
-            dropout,
+            policy: DropoutPolicy::new(model),
             reference,
             params,
             pad_id,
@@ -178,7 +168,7 @@ impl KtoObjective {
     }
 
     pub fn model(&self) -> &Transformer {
-        &self.model
+        self.policy.model()
     }
 
     /// Reference log-probs of every completion and KL completion of `datasets`, computed once; the
@@ -226,46 +216,24 @@ impl Objective for KtoObjective {
         let n = batch.len();
         if n == 0 {
             return Ok(LossOutput {
-                loss_sum: Tensor::zeros((), DType::F64, self.model.device())?,
+                loss_sum: Tensor::zeros((), DType::F64, self.policy.model().device())?,
                 weight: 0.0,
                 tokens: 0,
                 metrics: vec![],
             });
         }
-        let model = match ctx.mode {
-            Mode::Train => {
-                if let Some(rng) = &self.dropout {
-                    rng.set_state(ctx.rng.next_u64());
-                }
-                &self.train_model
-            }
-            Mode::Eval => &self.model,
-        };
+        let model = self.policy.for_step(ctx);
         let seqs: Vec<&PromptCompletion> = batch.iter().map(|e| &e.seq).collect();
         let kls: Vec<&PromptCompletion> = batch.iter().map(|e| &e.kl).collect();
         let policy = completion_logps(model, &seqs, self.pad_id)?;
         // The KL estimate is a detached baseline: no graph kept for it.
-        let kl_policy = completion_logps_values(&self.model, &kls, self.pad_id)?;
+        let kl_policy = completion_logps_values(self.policy.model(), &kls, self.pad_id)?;
         let (reference, kl_reference) = match &self.reference {
             Reference::Model(m) => (
                 completion_logps_values(m, &seqs, self.pad_id)?,
                 completion_logps_values(m, &kls, self.pad_id)?,
             ),
-            Reference::Precomputed => {
-                let mut a = Vec::with_capacity(n);
-                let mut b = Vec::with_capacity(n);
-                for e in batch {
-                    let (x, y) = e.reference.ok_or_else(|| {
-                        TrainError::config(
-                            "precompute_ref",
-                            format!("line {}: no precomputed reference log-probs", e.line),
-                        )
-                    })?;
-                    a.push(x);
-                    b.push(y);
-                }
-                (a, b)
-            }
+            Reference::Precomputed => precomputed(batch.iter().map(|e| (e.reference, e.line)))?,
             Reference::None => {
                 return Err(TrainError::config(
                     "ref_model",

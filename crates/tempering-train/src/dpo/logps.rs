@@ -2,8 +2,8 @@
 //! forward pass, only the completion positions through the LM head, the fused `token_logprobs` (no
 //! full log-softmax), and a sum per row. Knows the decoder's forward; nothing of losses.
 
-use candle_core::{DType, Tensor, D};
-use tempering_model::{ops, TokenLayout, Transformer};
+use candle_core::{DType, Tensor};
+use tempering_model::Transformer;
 
 use crate::dpo::data::PromptCompletion;
 use crate::error::Result;
@@ -41,30 +41,28 @@ pub fn completion_logps_with_prompts(
 ) -> Result<CompletionLogps> {
     let device = model.device().clone();
     let r = rows.len();
-    let t = rows.iter().map(|s| s.len()).max().unwrap_or(0);
-    let mut ids = vec![pad_id; r * t];
-    let mut positions = Vec::new();
+    let mut positions = Vec::with_capacity(r);
     let mut labels = Vec::new();
-    // Row of each picked position, for the per-row sums: a [R, N] 0/1 matrix times the [N] log-probs.
-    // (row, is a completion token) of each picked position.
+    // (row, is a completion token) of each picked position, for the per-row sums: a [R, N] 0/1
+    // matrix times the [N] log-probs.
     let mut owner = Vec::new();
     let mut lengths = Vec::with_capacity(r);
     let mut prompt_tokens = 0;
     for (i, s) in rows.iter().enumerate() {
-        ids[i * t..i * t + s.len()].copy_from_slice(&s.ids);
         let from = if i < with_prompt { 1 } else { s.start.max(1) };
+        let mut pos = Vec::with_capacity(s.len().saturating_sub(from));
         for j in from..s.len() {
-            positions.push((i * t + j - 1) as u32);
+            pos.push(j - 1);
             labels.push(s.ids[j]);
             let completion = j >= s.start;
             owner.push((i, completion));
             prompt_tokens += usize::from(!completion);
         }
+        positions.push(pos);
         lengths.push(s.len() - s.start.max(1));
     }
-    let n = positions.len();
-    let seq_lengths: Vec<usize> = rows.iter().map(|s| s.len()).collect();
-    let tokens = seq_lengths.iter().sum();
+    let n = labels.len();
+    let tokens = rows.iter().map(|s| s.len()).sum();
     if n == 0 {
         let zeros = Tensor::zeros(r, DType::F32, &device)?;
         return Ok(CompletionLogps {
@@ -75,14 +73,8 @@ pub fn completion_logps_with_prompts(
             tokens,
         });
     }
-    let input = Tensor::from_vec(ids, (r, t), &device)?;
-    let hidden = model.forward_hidden(&input, &TokenLayout::right_padded(&seq_lengths, t), None)?;
-    let h = hidden.dim(D::Minus1)?;
-    let picked = hidden
-        .reshape((r * t, h))?
-        .index_select(&Tensor::from_vec(positions, n, &device)?, 0)?;
-    let logits = model.logits(&picked)?;
-    let lp = ops::token_logprobs(&logits, &Tensor::from_vec(labels, n, &device)?)?;
+    let seqs: Vec<&[u32]> = rows.iter().map(|s| s.ids.as_slice()).collect();
+    let (lp, _) = model.token_logprobs_at(&seqs, &positions, labels, pad_id, 1.0)?;
     // Row sums as a product with a [2R, N] 0/1 matrix: completions in rows 0..R, prompts in R..2R.
     let mut onehot = vec![0f32; 2 * r * n];
     for (k, &(i, completion)) in owner.iter().enumerate() {

@@ -17,7 +17,7 @@ pub mod logps;
 pub mod loss;
 pub mod objective;
 
-pub use config::{PreferenceConfig, PreferenceKind, PreferenceObjective, PREFERENCE_KEYS};
+pub use config::{preference_keys, PreferenceConfig, PreferenceKind, PreferenceObjective};
 pub use data::{
     load_pairs, load_unpaired, prepare_pairs, prepare_unpaired, PairSequence,
     PreferenceDataOptions, PreferenceReport, PromptCompletion, UnpairedSequence,

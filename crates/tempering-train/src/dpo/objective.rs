@@ -4,14 +4,13 @@
 //! rest. Knows models and the loss; nothing of optimisers or checkpoints.
 
 use candle_core::Tensor;
-use tempering_model::lora::DropoutRng;
 use tempering_model::Transformer;
 
 use crate::dpo::data::{PairSequence, PromptCompletion};
 use crate::dpo::logps::{completion_logps_values, completion_logps_with_prompts};
 use crate::dpo::loss::{pair_loss, LossParams, PairLogps, PairLoss, PreferenceLoss};
 use crate::error::{Result, TrainError};
-use crate::objective::{LossOutput, Mode, Objective, StepContext};
+use crate::objective::{DropoutPolicy, LossOutput, Objective, StepContext};
 
 /// Where reference log-probs come from.
 pub enum Reference {
@@ -48,6 +47,26 @@ impl Reference {
     }
 }
 
+/// The precomputed reference log-probs of a batch's examples (`(reference, line)` each) as two
+/// columns; an example without them is an error naming its line.
+pub(crate) fn precomputed(
+    examples: impl ExactSizeIterator<Item = (Option<(f64, f64)>, usize)>,
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    let mut a = Vec::with_capacity(examples.len());
+    let mut b = Vec::with_capacity(examples.len());
+    for (reference, line) in examples {
+        let (x, y) = reference.ok_or_else(|| {
+            TrainError::config(
+                "precompute_ref",
+                format!("line {line}: no precomputed reference log-probs"),
+            )
+        })?;
+        a.push(x);
+        b.push(y);
+    }
+    Ok((a, b))
+}
+
 /// Implicit rewards of one pair under the trained policy.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PairRewards {
@@ -59,9 +78,7 @@ pub struct PairRewards {
 }
 
 pub struct DpoObjective {
-    train_model: Transformer,
-    model: Transformer,
-    dropout: Option<DropoutRng>,
+    policy: DropoutPolicy,
     reference: Reference,
     params: LossParams,
     pad_id: u32,
@@ -76,15 +93,8 @@ impl DpoObjective {
         pad_id: u32,
     ) -> Result<Self> {
         params.validate()?;
-        let mut train_model = model.clone();
-        let dropout = model.has_lora().then(|| DropoutRng::new(0));
-        if let Some(rng) = &dropout {
-            train_model.set_lora_dropout(Some(rng.clone()));
-        }
         Ok(DpoObjective {
-            train_model,
-            model,
-            dropout,
+            policy: DropoutPolicy::new(model),
             reference,
             params,
             pad_id,
@@ -93,7 +103,7 @@ impl DpoObjective {
 
     /// The trained model with dropout off (what to save or evaluate).
     pub fn model(&self) -> &Transformer {
-        &self.model
+        self.policy.model()
     }
 
     pub fn params(&self) -> &LossParams {
@@ -129,7 +139,7 @@ impl DpoObjective {
         let mut out = Vec::with_capacity(data.len());
         for chunk in data.chunks(batch_size.max(1)) {
             let batch: Vec<&PairSequence> = chunk.iter().collect();
-            let (loss, policy, _) = self.batch_loss(&self.model, &batch)?;
+            let (loss, policy, _) = self.batch_loss(self.policy.model(), &batch)?;
             let b = batch.len();
             for (i, ex) in batch.iter().enumerate() {
                 out.push(PairRewards {
@@ -168,19 +178,7 @@ impl DpoObjective {
                 Some((v[..b].to_vec(), v[b..].to_vec()))
             }
             Reference::Precomputed => {
-                let mut c = Vec::with_capacity(b);
-                let mut r = Vec::with_capacity(b);
-                for p in batch {
-                    let (pc, pr) = p.reference.ok_or_else(|| {
-                        TrainError::config(
-                            "precompute_ref",
-                            format!("line {}: no precomputed reference log-probs", p.line),
-                        )
-                    })?;
-                    c.push(pc);
-                    r.push(pr);
-                }
-                Some((c, r))
+                Some(precomputed(batch.iter().map(|p| (p.reference, p.line)))?)
             }
         };
         let x = PairLogps {
@@ -231,21 +229,13 @@ impl Objective for DpoObjective {
     fn loss(&mut self, batch: &[&PairSequence], ctx: &mut StepContext<'_>) -> Result<LossOutput> {
         if batch.is_empty() {
             return Ok(LossOutput {
-                loss_sum: Tensor::zeros((), candle_core::DType::F64, self.model.device())?,
+                loss_sum: Tensor::zeros((), candle_core::DType::F64, self.policy.model().device())?,
                 weight: 0.0,
                 tokens: 0,
                 metrics: vec![],
             });
         }
-        let model = match ctx.mode {
-            Mode::Train => {
-                if let Some(rng) = &self.dropout {
-                    rng.set_state(ctx.rng.next_u64());
-                }
-                &self.train_model
-            }
-            Mode::Eval => &self.model,
-        };
+        let model = self.policy.for_step(ctx);
         let (loss, _, tokens) = self.batch_loss(model, batch)?;
         Ok(LossOutput {
             loss_sum: loss.loss_sum,

@@ -5,7 +5,7 @@
 
 use candle_core::{DType, Tensor, D};
 use serde::{Deserialize, Serialize};
-use tempering_model::{ops, TokenLayout, Transformer};
+use tempering_model::{ops, Transformer};
 
 use crate::error::Result;
 use crate::objective::{LossOutput, Objective, StepContext};
@@ -104,32 +104,16 @@ pub fn completion_logprobs(
     pad_id: u32,
     temperature: f64,
 ) -> Result<(Tensor, Tensor)> {
-    let device = model.device().clone();
-    let t = batch.iter().map(|s| s.ids.len()).max().unwrap_or(0);
-    let b = batch.len();
-    let mut ids = vec![pad_id; b * t];
-    let (mut rows, mut labels) = (Vec::new(), Vec::new());
-    for (i, s) in batch.iter().enumerate() {
-        ids[i * t..i * t + s.ids.len()].copy_from_slice(&s.ids);
-        for j in s.prompt_len.max(1)..s.ids.len() {
-            rows.push((i * t + j - 1) as u32);
-            labels.push(s.ids[j]);
-        }
-    }
-    let n = rows.len();
-    let lengths: Vec<usize> = batch.iter().map(|s| s.ids.len()).collect();
-    let input = Tensor::from_vec(ids, (b, t), &device)?;
-    let hidden = model.forward_hidden(&input, &TokenLayout::right_padded(&lengths, t), None)?;
-    let h = hidden.dim(D::Minus1)?;
-    let picked = hidden
-        .reshape((b * t, h))?
-        .index_select(&Tensor::from_vec(rows, n, &device)?, 0)?;
-    let mut logits = model.logits(&picked)?.to_dtype(DType::F32)?;
-    if temperature != 1.0 {
-        logits = (logits / temperature)?;
-    }
-    let lp = ops::token_logprobs(&logits, &Tensor::from_vec(labels, n, &device)?)?;
-    Ok((lp, logits))
+    let seqs: Vec<&[u32]> = batch.iter().map(|s| s.ids.as_slice()).collect();
+    let positions: Vec<Vec<usize>> = batch
+        .iter()
+        .map(|s| (s.prompt_len.max(1)..s.ids.len()).map(|j| j - 1).collect())
+        .collect();
+    let labels: Vec<u32> = batch
+        .iter()
+        .flat_map(|s| s.ids[s.prompt_len.max(1)..].iter().copied())
+        .collect();
+    Ok(model.token_logprobs_at(&seqs, &positions, labels, pad_id, temperature)?)
 }
 
 /// Entropy of each row's distribution: [N].

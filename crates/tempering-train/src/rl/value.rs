@@ -4,8 +4,8 @@
 //! logits predict that token, so values line up with the policy's per-token logprobs. Knows the
 //! decoder's forward; nothing of rewards, advantages or the loop.
 
-use candle_core::{DType, Device, Tensor, Var, D};
-use tempering_model::{ops, TokenLayout, Transformer};
+use candle_core::{DType, Device, Tensor, Var};
+use tempering_model::{ops, Transformer};
 
 use crate::error::Result;
 use crate::rl::policy_loss::RolloutSample;
@@ -71,25 +71,12 @@ pub fn completion_hidden(
     batch: &[&RolloutSample],
     pad_id: u32,
 ) -> Result<Tensor> {
-    let device = model.device().clone();
-    let t = batch.iter().map(|s| s.ids.len()).max().unwrap_or(0);
-    let b = batch.len();
-    let mut ids = vec![pad_id; b * t];
-    let mut rows = Vec::new();
-    for (i, s) in batch.iter().enumerate() {
-        ids[i * t..i * t + s.ids.len()].copy_from_slice(&s.ids);
-        for j in s.prompt_len.max(1)..s.ids.len() {
-            rows.push((i * t + j - 1) as u32);
-        }
-    }
-    let n = rows.len();
-    let lengths: Vec<usize> = batch.iter().map(|s| s.ids.len()).collect();
-    let input = Tensor::from_vec(ids, (b, t), &device)?;
-    let hidden = model.forward_hidden(&input, &TokenLayout::right_padded(&lengths, t), None)?;
-    let h = hidden.dim(D::Minus1)?;
-    Ok(hidden
-        .reshape((b * t, h))?
-        .index_select(&Tensor::from_vec(rows, n, &device)?, 0)?)
+    let seqs: Vec<&[u32]> = batch.iter().map(|s| s.ids.as_slice()).collect();
+    let positions: Vec<Vec<usize>> = batch
+        .iter()
+        .map(|s| (s.prompt_len.max(1)..s.ids.len()).map(|j| j - 1).collect())
+        .collect();
+    Ok(model.hidden_at(&seqs, &positions, pad_id)?)
 }
 
 /// The completion tokens of `batch`, in the order of [`completion_hidden`].
