@@ -179,3 +179,37 @@ fn chat_keeps_the_conversation_and_takes_commands() {
     assert!(stdout.contains("Paris"), "{stdout}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// The inference commands take the model positionally or as `--model` (the training commands'
+/// spelling); both at once, or neither, is refused by name.
+#[test]
+fn the_model_is_positional_or_given_by_model() {
+    let model = tempering_model::known::fixtures_dir().join("models/tiny-arith-sft");
+    let tokenize = |args: &[&std::ffi::OsStr]| {
+        temper()
+            .arg("tokenize")
+            .args(args)
+            .args(["--text", "12+7=19", "--json"])
+            .output()
+            .unwrap()
+    };
+    let positional = tokenize(&[model.as_os_str()]);
+    assert!(positional.status.success(), "{positional:?}");
+    let flagged = tokenize(&["--model".as_ref(), model.as_os_str()]);
+    assert!(flagged.status.success(), "{flagged:?}");
+    assert_eq!(positional.stdout, flagged.stdout);
+    assert!(!positional.stdout.is_empty());
+
+    let both = tokenize(&[model.as_os_str(), "--model".as_ref(), model.as_os_str()]);
+    assert!(!both.status.success());
+    let err = String::from_utf8_lossy(&both.stderr);
+    assert!(
+        err.contains("--model") && err.contains("cannot be used with"),
+        "{err}"
+    );
+
+    let neither = tokenize(&[]);
+    assert!(!neither.status.success());
+    let err = String::from_utf8_lossy(&neither.stderr);
+    assert!(err.contains("MODEL"), "{err}");
+}

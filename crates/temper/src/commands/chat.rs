@@ -1,6 +1,7 @@
 //! `temper chat`: an interactive conversation in the terminal, streaming the model's replies.
 //! Holds the conversation and the slash commands; the engine generates.
 
+use super::model_arg::ModelPath;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
@@ -14,8 +15,8 @@ use crate::commands::model::DeviceArgs;
 
 #[derive(Args)]
 pub struct ChatArgs {
-    /// An HF model directory or a GGUF file (with a chat template).
-    pub model: PathBuf,
+    #[command(flatten)]
+    pub model: ModelPath,
     /// A PEFT LoRA adapter directory to run on top of the model.
     #[arg(long)]
     pub adapter: Option<PathBuf>,
@@ -33,9 +34,9 @@ const HELP: &str = "commands: /reset (forget the conversation), /system TEXT (se
 pub fn chat(a: ChatArgs) -> Result<()> {
     let mut params = a.sampling.params();
     check_flags(&params)?;
-    let (engine, template) = load_engine(&a.model, a.adapter.as_deref(), &a.device, 1)?;
-    let template =
-        template.with_context(|| format!("{}: chat needs a chat template", a.model.display()))?;
+    let (engine, template) = load_engine(a.model.path(), a.adapter.as_deref(), &a.device, 1)?;
+    let template = template
+        .with_context(|| format!("{}: chat needs a chat template", a.model.path().display()))?;
     let context = engine.model().config.max_position_embeddings;
     let mut system = a.system.clone();
     let fresh = |system: &Option<String>| -> Vec<ChatMessage> {

@@ -2,6 +2,7 @@
 //! JSONL file), with a progress bar; writes the table, the plots and an HTML report into the run
 //! directory.
 
+use super::model_arg::ModelPath;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
@@ -17,8 +18,8 @@ use crate::commands::search::{build_scorers, rule_step_checker, SearchFlags};
 
 #[derive(Args)]
 pub struct EvalArgs {
-    /// An HF model directory or a GGUF file (with --backend: its tokenizer and chat template only).
-    pub model: PathBuf,
+    #[command(flatten)]
+    pub model: ModelPath,
     /// A built-in task whose test split to use (see `temper tasks list`).
     #[arg(long, required_unless_present = "data", conflicts_with = "data")]
     pub task: Option<String>,
@@ -100,7 +101,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         ),
         (None, None) => bail!("expected --task or --data"),
     };
-    let generator = a.flags.generator(&a.model)?;
+    let generator = a.flags.generator(a.model.path())?;
     let tok = generator.tokenizer();
     if let Some(bad) = items
         .iter()
@@ -114,7 +115,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     }
     let loaded = build_scorers(
         &a.flags,
-        &a.model,
+        a.model.path(),
         a.task.as_deref().or(data_task_name.as_deref()),
     )?;
     let encoder = TokenizerEncoder {
@@ -131,7 +132,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     std::fs::create_dir_all(&a.output)
         .with_context(|| format!("creating {}", a.output.display()))?;
     let resolved = json!({
-        "model": a.model, "adapter": a.flags.adapter, "about": about, "strategies": specs, "seed": config.seed,
+        "model": a.model.path(), "adapter": a.flags.adapter, "about": about, "strategies": specs, "seed": config.seed,
         "max_new_tokens": config.sampling.max_new_tokens, "temperature": config.sampling.temperature,
         "top_p": config.sampling.top_p, "step_max_tokens": config.step_max_tokens,
         "max_depth": config.max_depth, "aggregation": config.aggregation,
@@ -166,7 +167,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     let rows = summarise(&results);
     write_run(
         &a.output,
-        &format!("temper eval: {}", a.model.display()),
+        &format!("temper eval: {}", a.model.path().display()),
         &about,
         &results,
         &rows,

@@ -2,6 +2,7 @@
 //! `--output`), with the local generation engine or a remote server (`--backend`). Parses flags and
 //! files, shows progress, writes results; the backend does the rest.
 
+use super::model_arg::ModelPath;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -64,8 +65,8 @@ impl SamplingArgs {
 
 #[derive(Args)]
 pub struct GenerateArgs {
-    /// An HF model directory or a GGUF file (with --backend: its tokenizer and chat template only).
-    pub model: PathBuf,
+    #[command(flatten)]
+    pub model: ModelPath,
     /// A PEFT LoRA adapter directory to run on top of the model.
     #[arg(long)]
     pub adapter: Option<PathBuf>,
@@ -200,7 +201,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         bail!("--n: expected at least 1");
     }
     let opened = open_generator(
-        &a.model,
+        a.model.path(),
         a.adapter.as_deref(),
         &a.device,
         a.batch_rows,

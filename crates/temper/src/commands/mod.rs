@@ -10,6 +10,7 @@ pub mod generate;
 pub mod label_steps;
 pub mod merge;
 pub mod model;
+pub mod model_arg;
 pub mod ppo;
 pub mod prm;
 pub mod rl;

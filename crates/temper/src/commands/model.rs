@@ -1,5 +1,6 @@
 //! Model-level commands: `inspect`, `convert`, `logits` and `tokenize`.
 
+use super::model_arg::ModelPath;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -48,8 +49,8 @@ pub struct ConvertArgs {
 
 #[derive(Args)]
 pub struct LogitsArgs {
-    /// An HF model directory or a GGUF file.
-    pub model: PathBuf,
+    #[command(flatten)]
+    pub model: ModelPath,
     #[arg(long)]
     pub prompt: String,
     /// How many top next tokens to print.
@@ -69,8 +70,8 @@ pub struct LogitsArgs {
 
 #[derive(Args)]
 pub struct TokenizeArgs {
-    /// An HF model directory (with tokenizer.json) or a GGUF file.
-    pub model: PathBuf,
+    #[command(flatten)]
+    pub model: ModelPath,
     #[arg(long)]
     pub text: String,
     /// Add the model's BOS/EOS rules (special tokens written in the text are parsed either way).
@@ -283,14 +284,13 @@ pub fn convert(a: ConvertArgs) -> Result<()> {
 
 pub fn logits(a: LogitsArgs) -> Result<()> {
     let (device, dtype) = device_and_dtype(&a.device.device, a.device.dtype.as_deref())?;
-    let files = ModelFiles::open(&a.model, dtype, &device)
-        .with_context(|| format!("loading {}", a.model.display()))?;
+    let files = ModelFiles::open(a.model.path(), dtype, &device)
+        .with_context(|| format!("loading {}", a.model.path().display()))?;
     let tok = files.require_tokenizer()?;
     let text = if a.chat {
-        let t = files
-            .chat_template
-            .as_ref()
-            .with_context(|| format!("{}: --chat needs a chat template", a.model.display()))?;
+        let t = files.chat_template.as_ref().with_context(|| {
+            format!("{}: --chat needs a chat template", a.model.path().display())
+        })?;
         t.render(
             &[tempering_model::ChatMessage {
                 role: "user".into(),
@@ -358,8 +358,8 @@ pub fn logits(a: LogitsArgs) -> Result<()> {
 }
 
 pub fn tokenize(a: TokenizeArgs) -> Result<()> {
-    let info =
-        ModelInfo::read(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
+    let info = ModelInfo::read(a.model.path())
+        .with_context(|| format!("loading {}", a.model.path().display()))?;
     let tok = info.require_tokenizer()?;
     let ids = tok.encode(&a.text, a.add_special_tokens)?;
     let pieces: Vec<String> = ids

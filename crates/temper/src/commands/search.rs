@@ -3,6 +3,7 @@
 //! shares with it: the search flags and [`Scorers`] built from `--prm`, `--rm` and `--scorer`
 //! (`self-eval`, or `rule`: the task's rule step checker).
 
+use super::model_arg::ModelPath;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -271,8 +272,8 @@ pub fn build_scorers(
 
 #[derive(Args)]
 pub struct SearchArgs {
-    /// An HF model directory or a GGUF file (with --backend: its tokenizer and chat template only).
-    pub model: PathBuf,
+    #[command(flatten)]
+    pub model: ModelPath,
     /// The problem text the model continues (a newline is added if missing).
     #[arg(long)]
     pub problem: String,
@@ -297,8 +298,8 @@ pub fn search(a: SearchArgs) -> Result<()> {
     if a.flags.scorer.as_deref() == Some("rule") {
         rule_step_checker("--scorer rule", a.task.as_deref())?;
     }
-    let generator = a.flags.generator(&a.model)?;
-    let loaded = build_scorers(&a.flags, &a.model, a.task.as_deref())?;
+    let generator = a.flags.generator(a.model.path())?;
+    let loaded = build_scorers(&a.flags, a.model.path(), a.task.as_deref())?;
     let encoder = TokenizerEncoder {
         tokenizer: generator.tokenizer(),
         add_special_tokens: true,

@@ -10,6 +10,7 @@
 
 mod api;
 
+use super::model_arg::ModelPath;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -34,8 +35,8 @@ use api::{ApiError, Job, Kind, Msg, Output, PromptIn};
 
 #[derive(Args)]
 pub struct ServeArgs {
-    /// An HF model directory or a GGUF file.
-    pub model: PathBuf,
+    #[command(flatten)]
+    pub model: ModelPath,
     /// A PEFT LoRA adapter directory to run on top of the model.
     #[arg(long)]
     pub adapter: Option<PathBuf>,
@@ -91,8 +92,8 @@ pub(crate) fn unix_now() -> u64 {
 
 pub fn serve(a: ServeArgs) -> Result<()> {
     // Cheap checks first, before binding or loading.
-    if !a.model.exists() {
-        bail!("{}: no such model", a.model.display());
+    if !a.model.path().exists() {
+        bail!("{}: no such model", a.model.path().display());
     }
     if a.max_concurrency == 0 {
         bail!("--max-concurrency: expected at least 1");
@@ -114,6 +115,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         Some(n) => n.clone(),
         None => a
             .model
+            .path()
             .file_stem()
             .map(|s| s.to_string_lossy().replace('@', "_"))
             .filter(|s| !s.is_empty())
@@ -148,7 +150,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         let state = state.clone();
         let load_failed = load_failed.clone();
         let (model, adapter, prm, device, batch_rows) = (
-            a.model.clone(),
+            a.model.path().to_path_buf(),
             a.adapter.clone(),
             a.prm.clone(),
             a.device.clone(),

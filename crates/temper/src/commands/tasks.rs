@@ -1,5 +1,6 @@
 //! `temper tasks`: the built-in verifiable tasks: list them and write problem sets as JSONL.
 
+use super::model_arg::ModelPath;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -60,8 +61,8 @@ pub struct TrainTinyArgs {
 
 #[derive(Args)]
 pub struct EvalTaskArgs {
-    /// An HF model directory or a GGUF file.
-    pub model: PathBuf,
+    #[command(flatten)]
+    pub model: ModelPath,
     pub task: String,
     /// Difficulty level (default: the task's hardest).
     #[arg(long)]
@@ -272,7 +273,7 @@ fn eval_cmd(a: EvalTaskArgs) -> Result<()> {
         dtype: None,
     };
     let (engine, _) = load_engine(
-        &a.model,
+        a.model.path(),
         a.adapter.as_deref(),
         &device,
         EngineOptions::default().max_batch_rows,
@@ -282,7 +283,7 @@ fn eval_cmd(a: EvalTaskArgs) -> Result<()> {
     let acc = greedy_accuracy(&engine, task.as_ref(), &problems, a.max_new_tokens)?;
     println!(
         "{}: {} level {}: greedy accuracy {:.1}% on {} test problems ({:.1} s)",
-        a.model.display(),
+        a.model.path().display(),
         task.name(),
         level,
         100.0 * acc,
