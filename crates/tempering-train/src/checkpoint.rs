@@ -97,7 +97,7 @@ pub fn check_new_run(run_dir: &Path) -> Result<()> {
     }
     let only_run_files = entries
         .iter()
-        .all(|n| BEFORE_FIRST_CHECKPOINT.contains(&n.as_str()));
+        .all(|n| BEFORE_FIRST_CHECKPOINT.contains(&n.as_str()) || interrupted_write(n).is_some());
     let partial_checkpoints_only = std::fs::read_dir(checkpoints_dir(run_dir))
         .map(|d| {
             d.flatten()
@@ -112,7 +112,22 @@ pub fn check_new_run(run_dir: &Path) -> Result<()> {
          resume); starting afresh",
         run_dir.display()
     );
+    for leftover in entries.iter().filter(|n| interrupted_write(n).is_some()) {
+        let path = run_dir.join(leftover);
+        std::fs::remove_file(&path).map_err(|e| TrainError::io(&path, e))?;
+    }
     Ok(())
+}
+
+/// The run file whose atomic write (`tempering_model::write_atomic`: `.NAME.tmpPID`) a killed
+/// process left half done, if `entry` is such a leftover.
+fn interrupted_write(entry: &str) -> Option<&'static str> {
+    let rest = entry.strip_prefix('.')?;
+    BEFORE_FIRST_CHECKPOINT.iter().copied().find(|name| {
+        rest.strip_prefix(name)
+            .and_then(|r| r.strip_prefix(".tmp"))
+            .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+    })
 }
 
 /// The newest complete checkpoint, or an error naming the run directory.
@@ -257,7 +272,16 @@ mod tests {
         std::fs::write(run.join("config.toml"), "max_steps = 3\n").unwrap();
         std::fs::write(run.join("metrics.jsonl"), "{\"step\": 1}\n").unwrap();
         std::fs::create_dir_all(checkpoints_dir(run).join(".tmp-step-0000002")).unwrap();
+        // Killed while writing its config atomically: the temporary file is left beside it.
+        std::fs::write(run.join(".config.toml.tmp4000000"), "max_st").unwrap();
         check_new_run(run).unwrap();
+        assert!(!run.join(".config.toml.tmp4000000").exists());
+        assert_eq!(
+            interrupted_write(".metrics.jsonl.tmp12"),
+            Some("metrics.jsonl")
+        );
+        assert_eq!(interrupted_write(".notes.txt.tmp12"), None);
+        assert_eq!(interrupted_write(".config.toml.tmp"), None);
         // A complete checkpoint: refused.
         std::fs::create_dir_all(step_dir(run, 2)).unwrap();
         std::fs::write(step_dir(run, 2).join(STATE), "{}").unwrap();
