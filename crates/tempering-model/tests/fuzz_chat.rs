@@ -145,10 +145,7 @@ fn a_template_that_doubles_a_string_stops_at_the_memory_cap() {
     let (name, limit) = limit_of(err);
     assert_eq!(name, "evil/chat_template.jinja");
     assert_eq!(limit, TemplateLimit::Memory(cap));
-    assert!(
-        msg.contains("64 MiB") || msg.contains(&cap.to_string()),
-        "{msg}"
-    );
+    assert!(msg.contains(&cap.to_string()), "{msg}");
 
     // The same loop, twelve doublings (8 kB): inside every bound, it renders.
     let ok = ChatTemplate::new(src.replace("range(60)", "range(12)"), None, None)

@@ -97,7 +97,7 @@ pub fn check_new_run(run_dir: &Path) -> Result<()> {
     }
     let only_run_files = entries
         .iter()
-        .all(|n| BEFORE_FIRST_CHECKPOINT.contains(&n.as_str()) || interrupted_write(n).is_some());
+        .all(|n| BEFORE_FIRST_CHECKPOINT.contains(&n.as_str()) || is_interrupted_write(n));
     let partial_checkpoints_only = std::fs::read_dir(checkpoints_dir(run_dir))
         .map(|d| {
             d.flatten()
@@ -112,18 +112,20 @@ pub fn check_new_run(run_dir: &Path) -> Result<()> {
          resume); starting afresh",
         run_dir.display()
     );
-    for leftover in entries.iter().filter(|n| interrupted_write(n).is_some()) {
+    for leftover in entries.iter().filter(|n| is_interrupted_write(n)) {
         let path = run_dir.join(leftover);
         std::fs::remove_file(&path).map_err(|e| TrainError::io(&path, e))?;
     }
     Ok(())
 }
 
-/// The run file whose atomic write (`tempering_model::write_atomic`: `.NAME.tmpPID`) a killed
-/// process left half done, if `entry` is such a leftover.
-fn interrupted_write(entry: &str) -> Option<&'static str> {
-    let rest = entry.strip_prefix('.')?;
-    BEFORE_FIRST_CHECKPOINT.iter().copied().find(|name| {
+/// Whether `entry` is what a killed process left of an atomic write of a run file
+/// (`tempering_model::write_atomic` writes `.NAME.tmpPID` and renames it over `NAME`).
+fn is_interrupted_write(entry: &str) -> bool {
+    let Some(rest) = entry.strip_prefix('.') else {
+        return false;
+    };
+    BEFORE_FIRST_CHECKPOINT.iter().any(|name| {
         rest.strip_prefix(name)
             .and_then(|r| r.strip_prefix(".tmp"))
             .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
@@ -276,12 +278,9 @@ mod tests {
         std::fs::write(run.join(".config.toml.tmp4000000"), "max_st").unwrap();
         check_new_run(run).unwrap();
         assert!(!run.join(".config.toml.tmp4000000").exists());
-        assert_eq!(
-            interrupted_write(".metrics.jsonl.tmp12"),
-            Some("metrics.jsonl")
-        );
-        assert_eq!(interrupted_write(".notes.txt.tmp12"), None);
-        assert_eq!(interrupted_write(".config.toml.tmp"), None);
+        assert!(is_interrupted_write(".metrics.jsonl.tmp12"));
+        assert!(!is_interrupted_write(".notes.txt.tmp12"));
+        assert!(!is_interrupted_write(".config.toml.tmp"));
         // A complete checkpoint: refused.
         std::fs::create_dir_all(step_dir(run, 2)).unwrap();
         std::fs::write(step_dir(run, 2).join(STATE), "{}").unwrap();
