@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite on a fresh machine: fetches SmolLM2 if absent, then runs every test.
+# The whole test suite on a fresh machine: installs OpenBLAS and fetches SmolLM2 if absent, then
+# runs every test.
 # (Plain `cargo test --workspace` also works; the tests that need SmolLM2 then skip, saying so.)
 #
 # With no arguments the RL gain tests (`--test rl_gain`, the longest binary: minutes of small-model
@@ -8,6 +9,7 @@
 # Arguments go to a single `cargo test --workspace` instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/install-openblas.sh
 scripts/fetch-smollm2.sh
 if [ "$#" -gt 0 ]; then
     exec cargo test --workspace "$@"

@@ -5,6 +5,8 @@
 # fine-tuning) and on SmolLM2-135M with LoRA r=8 on q,v when its GGUF is present. Prints seconds per
 # step (median, first step excluded), Tempering's split into generation, scoring and update, peak RSS,
 # and the ratio TRL time / Tempering time (above 1: Tempering is faster).
+# At beta 0 TRL builds no reference model; Tempering's KL guard runs the reference forward on
+# every 4th batch only (`--kl-every 4`, its default), so steps 1-3 do the same work as TRL's.
 #
 #   scripts/bench/grpo.sh [STEPS]     (needs /work/pyref/venv, or PYREF=python, with torch, trl, peft)
 set -euo pipefail

@@ -30,5 +30,22 @@ pub fn device_and_dtype(name: &str, dtype: Option<&str>) -> Result<(Device, DTyp
         Some("f16") => DType::F16,
         Some(other) => bail!("--dtype {other}: expected f32, bf16 or f16"),
     };
+    if device.is_cpu() {
+        announce_cpu_kernels();
+    }
     Ok((device, dtype))
+}
+
+/// Says once which kernels the CPU's matrix products use: OpenBLAS at info level (`TEMPER_LOG=info`),
+/// or, as a warning, that it is missing and candle's slower kernels run instead.
+fn announce_cpu_kernels() {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    SAID.call_once(|| {
+        let line = tempering_model::ops::blas::describe();
+        if tempering_model::ops::blas::available() {
+            tracing::info!("{line}");
+        } else if std::env::var("TEMPER_BLAS").as_deref() != Ok("off") {
+            tracing::warn!("{line}");
+        }
+    });
 }

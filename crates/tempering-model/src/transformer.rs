@@ -54,12 +54,7 @@ impl Linear {
 
     fn forward_base(&self, x: &Tensor) -> Result<Tensor> {
         let y = if self.weight.is_variable() {
-            let (dims, k) = split_last(x)?;
-            let x2 = x.reshape(((), k))?;
-            let y = x2.matmul(&self.weight.t()?)?;
-            let mut out = dims;
-            out.push(self.weight.dim(0)?);
-            y.reshape(out)?
+            ops::linear(x, &self.weight)?
         } else {
             ops::linear_frozen(x, &self.weight)?
         };
@@ -68,14 +63,6 @@ impl Linear {
             None => Ok(y),
         }
     }
-}
-
-fn split_last(x: &Tensor) -> Result<(Vec<usize>, usize)> {
-    let dims = x.dims();
-    let (last, rest) = dims
-        .split_last()
-        .ok_or_else(|| ModelError::Unsupported("linear on a scalar".into()))?;
-    Ok((rest.to_vec(), *last))
 }
 
 #[derive(Clone, Debug)]

@@ -330,3 +330,29 @@ fn a_reference_sharing_the_policy_weights_is_refused() {
     .to_string();
     assert!(err.contains("shares the trainable weight"), "{err}");
 }
+
+/// At beta 0 the reference's forward serves the KL guard only: it runs every `kl_every` batches
+/// (the metrics say which), never with `kl_every = 0`; with beta > 0 every batch.
+#[test]
+fn the_reference_forward_runs_only_where_the_kl_is_needed() {
+    let cases: [(f64, usize, [bool; 4]); 3] = [
+        (0.0, 2, [true, false, true, false]),
+        (0.0, 0, [false; 4]),
+        (0.05, 3, [true; 4]),
+    ];
+    for (beta, every, want) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(4, 1);
+        c.loss.beta = beta;
+        c.online.guards.kl_every = every;
+        run(dir.path(), &c, false);
+        let recs = read(&dir.path().join("metrics.jsonl")).unwrap();
+        assert_eq!(recs.len(), 4);
+        for (r, want) in recs.iter().zip(want) {
+            let case = format!("beta {beta}, kl_every {every}: {r:?}");
+            let get = |k: &str| r.get(k).cloned().unwrap_or_default();
+            assert_eq!(get("reference_forward").as_bool(), Some(want), "{case}");
+            assert_eq!(get("kl").as_f64().is_some(), want, "{case}");
+        }
+    }
+}

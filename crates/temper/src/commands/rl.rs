@@ -150,6 +150,12 @@ pub struct RlFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kl_limit: Option<f64>,
+    /// At --beta 0 (grpo, rloo), run the reference forward that the KL guard needs every this many
+    /// rollout batches only (0: never, the KL guard off; default 4). With --beta > 0 the loss needs
+    /// it every batch.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kl_every: Option<usize>,
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hacking_window: Option<usize>,

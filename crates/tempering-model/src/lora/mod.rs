@@ -326,8 +326,8 @@ impl LoraLinear {
                 x2 = x2.mul(&dropout_mask(rng, self.dropout, m * k, (m, *k), x)?)?;
             }
         }
-        let h = x2.matmul(&self.a.t()?)?;
-        let y = (h.matmul(&self.b.t()?)? * self.scale())?;
+        let h = crate::ops::linear(&x2, &self.a)?;
+        let y = (crate::ops::linear(&h, &self.b)? * self.scale())?;
         let mut out = rest.to_vec();
         out.push(self.b.dim(0)?);
         Ok(y.reshape(out)?)

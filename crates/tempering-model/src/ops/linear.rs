@@ -1,16 +1,71 @@
-//! The product with a frozen weight, `x @ w.T`, whose backward yields the input's gradient only.
-//! The forward calls candle's own matmul kernel on the storage (so its speed is candle's, on every
-//! backend); only the graph node differs from `Tensor::matmul`.
+//! The linear layer's product `x @ w.T`, as a candle op: with a frozen weight (the backward yields
+//! the input's gradient only) or a trainable one (both gradients). On the CPU in f32 the forward and
+//! both backward products (`dY @ W`, and `dY^T @ X` written straight into `[N, K]`) of weights at
+//! least 192 wide run through OpenBLAS ([`super::blas`]) when it is loaded, never materialising a
+//! transpose; elsewhere (other devices, dtypes, narrow weights, no OpenBLAS) through candle's own
+//! matmul kernel on the storage.
 
+use super::blas::{self, Product};
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CudaStorage, CustomOp2, Layout, MetalStorage, Shape, Tensor};
+use candle_core::{
+    CpuStorage, CudaStorage, CustomOp2, DType, Layout, MetalStorage, Shape, Storage, Tensor,
+};
 
-/// `x` `[M, K]` (contiguous rows), `w` `[N, K]` gives `[M, N]`.
+/// `x` `[M, K]` (contiguous rows), `w` `[N, K]` gives `[M, N]`; no gradient for `w`.
 pub(super) fn linear_frozen(x: &Tensor, w: &Tensor) -> crate::Result<Tensor> {
-    Ok(x.apply_op2(w, LinearFrozen)?)
+    Ok(x.apply_op2(w, Linear { weight_grad: false })?)
 }
 
-struct LinearFrozen;
+/// `x` `[M, K]` (contiguous rows), `w` `[N, K]` gives `[M, N]`, with gradients to both.
+pub(super) fn linear_trainable(x: &Tensor, w: &Tensor) -> crate::Result<Tensor> {
+    Ok(x.apply_op2(w, Linear { weight_grad: true })?)
+}
+
+struct Linear {
+    weight_grad: bool,
+}
+
+/// OpenBLAS runs a layer's products only where both sides of its weight are at least this wide
+/// (SmolLM2's narrowest is 192). Below it (the tiny model's 128-wide layers, LoRA's rank-8 factors)
+/// candle's kernels measured faster: a tiny-model GRPO update took 0.53-0.55 s on them against
+/// 0.57-0.81 s through OpenBLAS.
+const BLAS_MIN_WIDTH: usize = 192;
+
+pub(super) fn blas_width(w: &Tensor) -> bool {
+    w.dims2().is_ok_and(|(n, k)| n.min(k) >= BLAS_MIN_WIDTH)
+}
+
+/// `op(a) @ op(b)` for 2-D CPU f32 tensors through OpenBLAS; `None` (the caller uses candle) when
+/// OpenBLAS is not loaded or a tensor is elsewhere, another dtype, or not contiguous.
+fn blas_matmul(a: &Tensor, trans_a: bool, b: &Tensor, trans_b: bool) -> Option<Tensor> {
+    if !blas::available() || a.dtype() != DType::F32 || b.dtype() != DType::F32 {
+        return None;
+    }
+    let (ar, ac) = a.dims2().ok()?;
+    let (br, bc) = b.dims2().ok()?;
+    let (m, k) = if trans_a { (ac, ar) } else { (ar, ac) };
+    let (k2, n) = if trans_b { (bc, br) } else { (br, bc) };
+    if k != k2 {
+        return None;
+    }
+    let (sa, la) = a.storage_and_layout();
+    let (sb, lb) = b.storage_and_layout();
+    let (Storage::Cpu(CpuStorage::F32(va)), Storage::Cpu(CpuStorage::F32(vb))) = (&*sa, &*sb)
+    else {
+        return None;
+    };
+    let (a0, a1) = la.contiguous_offsets()?;
+    let (b0, b1) = lb.contiguous_offsets()?;
+    let p = Product {
+        trans_a,
+        trans_b,
+        m,
+        n,
+        k,
+    };
+    let c = blas::sgemm_new(p, &va[a0..a1], &vb[b0..b1])?;
+    Tensor::from_vec(c, (m, n), a.device()).ok()
+}
 
 /// Up to this many rows (one or two sequences decoding), a kernel that streams each weight row once
 /// is fastest: it is bound by memory bandwidth, not by packing.
@@ -135,9 +190,13 @@ fn fwd<S: BackendStorage>(
     Ok((out, Shape::from((m, n))))
 }
 
-impl CustomOp2 for LinearFrozen {
+impl CustomOp2 for Linear {
     fn name(&self) -> &'static str {
-        "tempering-linear-frozen"
+        if self.weight_grad {
+            "tempering-linear"
+        } else {
+            "tempering-linear-frozen"
+        }
     }
 
     fn cpu_fwd(
@@ -172,6 +231,20 @@ impl CustomOp2 for LinearFrozen {
                         }
                         return Ok((CpuStorage::F32(y), Shape::from((m, n))));
                     }
+                    // Many rows (prefill, training): OpenBLAS where loaded. (At 3-64 rows the
+                    // swapped product above measured 3-10% faster in batched decode.)
+                    let p = Product {
+                        trans_a: false,
+                        trans_b: true,
+                        m,
+                        n,
+                        k,
+                    };
+                    if n.min(k) >= BLAS_MIN_WIDTH {
+                        if let Some(y) = blas::sgemm_new(p, &x[xa..xb], &w[wa..wb]) {
+                            return Ok((CpuStorage::F32(y), Shape::from((m, n))));
+                        }
+                    }
                 }
             }
         }
@@ -200,12 +273,29 @@ impl CustomOp2 for LinearFrozen {
 
     fn bwd(
         &self,
-        _x: &Tensor,
+        x: &Tensor,
         w: &Tensor,
         _y: &Tensor,
         g: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        // No gradient for the weight: that is the point of this op.
-        Ok((Some(g.matmul(&w.detach())?), None))
+        let g = g.contiguous()?;
+        let w = w.detach();
+        let wide = blas_width(&w);
+        // dX = dY @ W.
+        let dx = match wide.then(|| blas_matmul(&g, false, &w, false)).flatten() {
+            Some(dx) => dx,
+            None => g.matmul(&w)?,
+        };
+        if !self.weight_grad {
+            // No gradient for a frozen weight: computing none is the point of this op.
+            return Ok((Some(dx), None));
+        }
+        // dW = dY^T @ X, straight into [N, K].
+        let x = x.detach();
+        let dw = match wide.then(|| blas_matmul(&g, true, &x, false)).flatten() {
+            Some(dw) => dw,
+            None => g.t()?.matmul(&x)?,
+        };
+        Ok((Some(dx), Some(dw)))
     }
 }

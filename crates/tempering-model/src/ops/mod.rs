@@ -8,6 +8,7 @@
 //! equivalent compositions of differentiable candle ops in [`composed`]; on the CPU, f16 and bf16 run
 //! through the f32 loops. This module knows tensors only: nothing of layers, models or training.
 
+pub mod blas;
 mod kernels;
 mod linear;
 mod norm;
@@ -179,16 +180,28 @@ pub fn token_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
 
 /// `x @ w.T` for a frozen weight `w` `[N, K]` and `x` `[..., K]`, giving `[..., N]`. The backward
 /// returns the gradient of `x` only (`g @ w`): no gradient for `w` is computed or stored, even if
-/// `w` is a `Var`. The forward is candle's own matmul kernel, on every device.
+/// `w` is a `Var`. On the CPU in f32 it runs through OpenBLAS where loaded ([`blas`]), elsewhere
+/// through candle's own matmul kernel.
 pub fn linear_frozen(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    const OP: &str = "linear_frozen";
+    linear_with("linear_frozen", x, w, false)
+}
+
+/// `x @ w.T` for a weight `w` `[N, K]` and `x` `[..., K]`, giving `[..., N]`, with gradients to
+/// both. On the CPU in f32 with OpenBLAS loaded and a weight at least 192 wide on both sides, one op
+/// whose backward computes `dY @ W` and `dY^T @ X` (straight into `[N, K]`) through OpenBLAS;
+/// otherwise candle's matmul and its backward.
+pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    linear_with("linear", x, w, true)
+}
+
+fn linear_with(op: &str, x: &Tensor, w: &Tensor, weight_grad: bool) -> Result<Tensor> {
     let (n, k) = w
         .dims2()
-        .map_err(|_| unsupported(OP, format!("weight must be [N, K], got {:?}", w.dims())))?;
+        .map_err(|_| unsupported(op, format!("weight must be [N, K], got {:?}", w.dims())))?;
     let dims = x.dims();
     if dims.last() != Some(&k) {
         return Err(unsupported(
-            OP,
+            op,
             format!(
                 "x {:?} does not end in K = {k} (weight {:?})",
                 dims,
@@ -196,10 +209,21 @@ pub fn linear_frozen(x: &Tensor, w: &Tensor) -> Result<Tensor> {
             ),
         ));
     }
-    same_dtype(OP, x, w)?;
+    same_dtype(op, x, w)?;
     let m: usize = dims[..dims.len() - 1].iter().product();
     let x2 = x.reshape((m, k))?;
-    let y = linear::linear_frozen(&x2, w)?;
+    let y = if !weight_grad {
+        linear::linear_frozen(&x2, w)?
+    } else if blas::available()
+        && w.device().is_cpu()
+        && w.dtype() == DType::F32
+        && linear::blas_width(w)
+    {
+        linear::linear_trainable(&x2, w)?
+    } else {
+        // candle's matmul and its backward, exactly as without OpenBLAS.
+        x2.matmul(&w.t()?)?
+    };
     let mut out_dims = dims.to_vec();
     if let Some(last) = out_dims.last_mut() {
         *last = n;

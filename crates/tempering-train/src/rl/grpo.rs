@@ -186,7 +186,22 @@ impl RlAlgorithm for Grpo<'_> {
         // The reference's and the old logprobs at the sampling temperature too, as TRL computes them.
         let temp = o.temperature as f64;
         let micro = o.micro_batch_size;
-        let refs = no_grad_logprobs(batch.reference, &samples, batch.pad, micro, temp)?;
+        // At beta 0 only the KL guard reads the reference's logprobs: its forward runs every
+        // `kl_every` batches (the metrics say which), not every batch.
+        let kl_every = o.guards.kl_every;
+        let reference_forward =
+            c.loss.beta != 0.0 || (kl_every > 0 && batch.rollout_step.is_multiple_of(kl_every));
+        let refs = if reference_forward {
+            Some(no_grad_logprobs(
+                batch.reference,
+                &samples,
+                batch.pad,
+                micro,
+                temp,
+            )?)
+        } else {
+            None
+        };
         let (mut kl_sum, mut kl_n) = (0.0, 0usize);
         let policy_lp = if c.num_iterations > 1 || c.algorithm == Algorithm::ReinforcePp {
             Some(no_grad_logprobs(
@@ -201,15 +216,17 @@ impl RlAlgorithm for Grpo<'_> {
         };
         for (i, s) in samples.iter_mut().enumerate() {
             if let Some(lp) = &policy_lp {
-                for (a, b) in lp[i].iter().zip(&refs[i]) {
-                    kl_sum += kl_value(*a as f64, *b as f64, c.loss.kl_estimator);
-                    kl_n += 1;
+                if let Some(refs) = &refs {
+                    for (a, b) in lp[i].iter().zip(&refs[i]) {
+                        kl_sum += kl_value(*a as f64, *b as f64, c.loss.kl_estimator);
+                        kl_n += 1;
+                    }
                 }
                 if c.num_iterations > 1 {
                     s.old_logprobs = Some(lp[i].clone());
                 }
             }
-            s.ref_logprobs = Some(refs[i].clone());
+            s.ref_logprobs = refs.as_ref().map(|r| r[i].clone());
         }
         if c.algorithm == Algorithm::ReinforcePp {
             reinforce_pp_advantages(c.loss.beta, groups, &mut samples, policy_lp.as_deref())?;
@@ -266,6 +283,7 @@ impl RlAlgorithm for Grpo<'_> {
             u.put("rollout_logprob_diff", d);
         }
         u.put("dynamic_sampling_dropped", batch.dynamic_sampling_dropped);
+        u.put("reference_forward", reference_forward);
         u.put("update_s", t2.elapsed().as_secs_f64());
         Ok(u)
     }

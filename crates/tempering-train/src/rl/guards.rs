@@ -17,6 +17,10 @@ pub struct GuardConfig {
     pub length_drift_ratio: f64,
     /// Warn when the mean per-token KL to the reference exceeds this.
     pub kl_limit: f64,
+    /// Where the loss does not need the reference (GRPO's family at `beta = 0`), the KL guard's
+    /// reference forward runs every this many rollout batches only (0: never, the guard off).
+    #[serde(default = "default_kl_every")]
+    pub kl_every: usize,
     /// Warn when the retain-set loss exceeds its initial value by this fraction.
     pub forgetting_threshold: f64,
 }
@@ -28,9 +32,14 @@ impl Default for GuardConfig {
             hacking_delta: 0.05,
             length_drift_ratio: 1.5,
             kl_limit: 0.5,
+            kl_every: default_kl_every(),
             forgetting_threshold: 0.10,
         }
     }
+}
+
+fn default_kl_every() -> usize {
+    4
 }
 
 /// What the guards remember between rollout batches.

@@ -70,6 +70,8 @@ pub struct RlKeys {
     pub retain_every: usize,
     pub forgetting_threshold: f64,
     pub kl_limit: f64,
+    /// At `beta = 0` (GRPO's family), the KL guard's reference forward every this many batches.
+    pub kl_every: usize,
     pub hacking_window: usize,
     pub length_drift_ratio: f64,
 
@@ -124,6 +126,7 @@ impl Default for RlKeys {
             retain_every: 10,
             forgetting_threshold: g.forgetting_threshold,
             kl_limit: g.kl_limit,
+            kl_every: g.kl_every,
             hacking_window: g.hacking_window,
             length_drift_ratio: g.length_drift_ratio,
             lora_r: 0,
@@ -168,6 +171,7 @@ fn rl_keys() -> Vec<&'static str> {
         "retain_every",
         "forgetting_threshold",
         "kl_limit",
+        "kl_every",
         "hacking_window",
         "length_drift_ratio",
         "lora_r",
@@ -209,6 +213,7 @@ impl RlKeys {
                 hacking_window: self.hacking_window,
                 length_drift_ratio: self.length_drift_ratio,
                 kl_limit: self.kl_limit,
+                kl_every: self.kl_every,
                 forgetting_threshold: self.forgetting_threshold,
                 ..GuardConfig::default()
             },
