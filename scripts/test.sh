@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite on a fresh machine: fetches SmolLM2 if absent, then runs every test.
-# (Plain `cargo test --workspace` also works; the tests that need SmolLM2 then skip, saying so.)
+# The whole test suite on a fresh machine: fetches SmolLM2 and sets up the `openai` client's venv
+# (.venv-openai) if absent, then runs every test. (Plain `cargo test --workspace` also works; the
+# tests that need SmolLM2 or the venv then skip, saying so.)
 #
 # With no arguments the RL gain tests (`--test rl_gain`, the longest binary: minutes of small-model
 # training that leave a core idle) run beside the rest of the suite, each in its own process with
@@ -9,6 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch-smollm2.sh
+scripts/setup-openai-venv.sh
 if [ "$#" -gt 0 ]; then
     exec cargo test --workspace "$@"
 fi

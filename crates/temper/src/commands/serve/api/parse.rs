@@ -30,6 +30,16 @@ pub(super) fn opt_uint(m: &Map<String, Value>, k: &str, max: u64) -> Result<Opti
     }
 }
 
+pub(super) fn opt_int(m: &Map<String, Value>, k: &str) -> Result<Option<i64>, ApiError> {
+    match m.get(k) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_i64()
+            .map(Some)
+            .ok_or_else(|| ApiError::bad(format!("{k}: got {v}, expected an integer"), k)),
+    }
+}
+
 pub(super) fn opt_bool(m: &Map<String, Value>, k: &str) -> Result<Option<bool>, ApiError> {
     match m.get(k) {
         None | Some(Value::Null) => Ok(None),

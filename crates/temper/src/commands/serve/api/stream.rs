@@ -22,34 +22,50 @@ impl Meta {
         }
     }
 
+    /// The whole response. With `return_token_ids` (vLLM's layout): each choice's `token_ids`, and
+    /// the prompt's ids in each choice (completions) or beside the choices (chat).
     pub(super) fn full(&self, out: Output) -> Value {
+        let prompt_ids = out.prompt_token_ids;
         let choices: Vec<Value> = out
             .choices
             .into_iter()
             .enumerate()
-            .map(|(i, c)| match self.kind {
-                Kind::Chat => json!({
-                    "index": i,
-                    "message": {"role": "assistant", "content": c.text},
-                    "logprobs": c.logprobs,
-                    "finish_reason": c.finish_reason,
-                }),
-                Kind::Completion => json!({
-                    "index": i,
-                    "text": c.text,
-                    "logprobs": c.logprobs,
-                    "finish_reason": c.finish_reason,
-                }),
+            .map(|(i, c)| {
+                let mut v = match self.kind {
+                    Kind::Chat => json!({
+                        "index": i,
+                        "message": {"role": "assistant", "content": c.text},
+                        "logprobs": c.logprobs,
+                        "finish_reason": c.finish_reason,
+                    }),
+                    Kind::Completion => json!({
+                        "index": i,
+                        "text": c.text,
+                        "logprobs": c.logprobs,
+                        "finish_reason": c.finish_reason,
+                    }),
+                };
+                if let Some(ids) = c.token_ids {
+                    v["token_ids"] = json!(ids);
+                }
+                if let (Some(p), Kind::Completion) = (&prompt_ids, self.kind) {
+                    v["prompt_token_ids"] = json!(p);
+                }
+                v
             })
             .collect();
-        json!({
+        let mut v = json!({
             "id": self.id,
             "object": self.object(false),
             "created": self.created,
             "model": self.model,
             "choices": choices,
             "usage": out.usage,
-        })
+        });
+        if let (Some(p), Kind::Chat) = (prompt_ids, self.kind) {
+            v["prompt_token_ids"] = json!(p);
+        }
+        v
     }
 
     /// One chunk with one choice: `text` (a delta), or the finish reason.

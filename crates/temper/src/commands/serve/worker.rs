@@ -1,0 +1,303 @@
+//! The model thread of `temper serve`: owns the engine, takes checked requests ([`Job`]s) off the
+//! queue and runs them (plain generation here, searches in [`search_job`]), sending tokens and the
+//! finished output back over each request's channel and counting what `/metrics` reports.
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+use tempering_generate::{
+    render_chat, Backend, Completion, FinishReason, GenEvent, GenRequest, LocalEngine,
+};
+use tempering_model::Tokenizer;
+
+use std::collections::BTreeMap;
+
+use super::api::{self, ApiError, Job, Kind, Msg, Output, PromptIn, Work};
+use super::metrics::Metrics;
+use super::Loaded;
+
+mod search_job;
+
+/// The model thread: the loaded model and the counters it updates.
+pub(crate) struct Worker {
+    pub(super) m: Loaded,
+    pub(super) metrics: Arc<Metrics>,
+    /// Runtime LoRA adapters by name: the base model's weights with an adapter on.
+    adapters: BTreeMap<String, LocalEngine>,
+}
+
+fn finish_str(f: FinishReason) -> &'static str {
+    match f {
+        FinishReason::Length => "length",
+        FinishReason::Stop | FinishReason::StopString => "stop",
+    }
+}
+
+fn token_str(tok: &Tokenizer, id: u32) -> String {
+    tok.decode(&[id], false).unwrap_or_default()
+}
+
+impl Worker {
+    pub fn new(m: Loaded, metrics: Arc<Metrics>) -> Self {
+        Worker {
+            m,
+            metrics,
+            adapters: BTreeMap::new(),
+        }
+    }
+
+    /// Runs queued work until the queue closes.
+    pub fn serve(&mut self, work: std::sync::mpsc::Receiver<Work>) {
+        for w in work {
+            match w {
+                Work::Generate(job) => {
+                    // A panic fails that request (its channel closes: a 500), not the server.
+                    let run = std::panic::AssertUnwindSafe(|| self.run(*job));
+                    if std::panic::catch_unwind(run).is_err() {
+                        eprintln!("a request panicked in the model thread; serving on");
+                    }
+                }
+                Work::AddAdapter(name, engine) => {
+                    self.adapters.insert(name, *engine);
+                }
+                Work::RemoveAdapter(name) => {
+                    self.adapters.remove(&name);
+                }
+            }
+        }
+    }
+
+    /// The engine a request asks for: the served model's or an adapter's.
+    pub(super) fn engine_for(&self, job: &Job) -> Result<&LocalEngine, ApiError> {
+        match &job.adapter {
+            None => Ok(&self.m.engine),
+            Some(name) => self.adapters.get(name).ok_or_else(|| {
+                let mut e = ApiError::new(
+                    axum::http::StatusCode::NOT_FOUND,
+                    "invalid_request_error",
+                    format!("the LoRA adapter `{name}` was unloaded"),
+                );
+                e.param = Some("model".into());
+                e.code("model_not_found")
+            }),
+        }
+    }
+
+    fn run(&self, job: Job) {
+        let _running = self.metrics.running();
+        let tx = job.tx.clone();
+        let out = match (&job.search, self.engine_for(&job)) {
+            (_, Err(e)) => Err(e),
+            (Some(_), Ok(e)) => self.search(e, &job),
+            (None, Ok(e)) => self.generate(e, &job),
+        };
+        match out {
+            Ok(o) => {
+                self.metrics.finished(&o.usage, job.received.elapsed());
+                let _ = tx.send(Msg::Done(o));
+            }
+            Err(e) => {
+                let _ = tx.send(Msg::Error(e));
+            }
+        }
+        // `job` (and its concurrency slot) is dropped here.
+    }
+
+    fn prompt_ids(&self, e: &LocalEngine, job: &Job) -> Result<(Vec<u32>, String, bool), ApiError> {
+        let tok = e.tokenizer();
+        let bad_prompt = |e: String| ApiError::bad(format!("the prompt: {e}"), "prompt");
+        match &job.prompt {
+            PromptIn::Text(t) => {
+                let ids = tok.encode(t, true).map_err(|e| bad_prompt(e.to_string()))?;
+                Ok((ids, t.clone(), true))
+            }
+            PromptIn::Ids(ids) => {
+                let text = tok.decode(ids, false).unwrap_or_default();
+                Ok((ids.clone(), text, false))
+            }
+            PromptIn::Messages(m) => {
+                let template = self.m.template.as_ref().ok_or_else(|| {
+                    ApiError::bad(
+                        "this model has no chat template: use /v1/completions with a prompt",
+                        "messages",
+                    )
+                })?;
+                let text = render_chat(template, m, true)
+                    .map_err(|e| ApiError::bad(format!("the chat template: {e}"), "messages"))?;
+                let ids = tok
+                    .encode(&text, false)
+                    .map_err(|e| ApiError::bad(format!("the messages: {e}"), "messages"))?;
+                Ok((ids, text, false))
+            }
+        }
+    }
+
+    /// The prompt's ids, checked against the context, and the number of new tokens allowed.
+    fn fit(
+        &self,
+        e: &LocalEngine,
+        job: &Job,
+        ids: &[u32],
+        default_max: usize,
+    ) -> Result<usize, ApiError> {
+        let context = e.model().config.max_position_embeddings;
+        let param = if job.kind == Kind::Chat {
+            "messages"
+        } else {
+            "prompt"
+        };
+        if ids.is_empty() {
+            return Err(ApiError::bad("the prompt is empty", param));
+        }
+        if ids.len() >= context {
+            return Err(ApiError::bad(
+                format!(
+                    "the prompt is {} tokens; this model's context is {context} tokens",
+                    ids.len()
+                ),
+                param,
+            )
+            .code("context_length_exceeded"));
+        }
+        let room = context - ids.len();
+        match job.max_tokens {
+            Some(m) if m > room => Err(ApiError::bad(
+                format!(
+                    "max_tokens is {m}, but the prompt is {} tokens and the context {context}: at most {room} new tokens fit",
+                    ids.len()
+                ),
+                "max_tokens",
+            )
+            .code("context_length_exceeded")),
+            Some(m) => Ok(m),
+            None => Ok(default_max.min(room)),
+        }
+    }
+
+    fn generate(&self, e: &LocalEngine, job: &Job) -> Result<Output, ApiError> {
+        let (ids, _, _) = self.prompt_ids(e, job)?;
+        let default_max = if job.kind == Kind::Chat {
+            usize::MAX
+        } else {
+            16
+        };
+        let mut params = job.params.clone();
+        params.max_new_tokens = self.fit(e, job, &ids, default_max)?;
+        let cfg = &e.model().config;
+        let req = GenRequest::new(ids.clone(), job.n, params);
+        req.validate(0, cfg.max_position_embeddings, cfg.vocab_size)
+            .map_err(ApiError::from_gen)?;
+        let _ = job.tx.send(Msg::Started);
+        let tx = &job.tx;
+        let stream = job.stream;
+        let out = e
+            .generate_with(&[req], &mut |ev| {
+                if let GenEvent::Token { sample: 0, .. } = ev {
+                    self.metrics.decode_step(1);
+                }
+                if !stream {
+                    return;
+                }
+                match ev {
+                    GenEvent::Token { sample, text, .. } if !text.is_empty() => {
+                        let _ = tx.send(Msg::Token {
+                            index: *sample,
+                            text: text.to_string(),
+                        });
+                    }
+                    GenEvent::Finished {
+                        sample, completion, ..
+                    } => {
+                        let _ = tx.send(Msg::Finish {
+                            index: *sample,
+                            reason: finish_str(completion.finish_reason),
+                        });
+                    }
+                    _ => {}
+                }
+            })
+            .map_err(ApiError::from_gen)?
+            .remove(0);
+        let completion_tokens: usize = out.iter().map(|c| c.tokens.len()).sum();
+        let choices = out
+            .iter()
+            .map(|c| api::ChoiceOut {
+                text: c.text.clone(),
+                finish_reason: finish_str(c.finish_reason),
+                logprobs: self.logprobs_json(e, job, c),
+                token_ids: job.return_token_ids.then(|| c.tokens.clone()),
+            })
+            .collect();
+        Ok(Output {
+            choices,
+            prompt_token_ids: job.return_token_ids.then(|| ids.clone()),
+            usage: json!({
+                "prompt_tokens": ids.len(),
+                "completion_tokens": completion_tokens,
+                "total_tokens": ids.len() + completion_tokens,
+            }),
+        })
+    }
+
+    /// OpenAI's logprobs object for one choice: the chat layout (`content`) or the legacy one.
+    fn logprobs_json(&self, e: &LocalEngine, job: &Job, c: &Completion) -> Value {
+        let (Some(lp), true) = (&c.logprobs, job.params.logprobs) else {
+            return Value::Null;
+        };
+        let tok = e.tokenizer();
+        let tops = c.top_logprobs.as_ref();
+        let top_at = |i: usize| -> Vec<(String, f32)> {
+            tops.and_then(|t| t.get(i))
+                .map(|step| {
+                    step.iter()
+                        .map(|a| (token_str(tok, a.token), a.logprob))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        if job.kind == Kind::Chat {
+            let content: Vec<Value> = c
+                .tokens
+                .iter()
+                .zip(lp)
+                .enumerate()
+                .map(|(i, (&id, &l))| {
+                    let s = token_str(tok, id);
+                    json!({
+                        "token": s,
+                        "logprob": l,
+                        "bytes": s.as_bytes(),
+                        "top_logprobs": top_at(i).into_iter().map(|(t, l)| json!({
+                            "token": t, "logprob": l, "bytes": t.as_bytes()
+                        })).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            json!({ "content": content })
+        } else {
+            let tokens: Vec<String> = c.tokens.iter().map(|&id| token_str(tok, id)).collect();
+            let mut offset = 0usize;
+            let offsets: Vec<usize> = tokens
+                .iter()
+                .map(|t| {
+                    let o = offset;
+                    offset += t.len();
+                    o
+                })
+                .collect();
+            let top: Vec<Value> = (0..tokens.len())
+                .map(|i| {
+                    let m: serde_json::Map<String, Value> =
+                        top_at(i).into_iter().map(|(t, l)| (t, json!(l))).collect();
+                    Value::Object(m)
+                })
+                .collect();
+            json!({
+                "tokens": tokens,
+                "token_logprobs": lp,
+                "top_logprobs": if job.params.top_logprobs > 0 { json!(top) } else { Value::Null },
+                "text_offset": offsets,
+            })
+        }
+    }
+}
