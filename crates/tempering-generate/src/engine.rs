@@ -87,6 +87,11 @@ impl LocalEngine {
         Ok(self.tokenizer.encode(text, true)?)
     }
 
+    /// The token ids that end a completion under `p`: its own, and the model's unless `ignore_eos`.
+    pub fn stop_ids_for(&self, p: &SamplingParams) -> Vec<u32> {
+        self.stop_ids(p)
+    }
+
     fn stop_ids(&self, p: &SamplingParams) -> Vec<u32> {
         let mut ids = p.stop_token_ids.clone();
         if !p.ignore_eos {
