@@ -1,13 +1,13 @@
 //! `temper serve`: an OpenAI-compatible HTTP server over the local engine, with test-time search
 //! strategies by request (a `temper` object in the body, or a `STRATEGY@NAME` model name).
 //!
-//! Design (first slice of issue 22): axum on a small tokio runtime parses and checks every request
-//! (OpenAI-shaped JSON errors, bounded bodies, `--max-concurrency` answered with 429), then hands it
-//! to one dedicated model thread through a queue. That thread owns the engine (candle is
-//! synchronous and CPU-bound) and runs one request at a time, streaming tokens back over a channel
-//! (SSE for `stream: true`). Concurrent requests queue; sharing decode batches between them is a
-//! later step. The parsing lives in [`api`], the model thread's work in [`worker`], the counters
-//! of `/metrics` in [`metrics`]; start-up, loading and shutdown here.
+//! Design: axum on a small tokio runtime parses and checks every request (OpenAI-shaped JSON
+//! errors, bounded bodies, `--max-concurrency` answered with 429), then hands it to one dedicated
+//! model thread through a queue. That thread owns the engine (candle is synchronous and CPU-bound):
+//! plain generations decode together in one batch that a request arriving mid-decode joins at the
+//! next step; searches run whole between steps. Tokens stream back over a channel per request (SSE
+//! for `stream: true`). The parsing lives in [`api`], the model thread's work in [`worker`], the
+//! counters of `/metrics` in [`metrics`]; start-up, loading and shutdown here.
 
 mod api;
 mod metrics;
@@ -197,7 +197,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
                             defaults: m.defaults.clone(),
                             base: m.engine.model().without_adapters(),
                         });
-                        let mut m = worker::Worker::new(m, state.metrics.clone());
+                        let mut m = worker::Worker::new(m, state.metrics.clone(), batch_rows);
                         state.ready.store(true, Ordering::SeqCst);
                         eprintln!("model {} ready", state.name);
                         // The queue ends when the last handle to the state goes: not this one.

@@ -105,26 +105,7 @@ impl Server {
         body: Option<&str>,
         auth: Option<&str>,
     ) -> (u16, String) {
-        let mut s = TcpStream::connect(&self.addr).expect("connecting to the server");
-        s.set_read_timeout(Some(WAIT)).unwrap();
-        let mut req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
-            self.addr
-        );
-        if let Some(k) = auth {
-            req.push_str(&format!("Authorization: Bearer {k}\r\n"));
-        }
-        let body = body.unwrap_or("");
-        if method == "POST" {
-            req.push_str("Content-Type: application/json\r\n");
-            req.push_str(&format!("Content-Length: {}\r\n", body.len()));
-        }
-        req.push_str("\r\n");
-        req.push_str(body);
-        s.write_all(req.as_bytes()).expect("sending the request");
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).expect("reading the response");
-        parse_response(&raw)
+        request_to(&self.addr, method, path, body, auth)
     }
 
     pub fn get(&self, path: &str) -> (u16, String) {
@@ -170,6 +151,36 @@ impl Drop for Server {
         let _ = self.child.wait();
         let _ = &self.stderr;
     }
+}
+
+/// One request over a fresh connection (`Connection: close`): status and body.
+pub fn request_to(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    auth: Option<&str>,
+) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connecting to the server");
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
+        addr
+    );
+    if let Some(k) = auth {
+        req.push_str(&format!("Authorization: Bearer {k}\r\n"));
+    }
+    let body = body.unwrap_or("");
+    if method == "POST" {
+        req.push_str("Content-Type: application/json\r\n");
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).expect("sending the request");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("reading the response");
+    parse_response(&raw)
 }
 
 /// Status and body (de-chunked) of a raw HTTP/1.1 response.

@@ -1,21 +1,22 @@
-//! The model thread of `temper serve`: owns the engine, takes checked requests ([`Job`]s) off the
-//! queue and runs them (plain generation here, searches in [`search_job`]), sending tokens and the
-//! finished output back over each request's channel and counting what `/metrics` reports.
+//! The model thread of `temper serve`: owns the engine (and the runtime LoRA adapters' engines),
+//! takes checked requests ([`Job`]s) off the queue and runs them: plain generations decode
+//! together, joining a running batch between steps ([`batching`]), searches run whole between
+//! steps ([`search_job`]). Here: turning a request into the engine's and its completions into the
+//! response. Tokens and outputs go back over each request's channel; `/metrics` is counted.
 
 use std::sync::Arc;
 
 use serde_json::{json, Value};
-use tempering_generate::{
-    render_chat, Backend, Completion, FinishReason, GenEvent, GenRequest, LocalEngine,
-};
+use tempering_generate::{render_chat, Completion, FinishReason, GenRequest, LocalEngine};
 use tempering_model::Tokenizer;
 
 use std::collections::BTreeMap;
 
-use super::api::{self, ApiError, Job, Kind, Msg, Output, PromptIn, Work};
+use super::api::{self, ApiError, Job, Kind, Msg, Output, PromptIn};
 use super::metrics::Metrics;
 use super::Loaded;
 
+mod batching;
 mod search_job;
 
 /// The model thread: the loaded model and the counters it updates.
@@ -24,6 +25,8 @@ pub(crate) struct Worker {
     pub(super) metrics: Arc<Metrics>,
     /// Runtime LoRA adapters by name: the base model's weights with an adapter on.
     adapters: BTreeMap<String, LocalEngine>,
+    /// Most sequences decoded together (`--batch-rows`).
+    max_rows: usize,
 }
 
 fn finish_str(f: FinishReason) -> &'static str {
@@ -38,38 +41,22 @@ fn token_str(tok: &Tokenizer, id: u32) -> String {
 }
 
 impl Worker {
-    pub fn new(m: Loaded, metrics: Arc<Metrics>) -> Self {
+    pub fn new(m: Loaded, metrics: Arc<Metrics>, max_rows: usize) -> Self {
         Worker {
             m,
             metrics,
             adapters: BTreeMap::new(),
-        }
-    }
-
-    /// Runs queued work until the queue closes.
-    pub fn serve(&mut self, work: std::sync::mpsc::Receiver<Work>) {
-        for w in work {
-            match w {
-                Work::Generate(job) => {
-                    // A panic fails that request (its channel closes: a 500), not the server.
-                    let run = std::panic::AssertUnwindSafe(|| self.run(*job));
-                    if std::panic::catch_unwind(run).is_err() {
-                        eprintln!("a request panicked in the model thread; serving on");
-                    }
-                }
-                Work::AddAdapter(name, engine) => {
-                    self.adapters.insert(name, *engine);
-                }
-                Work::RemoveAdapter(name) => {
-                    self.adapters.remove(&name);
-                }
-            }
+            max_rows,
         }
     }
 
     /// The engine a request asks for: the served model's or an adapter's.
     pub(super) fn engine_for(&self, job: &Job) -> Result<&LocalEngine, ApiError> {
-        match &job.adapter {
+        self.engine_named(&job.adapter)
+    }
+
+    fn engine_named(&self, adapter: &Option<String>) -> Result<&LocalEngine, ApiError> {
+        match adapter {
             None => Ok(&self.m.engine),
             Some(name) => self.adapters.get(name).ok_or_else(|| {
                 let mut e = ApiError::new(
@@ -83,14 +70,11 @@ impl Worker {
         }
     }
 
-    fn run(&self, job: Job) {
+    /// Runs a search request whole, answering on its channel.
+    fn run_search(&self, job: Job) {
         let _running = self.metrics.running();
         let tx = job.tx.clone();
-        let out = match (&job.search, self.engine_for(&job)) {
-            (_, Err(e)) => Err(e),
-            (Some(_), Ok(e)) => self.search(e, &job),
-            (None, Ok(e)) => self.generate(e, &job),
-        };
+        let out = self.engine_for(&job).and_then(|e| self.search(e, &job));
         match out {
             Ok(o) => {
                 self.metrics.finished(&o.usage, job.received.elapsed());
@@ -174,7 +158,8 @@ impl Worker {
         }
     }
 
-    fn generate(&self, e: &LocalEngine, job: &Job) -> Result<Output, ApiError> {
+    /// A plain request as the engine's: its prompt ids, `max_tokens` fitted to the context.
+    fn gen_request(&self, e: &LocalEngine, job: &Job) -> Result<GenRequest, ApiError> {
         let (ids, _, _) = self.prompt_ids(e, job)?;
         let default_max = if job.kind == Kind::Chat {
             usize::MAX
@@ -184,40 +169,14 @@ impl Worker {
         let mut params = job.params.clone();
         params.max_new_tokens = self.fit(e, job, &ids, default_max)?;
         let cfg = &e.model().config;
-        let req = GenRequest::new(ids.clone(), job.n, params);
+        let req = GenRequest::new(ids, job.n, params);
         req.validate(0, cfg.max_position_embeddings, cfg.vocab_size)
             .map_err(ApiError::from_gen)?;
-        let _ = job.tx.send(Msg::Started);
-        let tx = &job.tx;
-        let stream = job.stream;
-        let out = e
-            .generate_with(&[req], &mut |ev| {
-                if let GenEvent::Token { sample: 0, .. } = ev {
-                    self.metrics.decode_step(1);
-                }
-                if !stream {
-                    return;
-                }
-                match ev {
-                    GenEvent::Token { sample, text, .. } if !text.is_empty() => {
-                        let _ = tx.send(Msg::Token {
-                            index: *sample,
-                            text: text.to_string(),
-                        });
-                    }
-                    GenEvent::Finished {
-                        sample, completion, ..
-                    } => {
-                        let _ = tx.send(Msg::Finish {
-                            index: *sample,
-                            reason: finish_str(completion.finish_reason),
-                        });
-                    }
-                    _ => {}
-                }
-            })
-            .map_err(ApiError::from_gen)?
-            .remove(0);
+        Ok(req)
+    }
+
+    /// The response of a finished plain request.
+    fn output(&self, e: &LocalEngine, job: &Job, ids: &[u32], out: &[Completion]) -> Output {
         let completion_tokens: usize = out.iter().map(|c| c.tokens.len()).sum();
         let choices = out
             .iter()
@@ -228,15 +187,15 @@ impl Worker {
                 token_ids: job.return_token_ids.then(|| c.tokens.clone()),
             })
             .collect();
-        Ok(Output {
+        Output {
             choices,
-            prompt_token_ids: job.return_token_ids.then(|| ids.clone()),
+            prompt_token_ids: job.return_token_ids.then(|| ids.to_vec()),
             usage: json!({
                 "prompt_tokens": ids.len(),
                 "completion_tokens": completion_tokens,
                 "total_tokens": ids.len() + completion_tokens,
             }),
-        })
+        }
     }
 
     /// OpenAI's logprobs object for one choice: the chat layout (`content`) or the legacy one.

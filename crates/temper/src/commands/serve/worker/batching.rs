@@ -1,0 +1,223 @@
+//! Continuous batching on the model thread: plain generation requests decode together in one
+//! [`DecodeBatch`]; a request arriving mid-decode joins at the next step (same engine, rows within
+//! `--batch-rows`; otherwise it waits for the batch to drain), finished requests leave at once,
+//! and a request whose client went away is cancelled. Searches run whole between steps. The
+//! number of requests waiting or running is bounded by `--max-concurrency` on the HTTP side.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::mpsc::{Receiver, TryRecvError};
+
+use tempering_generate::{DecodeBatch, GenEvent};
+
+use super::super::api::{ApiError, Job, Msg, Work};
+use super::super::metrics::Running;
+use super::{finish_str, Worker};
+
+/// A request decoding in the batch.
+struct Active {
+    job: Box<Job>,
+    prompt: Vec<u32>,
+    _running: Running,
+}
+
+impl Worker {
+    /// Runs queued work until the queue closes and everything taken is answered.
+    pub fn serve(&mut self, work: Receiver<Work>) {
+        let mut batch = DecodeBatch::new();
+        // Whose engine the batch runs on: the served model (`None`) or an adapter.
+        let mut batch_on: Option<String> = None;
+        let mut active: HashMap<usize, Active> = HashMap::new();
+        let mut waiting: VecDeque<Box<Job>> = VecDeque::new();
+        let mut removals: Vec<String> = vec![];
+        let mut next_id = 0usize;
+        let mut open = true;
+        loop {
+            let mut incoming = vec![];
+            if batch.is_empty() && waiting.is_empty() {
+                if !open {
+                    break;
+                }
+                match work.recv() {
+                    Ok(w) => incoming.push(w),
+                    Err(_) => break,
+                }
+            }
+            loop {
+                match work.try_recv() {
+                    Ok(w) => incoming.push(w),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        open = false;
+                        break;
+                    }
+                }
+            }
+            for w in incoming {
+                match w {
+                    Work::Generate(job) if job.search.is_some() => {
+                        // A panic fails that request (its channel closes: a 500), not the server.
+                        let run = std::panic::AssertUnwindSafe(|| self.run_search(*job));
+                        if std::panic::catch_unwind(run).is_err() {
+                            eprintln!("a search panicked in the model thread; serving on");
+                        }
+                    }
+                    Work::Generate(job) => waiting.push_back(job),
+                    Work::AddAdapter(name, engine) => {
+                        self.adapters.insert(name, *engine);
+                    }
+                    Work::RemoveAdapter(name) => removals.push(name),
+                }
+            }
+            // An adapter leaves once no batch decodes on it.
+            let busy = (!batch.is_empty()).then(|| batch_on.clone()).flatten();
+            for name in std::mem::take(&mut removals) {
+                if busy.as_ref() == Some(&name) {
+                    removals.push(name);
+                } else {
+                    self.adapters.remove(&name);
+                }
+            }
+
+            // Admit waiting requests, in order, while they fit.
+            while let Some(job) = waiting.front() {
+                if !batch.is_empty()
+                    && (job.adapter != batch_on || batch.rows() + job.n > self.max_rows)
+                {
+                    break;
+                }
+                let Some(job) = waiting.pop_front() else {
+                    break;
+                };
+                if job.tx.is_closed() {
+                    continue; // its client left while it waited
+                }
+                let running = self.metrics.running();
+                let id = next_id;
+                next_id += 1;
+                match self.admit(&mut batch, id, &job) {
+                    Ok(prompt) => {
+                        batch_on = job.adapter.clone();
+                        let _ = job.tx.send(Msg::Started);
+                        active.insert(
+                            id,
+                            Active {
+                                job,
+                                prompt,
+                                _running: running,
+                            },
+                        );
+                    }
+                    Err(e) => {
+                        let _ = job.tx.send(Msg::Error(e));
+                    }
+                }
+            }
+
+            // Clients that went away: their rows leave (and their slots free).
+            let gone: Vec<usize> = active
+                .iter()
+                .filter(|(_, a)| a.job.tx.is_closed())
+                .map(|(&id, _)| id)
+                .collect();
+            for id in gone {
+                active.remove(&id);
+                if batch.cancel(id).is_err() {
+                    fail_all(&mut batch, &mut active, "cancelling a request failed");
+                }
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            self.metrics.decode_step(batch.requests());
+            self.step(&mut batch, &batch_on, &mut active);
+        }
+    }
+
+    /// Checks and prefills `job` into the batch as request `id`; returns its prompt ids.
+    fn admit(&self, batch: &mut DecodeBatch, id: usize, job: &Job) -> Result<Vec<u32>, ApiError> {
+        let engine = self.engine_for(job)?;
+        let req = self.gen_request(engine, job)?;
+        let run = std::panic::AssertUnwindSafe(|| batch.admit(engine, id, &req));
+        match std::panic::catch_unwind(run) {
+            Ok(Ok(())) => Ok(req.prompt),
+            Ok(Err(e)) => Err(ApiError::from_gen(e)),
+            Err(_) => Err(server_error("the model thread failed on this request")),
+        }
+    }
+
+    /// One decode step: tokens to streaming clients, finished requests answered.
+    fn step(
+        &self,
+        batch: &mut DecodeBatch,
+        on: &Option<String>,
+        active: &mut HashMap<usize, Active>,
+    ) {
+        let engine = match self.engine_named(on) {
+            Ok(e) => e,
+            Err(_) => return fail_all(batch, active, "the batch's adapter is gone"),
+        };
+        let routes = &*active;
+        let run = std::panic::AssertUnwindSafe(|| {
+            batch.step(engine, &mut |ev| match ev {
+                GenEvent::Token {
+                    request,
+                    sample,
+                    text,
+                    ..
+                } if !text.is_empty() => {
+                    if let Some(a) = routes.get(request).filter(|a| a.job.stream) {
+                        let _ = a.job.tx.send(Msg::Token {
+                            index: *sample,
+                            text: text.to_string(),
+                        });
+                    }
+                }
+                GenEvent::Finished {
+                    request,
+                    sample,
+                    completion,
+                } => {
+                    if let Some(a) = routes.get(request).filter(|a| a.job.stream) {
+                        let _ = a.job.tx.send(Msg::Finish {
+                            index: *sample,
+                            reason: finish_str(completion.finish_reason),
+                        });
+                    }
+                }
+                _ => {}
+            })
+        });
+        match std::panic::catch_unwind(run) {
+            Ok(Ok(done)) => {
+                for (id, completions) in done {
+                    if let Some(a) = active.remove(&id) {
+                        let out = self.output(engine, &a.job, &a.prompt, &completions);
+                        self.metrics.finished(&out.usage, a.job.received.elapsed());
+                        let _ = a.job.tx.send(Msg::Done(out));
+                    }
+                }
+            }
+            Ok(Err(e)) => fail_all(batch, active, &format!("decoding failed: {e}")),
+            Err(_) => {
+                eprintln!("a decode step panicked in the model thread; serving on");
+                fail_all(batch, active, "the model thread failed on this batch")
+            }
+        }
+    }
+}
+
+fn server_error(msg: &str) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+        "server_error",
+        msg,
+    )
+}
+
+/// Answers every request in the batch with a server error and empties it.
+fn fail_all(batch: &mut DecodeBatch, active: &mut HashMap<usize, Active>, why: &str) {
+    for (_, a) in active.drain() {
+        let _ = a.job.tx.send(Msg::Error(server_error(why)));
+    }
+    *batch = DecodeBatch::new();
+}
