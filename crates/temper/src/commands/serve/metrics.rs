@@ -30,6 +30,8 @@ pub(crate) struct Metrics {
     /// Most requests decoded in one batch at once, and the decode steps run.
     batch_requests_max: AtomicUsize,
     decode_steps: AtomicU64,
+    /// Requests dropped mid-decode because their clients went away.
+    cancelled: AtomicU64,
 }
 
 /// Counts one request as running until dropped.
@@ -80,6 +82,11 @@ impl Metrics {
         self.decode_steps.fetch_add(1, Ordering::Relaxed);
         self.batch_requests_max
             .fetch_max(requests, Ordering::Relaxed);
+    }
+
+    /// A request's client went away mid-decode: its rows left the batch.
+    pub fn cancelled(&self) {
+        self.cancelled.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The Prometheus text; `in_flight` counts requests accepted and not yet finished.
@@ -133,6 +140,12 @@ impl Metrics {
             "counter",
             "Decode steps run (one token for every sequence in the batch).",
             self.decode_steps.load(Ordering::Relaxed).to_string(),
+        );
+        line(
+            "temper_requests_cancelled_total",
+            "counter",
+            "Requests cancelled mid-decode because their clients went away.",
+            self.cancelled.load(Ordering::Relaxed).to_string(),
         );
         line(
             "temper_batch_requests_max",

@@ -121,6 +121,7 @@ impl Worker {
                 .collect();
             for id in gone {
                 active.remove(&id);
+                self.metrics.cancelled();
                 if batch.cancel(id).is_err() {
                     fail_all(&mut batch, &mut active, "cancelling a request failed");
                 }
