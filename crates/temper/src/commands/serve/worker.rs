@@ -72,19 +72,22 @@ impl Worker {
 
     /// Runs a search request whole, answering on its channel.
     fn run_search(&self, job: Job) {
-        let _running = self.metrics.running();
+        let running = self.metrics.running();
         let tx = job.tx.clone();
         let out = self.engine_for(&job).and_then(|e| self.search(e, &job));
+        // Its slot and running count are free before the client hears back.
+        let received = job.received;
+        drop(job);
+        drop(running);
         match out {
             Ok(o) => {
-                self.metrics.finished(&o.usage, job.received.elapsed());
+                self.metrics.finished(&o.usage, received.elapsed());
                 let _ = tx.send(Msg::Done(o));
             }
             Err(e) => {
                 let _ = tx.send(Msg::Error(e));
             }
         }
-        // `job` (and its concurrency slot) is dropped here.
     }
 
     fn prompt_ids(&self, e: &LocalEngine, job: &Job) -> Result<(Vec<u32>, String, bool), ApiError> {

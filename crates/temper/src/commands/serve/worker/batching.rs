@@ -108,7 +108,9 @@ impl Worker {
                         );
                     }
                     Err(e) => {
-                        let _ = job.tx.send(Msg::Error(e));
+                        let tx = job.tx.clone();
+                        drop((job, running));
+                        let _ = tx.send(Msg::Error(e));
                     }
                 }
             }
@@ -194,7 +196,10 @@ impl Worker {
                     if let Some(a) = active.remove(&id) {
                         let out = self.output(engine, &a.job, &a.prompt, &completions);
                         self.metrics.finished(&out.usage, a.job.received.elapsed());
-                        let _ = a.job.tx.send(Msg::Done(out));
+                        // Its slot and running count are free before the client hears back.
+                        let tx = a.job.tx.clone();
+                        drop(a);
+                        let _ = tx.send(Msg::Done(out));
                     }
                 }
             }
