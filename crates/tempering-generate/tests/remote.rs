@@ -468,7 +468,8 @@ fn llama_cpp_is_found_by_props_capped_n_is_fanned_out_and_slots_bound_concurrenc
 
 #[test]
 fn without_ids_the_text_is_re_tokenised_and_the_stop_is_told_from_a_stop_string() {
-    // `temper serve`'s shape: legacy logprobs with each token's text, the stop token's included.
+    // A server without token ids (as `temper serve` was before `return_token_ids`): legacy
+    // logprobs with each token's text, the stop token's included.
     let choice = |text: &str, tail: &[&str]| {
         let mut toks: Vec<String> = text.chars().map(String::from).collect();
         toks.extend(tail.iter().map(|s| s.to_string()));
@@ -478,14 +479,14 @@ fn without_ids_the_text_is_re_tokenised_and_the_stop_is_told_from_a_stop_string(
     };
     let (a, b2) = (choice("12", &["\n"]), choice("3", &["<eos>"]));
     let mock = Mock::start(move |path, body, _| match path {
-        "/v1/models" => (200, models("temper")),
+        "/v1/models" => (200, models("someone")),
         "/tokenize" => tokenize(body),
         "/v1/completions" if body["max_tokens"] == 5 => (200, json!({"choices": [a.clone()]})),
         "/v1/completions" => (200, json!({"choices": [b2.clone()]})),
         _ => not_found(),
     });
     let b = connect(&mock);
-    assert_eq!(b.info().kind, ServerKind::Temper);
+    assert_eq!(b.info().kind, ServerKind::Other);
     let step = SamplingParams {
         stop: vec!["\n".into()],
         ..SamplingParams::greedy(5)
@@ -506,12 +507,45 @@ fn without_ids_the_text_is_re_tokenised_and_the_stop_is_told_from_a_stop_string(
     assert_eq!(out[1][0].finish_reason, FinishReason::Stop);
     assert_eq!(out[1][0].tokens, vec![ids("3")[0], 1]);
     let sent = mock.completions();
-    assert_eq!(sent[0]["top_k"], 0, "temper serve takes 0 for no top-k");
+    assert_eq!(sent[0]["top_k"], 0, "0 for no top-k");
     assert_eq!(
         sent[0]["logprobs"], 0,
         "logprobs asked for, to see every token"
     );
     assert!(sent[0].get("return_token_ids").is_none());
+}
+
+#[test]
+fn temper_serve_is_asked_for_token_ids_and_they_are_used() {
+    // `temper serve` answers `return_token_ids` with each choice's ids, the stop token's included.
+    let mock = Mock::start(move |path, body, _| match path {
+        "/v1/models" => (200, models("temper")),
+        "/tokenize" => tokenize(body),
+        "/v1/completions" => (
+            200,
+            json!({"choices": [{"index": 0, "text": "3", "finish_reason": "stop",
+                                "token_ids": [ids("3")[0], 1], "logprobs": null}],
+                   "usage": {"completion_tokens": 2}}),
+        ),
+        _ => not_found(),
+    });
+    let b = connect(&mock);
+    assert_eq!(b.info().kind, ServerKind::Temper);
+    let p = SamplingParams {
+        stop_token_ids: vec![7],
+        ..SamplingParams::greedy(6)
+    };
+    let out = b.generate(&[GenRequest::new(ids("1+"), 1, p)]).unwrap();
+    assert_eq!(out[0][0].tokens, vec![ids("3")[0], 1]);
+    assert_eq!(out[0][0].finish_reason, FinishReason::Stop);
+    let sent = mock.completions();
+    assert_eq!(sent[0]["return_token_ids"], true);
+    assert_eq!(sent[0]["stop_token_ids"], json!([7]));
+    assert!(
+        sent[0].get("logprobs").is_none(),
+        "no logprobs needed to see the tokens: {}",
+        sent[0]
+    );
 }
 
 #[test]
