@@ -58,7 +58,7 @@ pub struct ServeArgs {
     /// Bearer KEY` (without this flag, no key is needed).
     #[arg(long)]
     pub api_key_env: Option<String>,
-    /// Most sequences decoded together (a request's `n` samples share a batch).
+    /// Most sequences decoded together, across requests (a request's `n` samples count each).
     #[arg(long, default_value_t = 32)]
     pub batch_rows: usize,
     #[command(flatten)]
