@@ -73,6 +73,28 @@ fn tokenize_detokenize_and_token_ids() {
         assert_eq!(d["prompt"], ch["text"], "{c}");
     }
     assert_eq!(c["usage"]["completion_tokens"], 24);
+    // Streamed: every token's id in its chunk, as vLLM streams them; the same ids and text.
+    let body = json!({"prompt": PROMPT, "max_tokens": 40, "temperature": 0,
+                      "return_token_ids": true, "stream": true});
+    let (st, sse) = s.request("POST", "/v1/completions", Some(&body.to_string()), None);
+    assert_eq!(st, 200, "{sse}");
+    let (mut streamed_ids, mut streamed_text) = (vec![], String::new());
+    for line in sse.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        if line == "[DONE]" {
+            break;
+        }
+        let v: Value = serde_json::from_str(line).unwrap();
+        if let Some(t) = v["choices"][0].get("token_ids") {
+            streamed_ids.extend(ids(t));
+        }
+        streamed_text.push_str(v["choices"][0]["text"].as_str().unwrap_or(""));
+    }
+    let mut whole = body.clone();
+    whole["stream"] = json!(false);
+    let (_, w) = s.post("/v1/completions", &whole);
+    assert_eq!(streamed_ids, ids(&w["choices"][0]["token_ids"]), "{sse}");
+    assert_eq!(streamed_text, w["choices"][0]["text"].as_str().unwrap());
+    assert_eq!(w["choices"][0]["finish_reason"], "stop", "{w}");
     // Without it, none of those fields.
     let (_, c) = s.post(
         "/v1/completions",

@@ -235,8 +235,17 @@ pub struct Output {
 pub enum Msg {
     Error(ApiError),
     Started,
-    Token { index: usize, text: String },
-    Finish { index: usize, reason: &'static str },
+    /// New text of choice `index`, and the token that made it when the request asked for
+    /// `return_token_ids` (then every token is sent, its text possibly empty).
+    Token {
+        index: usize,
+        text: String,
+        token: Option<u32>,
+    },
+    Finish {
+        index: usize,
+        reason: &'static str,
+    },
     Done(Output),
 }
 

@@ -118,13 +118,17 @@ impl StreamState {
         self.pending.push_back(v.to_string());
     }
 
-    fn on_token(&mut self, index: usize, text: &str) {
+    fn on_token(&mut self, index: usize, text: &str, token: Option<u32>) {
         if index >= self.opened.len() {
             return;
         }
         let role = self.meta.kind == Kind::Chat && !self.opened[index];
         self.opened[index] = true;
-        let c = self.meta.chunk(index, Some(text), None, role);
+        let mut c = self.meta.chunk(index, Some(text), None, role);
+        if let Some(t) = token {
+            // vLLM's streaming `return_token_ids`: the chunk's tokens beside its text.
+            c["choices"][0]["token_ids"] = json!([t]);
+        }
         self.push(c);
     }
 
@@ -188,7 +192,7 @@ pub(super) fn sse(meta: Meta, rx: UnboundedReceiver<Msg>, include_usage: bool) -
                 return None;
             }
             match st.rx.recv().await {
-                Some(Msg::Token { index, text }) => st.on_token(index, &text),
+                Some(Msg::Token { index, text, token }) => st.on_token(index, &text, token),
                 Some(Msg::Finish { index, reason }) => st.on_finish(index, reason),
                 Some(Msg::Done(out)) => st.on_done(out),
                 Some(Msg::Error(e)) => st.on_error(e),

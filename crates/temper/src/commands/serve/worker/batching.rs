@@ -165,13 +165,18 @@ impl Worker {
                 GenEvent::Token {
                     request,
                     sample,
+                    token,
                     text,
-                    ..
-                } if !text.is_empty() => {
-                    if let Some(a) = routes.get(request).filter(|a| a.job.stream) {
+                } => {
+                    let Some(a) = routes.get(request).filter(|a| a.job.stream) else {
+                        return;
+                    };
+                    let ids = a.job.return_token_ids;
+                    if ids || !text.is_empty() {
                         let _ = a.job.tx.send(Msg::Token {
                             index: *sample,
                             text: text.to_string(),
+                            token: ids.then_some(*token),
                         });
                     }
                 }

@@ -73,6 +73,7 @@ impl Worker {
             "max_seconds": s.budget.max_wall.map(|d| d.as_secs_f64()),
         });
         let _ = job.tx.send(Msg::Token {
+            token: None,
             index: 0,
             text: sol.text.clone(),
         });
