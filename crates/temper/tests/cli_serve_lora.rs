@@ -84,7 +84,26 @@ fn load_serve_and_unload_lora_adapters() {
     let tmp = tempfile::tempdir().unwrap();
     let adapter = tmp.path().join("adapter-a");
     write_adapter(&adapter, 7);
+    // Off by default: clients name directories on the server's disk.
     let s = Server::start(&["--served-model-name", "tiny"], &[]);
+    let (st, v) = s.post(
+        "/v1/load_lora_adapter",
+        &json!({"lora_name": "arith-a", "lora_path": adapter}),
+    );
+    assert_error(st, &v, 404, "runtime LoRA without --allow-runtime-lora");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--allow-runtime-lora"),
+        "{v}"
+    );
+    drop(s);
+
+    let s = Server::start(
+        &["--served-model-name", "tiny", "--allow-runtime-lora"],
+        &[],
+    );
     let (st, base) = greedy(&s, "tiny");
     assert_eq!(st, 200, "{base}");
     let base_text = text(&base);

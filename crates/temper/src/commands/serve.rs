@@ -58,6 +58,11 @@ pub struct ServeArgs {
     /// Bearer KEY` (without this flag, no key is needed).
     #[arg(long)]
     pub api_key_env: Option<String>,
+    /// Allow `POST /v1/load_lora_adapter` and `/v1/unload_lora_adapter`, which load adapter
+    /// directories named by API clients from this machine's disk (off by default, as vLLM's
+    /// VLLM_ALLOW_RUNTIME_LORA_UPDATING).
+    #[arg(long)]
+    pub allow_runtime_lora: bool,
     /// Most sequences decoded together, across requests (a request's `n` samples count each).
     #[arg(long, default_value_t = 32)]
     pub batch_rows: usize,
@@ -95,6 +100,8 @@ pub(crate) struct AppState {
     /// Names being loaded now (a second load of the same name is refused).
     pub adapters_loading: std::sync::Mutex<std::collections::BTreeSet<String>>,
     pub batch_rows: usize,
+    /// Whether the runtime LoRA endpoints are on (`--allow-runtime-lora`).
+    pub runtime_lora: bool,
     pub metrics: Arc<Metrics>,
 }
 
@@ -151,6 +158,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         adapters: Default::default(),
         adapters_loading: Default::default(),
         batch_rows: a.batch_rows,
+        runtime_lora: a.allow_runtime_lora,
     });
 
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -2,7 +2,8 @@
 //! adapter on a cheap clone of the base model (every base weight shared, not copied) and hands the
 //! engine to the model thread, after which `model: lora_name` serves it (and `/v1/models` lists
 //! it); `POST /v1/unload_lora_adapter {"lora_name"}` takes it away. Loading runs off the model
-//! thread, so generation goes on meanwhile.
+//! thread, so generation goes on meanwhile. Off unless `--allow-runtime-lora` (clients name
+//! directories on the server's disk).
 
 use super::*;
 
@@ -33,8 +34,22 @@ impl Drop for Loading<'_> {
     }
 }
 
+/// 404 unless the server was started with `--allow-runtime-lora`.
+fn check_allowed(s: &AppState) -> Result<(), ApiError> {
+    if s.runtime_lora {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "runtime LoRA loading is off: start temper serve with --allow-runtime-lora (it loads adapter directories that clients name from the server's disk)",
+    )
+    .code("not_found"))
+}
+
 async fn load_inner(s: Arc<AppState>, req: Request) -> Result<Response, ApiError> {
     check_key(&s, req.headers())?;
+    check_allowed(&s)?;
     check_ready(&s)?;
     let m = read_json(req).await?;
     let name = required(&m, "lora_name")?.to_string();
@@ -125,6 +140,7 @@ pub(super) async fn unload(State(s): State<Arc<AppState>>, req: Request) -> Resp
 
 async fn unload_inner(s: &AppState, req: Request) -> Result<Response, ApiError> {
     check_key(s, req.headers())?;
+    check_allowed(s)?;
     check_ready(s)?;
     let m = read_json(req).await?;
     let name = required(&m, "lora_name")?.to_string();
