@@ -4,13 +4,12 @@
 //! steps ([`search_job`]). Here: turning a request into the engine's and its completions into the
 //! response. Tokens and outputs go back over each request's channel; `/metrics` is counted.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde_json::{json, Value};
 use tempering_generate::{render_chat, Completion, FinishReason, GenRequest, LocalEngine};
 use tempering_model::Tokenizer;
-
-use std::collections::BTreeMap;
 
 use super::api::{self, ApiError, Job, Kind, Msg, Output, PromptIn};
 use super::metrics::Metrics;
