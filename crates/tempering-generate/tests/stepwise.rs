@@ -160,3 +160,40 @@ fn a_cancelled_request_leaves_the_others_unchanged() {
     assert!(batch.admit(&e, 0, &reqs[1]).is_err(), "a duplicate id");
     assert_eq!(batch.requests(), 1);
 }
+
+#[test]
+fn smollm2_requests_joining_mid_decode_match_solo_greedy() {
+    // The real model (skipped, saying so, when its GGUF is absent): padding and mixed positions
+    // in one batch must not change a greedy token.
+    let Some(path) = known::smollm2_or_skip("smollm2_requests_joining_mid_decode") else {
+        return;
+    };
+    let files = ModelFiles::open(&path, DType::F32, &Device::Cpu).unwrap();
+    let tok = files.tokenizer.clone().unwrap();
+    let e = LocalEngine::new(files.transformer().unwrap(), tok);
+    let prompts = [
+        "The capital of France is",
+        "def fibonacci(n):",
+        "Once upon a time, there was a little",
+    ];
+    let reqs: Vec<GenRequest> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let params = SamplingParams {
+                ignore_eos: true,
+                logprobs: true,
+                ..SamplingParams::greedy(16 + 4 * i)
+            };
+            GenRequest::new(e.tokenizer().encode(p, true).unwrap(), 1, params)
+        })
+        .collect();
+    let solo: Vec<Vec<Completion>> = reqs
+        .iter()
+        .map(|r| e.generate(std::slice::from_ref(r)).unwrap().remove(0))
+        .collect();
+    let got = stepwise(&e, &reqs, &[0, 5, 11], None);
+    for (i, s) in solo.iter().enumerate() {
+        assert_same(&got[&i], s, &format!("SmolLM2 request {i}"));
+    }
+}
