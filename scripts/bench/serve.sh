@@ -39,17 +39,25 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Waits for URL/health to answer 200 (both servers answer 503 while loading).
+# Waits for URL/health to answer 200 (both servers answer 503 while loading); 1 if the server
+# exited or was not ready in 5 minutes (its log's tail printed).
 wait_ready() {
   for _ in $(seq 1 600); do
     if "$PY" -c "import sys,urllib.request; urllib.request.urlopen(sys.argv[1] + '/health', timeout=2)" "$1" 2>/dev/null; then
       return 0
     fi
-    kill -0 "$pid" 2>/dev/null || { cat "$LOG" >&2; echo "the server exited" >&2; exit 1; }
+    if ! kill -0 "$pid" 2>/dev/null; then
+      tail -n 5 "$LOG" >&2
+      echo "the server exited before it was ready" >&2
+      wait "$pid" 2>/dev/null || true
+      pid=""
+      return 1
+    fi
     sleep 0.5
   done
+  tail -n 5 "$LOG" >&2
   echo "the server at $1 was not ready in 5 minutes" >&2
-  exit 1
+  return 1
 }
 
 run_levels() { # URL MODEL_NAME LABEL
@@ -63,7 +71,7 @@ port=$(( 20000 + RANDOM % 20000 ))
 "$TEMPER_BIN" serve "$MODEL" --port "$port" --served-model-name bench \
   --max-concurrency $(( max_level * 2 )) --batch-rows "$max_level" 2>"$LOG" &
 pid=$!
-wait_ready "http://127.0.0.1:$port"
+wait_ready "http://127.0.0.1:$port" || exit 1
 run_levels "http://127.0.0.1:$port" bench temper
 kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
 
@@ -72,9 +80,12 @@ if [ -x "$LLAMA" ]; then
   "$LLAMA" -m "$MODEL" --port "$port" --host 127.0.0.1 -np "$max_level" -c $(( 2048 * max_level )) \
     --cont-batching --no-webui -t "$(nproc)" >"$LOG" 2>&1 &
   pid=$!
-  wait_ready "http://127.0.0.1:$port"
-  run_levels "http://127.0.0.1:$port" bench llama-server
-  kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
+  if wait_ready "http://127.0.0.1:$port"; then
+    run_levels "http://127.0.0.1:$port" bench llama-server
+    kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
+  else
+    echo "(llama-server at $LLAMA did not start: temper only)"
+  fi
 else
   echo "(no llama-server at $LLAMA: temper only; scripts/llama-server.sh builds it)"
 fi
