@@ -103,6 +103,45 @@ fn tokenize_detokenize_and_token_ids() {
     assert!(c["choices"][0].get("token_ids").is_none(), "{c}");
     assert!(c["choices"][0].get("prompt_token_ids").is_none(), "{c}");
 
+    // echo: the prompt's text before the completion's, whole or streamed, text or id prompts.
+    let plain = |extra: Value| -> String {
+        let mut b = json!({"prompt": PROMPT, "max_tokens": 8, "temperature": 0});
+        for (k, v) in extra.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        let (st, text) = s.request("POST", "/v1/completions", Some(&b.to_string()), None);
+        assert_eq!(st, 200, "{b}: {text}");
+        if b["stream"] == true {
+            text.lines()
+                .filter_map(|l| l.strip_prefix("data: "))
+                .take_while(|l| *l != "[DONE]")
+                .map(|l| {
+                    let v: Value = serde_json::from_str(l).unwrap();
+                    v["choices"][0]["text"].as_str().unwrap_or("").to_string()
+                })
+                .collect()
+        } else {
+            let v: Value = serde_json::from_str(&text).unwrap();
+            v["choices"][0]["text"].as_str().unwrap().to_string()
+        }
+    };
+    let answer = plain(json!({}));
+    assert_eq!(plain(json!({"echo": true})), format!("{PROMPT}{answer}"));
+    assert_eq!(
+        plain(json!({"echo": true, "stream": true})),
+        format!("{PROMPT}{answer}")
+    );
+    assert_eq!(
+        plain(json!({"echo": true, "prompt": toks})),
+        format!("{PROMPT}{answer}")
+    );
+    let (st, v) = s.post(
+        "/v1/completions",
+        &json!({"prompt": PROMPT, "echo": true, "logprobs": 1}),
+    );
+    assert_error(st, &v, 400, "echo with logprobs");
+    assert_eq!(v["error"]["param"], "echo");
+
     // Errors: OpenAI-shaped, 400 or 404.
     let (st, v) = s.post("/tokenize", &json!({"model": "nope", "prompt": "x"}));
     assert_error(st, &v, 404, "tokenize with an unknown model");

@@ -210,6 +210,8 @@ pub struct Job {
     pub stream: bool,
     /// vLLM's `return_token_ids`: the prompt's and each choice's token ids in the response.
     pub return_token_ids: bool,
+    /// Completions' `echo`: each choice's text starts with the prompt's.
+    pub echo: bool,
     /// When the request arrived (its latency in `/metrics`).
     pub received: Instant,
     pub tx: UnboundedSender<Msg>,
@@ -518,6 +520,10 @@ async fn handle(s: Arc<AppState>, req: Request, kind: Kind) -> Result<Response, 
         }
     };
     let return_token_ids = opt_bool(&m, "return_token_ids")?.unwrap_or(false);
+    let echo = match kind {
+        Kind::Completion => opt_bool(&m, "echo")?.unwrap_or(false),
+        Kind::Chat => false,
+    };
     let seed = match m.get("seed") {
         None | Some(Value::Null) => fresh_seed(),
         Some(v) => match (v.as_u64(), v.as_i64()) {
@@ -575,6 +581,12 @@ async fn handle(s: Arc<AppState>, req: Request, kind: Kind) -> Result<Response, 
     };
     params.validate(0).map_err(ApiError::from_gen)?;
     let search = parse_search(&m, from_name.as_deref(), &params, temperature.is_some())?;
+    if echo && (params.logprobs || search.is_some()) {
+        return Err(ApiError::bad(
+            "echo: not with logprobs (the prompt's logprobs are not served) nor with a temper strategy",
+            "echo",
+        ));
+    }
     if search.is_some() && n != 1 {
         return Err(ApiError::bad(
             "n: a temper strategy returns one answer; ask for n = 1 (the strategy sets how many samples it draws)",
@@ -604,6 +616,7 @@ async fn handle(s: Arc<AppState>, req: Request, kind: Kind) -> Result<Response, 
         search,
         stream,
         return_token_ids,
+        echo,
         received,
         tx,
         _slot: slot,

@@ -160,9 +160,10 @@ impl Worker {
         }
     }
 
-    /// A plain request as the engine's: its prompt ids, `max_tokens` fitted to the context.
-    fn gen_request(&self, e: &LocalEngine, job: &Job) -> Result<GenRequest, ApiError> {
-        let (ids, _, _) = self.prompt_ids(e, job)?;
+    /// A plain request as the engine's (its prompt ids, `max_tokens` fitted to the context), and
+    /// the prompt's text.
+    fn gen_request(&self, e: &LocalEngine, job: &Job) -> Result<(GenRequest, String), ApiError> {
+        let (ids, text, _) = self.prompt_ids(e, job)?;
         let default_max = if job.kind == Kind::Chat {
             usize::MAX
         } else {
@@ -174,16 +175,24 @@ impl Worker {
         let req = GenRequest::new(ids, job.n, params);
         req.validate(0, cfg.max_position_embeddings, cfg.vocab_size)
             .map_err(ApiError::from_gen)?;
-        Ok(req)
+        Ok((req, text))
     }
 
-    /// The response of a finished plain request.
-    fn output(&self, e: &LocalEngine, job: &Job, ids: &[u32], out: &[Completion]) -> Output {
+    /// The response of a finished plain request; `echo`: the prompt's text, put before each
+    /// choice's.
+    fn output(
+        &self,
+        e: &LocalEngine,
+        job: &Job,
+        ids: &[u32],
+        echo: Option<&str>,
+        out: &[Completion],
+    ) -> Output {
         let completion_tokens: usize = out.iter().map(|c| c.tokens.len()).sum();
         let choices = out
             .iter()
             .map(|c| api::ChoiceOut {
-                text: c.text.clone(),
+                text: format!("{}{}", echo.unwrap_or(""), c.text),
                 finish_reason: finish_str(c.finish_reason),
                 logprobs: self.logprobs_json(e, job, c),
                 token_ids: job.return_token_ids.then(|| c.tokens.clone()),

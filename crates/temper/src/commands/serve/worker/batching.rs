@@ -17,6 +17,8 @@ use super::{finish_str, Worker};
 struct Active {
     job: Box<Job>,
     prompt: Vec<u32>,
+    /// The prompt's text, for `echo`.
+    echo: Option<String>,
     _running: Running,
 }
 
@@ -95,14 +97,25 @@ impl Worker {
                 let id = next_id;
                 next_id += 1;
                 match self.admit(&mut batch, id, &job) {
-                    Ok(prompt) => {
+                    Ok((prompt, text)) => {
                         batch_on = job.adapter.clone();
                         let _ = job.tx.send(Msg::Started);
+                        let echo = job.echo.then_some(text);
+                        if let (Some(t), true) = (&echo, job.stream) {
+                            for index in 0..job.n {
+                                let _ = job.tx.send(Msg::Token {
+                                    index,
+                                    text: t.clone(),
+                                    token: None,
+                                });
+                            }
+                        }
                         active.insert(
                             id,
                             Active {
                                 job,
                                 prompt,
+                                echo,
                                 _running: running,
                             },
                         );
@@ -136,13 +149,18 @@ impl Worker {
         }
     }
 
-    /// Checks and prefills `job` into the batch as request `id`; returns its prompt ids.
-    fn admit(&self, batch: &mut DecodeBatch, id: usize, job: &Job) -> Result<Vec<u32>, ApiError> {
+    /// Checks and prefills `job` into the batch as request `id`; returns its prompt ids and text.
+    fn admit(
+        &self,
+        batch: &mut DecodeBatch,
+        id: usize,
+        job: &Job,
+    ) -> Result<(Vec<u32>, String), ApiError> {
         let engine = self.engine_for(job)?;
-        let req = self.gen_request(engine, job)?;
+        let (req, text) = self.gen_request(engine, job)?;
         let run = std::panic::AssertUnwindSafe(|| batch.admit(engine, id, &req));
         match std::panic::catch_unwind(run) {
-            Ok(Ok(())) => Ok(req.prompt),
+            Ok(Ok(())) => Ok((req.prompt, text)),
             Ok(Err(e)) => Err(ApiError::from_gen(e)),
             Err(_) => Err(server_error("the model thread failed on this request")),
         }
@@ -199,7 +217,8 @@ impl Worker {
             Ok(Ok(done)) => {
                 for (id, completions) in done {
                     if let Some(a) = active.remove(&id) {
-                        let out = self.output(engine, &a.job, &a.prompt, &completions);
+                        let out =
+                            self.output(engine, &a.job, &a.prompt, a.echo.as_deref(), &completions);
                         self.metrics.finished(&out.usage, a.job.received.elapsed());
                         // Its slot and running count are free before the client hears back.
                         let tx = a.job.tx.clone();
