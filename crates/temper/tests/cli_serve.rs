@@ -273,6 +273,27 @@ fn strategies_by_body_and_by_model_name() {
         .collect();
     assert_eq!(usage.len(), 1, "{text}");
     assert!(usage[0]["usage"]["temper"]["model_calls"].as_u64().unwrap() >= 1);
+
+    // optillm's field, for drop-in use: our strategies by name, `none` plain; the body's and the
+    // model name's strategy win over it.
+    let optillm = |approach: &str, extra: Value| {
+        let mut b = json!({"prompt": PROMPT, "max_tokens": 24, "optillm_approach": approach});
+        for (k, v) in extra.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        s.post("/v1/completions", &b)
+    };
+    let (st, v) = optillm("sc@3", json!({}));
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["usage"]["temper"]["samples"], 3, "{v}");
+    let (st, v) = optillm("none", json!({}));
+    assert_eq!(st, 200, "{v}");
+    assert!(v["usage"].get("temper").is_none(), "{v}");
+    let (_, v) = optillm("sc@3", json!({"model": "sc@2@tiny"}));
+    assert_eq!(v["usage"]["temper"]["samples"], 2, "{v}");
+    let (st, v) = optillm("moa", json!({}));
+    assert_error(st, &v, 404, "an optillm approach temper does not have");
+    assert_eq!(v["error"]["param"], "optillm_approach", "{v}");
 }
 
 #[test]
