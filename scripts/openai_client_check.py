@@ -108,6 +108,37 @@ check("stream text", text == greedy, (text, greedy))
 finishes = [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason]
 check("stream finish", len(finishes) == 1, finishes)
 
+# Streamed logprobs: one entry per token across the chunks, the numbers of the whole answer.
+chunks = list(
+    client.chat.completions.create(
+        model=MODEL,
+        messages=MESSAGES,
+        max_tokens=24,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=2,
+        stream=True,
+    )
+)
+streamed = [t for ch in chunks if ch.choices and ch.choices[0].logprobs for t in ch.choices[0].logprobs.content]
+check("stream chat logprobs count", len(streamed) == len(content), (len(streamed), len(content)))
+check(
+    "stream chat logprobs values",
+    all(abs(a.logprob - b.logprob) < 1e-4 and a.token == b.token for a, b in zip(streamed, content)),
+)
+check("stream chat top logprobs", all(len(t.top_logprobs) == 2 for t in streamed))
+whole = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=12, temperature=0, logprobs=2)
+chunks = list(
+    client.completions.create(
+        model=MODEL, prompt=PROMPT, max_tokens=12, temperature=0, logprobs=2, stream=True
+    )
+)
+lps = [x for ch in chunks if ch.choices and ch.choices[0].logprobs for x in ch.choices[0].logprobs.token_logprobs]
+want = whole.choices[0].logprobs.token_logprobs
+check("stream completion logprobs", len(lps) == len(want) and all(abs(a - b) < 1e-4 for a, b in zip(lps, want)), (lps, want))
+offsets = [x for ch in chunks if ch.choices and ch.choices[0].logprobs for x in ch.choices[0].logprobs.text_offset]
+check("stream text offsets", offsets == whole.choices[0].logprobs.text_offset, (offsets, whole.choices[0].logprobs.text_offset))
+
 # Streaming completions without include_usage: no usage chunk at all.
 chunks = list(
     client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=24, temperature=0, stream=True)

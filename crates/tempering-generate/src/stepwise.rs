@@ -122,6 +122,17 @@ impl DecodeBatch {
         Ok(())
     }
 
+    /// The log-probability (and the most likely alternatives, when asked for) of the token that
+    /// sample `sample` of request `id` drew at the last step, while it is still in the batch.
+    pub fn last_logprobs(&self, id: usize, sample: usize) -> Option<(f32, &[TopLogprob])> {
+        let row = self
+            .rows
+            .iter()
+            .find(|r| r.id == id && r.sample == sample)?;
+        let lp = *row.logprobs.last()?;
+        Some((lp, row.top.last().map_or(&[][..], |t| t.as_slice())))
+    }
+
     /// Drops request `id`'s rows (say its client went away); nothing is reported for it.
     pub fn cancel(&mut self, id: usize) -> Result<()> {
         if self.entries.remove(&id).is_none() {

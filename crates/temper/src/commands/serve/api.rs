@@ -243,6 +243,8 @@ pub enum Msg {
         index: usize,
         text: String,
         token: Option<u32>,
+        /// The token's logprobs object, in the request's layout, when it asked for logprobs.
+        logprobs: Option<Value>,
     },
     Finish {
         index: usize,

@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde_json::{json, Value};
-use tempering_generate::{render_chat, Completion, FinishReason, GenRequest, LocalEngine};
+use tempering_generate::{
+    render_chat, Completion, FinishReason, GenRequest, LocalEngine, TopLogprob,
+};
 use tempering_model::Tokenizer;
 
 use super::api::{self, ApiError, Job, Kind, Msg, Output, PromptIn};
@@ -207,6 +209,46 @@ impl Worker {
                 "total_tokens": ids.len() + completion_tokens,
             }),
         }
+    }
+
+    /// The logprobs object of one streamed token (at byte `offset` of the choice's token
+    /// strings), in the chat layout or the legacy one.
+    fn token_logprobs_json(
+        &self,
+        e: &LocalEngine,
+        job: &Job,
+        token: u32,
+        logprob: f32,
+        top: &[TopLogprob],
+        offset: usize,
+    ) -> (Value, usize) {
+        let tok = e.tokenizer();
+        let s = token_str(tok, token);
+        let len = s.len();
+        let top: Vec<(String, f32)> = top
+            .iter()
+            .map(|a| (token_str(tok, a.token), a.logprob))
+            .collect();
+        let v = if job.kind == Kind::Chat {
+            json!({"content": [{
+                "token": s,
+                "logprob": logprob,
+                "bytes": s.as_bytes(),
+                "top_logprobs": top.iter().map(|(t, l)| json!({
+                    "token": t, "logprob": l, "bytes": t.as_bytes()
+                })).collect::<Vec<_>>(),
+            }]})
+        } else {
+            let m: serde_json::Map<String, Value> =
+                top.into_iter().map(|(t, l)| (t, json!(l))).collect();
+            json!({
+                "tokens": [s],
+                "token_logprobs": [logprob],
+                "top_logprobs": if job.params.top_logprobs > 0 { json!([m]) } else { Value::Null },
+                "text_offset": [offset],
+            })
+        };
+        (v, offset + len)
     }
 
     /// OpenAI's logprobs object for one choice: the chat layout (`content`) or the legacy one.

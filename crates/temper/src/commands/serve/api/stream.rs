@@ -118,7 +118,7 @@ impl StreamState {
         self.pending.push_back(v.to_string());
     }
 
-    fn on_token(&mut self, index: usize, text: &str, token: Option<u32>) {
+    fn on_token(&mut self, index: usize, text: &str, token: Option<u32>, logprobs: Option<Value>) {
         if index >= self.opened.len() {
             return;
         }
@@ -128,6 +128,9 @@ impl StreamState {
         if let Some(t) = token {
             // vLLM's streaming `return_token_ids`: the chunk's tokens beside its text.
             c["choices"][0]["token_ids"] = json!([t]);
+        }
+        if let Some(lp) = logprobs {
+            c["choices"][0]["logprobs"] = lp;
         }
         self.push(c);
     }
@@ -192,7 +195,12 @@ pub(super) fn sse(meta: Meta, rx: UnboundedReceiver<Msg>, include_usage: bool) -
                 return None;
             }
             match st.rx.recv().await {
-                Some(Msg::Token { index, text, token }) => st.on_token(index, &text, token),
+                Some(Msg::Token {
+                    index,
+                    text,
+                    token,
+                    logprobs,
+                }) => st.on_token(index, &text, token, logprobs),
                 Some(Msg::Finish { index, reason }) => st.on_finish(index, reason),
                 Some(Msg::Done(out)) => st.on_done(out),
                 Some(Msg::Error(e)) => st.on_error(e),

@@ -7,7 +7,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::mpsc::{Receiver, TryRecvError};
 
-use tempering_generate::{DecodeBatch, GenEvent};
+use tempering_generate::{DecodeBatch, GenEvent, TopLogprob};
 
 use super::super::api::{ApiError, Job, Msg, Work};
 use super::super::metrics::Running;
@@ -19,6 +19,8 @@ struct Active {
     prompt: Vec<u32>,
     /// The prompt's text, for `echo`.
     echo: Option<String>,
+    /// Streamed logprobs: each sample's byte offset in its token strings (`text_offset`).
+    offsets: Vec<usize>,
     _running: Running,
 }
 
@@ -96,6 +98,7 @@ impl Worker {
                 let running = self.metrics.running();
                 let id = next_id;
                 next_id += 1;
+                let n = job.n;
                 match self.admit(&mut batch, id, &job) {
                     Ok((prompt, text)) => {
                         batch_on = job.adapter.clone();
@@ -107,6 +110,7 @@ impl Worker {
                                     index,
                                     text: t.clone(),
                                     token: None,
+                                    logprobs: None,
                                 });
                             }
                         }
@@ -116,6 +120,7 @@ impl Worker {
                                 job,
                                 prompt,
                                 echo,
+                                offsets: vec![0; n],
                                 _running: running,
                             },
                         );
@@ -178,6 +183,10 @@ impl Worker {
             Err(_) => return fail_all(batch, active, "the batch's adapter is gone"),
         };
         let routes = &*active;
+        // Streams that asked for logprobs wait for the step's end, where each token's logprob is
+        // read (from the batch, or from the completion of a sample that finished).
+        let mut held: Vec<Held> = vec![];
+        let mut finished_lp: HashMap<(usize, usize), (f32, Vec<TopLogprob>)> = HashMap::new();
         let run = std::panic::AssertUnwindSafe(|| {
             batch.step(engine, &mut |ev| match ev {
                 GenEvent::Token {
@@ -190,11 +199,19 @@ impl Worker {
                         return;
                     };
                     let ids = a.job.return_token_ids;
-                    if ids || !text.is_empty() {
+                    if a.job.params.logprobs {
+                        held.push(Held::Token {
+                            id: *request,
+                            sample: *sample,
+                            token: *token,
+                            text: text.to_string(),
+                        });
+                    } else if ids || !text.is_empty() {
                         let _ = a.job.tx.send(Msg::Token {
                             index: *sample,
                             text: text.to_string(),
                             token: ids.then_some(*token),
+                            logprobs: None,
                         });
                     }
                 }
@@ -203,17 +220,37 @@ impl Worker {
                     sample,
                     completion,
                 } => {
-                    if let Some(a) = routes.get(request).filter(|a| a.job.stream) {
+                    let Some(a) = routes.get(request).filter(|a| a.job.stream) else {
+                        return;
+                    };
+                    let reason = finish_str(completion.finish_reason);
+                    if a.job.params.logprobs {
+                        if let Some(&lp) = completion.logprobs.as_ref().and_then(|l| l.last()) {
+                            let top = completion
+                                .top_logprobs
+                                .as_ref()
+                                .and_then(|t| t.last().cloned())
+                                .unwrap_or_default();
+                            finished_lp.insert((*request, *sample), (lp, top));
+                        }
+                        held.push(Held::Finish {
+                            id: *request,
+                            sample: *sample,
+                            reason,
+                        });
+                    } else {
                         let _ = a.job.tx.send(Msg::Finish {
                             index: *sample,
-                            reason: finish_str(completion.finish_reason),
+                            reason,
                         });
                     }
                 }
                 _ => {}
             })
         });
-        match std::panic::catch_unwind(run) {
+        let result = std::panic::catch_unwind(run);
+        self.send_held(engine, batch, active, held, &finished_lp);
+        match result {
             Ok(Ok(done)) => {
                 for (id, completions) in done {
                     if let Some(a) = active.remove(&id) {
@@ -231,6 +268,75 @@ impl Worker {
             Err(_) => {
                 eprintln!("a decode step panicked in the model thread; serving on");
                 fail_all(batch, active, "the model thread failed on this batch")
+            }
+        }
+    }
+}
+
+/// A streamed message held until the step's end (its request asked for logprobs).
+enum Held {
+    Token {
+        id: usize,
+        sample: usize,
+        token: u32,
+        text: String,
+    },
+    Finish {
+        id: usize,
+        sample: usize,
+        reason: &'static str,
+    },
+}
+
+impl Worker {
+    /// Sends the held messages in order, each token with its logprobs.
+    fn send_held(
+        &self,
+        engine: &tempering_generate::LocalEngine,
+        batch: &DecodeBatch,
+        active: &mut HashMap<usize, Active>,
+        held: Vec<Held>,
+        finished_lp: &HashMap<(usize, usize), (f32, Vec<TopLogprob>)>,
+    ) {
+        for h in held {
+            match h {
+                Held::Token {
+                    id,
+                    sample,
+                    token,
+                    text,
+                } => {
+                    let Some(a) = active.get_mut(&id) else {
+                        continue;
+                    };
+                    let lp = batch
+                        .last_logprobs(id, sample)
+                        .map(|(l, top)| (l, top.to_vec()))
+                        .or_else(|| finished_lp.get(&(id, sample)).cloned());
+                    let logprobs = lp.map(|(l, top)| {
+                        let offset = a.offsets.get(sample).copied().unwrap_or(0);
+                        let (v, next) =
+                            self.token_logprobs_json(engine, &a.job, token, l, &top, offset);
+                        if let Some(o) = a.offsets.get_mut(sample) {
+                            *o = next;
+                        }
+                        v
+                    });
+                    let _ = a.job.tx.send(Msg::Token {
+                        index: sample,
+                        text,
+                        token: a.job.return_token_ids.then_some(token),
+                        logprobs,
+                    });
+                }
+                Held::Finish { id, sample, reason } => {
+                    if let Some(a) = active.get(&id) {
+                        let _ = a.job.tx.send(Msg::Finish {
+                            index: sample,
+                            reason,
+                        });
+                    }
+                }
             }
         }
     }

@@ -74,6 +74,7 @@ impl Worker {
         });
         let _ = job.tx.send(Msg::Token {
             token: None,
+            logprobs: None,
             index: 0,
             text: sol.text.clone(),
         });
