@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite on a fresh machine: installs OpenBLAS and fetches SmolLM2 if absent, then
-# runs every test.
-# (Plain `cargo test --workspace` also works; the tests that need SmolLM2 then skip, saying so.)
+# The whole test suite on a fresh machine: installs OpenBLAS, fetches SmolLM2 and sets up the
+# `openai` client's venv (.venv-openai) if absent, then runs every test. (Plain `cargo test
+# --workspace` also works; the tests that need SmolLM2 or the venv then skip, saying so.)
 #
 # With no arguments the RL gain tests (`--test rl_gain`, the longest binary: minutes of small-model
 # training that leave a core idle) run beside the rest of the suite, each in its own process with
@@ -11,6 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-openblas.sh
 scripts/fetch-smollm2.sh
+scripts/setup-openai-venv.sh || echo "the openai client's venv could not be set up: cli_openai will skip, saying so"
 if [ "$#" -gt 0 ]; then
     exec cargo test --workspace "$@"
 fi

@@ -193,6 +193,24 @@ fn search_and_generate_on_temper_serve_match_the_local_engine_for_greedy_decodin
     assert_eq!(l["tokens"], r["tokens"]);
     assert_eq!(l["text"], r["text"]);
     assert_eq!(l["finish_reason"], r["finish_reason"]);
+
+    // Streamed from the server (`--backend-stream`): the text printed as it comes is the local one.
+    let printed = |backend: Option<&str>| {
+        let mut cmd = temper();
+        cmd.arg("generate")
+            .arg(&model)
+            .args(["--prompt", "Compute: 12+5\n", "--temperature", "0"])
+            .args(["--max-new-tokens", "24"]);
+        if let Some(url) = backend {
+            cmd.args(["--backend", url, "--backend-stream"]);
+        }
+        let o = cmd.output().unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let local = printed(None);
+    assert!(local.contains(l["text"].as_str().unwrap()), "{local}");
+    assert_eq!(printed(Some(&server.url)), local);
 }
 
 /// `results.jsonl` of an eval run, without wall times.

@@ -2,211 +2,14 @@
 //! model, talked to by a raw HTTP/1.1 client over std's TcpStream. Every wait is bounded and fails
 //! with a message saying what did not come.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod serve_common;
+
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-
-const WAIT: Duration = Duration::from_secs(120);
-
-fn model_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/models/tiny-arith-sft")
-}
-
-struct Server {
-    child: Child,
-    addr: String,
-    stderr: mpsc::Receiver<String>,
-}
-
-impl Server {
-    fn start(extra: &[&str], envs: &[(&str, &str)]) -> Server {
-        Server::start_model(&model_dir(), extra, envs)
-    }
-
-    fn start_model(model: &std::path::Path, extra: &[&str], envs: &[(&str, &str)]) -> Server {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_temper"));
-        cmd.arg("serve")
-            .arg(model)
-            .args(["--host", "127.0.0.1", "--port", "0"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, v) in envs {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("starting temper serve");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let deadline = Instant::now() + WAIT;
-        let addr = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(a) = line.strip_prefix("listening on http://") {
-                        break a.trim().to_string();
-                    }
-                }
-                Err(_) => {
-                    let _ = child.kill();
-                    panic!("temper serve did not print its address within {WAIT:?}");
-                }
-            }
-        };
-        assert!(addr.starts_with("127.0.0.1:"), "not loopback: {addr}");
-        let server = Server {
-            child,
-            addr,
-            stderr: rx,
-        };
-        // Ready when /health says 200 (503 while loading).
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let (status, _) = server.get("/health");
-            if status == 200 {
-                break;
-            }
-            assert_eq!(status, 503, "/health while loading");
-            assert!(
-                Instant::now() < deadline,
-                "/health not ready within {WAIT:?}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        server
-    }
-
-    fn request(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<&str>,
-        auth: Option<&str>,
-    ) -> (u16, String) {
-        let mut s = TcpStream::connect(&self.addr).expect("connecting to the server");
-        s.set_read_timeout(Some(WAIT)).unwrap();
-        let mut req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
-            self.addr
-        );
-        if let Some(k) = auth {
-            req.push_str(&format!("Authorization: Bearer {k}\r\n"));
-        }
-        let body = body.unwrap_or("");
-        if method == "POST" {
-            req.push_str("Content-Type: application/json\r\n");
-            req.push_str(&format!("Content-Length: {}\r\n", body.len()));
-        }
-        req.push_str("\r\n");
-        req.push_str(body);
-        s.write_all(req.as_bytes()).expect("sending the request");
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).expect("reading the response");
-        parse_response(&raw)
-    }
-
-    fn get(&self, path: &str) -> (u16, String) {
-        self.request("GET", path, None, None)
-    }
-
-    fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        let (status, text) = self.request("POST", path, Some(&body.to_string()), None);
-        let v = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {text}"));
-        (status, v)
-    }
-
-    fn post_raw(&self, path: &str, body: &str) -> (u16, Value) {
-        let (status, text) = self.request("POST", path, Some(body), None);
-        let v = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {text}"));
-        (status, v)
-    }
-
-    /// SIGTERM, then the exit status within a bound.
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        let ok = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(ok.success(), "kill -TERM {pid}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "temper serve did not exit within 30 s of SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = &self.stderr;
-    }
-}
-
-/// Status and body (de-chunked) of a raw HTTP/1.1 response.
-fn parse_response(raw: &[u8]) -> (u16, String) {
-    let text = String::from_utf8_lossy(raw).to_string();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no header end in {text:?}"));
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {head:?}"));
-    let chunked = head.lines().any(|l| {
-        l.to_ascii_lowercase()
-            .starts_with("transfer-encoding: chunked")
-    });
-    if !chunked {
-        return (status, body.to_string());
-    }
-    let mut out = String::new();
-    let mut rest = body;
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        out.push_str(&after[..n]);
-        rest = &after[n + 2..];
-    }
-    (status, out)
-}
-
-fn assert_error(status: u16, v: &Value, want: u16, what: &str) {
-    assert_eq!(status, want, "{what}: {v}");
-    let e = &v["error"];
-    assert!(
-        e["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "{what}: {v}"
-    );
-    assert!(e["type"].is_string(), "{what}: {v}");
-    assert!(
-        e.get("param").is_some() && e.get("code").is_some(),
-        "{what}: {v}"
-    );
-}
+use serve_common::{assert_error, model_dir, parse_response, Server, WAIT};
 
 const PROMPT: &str = "Compute: 3+4*2\n";
 
@@ -470,6 +273,27 @@ fn strategies_by_body_and_by_model_name() {
         .collect();
     assert_eq!(usage.len(), 1, "{text}");
     assert!(usage[0]["usage"]["temper"]["model_calls"].as_u64().unwrap() >= 1);
+
+    // optillm's field, for drop-in use: our strategies by name, `none` plain; the body's and the
+    // model name's strategy win over it.
+    let optillm = |approach: &str, extra: Value| {
+        let mut b = json!({"prompt": PROMPT, "max_tokens": 24, "optillm_approach": approach});
+        for (k, v) in extra.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        s.post("/v1/completions", &b)
+    };
+    let (st, v) = optillm("sc@3", json!({}));
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["usage"]["temper"]["samples"], 3, "{v}");
+    let (st, v) = optillm("none", json!({}));
+    assert_eq!(st, 200, "{v}");
+    assert!(v["usage"].get("temper").is_none(), "{v}");
+    let (_, v) = optillm("sc@3", json!({"model": "sc@2@tiny"}));
+    assert_eq!(v["usage"]["temper"]["samples"], 2, "{v}");
+    let (st, v) = optillm("moa", json!({}));
+    assert_error(st, &v, 404, "an optillm approach temper does not have");
+    assert_eq!(v["error"]["param"], "optillm_approach", "{v}");
 }
 
 #[test]

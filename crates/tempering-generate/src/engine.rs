@@ -87,6 +87,11 @@ impl LocalEngine {
         Ok(self.tokenizer.encode(text, true)?)
     }
 
+    /// The token ids that end a completion under `p`: its own, and the model's unless `ignore_eos`.
+    pub fn stop_ids_for(&self, p: &SamplingParams) -> Vec<u32> {
+        self.stop_ids(p)
+    }
+
     fn stop_ids(&self, p: &SamplingParams) -> Vec<u32> {
         let mut ids = p.stop_token_ids.clone();
         if !p.ignore_eos {
@@ -176,11 +181,20 @@ impl LocalEngine {
                 .enumerate()
                 .map(|(k, &r)| {
                     let row = &mut rows[r];
-                    sample(
-                        &lv[k * vocab..(k + 1) * vocab],
-                        &reqs[row.req].params,
-                        &mut row.rng,
-                    )
+                    let p = &reqs[row.req].params;
+                    let logits_k = &lv[k * vocab..(k + 1) * vocab];
+                    if row.tokens.len() < p.min_tokens {
+                        // Too early to stop: the stop tokens cannot be drawn.
+                        let mut masked = logits_k.to_vec();
+                        for &id in &stop_ids[row.req] {
+                            if let Some(x) = masked.get_mut(id as usize) {
+                                *x = f32::NEG_INFINITY;
+                            }
+                        }
+                        sample(&masked, p, &mut row.rng)
+                    } else {
+                        sample(logits_k, p, &mut row.rng)
+                    }
                 })
                 .collect();
             let want_lp = active.iter().any(|&r| reqs[rows[r].req].params.logprobs);

@@ -17,6 +17,7 @@ pub mod error;
 pub mod remote;
 pub mod request;
 pub mod sampler;
+pub mod stepwise;
 
 pub use backend::{Backend, GenEvent};
 pub use chat::{render_chat, KNOWN_ROLES};
@@ -26,3 +27,4 @@ pub use remote::wire::ServerKind;
 pub use remote::{RemoteBackend, RemoteOptions, ServerInfo};
 pub use request::{Completion, FinishReason, GenRequest, SamplingParams, TopLogprob};
 pub use sampler::SampleRng;
+pub use stepwise::DecodeBatch;

@@ -31,6 +31,10 @@ pub struct SamplingParams {
     pub stop_token_ids: Vec<u32>,
     /// Do not stop on the model's own EOS / end-of-turn tokens (`stop_token_ids` still apply).
     pub ignore_eos: bool,
+    /// No stop token (the model's own or `stop_token_ids`) is sampled before this many tokens
+    /// (vLLM's `min_tokens`): their logits are masked. Stop strings still apply. At most
+    /// `max_new_tokens`.
+    pub min_tokens: usize,
     /// Report the log-probability of each generated token.
     pub logprobs: bool,
     /// Report logprobs of the tempered distribution the tokens were sampled from (`logits /
@@ -54,6 +58,7 @@ impl Default for SamplingParams {
             stop: vec![],
             stop_token_ids: vec![],
             ignore_eos: false,
+            min_tokens: 0,
             logprobs: false,
             tempered_logprobs: false,
             top_logprobs: 0,
@@ -100,6 +105,13 @@ impl SamplingParams {
         }
         if self.max_new_tokens == 0 {
             return bad("max_new_tokens", "0".into(), "at least 1");
+        }
+        if self.min_tokens > self.max_new_tokens {
+            return bad(
+                "min_tokens",
+                self.min_tokens.to_string(),
+                "at most max_new_tokens",
+            );
         }
         if let Some(i) = self.stop.iter().position(|s| s.is_empty()) {
             return bad(

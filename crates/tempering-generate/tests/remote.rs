@@ -6,213 +6,9 @@
 //! errors of a wrong model or tokenizer. The tokenizer is the tiny fixture model's: one character
 //! per token, `<eos>` = 1.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+mod remote_mock;
 
-use serde_json::{json, Value};
-use tempering_generate::{
-    Backend, FinishReason, GenError, GenRequest, RemoteBackend, RemoteError, RemoteOptions,
-    SamplingParams, ServerKind,
-};
-use tempering_model::Tokenizer;
-
-fn tokenizer() -> Tokenizer {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fixtures/models/tiny-arith-sft/tokenizer.json");
-    Tokenizer::from_file(&p).expect("the tiny model's tokenizer")
-}
-
-fn ids(text: &str) -> Vec<u32> {
-    tokenizer().encode(text, false).unwrap()
-}
-
-/// One request the mock saw.
-#[derive(Clone, Debug)]
-struct Seen {
-    path: String,
-    body: Value,
-    auth: Option<String>,
-}
-
-type Handler = dyn Fn(&str, &Value, usize) -> (u16, Value) + Send + Sync;
-
-/// A scripted HTTP/1.1 server on loopback. `handler(path, body, nth)` answers the `nth` (from 0)
-/// request to `path`.
-struct Mock {
-    addr: String,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    max_in_flight: Arc<AtomicUsize>,
-}
-
-impl Mock {
-    fn start(
-        handler: impl Fn(&str, &Value, usize) -> (u16, Value) + Send + Sync + 'static,
-    ) -> Mock {
-        Mock::start_delayed(Duration::ZERO, handler)
-    }
-
-    /// Each `/v1/completions` answer waits `delay` (to overlap concurrent requests).
-    fn start_delayed(
-        delay: Duration,
-        handler: impl Fn(&str, &Value, usize) -> (u16, Value) + Send + Sync + 'static,
-    ) -> Mock {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let counts = Arc::new(Mutex::new(std::collections::HashMap::<String, usize>::new()));
-        let in_flight = Arc::new(AtomicUsize::new(0));
-        let max_in_flight = Arc::new(AtomicUsize::new(0));
-        let handler: Arc<Handler> = Arc::new(handler);
-        {
-            let (seen, max_in_flight) = (seen.clone(), max_in_flight.clone());
-            std::thread::spawn(move || {
-                for stream in listener.incoming() {
-                    let Ok(stream) = stream else { continue };
-                    let (seen, counts, handler) = (seen.clone(), counts.clone(), handler.clone());
-                    let (in_flight, max_in_flight) = (in_flight.clone(), max_in_flight.clone());
-                    std::thread::spawn(move || {
-                        let Some((path, body, auth)) = read_request(&stream) else {
-                            return;
-                        };
-                        let nth = {
-                            let mut c = counts.lock().unwrap();
-                            let e = c.entry(path.clone()).or_insert(0);
-                            *e += 1;
-                            *e - 1
-                        };
-                        seen.lock().unwrap().push(Seen {
-                            path: path.clone(),
-                            body: body.clone(),
-                            auth,
-                        });
-                        let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-                        max_in_flight.fetch_max(now, Ordering::SeqCst);
-                        if path == "/v1/completions" {
-                            std::thread::sleep(delay);
-                        }
-                        let (status, v) = handler(&path, &body, nth);
-                        in_flight.fetch_sub(1, Ordering::SeqCst);
-                        write_response(stream, status, &v);
-                    });
-                }
-            });
-        }
-        Mock {
-            addr,
-            seen,
-            max_in_flight,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}/v1", self.addr)
-    }
-
-    fn completions(&self) -> Vec<Value> {
-        self.seen
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|s| s.path == "/v1/completions")
-            .map(|s| s.body.clone())
-            .collect()
-    }
-}
-
-fn read_request(stream: &TcpStream) -> Option<(String, Value, Option<String>)> {
-    let mut r = BufReader::new(stream);
-    let mut line = String::new();
-    r.read_line(&mut line).ok()?;
-    let path = line.split_whitespace().nth(1)?.to_string();
-    let (mut len, mut auth) = (0usize, None);
-    loop {
-        let mut h = String::new();
-        r.read_line(&mut h).ok()?;
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        let (k, v) = h.split_once(':')?;
-        match k.to_ascii_lowercase().as_str() {
-            "content-length" => len = v.trim().parse().ok()?,
-            "authorization" => auth = Some(v.trim().to_string()),
-            _ => {}
-        }
-    }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).ok()?;
-    let v = if len == 0 {
-        Value::Null
-    } else {
-        serde_json::from_slice(&body).ok()?
-    };
-    Some((path, v, auth))
-}
-
-fn write_response(mut stream: TcpStream, status: u16, v: &Value) {
-    let body = v.to_string();
-    let head = format!(
-        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    let _ = stream.write_all(head.as_bytes());
-    let _ = stream.write_all(body.as_bytes());
-}
-
-fn models(owned_by: &str) -> Value {
-    json!({"object": "list", "data": [{"id": "tiny", "object": "model", "owned_by": owned_by, "max_model_len": 256}]})
-}
-
-fn not_found() -> (u16, Value) {
-    (404, json!({"error": {"message": "not found"}}))
-}
-
-/// The tokenizer check every server passes: `/tokenize` as the local tokenizer encodes.
-fn tokenize(body: &Value) -> (u16, Value) {
-    let text = body
-        .get("prompt")
-        .or(body.get("content"))
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    (200, json!({"tokens": ids(text)}))
-}
-
-fn opts(mock: &Mock) -> RemoteOptions {
-    RemoteOptions {
-        backoff: Duration::from_millis(5),
-        ..RemoteOptions::new(mock.url())
-    }
-}
-
-fn connect(mock: &Mock) -> RemoteBackend {
-    RemoteBackend::connect(opts(mock), tokenizer(), vec![1]).expect("connecting to the mock")
-}
-
-/// A vLLM choice: ids with `return_token_ids`, `stop_reason`, legacy logprobs with
-/// `token_id:N` tokens.
-fn vllm_choice(index: usize, text: &str, extra: &[u32], stop_reason: Value) -> Value {
-    let mut t = ids(text);
-    t.extend_from_slice(extra);
-    let finish = if stop_reason.is_null() && extra.is_empty() {
-        "length"
-    } else {
-        "stop"
-    };
-    json!({
-        "index": index, "text": text, "finish_reason": finish, "stop_reason": stop_reason,
-        "token_ids": t,
-        "logprobs": {
-            "tokens": t.iter().map(|i| format!("token_id:{i}")).collect::<Vec<_>>(),
-            "token_logprobs": t.iter().map(|_| -0.5).collect::<Vec<_>>(),
-            "top_logprobs": t.iter().map(|i| json!({format!("token_id:{i}"): -0.5, "token_id:2": -3.0})).collect::<Vec<_>>(),
-        }
-    })
-}
-
+use remote_mock::*;
 #[test]
 fn vllm_gets_token_ids_and_neutral_settings_and_its_answers_are_normalised() {
     let mock = Mock::start(|path, body, _| match path {
@@ -468,7 +264,8 @@ fn llama_cpp_is_found_by_props_capped_n_is_fanned_out_and_slots_bound_concurrenc
 
 #[test]
 fn without_ids_the_text_is_re_tokenised_and_the_stop_is_told_from_a_stop_string() {
-    // `temper serve`'s shape: legacy logprobs with each token's text, the stop token's included.
+    // A server without token ids (as `temper serve` was before `return_token_ids`): legacy
+    // logprobs with each token's text, the stop token's included.
     let choice = |text: &str, tail: &[&str]| {
         let mut toks: Vec<String> = text.chars().map(String::from).collect();
         toks.extend(tail.iter().map(|s| s.to_string()));
@@ -478,14 +275,14 @@ fn without_ids_the_text_is_re_tokenised_and_the_stop_is_told_from_a_stop_string(
     };
     let (a, b2) = (choice("12", &["\n"]), choice("3", &["<eos>"]));
     let mock = Mock::start(move |path, body, _| match path {
-        "/v1/models" => (200, models("temper")),
+        "/v1/models" => (200, models("someone")),
         "/tokenize" => tokenize(body),
         "/v1/completions" if body["max_tokens"] == 5 => (200, json!({"choices": [a.clone()]})),
         "/v1/completions" => (200, json!({"choices": [b2.clone()]})),
         _ => not_found(),
     });
     let b = connect(&mock);
-    assert_eq!(b.info().kind, ServerKind::Temper);
+    assert_eq!(b.info().kind, ServerKind::Other);
     let step = SamplingParams {
         stop: vec!["\n".into()],
         ..SamplingParams::greedy(5)
@@ -506,12 +303,45 @@ fn without_ids_the_text_is_re_tokenised_and_the_stop_is_told_from_a_stop_string(
     assert_eq!(out[1][0].finish_reason, FinishReason::Stop);
     assert_eq!(out[1][0].tokens, vec![ids("3")[0], 1]);
     let sent = mock.completions();
-    assert_eq!(sent[0]["top_k"], 0, "temper serve takes 0 for no top-k");
+    assert_eq!(sent[0]["top_k"], 0, "0 for no top-k");
     assert_eq!(
         sent[0]["logprobs"], 0,
         "logprobs asked for, to see every token"
     );
     assert!(sent[0].get("return_token_ids").is_none());
+}
+
+#[test]
+fn temper_serve_is_asked_for_token_ids_and_they_are_used() {
+    // `temper serve` answers `return_token_ids` with each choice's ids, the stop token's included.
+    let mock = Mock::start(move |path, body, _| match path {
+        "/v1/models" => (200, models("temper")),
+        "/tokenize" => tokenize(body),
+        "/v1/completions" => (
+            200,
+            json!({"choices": [{"index": 0, "text": "3", "finish_reason": "stop",
+                                "token_ids": [ids("3")[0], 1], "logprobs": null}],
+                   "usage": {"completion_tokens": 2}}),
+        ),
+        _ => not_found(),
+    });
+    let b = connect(&mock);
+    assert_eq!(b.info().kind, ServerKind::Temper);
+    let p = SamplingParams {
+        stop_token_ids: vec![7],
+        ..SamplingParams::greedy(6)
+    };
+    let out = b.generate(&[GenRequest::new(ids("1+"), 1, p)]).unwrap();
+    assert_eq!(out[0][0].tokens, vec![ids("3")[0], 1]);
+    assert_eq!(out[0][0].finish_reason, FinishReason::Stop);
+    let sent = mock.completions();
+    assert_eq!(sent[0]["return_token_ids"], true);
+    assert_eq!(sent[0]["stop_token_ids"], json!([7]));
+    assert!(
+        sent[0].get("logprobs").is_none(),
+        "no logprobs needed to see the tokens: {}",
+        sent[0]
+    );
 }
 
 #[test]

@@ -32,6 +32,10 @@ pub struct BackendFlags {
     /// Most requests in flight on --backend (llama.cpp: at most its slot count).
     #[arg(long, value_name = "N", default_value_t = 16)]
     pub backend_concurrency: usize,
+    /// Ask --backend for streamed answers: tokens show as they come where the server streams
+    /// their ids (vLLM, temper serve); the results are the same.
+    #[arg(long, requires = "backend")]
+    pub backend_stream: bool,
 }
 
 /// The local engine or a remote server, with the local tokenizer.
@@ -119,6 +123,7 @@ pub fn open_generator(
         api_key,
         max_concurrency: flags.backend_concurrency,
         backoff: Duration::from_millis(250),
+        stream: flags.backend_stream,
         ..RemoteOptions::new(url.clone())
     };
     let remote = RemoteBackend::connect(opts, tokenizer, stop_ids)

@@ -10,7 +10,7 @@ use clap::Args;
 use tempering_generate::{render_chat, Backend, GenEvent, GenRequest};
 use tempering_model::ChatMessage;
 
-use crate::commands::generate::{check_flags, load_engine, SamplingArgs};
+use crate::commands::generate::{check_flags, load_engine_with_config, GenDefaults, SamplingArgs};
 use crate::commands::model::DeviceArgs;
 
 #[derive(Args)]
@@ -32,9 +32,21 @@ pub struct ChatArgs {
 const HELP: &str = "commands: /reset (forget the conversation), /system TEXT (set the system message and reset), /quit";
 
 pub fn chat(a: ChatArgs) -> Result<()> {
-    let mut params = a.sampling.params();
+    check_flags(&a.sampling.params())?;
+    let (engine, template, gen_config) =
+        load_engine_with_config(a.model.path(), a.adapter.as_deref(), &a.device, 1)?;
+    // As transformers and vLLM: the model's own sampling settings unless a flag says otherwise.
+    let defaults = GenDefaults::from_config(gen_config.as_ref());
+    let mut params = a.sampling.params_over(&defaults);
     check_flags(&params)?;
-    let (engine, template) = load_engine(a.model.path(), a.adapter.as_deref(), &a.device, 1)?;
+    eprintln!(
+        "sampling: temperature {}, top_p {}, top_k {}, min_p {} (defaults: {})",
+        params.temperature,
+        params.top_p,
+        params.top_k,
+        params.min_p,
+        defaults.describe()
+    );
     let template = template
         .with_context(|| format!("{}: chat needs a chat template", a.model.path().display()))?;
     let context = engine.model().config.max_position_embeddings;

@@ -28,18 +28,22 @@ pub struct SamplingArgs {
     /// Most new tokens per completion.
     #[arg(long, default_value_t = 256)]
     pub max_new_tokens: usize,
-    /// Sampling temperature; 0 is greedy.
-    #[arg(long, default_value_t = 1.0, allow_hyphen_values = true)]
-    pub temperature: f32,
-    /// Keep only the k most likely tokens (0: all).
-    #[arg(long, default_value_t = 0)]
-    pub top_k: usize,
-    /// Nucleus sampling: keep the most likely tokens up to this probability mass, in (0, 1].
-    #[arg(long, default_value_t = 1.0)]
-    pub top_p: f32,
-    /// Drop tokens less likely than this fraction of the most likely one, in [0, 1].
-    #[arg(long, default_value_t = 0.0)]
-    pub min_p: f32,
+    /// Sampling temperature; 0 is greedy [default: 1; `temper chat`: the model's
+    /// generation_config.json, else 1].
+    #[arg(long, allow_hyphen_values = true)]
+    pub temperature: Option<f32>,
+    /// Keep only the k most likely tokens (0: all) [default: 0; `temper chat`: the model's
+    /// generation_config.json, else 0].
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Nucleus sampling: keep the most likely tokens up to this probability mass, in (0, 1]
+    /// [default: 1; `temper chat`: the model's generation_config.json, else 1].
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    /// Drop tokens less likely than this fraction of the most likely one, in [0, 1] [default: 0;
+    /// `temper chat`: the model's generation_config.json, else 0].
+    #[arg(long)]
+    pub min_p: Option<f32>,
     /// Stop when the text contains this string (repeatable).
     #[arg(long)]
     pub stop: Vec<String>,
@@ -49,16 +53,77 @@ pub struct SamplingArgs {
 }
 
 impl SamplingArgs {
+    /// The flags as given, OpenAI's defaults for the rest (temperature 1, no filters).
     pub fn params(&self) -> SamplingParams {
+        self.params_over(&GenDefaults::default())
+    }
+
+    /// The flags as given, `defaults` (a model's generation config) for the rest, then OpenAI's.
+    pub fn params_over(&self, defaults: &GenDefaults) -> SamplingParams {
         SamplingParams {
             max_new_tokens: self.max_new_tokens,
-            temperature: self.temperature,
-            top_k: self.top_k,
-            top_p: self.top_p,
-            min_p: self.min_p,
+            temperature: self.temperature.or(defaults.temperature).unwrap_or(1.0),
+            top_k: self.top_k.or(defaults.top_k).unwrap_or(0),
+            top_p: self.top_p.or(defaults.top_p).unwrap_or(1.0),
+            min_p: self.min_p.or(defaults.min_p).unwrap_or(0.0),
             seed: self.seed,
             stop: self.stop.clone(),
             ..Default::default()
+        }
+    }
+}
+
+/// Sampling defaults from a model's `generation_config.json`, as vLLM takes them: `temperature`,
+/// `top_p`, `top_k` and `min_p` where present and in range (`do_sample` is not read, as in vLLM).
+/// A request's or a flag's own value wins; OpenAI's defaults fill what neither sets.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GenDefaults {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<usize>,
+    pub min_p: Option<f32>,
+}
+
+impl GenDefaults {
+    pub fn from_config(config: Option<&Value>) -> Self {
+        let Some(c) = config else {
+            return GenDefaults::default();
+        };
+        let num = |k: &str| c.get(k).and_then(|v| v.as_f64()).filter(|x| x.is_finite());
+        GenDefaults {
+            temperature: num("temperature").filter(|&t| t >= 0.0).map(|t| t as f32),
+            top_p: num("top_p")
+                .filter(|&p| p > 0.0 && p <= 1.0)
+                .map(|p| p as f32),
+            top_k: c.get("top_k").and_then(|v| v.as_u64()).map(|k| k as usize),
+            min_p: num("min_p")
+                .filter(|&p| (0.0..=1.0).contains(&p))
+                .map(|p| p as f32),
+        }
+    }
+
+    /// What a start-up line says about them.
+    pub fn describe(&self) -> String {
+        let mut parts = vec![];
+        if let Some(t) = self.temperature {
+            parts.push(format!("temperature {t}"));
+        }
+        if let Some(p) = self.top_p {
+            parts.push(format!("top_p {p}"));
+        }
+        if let Some(k) = self.top_k {
+            parts.push(format!("top_k {k}"));
+        }
+        if let Some(p) = self.min_p {
+            parts.push(format!("min_p {p}"));
+        }
+        if parts.is_empty() {
+            "temperature 1, top_p 1 (the model's generation_config.json sets none)".into()
+        } else {
+            format!(
+                "{} from the model's generation_config.json (the rest as OpenAI's)",
+                parts.join(", ")
+            )
         }
     }
 }
@@ -128,6 +193,16 @@ pub fn load_engine(
     device: &DeviceArgs,
     batch_rows: usize,
 ) -> Result<(LocalEngine, Option<ChatTemplate>)> {
+    load_engine_with_config(model, adapter, device, batch_rows).map(|(e, t, _)| (e, t))
+}
+
+/// [`load_engine`], also returning the model's `generation_config.json` (if it has one).
+pub fn load_engine_with_config(
+    model: &Path,
+    adapter: Option<&Path>,
+    device: &DeviceArgs,
+    batch_rows: usize,
+) -> Result<(LocalEngine, Option<ChatTemplate>, Option<Value>)> {
     let (dev, dtype) = device_and_dtype(&device.device, device.dtype.as_deref())?;
     let files = ModelFiles::open(model, dtype, &dev)
         .with_context(|| format!("loading {}", model.display()))?;
@@ -144,7 +219,7 @@ pub fn load_engine(
     let engine = LocalEngine::new(transformer, tok).with_options(EngineOptions {
         max_batch_rows: batch_rows,
     });
-    Ok((engine, files.chat_template))
+    Ok((engine, files.chat_template, files.generation_config))
 }
 
 /// Prompt ids for plain text (with the model's BOS rule) or for a chat (the template writes any

@@ -1,37 +1,36 @@
 //! `temper serve`: an OpenAI-compatible HTTP server over the local engine, with test-time search
 //! strategies by request (a `temper` object in the body, or a `STRATEGY@NAME` model name).
 //!
-//! Design (first slice of issue 22): axum on a small tokio runtime parses and checks every request
-//! (OpenAI-shaped JSON errors, bounded bodies, `--max-concurrency` answered with 429), then hands it
-//! to one dedicated model thread through a queue. That thread owns the engine (candle is
-//! synchronous and CPU-bound) and runs one request at a time, streaming tokens back over a channel
-//! (SSE for `stream: true`). Concurrent requests queue; sharing decode batches between them is a
-//! later step. The parsing lives in [`api`], the model thread here.
+//! Design: axum on a small tokio runtime parses and checks every request (OpenAI-shaped JSON
+//! errors, bounded bodies, `--max-concurrency` answered with 429), then hands it to one dedicated
+//! model thread through a queue. That thread owns the engine (candle is synchronous and CPU-bound):
+//! plain generations decode together in one batch that a request arriving mid-decode joins at the
+//! next step; searches run whole between steps. Tokens stream back over a channel per request (SSE
+//! for `stream: true`). The parsing lives in [`api`], the model thread's work in [`worker`], the
+//! counters of `/metrics` in [`metrics`]; start-up, loading and shutdown here.
 
 mod api;
+mod metrics;
+mod worker;
 
 use super::model_arg::ModelPath;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use serde_json::{json, Value};
-use tempering_generate::{render_chat, Backend, Completion, FinishReason, GenEvent, GenRequest};
 use tempering_model::{ChatTemplate, Tokenizer};
 use tempering_reward::learned::ProcessRewardModel;
-use tempering_reward::StepScorer;
-use tempering_search::{solve, Scorers, SearchContext, SearchProblem, TokenizerEncoder};
 
-use crate::commands::generate::load_engine;
+use crate::commands::generate::{load_engine_with_config, GenDefaults};
 use crate::commands::model::DeviceArgs;
-use crate::commands::search::rule_step_checker;
 use crate::device::device_and_dtype;
 
-use api::{ApiError, Job, Kind, Msg, Output, PromptIn};
+use api::Work;
+use metrics::Metrics;
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -59,16 +58,30 @@ pub struct ServeArgs {
     /// Bearer KEY` (without this flag, no key is needed).
     #[arg(long)]
     pub api_key_env: Option<String>,
-    /// Most sequences decoded together (a request's `n` samples share a batch).
+    /// Allow `POST /v1/load_lora_adapter` and `/v1/unload_lora_adapter`, which load adapter
+    /// directories named by API clients from this machine's disk (off by default, as vLLM's
+    /// VLLM_ALLOW_RUNTIME_LORA_UPDATING).
+    #[arg(long)]
+    pub allow_runtime_lora: bool,
+    /// Most sequences decoded together, across requests (a request's `n` samples count each).
     #[arg(long, default_value_t = 32)]
     pub batch_rows: usize,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
 
-/// What the model thread reports once loaded.
+/// What the model thread reports once loaded: what the HTTP side needs without it (`/tokenize`,
+/// the context check, the sampling defaults).
 pub(crate) struct ModelInfo {
     pub context: usize,
+    pub vocab: usize,
+    pub tokenizer: Tokenizer,
+    pub template: Option<Arc<ChatTemplate>>,
+    /// Sampling defaults from the model's `generation_config.json`, for fields a request leaves out.
+    pub defaults: GenDefaults,
+    /// The model without adapters (its weights shared, not copied): what runtime LoRA adapters
+    /// are put on.
+    pub base: tempering_model::Transformer,
 }
 
 /// State shared by the HTTP handlers.
@@ -80,7 +93,16 @@ pub(crate) struct AppState {
     pub in_flight: Arc<AtomicUsize>,
     pub max_concurrency: usize,
     pub api_key: Option<String>,
-    pub jobs: std::sync::Mutex<std::sync::mpsc::Sender<Job>>,
+    pub jobs: std::sync::Mutex<std::sync::mpsc::Sender<Work>>,
+    /// LoRA adapters loaded at run time: name -> the directory (`/v1/load_lora_adapter`). A name
+    /// is here once the model thread has it (its `Work::AddAdapter` is queued first).
+    pub adapters: std::sync::RwLock<std::collections::BTreeMap<String, PathBuf>>,
+    /// Names being loaded now (a second load of the same name is refused).
+    pub adapters_loading: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    pub batch_rows: usize,
+    /// Whether the runtime LoRA endpoints are on (`--allow-runtime-lora`).
+    pub runtime_lora: bool,
+    pub metrics: Arc<Metrics>,
 }
 
 pub(crate) fn unix_now() -> u64 {
@@ -122,7 +144,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
             .unwrap_or_else(|| "model".into()),
     };
 
-    let (job_tx, job_rx) = std::sync::mpsc::channel::<Job>();
+    let (job_tx, job_rx) = std::sync::mpsc::channel::<Work>();
     let state = Arc::new(AppState {
         name,
         created: unix_now(),
@@ -132,6 +154,11 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         max_concurrency: a.max_concurrency,
         api_key,
         jobs: std::sync::Mutex::new(job_tx),
+        metrics: Arc::new(Metrics::default()),
+        adapters: Default::default(),
+        adapters_loading: Default::default(),
+        batch_rows: a.batch_rows,
+        runtime_lora: a.allow_runtime_lora,
     });
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -168,20 +195,22 @@ pub fn serve(a: ServeArgs) -> Result<()> {
                 );
                 match loaded {
                     Ok(m) => {
+                        let cfg = &m.engine.model().config;
+                        eprintln!("sampling defaults: {}", m.defaults.describe());
                         let _ = state.info.set(ModelInfo {
-                            context: m.engine.model().config.max_position_embeddings,
+                            context: cfg.max_position_embeddings,
+                            vocab: cfg.vocab_size,
+                            tokenizer: m.engine.tokenizer().clone(),
+                            template: m.template.clone(),
+                            defaults: m.defaults.clone(),
+                            base: m.engine.model().without_adapters(),
                         });
+                        let mut m = worker::Worker::new(m, state.metrics.clone(), batch_rows);
                         state.ready.store(true, Ordering::SeqCst);
                         eprintln!("model {} ready", state.name);
                         // The queue ends when the last handle to the state goes: not this one.
                         drop(state);
-                        for job in job_rx {
-                            // A panic fails that request (its channel closes: a 500), not the server.
-                            let run = std::panic::AssertUnwindSafe(|| m.run(job));
-                            if std::panic::catch_unwind(run).is_err() {
-                                eprintln!("a request panicked in the model thread; serving on");
-                            }
-                        }
+                        m.serve(job_rx);
                     }
                     Err(e) => {
                         let _ = load_failed.set(format!("{e:#}"));
@@ -228,10 +257,11 @@ pub fn serve(a: ServeArgs) -> Result<()> {
 }
 
 /// The model thread's belongings.
-struct Loaded {
-    engine: tempering_generate::LocalEngine,
-    template: Option<ChatTemplate>,
-    prm: Option<ProcessRewardModel>,
+pub(crate) struct Loaded {
+    pub engine: tempering_generate::LocalEngine,
+    pub template: Option<Arc<ChatTemplate>>,
+    pub prm: Option<ProcessRewardModel>,
+    pub defaults: GenDefaults,
 }
 
 fn load(
@@ -241,7 +271,8 @@ fn load(
     device: &DeviceArgs,
     batch_rows: usize,
 ) -> Result<Loaded> {
-    let (engine, template) = load_engine(model, adapter, device, batch_rows)?;
+    let (engine, template, gen_config) =
+        load_engine_with_config(model, adapter, device, batch_rows)?;
     let prm = match prm {
         Some(dir) => {
             let (dev, _) = device_and_dtype(&device.device, None)?;
@@ -254,334 +285,8 @@ fn load(
     };
     Ok(Loaded {
         engine,
-        template,
+        template: template.map(Arc::new),
         prm,
+        defaults: GenDefaults::from_config(gen_config.as_ref()),
     })
-}
-
-fn finish_str(f: FinishReason) -> &'static str {
-    match f {
-        FinishReason::Length => "length",
-        FinishReason::Stop | FinishReason::StopString => "stop",
-    }
-}
-
-fn token_str(tok: &Tokenizer, id: u32) -> String {
-    tok.decode(&[id], false).unwrap_or_default()
-}
-
-impl Loaded {
-    fn run(&self, job: Job) {
-        let tx = job.tx.clone();
-        let out = match &job.search {
-            Some(_) => self.search(&job),
-            None => self.generate(&job),
-        };
-        match out {
-            Ok(o) => {
-                let _ = tx.send(Msg::Done(o));
-            }
-            Err(e) => {
-                let _ = tx.send(Msg::Error(e));
-            }
-        }
-        // `job` (and its concurrency slot) is dropped here.
-    }
-
-    fn prompt_ids(&self, job: &Job) -> Result<(Vec<u32>, String, bool), ApiError> {
-        let tok = self.engine.tokenizer();
-        let bad_prompt = |e: String| ApiError::bad(format!("the prompt: {e}"), "prompt");
-        match &job.prompt {
-            PromptIn::Text(t) => {
-                let ids = tok.encode(t, true).map_err(|e| bad_prompt(e.to_string()))?;
-                Ok((ids, t.clone(), true))
-            }
-            PromptIn::Ids(ids) => {
-                let text = tok.decode(ids, false).unwrap_or_default();
-                Ok((ids.clone(), text, false))
-            }
-            PromptIn::Messages(m) => {
-                let template = self.template.as_ref().ok_or_else(|| {
-                    ApiError::bad(
-                        "this model has no chat template: use /v1/completions with a prompt",
-                        "messages",
-                    )
-                })?;
-                let text = render_chat(template, m, true)
-                    .map_err(|e| ApiError::bad(format!("the chat template: {e}"), "messages"))?;
-                let ids = tok
-                    .encode(&text, false)
-                    .map_err(|e| ApiError::bad(format!("the messages: {e}"), "messages"))?;
-                Ok((ids, text, false))
-            }
-        }
-    }
-
-    /// The prompt's ids, checked against the context, and the number of new tokens allowed.
-    fn fit(&self, job: &Job, ids: &[u32], default_max: usize) -> Result<usize, ApiError> {
-        let context = self.engine.model().config.max_position_embeddings;
-        let param = if job.kind == Kind::Chat {
-            "messages"
-        } else {
-            "prompt"
-        };
-        if ids.is_empty() {
-            return Err(ApiError::bad("the prompt is empty", param));
-        }
-        if ids.len() >= context {
-            return Err(ApiError::bad(
-                format!(
-                    "the prompt is {} tokens; this model's context is {context} tokens",
-                    ids.len()
-                ),
-                param,
-            )
-            .code("context_length_exceeded"));
-        }
-        let room = context - ids.len();
-        match job.max_tokens {
-            Some(m) if m > room => Err(ApiError::bad(
-                format!(
-                    "max_tokens is {m}, but the prompt is {} tokens and the context {context}: at most {room} new tokens fit",
-                    ids.len()
-                ),
-                "max_tokens",
-            )
-            .code("context_length_exceeded")),
-            Some(m) => Ok(m),
-            None => Ok(default_max.min(room)),
-        }
-    }
-
-    fn generate(&self, job: &Job) -> Result<Output, ApiError> {
-        let (ids, _, _) = self.prompt_ids(job)?;
-        let default_max = if job.kind == Kind::Chat {
-            usize::MAX
-        } else {
-            16
-        };
-        let mut params = job.params.clone();
-        params.max_new_tokens = self.fit(job, &ids, default_max)?;
-        let cfg = &self.engine.model().config;
-        let req = GenRequest::new(ids.clone(), job.n, params);
-        req.validate(0, cfg.max_position_embeddings, cfg.vocab_size)
-            .map_err(ApiError::from_gen)?;
-        let _ = job.tx.send(Msg::Started);
-        let tx = &job.tx;
-        let stream = job.stream;
-        let out = self
-            .engine
-            .generate_with(&[req], &mut |ev| {
-                if !stream {
-                    return;
-                }
-                match ev {
-                    GenEvent::Token { sample, text, .. } if !text.is_empty() => {
-                        let _ = tx.send(Msg::Token {
-                            index: *sample,
-                            text: text.to_string(),
-                        });
-                    }
-                    GenEvent::Finished {
-                        sample, completion, ..
-                    } => {
-                        let _ = tx.send(Msg::Finish {
-                            index: *sample,
-                            reason: finish_str(completion.finish_reason),
-                        });
-                    }
-                    _ => {}
-                }
-            })
-            .map_err(ApiError::from_gen)?
-            .remove(0);
-        let completion_tokens: usize = out.iter().map(|c| c.tokens.len()).sum();
-        let choices = out
-            .iter()
-            .map(|c| api::ChoiceOut {
-                text: c.text.clone(),
-                finish_reason: finish_str(c.finish_reason),
-                logprobs: self.logprobs_json(job, c),
-            })
-            .collect();
-        Ok(Output {
-            choices,
-            usage: json!({
-                "prompt_tokens": ids.len(),
-                "completion_tokens": completion_tokens,
-                "total_tokens": ids.len() + completion_tokens,
-            }),
-        })
-    }
-
-    /// OpenAI's logprobs object for one choice: the chat layout (`content`) or the legacy one.
-    fn logprobs_json(&self, job: &Job, c: &Completion) -> Value {
-        let (Some(lp), true) = (&c.logprobs, job.params.logprobs) else {
-            return Value::Null;
-        };
-        let tok = self.engine.tokenizer();
-        let tops = c.top_logprobs.as_ref();
-        let top_at = |i: usize| -> Vec<(String, f32)> {
-            tops.and_then(|t| t.get(i))
-                .map(|step| {
-                    step.iter()
-                        .map(|a| (token_str(tok, a.token), a.logprob))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        if job.kind == Kind::Chat {
-            let content: Vec<Value> = c
-                .tokens
-                .iter()
-                .zip(lp)
-                .enumerate()
-                .map(|(i, (&id, &l))| {
-                    let s = token_str(tok, id);
-                    json!({
-                        "token": s,
-                        "logprob": l,
-                        "bytes": s.as_bytes(),
-                        "top_logprobs": top_at(i).into_iter().map(|(t, l)| json!({
-                            "token": t, "logprob": l, "bytes": t.as_bytes()
-                        })).collect::<Vec<_>>(),
-                    })
-                })
-                .collect();
-            json!({ "content": content })
-        } else {
-            let tokens: Vec<String> = c.tokens.iter().map(|&id| token_str(tok, id)).collect();
-            let mut offset = 0usize;
-            let offsets: Vec<usize> = tokens
-                .iter()
-                .map(|t| {
-                    let o = offset;
-                    offset += t.len();
-                    o
-                })
-                .collect();
-            let top: Vec<Value> = (0..tokens.len())
-                .map(|i| {
-                    let m: serde_json::Map<String, Value> =
-                        top_at(i).into_iter().map(|(t, l)| (t, json!(l))).collect();
-                    Value::Object(m)
-                })
-                .collect();
-            json!({
-                "tokens": tokens,
-                "token_logprobs": lp,
-                "top_logprobs": if job.params.top_logprobs > 0 { json!(top) } else { Value::Null },
-                "text_offset": offsets,
-            })
-        }
-    }
-
-    fn search(&self, job: &Job) -> Result<Output, ApiError> {
-        let s = job.search.as_ref().expect("a search job");
-        let (ids, text, special) = match &job.prompt {
-            PromptIn::Ids(_) => {
-                return Err(ApiError::bad(
-                    "a temper strategy needs a text prompt (or messages), not token ids",
-                    "prompt",
-                ))
-            }
-            _ => self.prompt_ids(job)?,
-        };
-        let mut config = s.config.clone();
-        config.sampling.max_new_tokens = self.fit(job, &ids, 256)?;
-        let rule: Option<Box<dyn StepScorer>> = match s.scorer.as_deref() {
-            Some("rule") => Some(
-                rule_step_checker(
-                    "scorer: rule",
-                    Some(s.task.as_deref().unwrap_or("arithmetic")),
-                )
-                .map_err(|e| ApiError::bad(format!("{e:#}"), "temper.scorer"))?,
-            ),
-            _ => None,
-        };
-        let step: Option<&dyn StepScorer> = match s.scorer.as_deref() {
-            Some("rule") => rule.as_deref(),
-            Some("prm") => match &self.prm {
-                Some(p) => Some(p as &dyn StepScorer),
-                None => {
-                    return Err(ApiError::bad(
-                        "scorer `prm` needs the server started with --prm DIR",
-                        "temper.scorer",
-                    ))
-                }
-            },
-            _ => None,
-        };
-        let encoder = TokenizerEncoder {
-            tokenizer: self.engine.tokenizer(),
-            add_special_tokens: special,
-        };
-        let scorers = Scorers {
-            verifier: None,
-            step,
-        };
-        let _ = job.tx.send(Msg::Started);
-        let started = Instant::now();
-        let counting = Counting {
-            inner: &self.engine,
-            samples: std::cell::Cell::new(0),
-        };
-        let mut ctx = SearchContext::new(&counting, &encoder, scorers, config, s.budget);
-        let sol = solve(s.strategy.as_ref(), &SearchProblem::new(text), &mut ctx)
-            .map_err(ApiError::from_search)?;
-        let c = sol.cost;
-        let budget = json!({
-            "max_tokens": s.budget.max_tokens,
-            "max_calls": s.budget.max_calls,
-            "max_seconds": s.budget.max_wall.map(|d| d.as_secs_f64()),
-        });
-        let _ = job.tx.send(Msg::Token {
-            index: 0,
-            text: sol.text.clone(),
-        });
-        Ok(Output {
-            choices: vec![api::ChoiceOut {
-                text: sol.text.clone(),
-                finish_reason: if sol.budget_cut { "length" } else { "stop" },
-                logprobs: Value::Null,
-            }],
-            usage: json!({
-                "prompt_tokens": ids.len(),
-                "completion_tokens": c.generated_tokens,
-                "total_tokens": ids.len() + c.generated_tokens,
-                "temper": {
-                    "strategy": sol.strategy,
-                    "answer": sol.answer,
-                    "score": sol.score,
-                    "samples": counting.samples.get(),
-                    "model_calls": c.model_calls,
-                    "scorer_calls": c.scorer_calls,
-                    "generated_tokens": c.generated_tokens,
-                    "prompt_tokens_processed": c.prompt_tokens,
-                    "budget": budget,
-                    "budget_cut": sol.budget_cut,
-                    "wall_s": c.wall_s.max(started.elapsed().as_secs_f64()),
-                    "trace_nodes": sol.trace.nodes.len(),
-                },
-            }),
-        })
-    }
-}
-
-/// The engine, counting the sequences a search asks of it (`usage.temper.samples`).
-struct Counting<'a> {
-    inner: &'a tempering_generate::LocalEngine,
-    samples: std::cell::Cell<usize>,
-}
-
-impl Backend for Counting<'_> {
-    fn generate_with(
-        &self,
-        reqs: &[GenRequest],
-        on_event: &mut dyn FnMut(&GenEvent<'_>),
-    ) -> tempering_generate::Result<Vec<Vec<Completion>>> {
-        let n: usize = reqs.iter().map(|r| r.n).sum();
-        self.samples.set(self.samples.get() + n);
-        self.inner.generate_with(reqs, on_event)
-    }
 }

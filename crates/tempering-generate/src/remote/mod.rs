@@ -9,10 +9,13 @@
 //!
 //! HTTP/1 over plain TCP with reqwest's blocking client: loopback or a private network is the use
 //! case (TLS belongs to a proxy in front). Knows nothing of models, search or the command line;
-//! the wire format lives in [`wire`], the fan-out work queue in `queue`, and reading URLs and
-//! servers' error messages in `text`.
+//! the wire format lives in [`wire`], one HTTP exchange and its retries in `http`, the fan-out work
+//! queue in `queue`, reading streamed answers (`stream: true`, with [`RemoteOptions::stream`]) in
+//! `stream`, and reading URLs and servers' error messages in `text`.
 
+mod http;
 mod queue;
+mod stream;
 mod text;
 pub mod wire;
 
@@ -28,7 +31,7 @@ use crate::backend::{Backend, GenEvent};
 use crate::error::{GenError, RemoteError, Result};
 use crate::request::{Completion, GenRequest};
 use queue::{split, Job, JobOut, Queue};
-use text::{clip, error_chain, root_url, server_message};
+use text::root_url;
 use wire::{completion_body, fan_out_seed, normalise, Normalise, ServerKind};
 
 /// How to reach the server and how hard to push it.
@@ -48,6 +51,10 @@ pub struct RemoteOptions {
     pub backoff: Duration,
     /// Longest wait for one response.
     pub timeout: Duration,
+    /// Ask for streamed answers (`stream: true`): tokens are reported (`GenEvent::Token`) as they
+    /// come where the server sends each chunk's token ids (vLLM, `temper serve`), otherwise once
+    /// a sample is whole. The results are the same either way.
+    pub stream: bool,
 }
 
 impl RemoteOptions {
@@ -60,6 +67,7 @@ impl RemoteOptions {
             max_retries: 5,
             backoff: Duration::from_millis(250),
             timeout: Duration::from_secs(600),
+            stream: false,
         }
     }
 }
@@ -104,6 +112,23 @@ pub struct RemoteBackend {
     /// The largest `n` the server honours in one request (`usize::MAX` until it refuses one).
     n_cap: AtomicUsize,
     pub stats: RemoteStats,
+}
+
+/// A streamed chunk's handler: (choice index, its token ids, its text).
+type ChunkFn<'c> = dyn FnMut(usize, &[u32], &str) + 'c;
+type OnChunk<'a> = Option<&'a mut ChunkFn<'a>>;
+
+/// What a worker thread sends the caller's thread.
+enum FromWorker {
+    /// A job's outcome.
+    Done(Result<JobOut>),
+    /// Streamed tokens of sample `sample` of request `req` (only chunks that carry token ids).
+    Tokens {
+        req: usize,
+        sample: usize,
+        ids: Vec<u32>,
+        text: String,
+    },
 }
 
 /// The outcome of one HTTP exchange, before retry decisions.
@@ -297,112 +322,21 @@ impl RemoteBackend {
         Ok(Some(true))
     }
 
-    /// One JSON exchange (GET without a body, POST with one), retried while safe.
-    fn send(&self, body: Option<&Value>, url: &str) -> Result<Value, RemoteError> {
-        let mut tries = 0u32;
-        loop {
-            tries += 1;
-            if url.ends_with("/v1/completions") {
-                self.stats.requests.fetch_add(1, Ordering::Relaxed);
-            }
-            match self.attempt(body, url, tries) {
-                Attempt::Ok(v) => return Ok(v),
-                Attempt::Fail(e) => return Err(e),
-                Attempt::Retry(e, after) => {
-                    if tries > self.opts.max_retries {
-                        return Err(e);
-                    }
-                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                    let backoff = self
-                        .opts
-                        .backoff
-                        .saturating_mul(1u32 << (tries - 1).min(16))
-                        .min(Duration::from_secs(30));
-                    std::thread::sleep(after.unwrap_or(backoff).min(Duration::from_secs(60)));
-                }
-            }
-        }
-    }
-
-    fn attempt(&self, body: Option<&Value>, url: &str, tries: u32) -> Attempt {
-        let mut req = match body {
-            Some(b) => self
-                .client
-                .post(url)
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(b.to_string()),
-            None => self.client.get(url),
-        };
-        if let Some(k) = &self.opts.api_key {
-            req = req.bearer_auth(k);
-        }
-        let resp = match req.send() {
-            Ok(r) => r,
-            // Refused or unreachable: the request never reached the server.
-            Err(e) if e.is_connect() => {
-                return Attempt::Retry(
-                    RemoteError::Connect {
-                        url: url.to_string(),
-                        detail: error_chain(&e),
-                        tries,
-                    },
-                    None,
-                )
-            }
-            Err(e) => {
-                return Attempt::Fail(RemoteError::Io {
-                    url: url.to_string(),
-                    detail: error_chain(&e),
-                })
-            }
-        };
-        let status = resp.status().as_u16();
-        let retry_after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|s| s.trim().parse::<f64>().ok())
-            .filter(|s| s.is_finite() && *s >= 0.0)
-            .map(Duration::from_secs_f64);
-        let text: String = match resp.text() {
-            Ok(t) => t,
-            Err(e) => {
-                return Attempt::Fail(RemoteError::Io {
-                    url: url.to_string(),
-                    detail: format!("reading the response: {}", error_chain(&e)),
-                })
-            }
-        };
-        if !(200..300).contains(&status) {
-            let e = RemoteError::Status {
-                url: url.to_string(),
-                status,
-                message: server_message(&text),
-                tries,
-            };
-            return match status {
-                429 | 503 => Attempt::Retry(e, retry_after),
-                _ => Attempt::Fail(e),
-            };
-        }
-        match serde_json::from_str(&text) {
-            Ok(v) => Attempt::Ok(v),
-            Err(e) => Attempt::Fail(RemoteError::BadResponse {
-                what: format!("{url}: the body is not JSON ({e}): {:?}", clip(&text)),
-            }),
-        }
-    }
-
     /// Runs one job: `n` samples of request `req`, from sample `first`. A refused `n` (a 4xx for
     /// `n > 1`) or fewer choices than asked lowers the cap and returns the rest as new jobs.
-    fn run_job(&self, job: &Job, reqs: &[GenRequest]) -> Result<JobOut> {
+    fn run_job(
+        &self,
+        job: &Job,
+        reqs: &[GenRequest],
+        on_tokens: &mut dyn FnMut(usize, &[u32], &str),
+    ) -> Result<JobOut> {
         let r = &reqs[job.req];
         let seed = fan_out_seed(r.params.seed, job.first);
         let mut stop_ids = r.params.stop_token_ids.clone();
         if !r.params.ignore_eos {
             stop_ids.extend_from_slice(&self.stop_ids);
         }
-        let body = completion_body(
+        let mut body = completion_body(
             self.info.kind,
             &self.info.model,
             &r.prompt,
@@ -410,8 +344,22 @@ impl RemoteBackend {
             seed,
             &r.params,
         );
+        if self.opts.stream {
+            body["stream"] = json!(true);
+            body["stream_options"] = json!({"include_usage": true});
+        }
         let url = self.url("/v1/completions");
-        let v = match self.send(Some(&body), &url) {
+        let mut chunk = |index: usize, ids: &[u32], text: &str| {
+            if index < job.n {
+                on_tokens(job.first + index, ids, text);
+            }
+        };
+        let on_chunk: OnChunk<'_> = if self.opts.stream {
+            Some(&mut chunk)
+        } else {
+            None
+        };
+        let v = match self.send_streaming(Some(&body), &url, on_chunk) {
             Ok(v) => v,
             Err(RemoteError::Status { status, .. })
                 if job.n > 1 && (400..500).contains(&status) && status != 429 =>
@@ -527,7 +475,7 @@ impl Backend for RemoteBackend {
             ready: Condvar::new(),
             abort: AtomicBool::new(false),
         };
-        let (tx, rx) = mpsc::channel::<Result<JobOut>>();
+        let (tx, rx) = mpsc::channel::<FromWorker>();
         let mut first_err: Option<GenError> = None;
         std::thread::scope(|s| {
             for _ in 0..workers {
@@ -535,7 +483,18 @@ impl Backend for RemoteBackend {
                 let queue = &queue;
                 s.spawn(move || {
                     while let Some(job) = queue.take() {
-                        let res = self.run_job(&job, reqs);
+                        // Live tokens only where the server says which they are.
+                        let mut on_tokens = |sample: usize, ids: &[u32], text: &str| {
+                            if !ids.is_empty() {
+                                let _ = tx.send(FromWorker::Tokens {
+                                    req: job.req,
+                                    sample,
+                                    ids: ids.to_vec(),
+                                    text: text.to_string(),
+                                });
+                            }
+                        };
+                        let res = self.run_job(&job, reqs, &mut on_tokens);
                         let rest = match &res {
                             Ok(o) => o.rest.clone(),
                             Err(_) => {
@@ -549,15 +508,41 @@ impl Backend for RemoteBackend {
                                 .fetch_add(rest.len() as u64, Ordering::Relaxed);
                         }
                         queue.done(rest);
-                        if tx.send(res).is_err() {
+                        if tx.send(FromWorker::Done(res)).is_err() {
                             break;
                         }
                     }
                 });
             }
             drop(tx);
-            // Results come back here, on the caller's thread, where events may be sent.
-            for res in rx {
+            // Results come back here, on the caller's thread, where events may be sent. Per
+            // sample: the tokens and text already reported from a stream.
+            let mut streamed: std::collections::HashMap<(usize, usize), (usize, String)> =
+                Default::default();
+            for msg in rx {
+                let res = match msg {
+                    FromWorker::Tokens {
+                        req,
+                        sample,
+                        ids,
+                        text,
+                    } => {
+                        let seen = streamed.entry((req, sample)).or_default();
+                        let last = ids.len() - 1;
+                        for (t, &token) in ids.iter().enumerate() {
+                            on_event(&GenEvent::Token {
+                                request: req,
+                                sample,
+                                token,
+                                text: if t == last { &text } else { "" },
+                            });
+                        }
+                        seen.0 += ids.len();
+                        seen.1.push_str(&text);
+                        continue;
+                    }
+                    FromWorker::Done(res) => res,
+                };
                 match res {
                     Err(e) => {
                         queue.abort.store(true, Ordering::Relaxed);
@@ -575,13 +560,18 @@ impl Backend for RemoteBackend {
                         });
                         for (k, c) in o.completions.into_iter().enumerate() {
                             let sample = o.job.first + k;
+                            // What a stream did not report yet: the rest of the tokens, and the
+                            // rest of the text with the last of them.
+                            let (done_tokens, done_text) =
+                                streamed.remove(&(o.job.req, sample)).unwrap_or_default();
+                            let rest_text = c.text.strip_prefix(done_text.as_str()).unwrap_or("");
                             let last = c.tokens.len().saturating_sub(1);
-                            for (t, &token) in c.tokens.iter().enumerate() {
+                            for (t, &token) in c.tokens.iter().enumerate().skip(done_tokens) {
                                 on_event(&GenEvent::Token {
                                     request: o.job.req,
                                     sample,
                                     token,
-                                    text: if t == last { &c.text } else { "" },
+                                    text: if t == last { rest_text } else { "" },
                                 });
                             }
                             on_event(&GenEvent::Finished {

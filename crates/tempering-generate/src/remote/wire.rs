@@ -44,14 +44,18 @@ impl ServerKind {
         }
     }
 
-    /// Whether the server returns each choice's token ids (vLLM's `return_token_ids`).
+    /// Whether the server returns each choice's token ids (vLLM's `return_token_ids`; `temper
+    /// serve` takes it too).
     pub fn returns_token_ids(self) -> bool {
-        self == ServerKind::Vllm
+        matches!(self, ServerKind::Vllm | ServerKind::Temper)
     }
 
     /// Whether the server takes extra stop token ids (`stop_token_ids`).
     pub fn takes_stop_token_ids(self) -> bool {
-        matches!(self, ServerKind::Vllm | ServerKind::Sglang)
+        matches!(
+            self,
+            ServerKind::Vllm | ServerKind::Sglang | ServerKind::Temper
+        )
     }
 }
 
@@ -143,7 +147,14 @@ pub fn completion_body(
             // llama.cpp's completions read `n_probs`, not `logprobs`; its entries carry token ids.
             b.insert("n_probs".into(), json!(p.top_logprobs.max(1)));
         }
-        ServerKind::Temper | ServerKind::Other => {
+        ServerKind::Temper => {
+            b.insert("top_k".into(), json!(top_k_or(p.top_k, 0)));
+            b.insert("return_token_ids".into(), json!(true));
+            if !p.stop_token_ids.is_empty() {
+                b.insert("stop_token_ids".into(), json!(p.stop_token_ids));
+            }
+        }
+        ServerKind::Other => {
             b.insert("top_k".into(), json!(top_k_or(p.top_k, 0)));
         }
     }

@@ -105,6 +105,65 @@ impl KvCache {
     }
 }
 
+impl KvCache {
+    /// Puts `other`'s rows after this cache's (a sequence joining a batch mid-decode), the shorter
+    /// history left-padded with empty key slots (position `None`, never attended to), so every
+    /// row keeps its own keys and positions. Either side may be empty.
+    pub fn append_rows(&mut self, other: &KvCache) -> Result<()> {
+        if other.key_positions.is_empty() {
+            return Ok(());
+        }
+        if self.key_positions.is_empty() {
+            *self = other.clone();
+            return Ok(());
+        }
+        if self.layers.len() != other.layers.len() {
+            return Err(ModelError::Unsupported(format!(
+                "caches of {} and {} layers cannot share a batch",
+                self.layers.len(),
+                other.layers.len()
+            )));
+        }
+        let (la, lb) = (self.len(), other.len());
+        let len = la.max(lb);
+        // Keys and values `[B, nkv, l, hd]` with `len - l` empty slots in front.
+        let padded = |t: &Tensor, l: usize| -> Result<Tensor> {
+            let t = t.narrow(2, 0, l)?;
+            if l == len {
+                return Ok(t.contiguous()?);
+            }
+            let (b, h, _, d) = t.dims4()?;
+            let pad = Tensor::zeros((b, h, len - l, d), t.dtype(), t.device())?;
+            Ok(Tensor::cat(&[&pad, &t], 2)?)
+        };
+        for (a, b) in self.layers.iter_mut().zip(&other.layers) {
+            match (a.as_mut(), b) {
+                (Some(a), Some(b)) if a.len == la && b.len == lb => {
+                    a.k = Tensor::cat(&[padded(&a.k, la)?, padded(&b.k, lb)?], 0)?;
+                    a.v = Tensor::cat(&[padded(&a.v, la)?, padded(&b.v, lb)?], 0)?;
+                    a.len = len;
+                    a.owner = std::sync::Arc::new(());
+                }
+                (None, None) => {}
+                _ => {
+                    return Err(ModelError::Unsupported(
+                        "caches at different stages cannot share a batch".into(),
+                    ))
+                }
+            }
+        }
+        let pad_row = |row: &Vec<Option<u32>>| -> Vec<Option<u32>> {
+            let mut r = vec![None; len - row.len()];
+            r.extend_from_slice(row);
+            r
+        };
+        let mut rows: Vec<Vec<Option<u32>>> = self.key_positions.iter().map(pad_row).collect();
+        rows.extend(other.key_positions.iter().map(pad_row));
+        self.key_positions = rows;
+        Ok(())
+    }
+}
+
 /// Where each new token sits: its position (for RoPE and causality) and whether it is real or
 /// padding (padding keys are never attended to).
 #[derive(Clone, Debug)]

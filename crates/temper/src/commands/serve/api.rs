@@ -2,16 +2,19 @@
 //! responses, SSE streams. Every body is read with a size bound and checked field by field, so a
 //! bad request gets a 4xx JSON error naming the field, never a panic or a 500.
 //!
-//! Routes, the error type and the request handler live here; [`parse`] reads the fields of a body
-//! and [`stream`] writes the responses and SSE streams.
+//! Routes, the error type and the request handler live here; [`parse`] reads the fields of a body,
+//! [`stream`] writes the responses and SSE streams, [`tokenize`] answers `/tokenize`,
+//! `/detokenize` and `/metrics`, [`lora`] loads and unloads LoRA adapters at run time.
 
+mod lora;
 mod parse;
 mod stream;
+mod tokenize;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -27,7 +30,8 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use super::{unix_now, AppState};
 use parse::{
-    opt_bool, opt_f32, opt_str, opt_uint, parse_messages, parse_prompt, parse_search, parse_stop,
+    opt_bool, opt_f32, opt_int, opt_str, opt_uint, parse_messages, parse_prompt, parse_search,
+    parse_stop,
 };
 use stream::{sse, Meta};
 
@@ -185,15 +189,31 @@ impl Drop for Slot {
     }
 }
 
+/// What the model thread is asked to do, in order.
+pub enum Work {
+    Generate(Box<Job>),
+    /// Serve this engine (the base model with a LoRA adapter) under this name.
+    AddAdapter(String, Box<tempering_generate::LocalEngine>),
+    RemoveAdapter(String),
+}
+
 /// A checked request, for the model thread.
 pub struct Job {
     pub kind: Kind,
+    /// The runtime LoRA adapter it asks for (`None`: the served model).
+    pub adapter: Option<String>,
     pub prompt: PromptIn,
     pub n: usize,
     pub params: SamplingParams,
     pub max_tokens: Option<usize>,
     pub search: Option<SearchReq>,
     pub stream: bool,
+    /// vLLM's `return_token_ids`: the prompt's and each choice's token ids in the response.
+    pub return_token_ids: bool,
+    /// Completions' `echo`: each choice's text starts with the prompt's.
+    pub echo: bool,
+    /// When the request arrived (its latency in `/metrics`).
+    pub received: Instant,
     pub tx: UnboundedSender<Msg>,
     pub _slot: Slot,
 }
@@ -202,19 +222,34 @@ pub struct ChoiceOut {
     pub text: String,
     pub finish_reason: &'static str,
     pub logprobs: Value,
+    /// The generated token ids, when the request asked for them.
+    pub token_ids: Option<Vec<u32>>,
 }
 
 pub struct Output {
     pub choices: Vec<ChoiceOut>,
     pub usage: Value,
+    /// The prompt's token ids, when the request asked for them.
+    pub prompt_token_ids: Option<Vec<u32>>,
 }
 
 /// What the model thread sends back: `Started` or `Error` first, then tokens, then `Done`.
 pub enum Msg {
     Error(ApiError),
     Started,
-    Token { index: usize, text: String },
-    Finish { index: usize, reason: &'static str },
+    /// New text of choice `index`, and the token that made it when the request asked for
+    /// `return_token_ids` (then every token is sent, its text possibly empty).
+    Token {
+        index: usize,
+        text: String,
+        token: Option<u32>,
+        /// The token's logprobs object, in the request's layout, when it asked for logprobs.
+        logprobs: Option<Value>,
+    },
+    Finish {
+        index: usize,
+        reason: &'static str,
+    },
     Done(Output),
 }
 
@@ -224,6 +259,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models", get(models))
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
+        .route("/tokenize", post(tokenize::tokenize))
+        .route("/detokenize", post(tokenize::detokenize))
+        .route("/metrics", get(tokenize::metrics))
+        .route("/v1/load_lora_adapter", post(lora::load))
+        .route("/v1/unload_lora_adapter", post(lora::unload))
         .fallback(not_found)
         .with_state(state)
 }
@@ -232,7 +272,7 @@ async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "invalid_request_error",
-        "no such route: the routes are GET /health, GET /v1/models, POST /v1/completions, POST /v1/chat/completions",
+        "no such route: the routes are GET /health, GET /v1/models, GET /metrics, POST /v1/completions, POST /v1/chat/completions, POST /tokenize, POST /detokenize, POST /v1/load_lora_adapter, POST /v1/unload_lora_adapter",
     )
     .code("not_found")
 }
@@ -285,29 +325,49 @@ fn check_ready(s: &AppState) -> Result<(), ApiError> {
 async fn models(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
     check_key(&s, &headers)?;
     let context = s.info.get().map(|i| i.context);
-    Ok(Json(json!({
-        "object": "list",
-        "data": [{
-            "id": s.name,
-            "object": "model",
-            "created": s.created,
-            "owned_by": "temper",
-            "max_model_len": context,
-        }],
-    }))
-    .into_response())
+    let mut data = vec![json!({
+        "id": s.name,
+        "object": "model",
+        "created": s.created,
+        "owned_by": "temper",
+        "root": s.name,
+        "parent": null,
+        "max_model_len": context,
+    })];
+    if let Ok(a) = s.adapters.read() {
+        for (name, dir) in a.iter() {
+            data.push(json!({
+                "id": name,
+                "object": "model",
+                "created": s.created,
+                "owned_by": "temper",
+                "root": dir.display().to_string(),
+                "parent": s.name,
+                "max_model_len": context,
+            }));
+        }
+    }
+    Ok(Json(json!({"object": "list", "data": data})).into_response())
 }
 
 async fn completions(State(s): State<Arc<AppState>>, req: Request) -> Response {
-    handle(s, req, Kind::Completion)
+    let r = handle(s.clone(), req, Kind::Completion)
         .await
-        .unwrap_or_else(|e| e.into_response())
+        .unwrap_or_else(|e| e.into_response());
+    answered(&s, "/v1/completions", r)
 }
 
 async fn chat_completions(State(s): State<Arc<AppState>>, req: Request) -> Response {
-    handle(s, req, Kind::Chat)
+    let r = handle(s.clone(), req, Kind::Chat)
         .await
-        .unwrap_or_else(|e| e.into_response())
+        .unwrap_or_else(|e| e.into_response());
+    answered(&s, "/v1/chat/completions", r)
+}
+
+/// Counts a response by endpoint and status for `/metrics`.
+pub(super) fn answered(s: &AppState, endpoint: &'static str, r: Response) -> Response {
+    s.metrics.answered(endpoint, r.status().as_u16());
+    r
 }
 
 /// Reads a body of at most [`MAX_BODY_BYTES`] as a JSON object.
@@ -344,33 +404,56 @@ fn fresh_seed() -> u64 {
             .wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
+/// A request's `model`: this server's name or a loaded adapter's (`NAME`), with a strategy or not
+/// (`STRATEGY@NAME`). Returns (strategy, adapter); 404 for anything else.
+fn resolve_model(s: &AppState, model: &str) -> Result<(Option<String>, Option<String>), ApiError> {
+    let adapters = s
+        .adapters
+        .read()
+        .map_err(|_| server_error("the adapter table is poisoned"))?;
+    let target = |name: &str| -> Option<Option<String>> {
+        if name == s.name {
+            Some(None)
+        } else if adapters.contains_key(name) {
+            Some(Some(name.to_string()))
+        } else {
+            None
+        }
+    };
+    if let Some(adapter) = target(model) {
+        return Ok((None, adapter));
+    }
+    // STRATEGY may hold `@` itself (sc@8): the name is what follows the last one.
+    if let Some((strategy, name)) = model.rsplit_once('@') {
+        if let (false, Some(adapter)) = (strategy.is_empty(), target(name)) {
+            return Ok((Some(strategy.to_string()), adapter));
+        }
+    }
+    Err(model_not_found(s, model))
+}
+
+fn model_not_found(s: &AppState, model: &str) -> ApiError {
+    let mut e = ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        format!(
+            "the model `{model}` does not exist: this server has `{}` (or STRATEGY@{}, e.g. sc@8@{})",
+            s.name, s.name, s.name
+        ),
+    );
+    e.param = Some("model".into());
+    e.code("model_not_found")
+}
+
 async fn handle(s: Arc<AppState>, req: Request, kind: Kind) -> Result<Response, ApiError> {
+    let received = Instant::now();
     check_key(&s, req.headers())?;
     check_ready(&s)?;
     let m = read_json(req).await?;
 
     // The model: NAME, or STRATEGY@NAME.
     let model = opt_str(&m, "model")?.unwrap_or(s.name.as_str()).to_string();
-    let from_name = if model == s.name {
-        None
-    } else {
-        match model.strip_suffix(&format!("@{}", s.name)) {
-            Some(strategy) if !strategy.is_empty() => Some(strategy.to_string()),
-            _ => {
-                let mut e = ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "invalid_request_error",
-                    format!(
-                        "the model `{model}` does not exist: this server has `{}` (or STRATEGY@{}, e.g. sc@8@{})",
-                        s.name, s.name, s.name
-                    ),
-                );
-                e.param = Some("model".into());
-                return Err(e.code("model_not_found"));
-            }
-        }
-    };
-
+    let (from_name, adapter) = resolve_model(&s, &model)?;
     let prompt = match kind {
         Kind::Completion => parse_prompt(&m)?,
         Kind::Chat => parse_messages(&m)?,
@@ -403,10 +486,46 @@ async fn handle(s: Arc<AppState>, req: Request, kind: Kind) -> Result<Response, 
             }
         },
     };
+    // Fields left out take the model's generation_config.json values, then OpenAI's defaults.
+    let defaults = s.info.get().map(|i| i.defaults.clone()).unwrap_or_default();
     let temperature = opt_f32(&m, "temperature")?;
-    let top_p = opt_f32(&m, "top_p")?.unwrap_or(1.0);
-    let top_k = opt_uint(&m, "top_k", u32::MAX as u64)?.unwrap_or(0) as usize;
-    let min_p = opt_f32(&m, "min_p")?.unwrap_or(0.0);
+    let top_p = opt_f32(&m, "top_p")?.or(defaults.top_p).unwrap_or(1.0);
+    let top_k = match opt_int(&m, "top_k")? {
+        // vLLM's -1 (and 0) mean no top-k.
+        Some(k) if k >= -1 && k <= u32::MAX as i64 => k.max(0) as usize,
+        Some(k) => {
+            return Err(ApiError::bad(
+                format!("top_k: got {k}, expected -1, 0 (all) or a positive integer"),
+                "top_k",
+            ))
+        }
+        None => defaults.top_k.unwrap_or(0),
+    };
+    let min_p = opt_f32(&m, "min_p")?.or(defaults.min_p).unwrap_or(0.0);
+    let min_tokens = opt_uint(&m, "min_tokens", u32::MAX as u64)?.unwrap_or(0) as usize;
+    let vocab = s.info.get().map(|i| i.vocab).unwrap_or(usize::MAX);
+    let stop_token_ids = match m.get("stop_token_ids") {
+        None | Some(Value::Null) => vec![],
+        Some(Value::Array(a)) if a.len() <= 64 => parse::token_ids(a)
+            .filter(|ids| ids.iter().all(|&i| (i as usize) < vocab))
+            .ok_or_else(|| {
+                ApiError::bad(
+                    "stop_token_ids: expected a list of token ids below the vocabulary size",
+                    "stop_token_ids",
+                )
+            })?,
+        Some(_) => {
+            return Err(ApiError::bad(
+                "stop_token_ids: expected a list of at most 64 token ids",
+                "stop_token_ids",
+            ))
+        }
+    };
+    let return_token_ids = opt_bool(&m, "return_token_ids")?.unwrap_or(false);
+    let echo = match kind {
+        Kind::Completion => opt_bool(&m, "echo")?.unwrap_or(false),
+        Kind::Chat => false,
+    };
     let seed = match m.get("seed") {
         None | Some(Value::Null) => fresh_seed(),
         Some(v) => match (v.as_u64(), v.as_i64()) {
@@ -447,20 +566,29 @@ async fn handle(s: Arc<AppState>, req: Request, kind: Kind) -> Result<Response, 
         }
     };
     let params = SamplingParams {
-        max_new_tokens: max_tokens.unwrap_or(16),
-        temperature: temperature.unwrap_or(1.0),
+        // The model thread sets the real bound (the room left in the context) when not given.
+        max_new_tokens: max_tokens.unwrap_or(usize::MAX),
+        temperature: temperature.or(defaults.temperature).unwrap_or(1.0),
         top_k,
         top_p,
         min_p,
         seed,
         stop,
+        stop_token_ids,
         ignore_eos,
+        min_tokens,
         logprobs: logprobs || top_logprobs > 0,
         top_logprobs,
         ..SamplingParams::default()
     };
     params.validate(0).map_err(ApiError::from_gen)?;
     let search = parse_search(&m, from_name.as_deref(), &params, temperature.is_some())?;
+    if echo && (params.logprobs || search.is_some()) {
+        return Err(ApiError::bad(
+            "echo: not with logprobs (the prompt's logprobs are not served) nor with a temper strategy",
+            "echo",
+        ));
+    }
     if search.is_some() && n != 1 {
         return Err(ApiError::bad(
             "n: a temper strategy returns one answer; ask for n = 1 (the strategy sets how many samples it draws)",
@@ -482,19 +610,23 @@ async fn handle(s: Arc<AppState>, req: Request, kind: Kind) -> Result<Response, 
     let (tx, mut rx) = unbounded_channel();
     let job = Job {
         kind,
+        adapter,
         prompt,
         n,
         params,
         max_tokens,
         search,
         stream,
+        return_token_ids,
+        echo,
+        received,
         tx,
         _slot: slot,
     };
     s.jobs
         .lock()
         .map_err(|_| server_error("the model thread is gone"))?
-        .send(job)
+        .send(Work::Generate(Box::new(job)))
         .map_err(|_| server_error("the model thread is gone"))?;
 
     // The first message says whether the request was accepted.

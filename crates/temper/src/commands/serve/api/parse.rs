@@ -30,6 +30,16 @@ pub(super) fn opt_uint(m: &Map<String, Value>, k: &str, max: u64) -> Result<Opti
     }
 }
 
+pub(super) fn opt_int(m: &Map<String, Value>, k: &str) -> Result<Option<i64>, ApiError> {
+    match m.get(k) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_i64()
+            .map(Some)
+            .ok_or_else(|| ApiError::bad(format!("{k}: got {v}, expected an integer"), k)),
+    }
+}
+
 pub(super) fn opt_bool(m: &Map<String, Value>, k: &str) -> Result<Option<bool>, ApiError> {
     match m.get(k) {
         None | Some(Value::Null) => Ok(None),
@@ -141,6 +151,16 @@ pub(super) fn parse_search(
         Some(_) => return Err(ApiError::bad("temper: expected an object", "temper")),
     };
     let field = |k: &str| format!("temper.{k}");
+    // optillm's field, for drop-in use: a strategy of ours (`sc@8`, `beam:4x4`, ...), `none` for
+    // plain generation. The `temper` object and the model name win over it.
+    let optillm = match opt_str(m, "optillm_approach")? {
+        None | Some("none") => None,
+        Some(a) => Some(a),
+    };
+    let from_optillm = opt_str(&t, "strategy").ok().flatten().is_none()
+        && from_name.is_none()
+        && optillm.is_some();
+    let from_name = from_name.or(optillm);
     let strategy = match (opt_str(&t, "strategy"), from_name) {
         (Ok(Some(s)), _) => s.to_string(),
         (Ok(None), Some(s)) => s.to_string(),
@@ -183,7 +203,21 @@ pub(super) fn parse_search(
         // The one task with a rule step checker.
         task = Some("arithmetic".into());
     }
-    let strategy = parse_strategy(&strategy, task.as_deref()).map_err(ApiError::from_search)?;
+    let strategy = parse_strategy(&strategy, task.as_deref()).map_err(|e| {
+        let e = ApiError::from_search(e);
+        if from_optillm {
+            ApiError {
+                param: Some("optillm_approach".into()),
+                message: format!(
+                    "optillm_approach: {} (it takes temper's strategies, e.g. sc@8 for self-consistency, or none)",
+                    e.message
+                ),
+                ..e
+            }
+        } else {
+            e
+        }
+    })?;
     let uint = |k: &str, max: u64| opt_uint(&t, k, max).map_err(|e| rename(e, k));
     let budget_tokens = uint("budget_tokens", 1 << 24)?;
     let budget_calls = uint("budget_calls", 1 << 20)?;

@@ -22,34 +22,50 @@ impl Meta {
         }
     }
 
+    /// The whole response. With `return_token_ids` (vLLM's layout): each choice's `token_ids`, and
+    /// the prompt's ids in each choice (completions) or beside the choices (chat).
     pub(super) fn full(&self, out: Output) -> Value {
+        let prompt_ids = out.prompt_token_ids;
         let choices: Vec<Value> = out
             .choices
             .into_iter()
             .enumerate()
-            .map(|(i, c)| match self.kind {
-                Kind::Chat => json!({
-                    "index": i,
-                    "message": {"role": "assistant", "content": c.text},
-                    "logprobs": c.logprobs,
-                    "finish_reason": c.finish_reason,
-                }),
-                Kind::Completion => json!({
-                    "index": i,
-                    "text": c.text,
-                    "logprobs": c.logprobs,
-                    "finish_reason": c.finish_reason,
-                }),
+            .map(|(i, c)| {
+                let mut v = match self.kind {
+                    Kind::Chat => json!({
+                        "index": i,
+                        "message": {"role": "assistant", "content": c.text},
+                        "logprobs": c.logprobs,
+                        "finish_reason": c.finish_reason,
+                    }),
+                    Kind::Completion => json!({
+                        "index": i,
+                        "text": c.text,
+                        "logprobs": c.logprobs,
+                        "finish_reason": c.finish_reason,
+                    }),
+                };
+                if let Some(ids) = c.token_ids {
+                    v["token_ids"] = json!(ids);
+                }
+                if let (Some(p), Kind::Completion) = (&prompt_ids, self.kind) {
+                    v["prompt_token_ids"] = json!(p);
+                }
+                v
             })
             .collect();
-        json!({
+        let mut v = json!({
             "id": self.id,
             "object": self.object(false),
             "created": self.created,
             "model": self.model,
             "choices": choices,
             "usage": out.usage,
-        })
+        });
+        if let (Some(p), Kind::Chat) = (prompt_ids, self.kind) {
+            v["prompt_token_ids"] = json!(p);
+        }
+        v
     }
 
     /// One chunk with one choice: `text` (a delta), or the finish reason.
@@ -102,13 +118,20 @@ impl StreamState {
         self.pending.push_back(v.to_string());
     }
 
-    fn on_token(&mut self, index: usize, text: &str) {
+    fn on_token(&mut self, index: usize, text: &str, token: Option<u32>, logprobs: Option<Value>) {
         if index >= self.opened.len() {
             return;
         }
         let role = self.meta.kind == Kind::Chat && !self.opened[index];
         self.opened[index] = true;
-        let c = self.meta.chunk(index, Some(text), None, role);
+        let mut c = self.meta.chunk(index, Some(text), None, role);
+        if let Some(t) = token {
+            // vLLM's streaming `return_token_ids`: the chunk's tokens beside its text.
+            c["choices"][0]["token_ids"] = json!([t]);
+        }
+        if let Some(lp) = logprobs {
+            c["choices"][0]["logprobs"] = lp;
+        }
         self.push(c);
     }
 
@@ -172,7 +195,12 @@ pub(super) fn sse(meta: Meta, rx: UnboundedReceiver<Msg>, include_usage: bool) -
                 return None;
             }
             match st.rx.recv().await {
-                Some(Msg::Token { index, text }) => st.on_token(index, &text),
+                Some(Msg::Token {
+                    index,
+                    text,
+                    token,
+                    logprobs,
+                }) => st.on_token(index, &text, token, logprobs),
                 Some(Msg::Finish { index, reason }) => st.on_finish(index, reason),
                 Some(Msg::Done(out)) => st.on_done(out),
                 Some(Msg::Error(e)) => st.on_error(e),

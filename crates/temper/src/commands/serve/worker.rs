@@ -1,0 +1,315 @@
+//! The model thread of `temper serve`: owns the engine (and the runtime LoRA adapters' engines),
+//! takes checked requests ([`Job`]s) off the queue and runs them: plain generations decode
+//! together, joining a running batch between steps ([`batching`]), searches run whole between
+//! steps ([`search_job`]). Here: turning a request into the engine's and its completions into the
+//! response. Tokens and outputs go back over each request's channel; `/metrics` is counted.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+use tempering_generate::{
+    render_chat, Completion, FinishReason, GenRequest, LocalEngine, TopLogprob,
+};
+use tempering_model::Tokenizer;
+
+use super::api::{self, ApiError, Job, Kind, Msg, Output, PromptIn};
+use super::metrics::Metrics;
+use super::Loaded;
+
+mod batching;
+mod search_job;
+
+/// The model thread: the loaded model and the counters it updates.
+pub(crate) struct Worker {
+    pub(super) m: Loaded,
+    pub(super) metrics: Arc<Metrics>,
+    /// Runtime LoRA adapters by name: the base model's weights with an adapter on.
+    adapters: BTreeMap<String, LocalEngine>,
+    /// Most sequences decoded together (`--batch-rows`).
+    max_rows: usize,
+}
+
+fn finish_str(f: FinishReason) -> &'static str {
+    match f {
+        FinishReason::Length => "length",
+        FinishReason::Stop | FinishReason::StopString => "stop",
+    }
+}
+
+fn token_str(tok: &Tokenizer, id: u32) -> String {
+    tok.decode(&[id], false).unwrap_or_default()
+}
+
+impl Worker {
+    pub fn new(m: Loaded, metrics: Arc<Metrics>, max_rows: usize) -> Self {
+        Worker {
+            m,
+            metrics,
+            adapters: BTreeMap::new(),
+            max_rows,
+        }
+    }
+
+    /// The engine a request asks for: the served model's or an adapter's.
+    pub(super) fn engine_for(&self, job: &Job) -> Result<&LocalEngine, ApiError> {
+        self.engine_named(&job.adapter)
+    }
+
+    fn engine_named(&self, adapter: &Option<String>) -> Result<&LocalEngine, ApiError> {
+        match adapter {
+            None => Ok(&self.m.engine),
+            Some(name) => self.adapters.get(name).ok_or_else(|| {
+                let mut e = ApiError::new(
+                    axum::http::StatusCode::NOT_FOUND,
+                    "invalid_request_error",
+                    format!("the LoRA adapter `{name}` was unloaded"),
+                );
+                e.param = Some("model".into());
+                e.code("model_not_found")
+            }),
+        }
+    }
+
+    /// Runs a search request whole, answering on its channel.
+    fn run_search(&self, job: Job) {
+        let running = self.metrics.running();
+        let tx = job.tx.clone();
+        let out = self.engine_for(&job).and_then(|e| self.search(e, &job));
+        // Its slot and running count are free before the client hears back.
+        let received = job.received;
+        drop(job);
+        drop(running);
+        match out {
+            Ok(o) => {
+                self.metrics.finished(&o.usage, received.elapsed());
+                let _ = tx.send(Msg::Done(o));
+            }
+            Err(e) => {
+                let _ = tx.send(Msg::Error(e));
+            }
+        }
+    }
+
+    fn prompt_ids(&self, e: &LocalEngine, job: &Job) -> Result<(Vec<u32>, String, bool), ApiError> {
+        let tok = e.tokenizer();
+        let bad_prompt = |e: String| ApiError::bad(format!("the prompt: {e}"), "prompt");
+        match &job.prompt {
+            PromptIn::Text(t) => {
+                let ids = tok.encode(t, true).map_err(|e| bad_prompt(e.to_string()))?;
+                Ok((ids, t.clone(), true))
+            }
+            PromptIn::Ids(ids) => {
+                let text = tok.decode(ids, false).unwrap_or_default();
+                Ok((ids.clone(), text, false))
+            }
+            PromptIn::Messages(m) => {
+                let template = self.m.template.as_ref().ok_or_else(|| {
+                    ApiError::bad(
+                        "this model has no chat template: use /v1/completions with a prompt",
+                        "messages",
+                    )
+                })?;
+                let text = render_chat(template, m, true)
+                    .map_err(|e| ApiError::bad(format!("the chat template: {e}"), "messages"))?;
+                let ids = tok
+                    .encode(&text, false)
+                    .map_err(|e| ApiError::bad(format!("the messages: {e}"), "messages"))?;
+                Ok((ids, text, false))
+            }
+        }
+    }
+
+    /// The prompt's ids, checked against the context, and the number of new tokens allowed.
+    fn fit(
+        &self,
+        e: &LocalEngine,
+        job: &Job,
+        ids: &[u32],
+        default_max: usize,
+    ) -> Result<usize, ApiError> {
+        let context = e.model().config.max_position_embeddings;
+        let param = if job.kind == Kind::Chat {
+            "messages"
+        } else {
+            "prompt"
+        };
+        if ids.is_empty() {
+            return Err(ApiError::bad("the prompt is empty", param));
+        }
+        if ids.len() >= context {
+            return Err(ApiError::bad(
+                format!(
+                    "the prompt is {} tokens; this model's context is {context} tokens",
+                    ids.len()
+                ),
+                param,
+            )
+            .code("context_length_exceeded"));
+        }
+        let room = context - ids.len();
+        match job.max_tokens {
+            Some(m) if m > room => Err(ApiError::bad(
+                format!(
+                    "max_tokens is {m}, but the prompt is {} tokens and the context {context}: at most {room} new tokens fit",
+                    ids.len()
+                ),
+                "max_tokens",
+            )
+            .code("context_length_exceeded")),
+            Some(m) => Ok(m),
+            None => Ok(default_max.min(room)),
+        }
+    }
+
+    /// A plain request as the engine's (its prompt ids, `max_tokens` fitted to the context), and
+    /// the prompt's text.
+    fn gen_request(&self, e: &LocalEngine, job: &Job) -> Result<(GenRequest, String), ApiError> {
+        let (ids, text, _) = self.prompt_ids(e, job)?;
+        let default_max = if job.kind == Kind::Chat {
+            usize::MAX
+        } else {
+            16
+        };
+        let mut params = job.params.clone();
+        params.max_new_tokens = self.fit(e, job, &ids, default_max)?;
+        let cfg = &e.model().config;
+        let req = GenRequest::new(ids, job.n, params);
+        req.validate(0, cfg.max_position_embeddings, cfg.vocab_size)
+            .map_err(ApiError::from_gen)?;
+        Ok((req, text))
+    }
+
+    /// The response of a finished plain request; `echo`: the prompt's text, put before each
+    /// choice's.
+    fn output(
+        &self,
+        e: &LocalEngine,
+        job: &Job,
+        ids: &[u32],
+        echo: Option<&str>,
+        out: &[Completion],
+    ) -> Output {
+        let completion_tokens: usize = out.iter().map(|c| c.tokens.len()).sum();
+        let choices = out
+            .iter()
+            .map(|c| api::ChoiceOut {
+                text: format!("{}{}", echo.unwrap_or(""), c.text),
+                finish_reason: finish_str(c.finish_reason),
+                logprobs: self.logprobs_json(e, job, c),
+                token_ids: job.return_token_ids.then(|| c.tokens.clone()),
+            })
+            .collect();
+        Output {
+            choices,
+            prompt_token_ids: job.return_token_ids.then(|| ids.to_vec()),
+            usage: json!({
+                "prompt_tokens": ids.len(),
+                "completion_tokens": completion_tokens,
+                "total_tokens": ids.len() + completion_tokens,
+            }),
+        }
+    }
+
+    /// The logprobs object of one streamed token (at byte `offset` of the choice's token
+    /// strings), in the chat layout or the legacy one.
+    fn token_logprobs_json(
+        &self,
+        e: &LocalEngine,
+        job: &Job,
+        token: u32,
+        logprob: f32,
+        top: &[TopLogprob],
+        offset: usize,
+    ) -> (Value, usize) {
+        let tok = e.tokenizer();
+        let s = token_str(tok, token);
+        let len = s.len();
+        let top: Vec<(String, f32)> = top
+            .iter()
+            .map(|a| (token_str(tok, a.token), a.logprob))
+            .collect();
+        let v = if job.kind == Kind::Chat {
+            json!({"content": [{
+                "token": s,
+                "logprob": logprob,
+                "bytes": s.as_bytes(),
+                "top_logprobs": top.iter().map(|(t, l)| json!({
+                    "token": t, "logprob": l, "bytes": t.as_bytes()
+                })).collect::<Vec<_>>(),
+            }]})
+        } else {
+            let m: serde_json::Map<String, Value> =
+                top.into_iter().map(|(t, l)| (t, json!(l))).collect();
+            json!({
+                "tokens": [s],
+                "token_logprobs": [logprob],
+                "top_logprobs": if job.params.top_logprobs > 0 { json!([m]) } else { Value::Null },
+                "text_offset": [offset],
+            })
+        };
+        (v, offset + len)
+    }
+
+    /// OpenAI's logprobs object for one choice: the chat layout (`content`) or the legacy one.
+    fn logprobs_json(&self, e: &LocalEngine, job: &Job, c: &Completion) -> Value {
+        let (Some(lp), true) = (&c.logprobs, job.params.logprobs) else {
+            return Value::Null;
+        };
+        let tok = e.tokenizer();
+        let tops = c.top_logprobs.as_ref();
+        let top_at = |i: usize| -> Vec<(String, f32)> {
+            tops.and_then(|t| t.get(i))
+                .map(|step| {
+                    step.iter()
+                        .map(|a| (token_str(tok, a.token), a.logprob))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        if job.kind == Kind::Chat {
+            let content: Vec<Value> = c
+                .tokens
+                .iter()
+                .zip(lp)
+                .enumerate()
+                .map(|(i, (&id, &l))| {
+                    let s = token_str(tok, id);
+                    json!({
+                        "token": s,
+                        "logprob": l,
+                        "bytes": s.as_bytes(),
+                        "top_logprobs": top_at(i).into_iter().map(|(t, l)| json!({
+                            "token": t, "logprob": l, "bytes": t.as_bytes()
+                        })).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            json!({ "content": content })
+        } else {
+            let tokens: Vec<String> = c.tokens.iter().map(|&id| token_str(tok, id)).collect();
+            let mut offset = 0usize;
+            let offsets: Vec<usize> = tokens
+                .iter()
+                .map(|t| {
+                    let o = offset;
+                    offset += t.len();
+                    o
+                })
+                .collect();
+            let top: Vec<Value> = (0..tokens.len())
+                .map(|i| {
+                    let m: serde_json::Map<String, Value> =
+                        top_at(i).into_iter().map(|(t, l)| (t, json!(l))).collect();
+                    Value::Object(m)
+                })
+                .collect();
+            json!({
+                "tokens": tokens,
+                "token_logprobs": lp,
+                "top_logprobs": if job.params.top_logprobs > 0 { json!(top) } else { Value::Null },
+                "text_offset": offsets,
+            })
+        }
+    }
+}

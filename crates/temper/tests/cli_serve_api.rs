@@ -1,0 +1,344 @@
+//! `temper serve`'s smaller endpoints and fields, end to end on loopback with the tiny model:
+//! `/tokenize` and `/detokenize` (vLLM's shapes), `return_token_ids`, `min_tokens`, `ignore_eos`,
+//! `top_k`, `min_p`, `/metrics`, and sampling defaults from `generation_config.json` (serve and
+//! `temper chat`).
+
+mod serve_common;
+
+use std::io::Write;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use serve_common::{assert_error, chat_model_copy, Server};
+
+const PROMPT: &str = "Compute: 3+4*2\n";
+
+fn ids(v: &Value) -> Vec<u64> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not a list: {v}"))
+        .iter()
+        .map(|x| x.as_u64().expect("an id"))
+        .collect()
+}
+
+#[test]
+fn tokenize_detokenize_and_token_ids() {
+    let dir = chat_model_copy(None);
+    let s = Server::start_model(dir.path(), &["--served-model-name", "tiny"], &[]);
+
+    // A prompt: the tiny model's tokenizer is one token a character.
+    let (st, v) = s.post("/tokenize", &json!({"model": "tiny", "prompt": PROMPT}));
+    assert_eq!(st, 200, "{v}");
+    let toks = ids(&v["tokens"]);
+    assert_eq!(toks.len(), PROMPT.len(), "{v}");
+    assert_eq!(v["count"], toks.len());
+    assert_eq!(v["max_model_len"], 256, "{v}");
+    let (st, v) = s.post("/detokenize", &json!({"model": "tiny", "tokens": toks}));
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["prompt"], PROMPT);
+    let (_, v) = s.post(
+        "/tokenize",
+        &json!({"prompt": "3+4", "return_token_strs": true}),
+    );
+    assert_eq!(v["token_strs"], json!(["3", "+", "4"]), "{v}");
+
+    // Messages through the chat template: the ids a chat completion is prompted with.
+    let msgs = json!([{"role": "user", "content": "Compute: 3+4*2"}]);
+    let (st, v) = s.post("/tokenize", &json!({"messages": msgs}));
+    assert_eq!(st, 200, "{v}");
+    let chat_ids = ids(&v["tokens"]);
+    let (st, c) = s.post(
+        "/v1/chat/completions",
+        &json!({"messages": msgs, "max_tokens": 6, "temperature": 0, "return_token_ids": true,
+                "ignore_eos": true}),
+    );
+    assert_eq!(st, 200, "{c}");
+    assert_eq!(ids(&c["prompt_token_ids"]), chat_ids, "{c}");
+    assert_eq!(c["usage"]["prompt_tokens"], chat_ids.len());
+
+    // return_token_ids on completions: the prompt's ids and the choice's, which detokenize to
+    // its text (ignore_eos: no stop token cut from the text).
+    let (st, c) = s.post(
+        "/v1/completions",
+        &json!({"prompt": PROMPT, "max_tokens": 12, "temperature": 0, "return_token_ids": true,
+                "ignore_eos": true, "n": 2}),
+    );
+    assert_eq!(st, 200, "{c}");
+    for ch in c["choices"].as_array().unwrap() {
+        assert_eq!(ids(&ch["prompt_token_ids"]), toks, "{c}");
+        let gen = ids(&ch["token_ids"]);
+        assert_eq!(gen.len(), 12, "{c}");
+        let (_, d) = s.post("/detokenize", &json!({"tokens": gen}));
+        assert_eq!(d["prompt"], ch["text"], "{c}");
+    }
+    assert_eq!(c["usage"]["completion_tokens"], 24);
+    // Streamed: every token's id in its chunk, as vLLM streams them; the same ids and text.
+    let body = json!({"prompt": PROMPT, "max_tokens": 40, "temperature": 0,
+                      "return_token_ids": true, "stream": true});
+    let (st, sse) = s.request("POST", "/v1/completions", Some(&body.to_string()), None);
+    assert_eq!(st, 200, "{sse}");
+    let (mut streamed_ids, mut streamed_text) = (vec![], String::new());
+    for line in sse.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        if line == "[DONE]" {
+            break;
+        }
+        let v: Value = serde_json::from_str(line).unwrap();
+        if let Some(t) = v["choices"][0].get("token_ids") {
+            streamed_ids.extend(ids(t));
+        }
+        streamed_text.push_str(v["choices"][0]["text"].as_str().unwrap_or(""));
+    }
+    let mut whole = body.clone();
+    whole["stream"] = json!(false);
+    let (_, w) = s.post("/v1/completions", &whole);
+    assert_eq!(streamed_ids, ids(&w["choices"][0]["token_ids"]), "{sse}");
+    assert_eq!(streamed_text, w["choices"][0]["text"].as_str().unwrap());
+    assert_eq!(w["choices"][0]["finish_reason"], "stop", "{w}");
+    // Without it, none of those fields.
+    let (_, c) = s.post(
+        "/v1/completions",
+        &json!({"prompt": PROMPT, "max_tokens": 2, "temperature": 0}),
+    );
+    assert!(c["choices"][0].get("token_ids").is_none(), "{c}");
+    assert!(c["choices"][0].get("prompt_token_ids").is_none(), "{c}");
+
+    // echo: the prompt's text before the completion's, whole or streamed, text or id prompts.
+    let plain = |extra: Value| -> String {
+        let mut b = json!({"prompt": PROMPT, "max_tokens": 8, "temperature": 0});
+        for (k, v) in extra.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        let (st, text) = s.request("POST", "/v1/completions", Some(&b.to_string()), None);
+        assert_eq!(st, 200, "{b}: {text}");
+        if b["stream"] == true {
+            text.lines()
+                .filter_map(|l| l.strip_prefix("data: "))
+                .take_while(|l| *l != "[DONE]")
+                .map(|l| {
+                    let v: Value = serde_json::from_str(l).unwrap();
+                    v["choices"][0]["text"].as_str().unwrap_or("").to_string()
+                })
+                .collect()
+        } else {
+            let v: Value = serde_json::from_str(&text).unwrap();
+            v["choices"][0]["text"].as_str().unwrap().to_string()
+        }
+    };
+    let answer = plain(json!({}));
+    assert_eq!(plain(json!({"echo": true})), format!("{PROMPT}{answer}"));
+    assert_eq!(
+        plain(json!({"echo": true, "stream": true})),
+        format!("{PROMPT}{answer}")
+    );
+    assert_eq!(
+        plain(json!({"echo": true, "prompt": toks})),
+        format!("{PROMPT}{answer}")
+    );
+    let (st, v) = s.post(
+        "/v1/completions",
+        &json!({"prompt": PROMPT, "echo": true, "logprobs": 1}),
+    );
+    assert_error(st, &v, 400, "echo with logprobs");
+    assert_eq!(v["error"]["param"], "echo");
+
+    // Errors: OpenAI-shaped, 400 or 404.
+    let (st, v) = s.post("/tokenize", &json!({"model": "nope", "prompt": "x"}));
+    assert_error(st, &v, 404, "tokenize with an unknown model");
+    let (st, v) = s.post("/tokenize", &json!({}));
+    assert_error(st, &v, 400, "tokenize with nothing");
+    let (st, v) = s.post("/tokenize", &json!({"prompt": "x", "messages": msgs}));
+    assert_error(st, &v, 400, "tokenize with both");
+    let (st, v) = s.post("/tokenize", &json!({"prompt": 5}));
+    assert_error(st, &v, 400, "tokenize a number");
+    let (st, v) = s.post("/detokenize", &json!({"tokens": [1, 100000]}));
+    assert_error(st, &v, 400, "detokenize an id past the vocabulary");
+    assert_eq!(v["error"]["param"], "tokens");
+    let (st, v) = s.post("/detokenize", &json!({"tokens": "abc"}));
+    assert_error(st, &v, 400, "detokenize a string");
+    let (st, v) = s.post_raw("/tokenize", "[1,2");
+    assert_error(st, &v, 400, "tokenize malformed JSON");
+}
+
+#[test]
+fn sampling_extras_and_metrics() {
+    let s = Server::start(&[], &[]);
+    let complete = |extra: Value| -> Value {
+        let mut body = json!({"prompt": PROMPT, "max_tokens": 40, "temperature": 0});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let (st, v) = s.post("/v1/completions", &body);
+        assert_eq!(st, 200, "{body} -> {v}");
+        v
+    };
+    // The greedy answer stops on EOS well before 40 tokens.
+    let base = complete(json!({}));
+    assert_eq!(base["choices"][0]["finish_reason"], "stop", "{base}");
+    let k = base["usage"]["completion_tokens"].as_u64().unwrap();
+    assert!(k < 30, "{base}");
+
+    // ignore_eos: runs to max_tokens.
+    let v = complete(json!({"ignore_eos": true}));
+    assert_eq!(v["usage"]["completion_tokens"], 40, "{v}");
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    let long_text = v["choices"][0]["text"].as_str().unwrap().to_string();
+
+    // min_tokens: EOS masked until then, so at least that many tokens.
+    let v = complete(json!({"min_tokens": k + 3}));
+    let got = v["usage"]["completion_tokens"].as_u64().unwrap();
+    assert!(got >= k + 3, "min_tokens {} gave {got}: {v}", k + 3);
+    // The greedy answer, then more instead of EOS (never EOS itself, which ignore_eos shows).
+    let text = v["choices"][0]["text"].as_str().unwrap();
+    let base_text = base["choices"][0]["text"].as_str().unwrap();
+    assert!(text.starts_with(base_text), "{text:?} vs {base_text:?}");
+    assert!(!text.contains("<eos>"), "{text:?}");
+    assert!(long_text.contains("<eos>"), "{long_text:?}");
+    let (st, e) = s.post(
+        "/v1/completions",
+        &json!({"prompt": PROMPT, "max_tokens": 4, "min_tokens": 5}),
+    );
+    assert_error(st, &e, 400, "min_tokens over max_tokens");
+    assert_eq!(e["error"]["param"], "min_tokens");
+
+    // top_k 1 (and min_p 1) leave only the most likely token: any seed gives the greedy text.
+    let greedy = base["choices"][0]["text"].clone();
+    for (extra, seed) in [
+        (json!({"top_k": 1}), 1),
+        (json!({"top_k": 1}), 2),
+        (json!({"min_p": 1.0}), 3),
+    ] {
+        let mut e = extra.clone();
+        e["temperature"] = json!(1.0);
+        e["seed"] = json!(seed);
+        let v = complete(e);
+        assert_eq!(v["choices"][0]["text"], greedy, "{extra}: {v}");
+    }
+    let (st, e) = s.post("/v1/completions", &json!({"prompt": PROMPT, "top_k": -2}));
+    assert_error(st, &e, 400, "top_k -2");
+    let (st, e) = s.post("/v1/completions", &json!({"prompt": PROMPT, "min_p": 1.5}));
+    assert_error(st, &e, 400, "min_p 1.5");
+    let (st, e) = s.post(
+        "/v1/completions",
+        &json!({"prompt": PROMPT, "stop_token_ids": [999999]}),
+    );
+    assert_error(st, &e, 400, "a stop token id past the vocabulary");
+
+    // /metrics: what was asked above, counted. Successes so far: base, ignore_eos, min_tokens,
+    // three top_k/min_p runs = 6, each prompt PROMPT.len() tokens; errors: 4 answered 400.
+    let m = s.metrics();
+    let get = |key: &str| m.iter().find(|(k, _)| k == key).map_or(0.0, |(_, v)| *v);
+    assert_eq!(
+        get("temper_requests_total{endpoint=\"/v1/completions\",status=\"200\"}"),
+        6.0,
+        "{m:?}"
+    );
+    assert_eq!(
+        get("temper_requests_total{endpoint=\"/v1/completions\",status=\"400\"}"),
+        4.0,
+        "{m:?}"
+    );
+    assert_eq!(
+        get("temper_prompt_tokens_total"),
+        6.0 * PROMPT.len() as f64,
+        "{m:?}"
+    );
+    assert!(get("temper_generation_tokens_total") >= (k + 40 + k + 3) as f64);
+    assert_eq!(get("temper_request_latency_seconds_count"), 6.0, "{m:?}");
+    assert_eq!(
+        get("temper_request_latency_seconds_bucket{le=\"+Inf\"}"),
+        6.0
+    );
+    assert!(get("temper_request_latency_seconds_sum") > 0.0);
+    assert_eq!(get("temper_requests_running"), 0.0);
+    assert_eq!(get("temper_requests_waiting"), 0.0);
+    assert!(get("temper_decode_steps_total") >= 40.0);
+    let (_, text) = s.get("/metrics");
+    assert!(
+        text.contains("# TYPE temper_request_latency_seconds histogram"),
+        "{text}"
+    );
+}
+
+#[test]
+fn sampling_defaults_come_from_generation_config() {
+    // This model's generation config asks for greedy decoding.
+    let dir = chat_model_copy(Some(
+        &json!({"temperature": 0.0, "top_p": 0.9, "eos_token_id": 1}),
+    ));
+    let s = Server::start_model(dir.path(), &[], &[]);
+    let said = s.stderr_until("ready", Duration::from_secs(5));
+    assert!(
+        said.iter().any(
+            |l| l.contains("sampling defaults: temperature 0, top_p 0.9")
+                && l.contains("generation_config.json")
+        ),
+        "{said:?}"
+    );
+    let run = |seed: u64, temperature: Option<f64>| -> String {
+        let mut body =
+            json!({"prompt": PROMPT, "max_tokens": 30, "ignore_eos": true, "seed": seed});
+        if let Some(t) = temperature {
+            body["temperature"] = json!(t);
+        }
+        let (st, v) = s.post("/v1/completions", &body);
+        assert_eq!(st, 200, "{v}");
+        v["choices"][0]["text"].as_str().unwrap().to_string()
+    };
+    let greedy = run(1, Some(0.0));
+    // No temperature in the request: the config's 0, whatever the seed.
+    for seed in [2, 3, 4] {
+        assert_eq!(run(seed, None), greedy, "seed {seed}");
+    }
+    // A request's own temperature wins: past EOS the tiny model is unsure, so seeds differ.
+    let sampled: std::collections::BTreeSet<String> = [5, 6, 7, 8]
+        .iter()
+        .map(|&seed| run(seed, Some(1.5)))
+        .collect();
+    assert!(
+        sampled.len() > 1,
+        "temperature 1.5 gave one text: {sampled:?}"
+    );
+    drop(s);
+
+    // The fixture as committed sets no sampling value: OpenAI's defaults, said so.
+    let plain = chat_model_copy(None);
+    let s = Server::start_model(plain.path(), &[], &[]);
+    let said = s.stderr_until("ready", Duration::from_secs(5));
+    assert!(
+        said.iter()
+            .any(|l| l.contains("sampling defaults: temperature 1, top_p 1")),
+        "{said:?}"
+    );
+    drop(s);
+
+    // `temper chat` takes the same defaults, and a flag overrides them.
+    for (flags, want) in [
+        (vec![], "sampling: temperature 0, top_p 0.9"),
+        (
+            vec!["--temperature", "0.5"],
+            "sampling: temperature 0.5, top_p 0.9",
+        ),
+    ] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_temper"))
+            .arg("chat")
+            .arg(dir.path())
+            .args(["--max-new-tokens", "4"])
+            .args(&flags)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting temper chat");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"Compute: 1+1\n/quit\n")
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert!(err.contains(want), "{flags:?}: {err}");
+    }
+}

@@ -1,0 +1,348 @@
+//! Step-wise batched decoding, for servers: a [`DecodeBatch`] holds the sequences being decoded
+//! (each with its own KV-cache row, keys and positions), admits a new request between steps
+//! (its prompt prefilled alone, its cache rows appended with the shorter history left-padded, so
+//! it joins at the next step) and decodes one token for every row per [`DecodeBatch::step`].
+//! Sampling, stop rules, logprobs and events are those of [`LocalEngine::generate_with`]: a
+//! sample's tokens depend only on its own request and seed, not on its batch mates (up to float
+//! rounding). Knows nothing of HTTP or queues.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Tensor};
+use tempering_model::{ops, KvCache, TokenLayout};
+
+use crate::backend::GenEvent;
+use crate::detok::TextTracker;
+use crate::engine::LocalEngine;
+use crate::error::Result;
+use crate::request::{Completion, FinishReason, GenRequest, SamplingParams, TopLogprob};
+use crate::sampler::{sample, top_n, SampleRng};
+
+/// A request in the batch: its settings and its finished samples.
+struct Entry {
+    params: SamplingParams,
+    stop_ids: Vec<u32>,
+    out: Vec<Option<Completion>>,
+    left: usize,
+}
+
+/// One sample being decoded, in cache-row order.
+struct Row {
+    id: usize,
+    sample: usize,
+    rng: SampleRng,
+    prompt_len: usize,
+    tokens: Vec<u32>,
+    tracker: TextTracker,
+    logprobs: Vec<f32>,
+    top: Vec<Vec<TopLogprob>>,
+}
+
+/// Sequences decoded together; requests join between steps and leave as they finish.
+#[derive(Default)]
+pub struct DecodeBatch {
+    cache: KvCache,
+    rows: Vec<Row>,
+    /// The next-token logits of every row, `[rows, vocab]`, once a step or an admission made them.
+    logits: Option<Tensor>,
+    entries: HashMap<usize, Entry>,
+}
+
+impl DecodeBatch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sequences (samples) in the batch.
+    pub fn rows(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Requests in the batch.
+    pub fn requests(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Adds request `id` (the caller's name for it, unique among those in the batch): checks it,
+    /// prefills its prompt once, and gives it `req.n` rows that decode from the next step on.
+    pub fn admit(&mut self, engine: &LocalEngine, id: usize, req: &GenRequest) -> Result<()> {
+        let model = engine.model();
+        let cfg = &model.config;
+        req.validate(0, cfg.max_position_embeddings, cfg.vocab_size)?;
+        if self.entries.contains_key(&id) {
+            return Err(crate::GenError::Unsupported(format!(
+                "request {id} is already in the batch"
+            )));
+        }
+        let dev = model.device();
+        let len = req.prompt.len();
+        let input = Tensor::from_vec(req.prompt.clone(), (1, len), dev)?;
+        let mut cache = model.new_cache();
+        let mut logits = model.forward_last(
+            &input,
+            &TokenLayout::contiguous(1, len, 0),
+            Some(&mut cache),
+        )?;
+        if req.n > 1 {
+            let dup = vec![0u32; req.n];
+            cache.select_rows(&dup)?;
+            logits = logits.index_select(&Tensor::new(dup.as_slice(), dev)?, 0)?;
+        }
+        self.cache.append_rows(&cache)?;
+        self.logits = Some(match self.logits.take() {
+            Some(l) => Tensor::cat(&[&l, &logits], 0)?,
+            None => logits,
+        });
+        let p = &req.params;
+        for j in 0..req.n {
+            self.rows.push(Row {
+                id,
+                sample: j,
+                rng: SampleRng::for_sample(p.seed, j),
+                prompt_len: len,
+                tokens: Vec::with_capacity(p.max_new_tokens.min(4096)),
+                tracker: TextTracker::new(&p.stop),
+                logprobs: vec![],
+                top: vec![],
+            });
+        }
+        self.entries.insert(
+            id,
+            Entry {
+                params: p.clone(),
+                stop_ids: engine.stop_ids_for(p),
+                out: vec![None; req.n],
+                left: req.n,
+            },
+        );
+        Ok(())
+    }
+
+    /// The log-probability (and the most likely alternatives, when asked for) of the token that
+    /// sample `sample` of request `id` drew at the last step, while it is still in the batch.
+    pub fn last_logprobs(&self, id: usize, sample: usize) -> Option<(f32, &[TopLogprob])> {
+        let row = self
+            .rows
+            .iter()
+            .find(|r| r.id == id && r.sample == sample)?;
+        let lp = *row.logprobs.last()?;
+        Some((lp, row.top.last().map_or(&[][..], |t| t.as_slice())))
+    }
+
+    /// Drops request `id`'s rows (say its client went away); nothing is reported for it.
+    pub fn cancel(&mut self, id: usize) -> Result<()> {
+        if self.entries.remove(&id).is_none() {
+            return Ok(());
+        }
+        let keep: Vec<u32> = (0..self.rows.len() as u32)
+            .filter(|&k| self.rows[k as usize].id != id)
+            .collect();
+        self.keep_rows(&keep)
+    }
+
+    fn keep_rows(&mut self, keep: &[u32]) -> Result<()> {
+        if keep.len() == self.rows.len() {
+            return Ok(());
+        }
+        if keep.is_empty() {
+            *self = DecodeBatch::new();
+            return Ok(());
+        }
+        self.cache.select_rows(keep)?;
+        if let Some(l) = self.logits.take() {
+            let dev = l.device().clone();
+            self.logits = Some(l.index_select(&Tensor::new(keep, &dev)?, 0)?);
+        }
+        let mut rows: Vec<Option<Row>> = std::mem::take(&mut self.rows)
+            .into_iter()
+            .map(Some)
+            .collect();
+        self.rows = keep
+            .iter()
+            .filter_map(|&k| rows[k as usize].take())
+            .collect();
+        Ok(())
+    }
+
+    /// Samples one token for every row, reports it (`GenEvent::Token`, `GenEvent::Finished` with
+    /// `request` = the caller's id), lets finished rows leave, and runs the forward that makes
+    /// the next step's logits. Returns the requests that finished, with their samples in order.
+    pub fn step(
+        &mut self,
+        engine: &LocalEngine,
+        on_event: &mut dyn FnMut(&GenEvent<'_>),
+    ) -> Result<Vec<(usize, Vec<Completion>)>> {
+        let Some(logits) = self.logits.take() else {
+            return Ok(vec![]);
+        };
+        let model = engine.model();
+        let tok = engine.tokenizer();
+        let dev = model.device();
+        let context = model.config.max_position_embeddings;
+        let vocab = model.config.vocab_size;
+        let a = self.rows.len();
+        let lv = logits
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        if lv.len() != a * vocab {
+            return Err(crate::GenError::Unsupported(format!(
+                "logits hold {} values, expected {a} rows of {vocab}",
+                lv.len()
+            )));
+        }
+        let entries = &self.entries;
+        let entry = |id: usize| -> Result<&Entry> {
+            entries.get(&id).ok_or_else(|| {
+                crate::GenError::Unsupported(format!("a row of request {id}, which is gone"))
+            })
+        };
+        let mut next = Vec::with_capacity(a);
+        for (k, row) in self.rows.iter_mut().enumerate() {
+            let e = entry(row.id)?;
+            let row_logits = &lv[k * vocab..(k + 1) * vocab];
+            next.push(if row.tokens.len() < e.params.min_tokens {
+                let mut masked = row_logits.to_vec();
+                for &id in &e.stop_ids {
+                    if let Some(x) = masked.get_mut(id as usize) {
+                        *x = f32::NEG_INFINITY;
+                    }
+                }
+                sample(&masked, &e.params, &mut row.rng)
+            } else {
+                sample(row_logits, &e.params, &mut row.rng)
+            });
+        }
+        let mut want_lp = false;
+        let mut inv_t = Vec::with_capacity(a);
+        for row in &self.rows {
+            let p = &entry(row.id)?.params;
+            want_lp |= p.logprobs;
+            inv_t.push(if p.tempered_logprobs && p.temperature > 0.0 {
+                1.0 / p.temperature
+            } else {
+                1.0
+            });
+        }
+        let lps = if want_lp {
+            // The trainer's op on the same logits: identical numbers for the same tokens.
+            let targets = Tensor::new(next.as_slice(), dev)?;
+            let lp = if inv_t.iter().all(|&x| x == 1.0) {
+                ops::token_logprobs(&logits, &targets)?
+            } else {
+                let scale = Tensor::from_vec(inv_t, (a, 1), dev)?.to_dtype(logits.dtype())?;
+                ops::token_logprobs(&logits.broadcast_mul(&scale)?, &targets)?
+            };
+            Some(lp.to_vec1::<f32>()?)
+        } else {
+            None
+        };
+
+        let mut keep: Vec<u32> = Vec::with_capacity(a);
+        let mut done = vec![];
+        for (k, row) in self.rows.iter_mut().enumerate() {
+            let e = self.entries.get_mut(&row.id).ok_or_else(|| {
+                crate::GenError::Unsupported(format!("a row of request {}, which is gone", row.id))
+            })?;
+            let p = &e.params;
+            let t = next[k];
+            row.tokens.push(t);
+            if let (true, Some(l)) = (p.logprobs, &lps) {
+                row.logprobs.push(l[k]);
+            }
+            if p.top_logprobs > 0 {
+                let ls = ops::log_softmax_last_dim(&logits.narrow(0, k, 1)?)?
+                    .to_dtype(DType::F32)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
+                row.top.push(
+                    top_n(&ls, p.top_logprobs)
+                        .into_iter()
+                        .map(|(token, logprob)| TopLogprob { token, logprob })
+                        .collect(),
+                );
+            }
+            let mut finish = None;
+            let mut stop_string = None;
+            if e.stop_ids.contains(&t) {
+                finish = Some(FinishReason::Stop);
+                let n = row.tokens.len() - 1;
+                row.tracker.flush(tok, &row.tokens[..n])?;
+            } else {
+                let mut hit = row.tracker.push(tok, &row.tokens)?;
+                let length = row.tokens.len() >= p.max_new_tokens
+                    || row.prompt_len + row.tokens.len() >= context;
+                if hit.is_none() && length {
+                    hit = row.tracker.flush(tok, &row.tokens)?;
+                    finish = Some(FinishReason::Length);
+                }
+                if let Some((at, i)) = hit {
+                    row.tracker.truncate(at);
+                    finish = Some(FinishReason::StopString);
+                    stop_string = Some(p.stop[i].clone());
+                }
+            }
+            let text = row.tracker.take_stream(finish.is_some());
+            on_event(&GenEvent::Token {
+                request: row.id,
+                sample: row.sample,
+                token: t,
+                text,
+            });
+            match finish {
+                None => keep.push(k as u32),
+                Some(reason) => {
+                    let tracker = std::mem::replace(&mut row.tracker, TextTracker::new(&[]));
+                    let c = Completion {
+                        tokens: std::mem::take(&mut row.tokens),
+                        text: tracker.into_text(),
+                        logprobs: p.logprobs.then(|| std::mem::take(&mut row.logprobs)),
+                        top_logprobs: (p.top_logprobs > 0).then(|| std::mem::take(&mut row.top)),
+                        finish_reason: reason,
+                        stop_string,
+                    };
+                    on_event(&GenEvent::Finished {
+                        request: row.id,
+                        sample: row.sample,
+                        completion: &c,
+                    });
+                    e.out[row.sample] = Some(c);
+                    e.left -= 1;
+                    if e.left == 0 {
+                        done.push(row.id);
+                    }
+                }
+            }
+        }
+        let finished: Vec<(usize, Vec<Completion>)> = done
+            .into_iter()
+            .filter_map(|id| {
+                self.entries
+                    .remove(&id)
+                    .map(|e| (id, e.out.into_iter().flatten().collect()))
+            })
+            .collect();
+        // Finished rows leave; the others decode their new token at its own position.
+        self.keep_rows(&keep)?;
+        if self.rows.is_empty() {
+            return Ok(finished);
+        }
+        let fed: Vec<u32> = keep.iter().map(|&k| next[k as usize]).collect();
+        let positions: Vec<Vec<u32>> = self
+            .rows
+            .iter()
+            .map(|r| vec![(r.prompt_len + r.tokens.len() - 1) as u32])
+            .collect();
+        let layout = TokenLayout {
+            valid: vec![vec![true]; positions.len()],
+            positions,
+        };
+        let input = Tensor::from_vec(fed, (self.rows.len(), 1), dev)?;
+        self.logits = Some(model.forward_last(&input, &layout, Some(&mut self.cache))?);
+        Ok(finished)
+    }
+}
