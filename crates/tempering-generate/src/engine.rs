@@ -5,13 +5,12 @@
 //! cache) at once. Knows nothing of rewards, search or the command line.
 
 use candle_core::{DType, Tensor};
-use tempering_model::{ops, TokenLayout, Tokenizer, Transformer};
+use tempering_model::{TokenLayout, Tokenizer, Transformer};
 
 use crate::backend::{Backend, GenEvent};
-use crate::detok::TextTracker;
 use crate::error::Result;
-use crate::request::{Completion, FinishReason, GenRequest, SamplingParams, TopLogprob};
-use crate::sampler::{sample, top_n, SampleRng};
+use crate::request::{Completion, GenRequest, SamplingParams};
+use crate::sequence::{drawn_logprobs, Sequence};
 
 /// How the local engine batches work.
 #[derive(Clone, Debug)]
@@ -38,13 +37,7 @@ pub struct LocalEngine {
 struct Row {
     /// Index of its request within the group.
     req: usize,
-    sample: usize,
-    rng: SampleRng,
-    prompt_len: usize,
-    tokens: Vec<u32>,
-    tracker: TextTracker,
-    logprobs: Vec<f32>,
-    top: Vec<Vec<TopLogprob>>,
+    seq: Sequence,
 }
 
 impl LocalEngine {
@@ -150,13 +143,7 @@ impl LocalEngine {
             .flat_map(|(i, r)| {
                 (0..r.n).map(move |j| Row {
                     req: i,
-                    sample: j,
-                    rng: SampleRng::for_sample(r.params.seed, j),
-                    prompt_len: r.prompt.len(),
-                    tokens: Vec::with_capacity(r.params.max_new_tokens.min(4096)),
-                    tracker: TextTracker::new(&r.params.stop),
-                    logprobs: vec![],
-                    top: vec![],
+                    seq: Sequence::new(&r.params, j, r.prompt.len()),
                 })
             })
             .collect();
@@ -181,118 +168,48 @@ impl LocalEngine {
                 .enumerate()
                 .map(|(k, &r)| {
                     let row = &mut rows[r];
-                    let p = &reqs[row.req].params;
                     let logits_k = &lv[k * vocab..(k + 1) * vocab];
-                    if row.tokens.len() < p.min_tokens {
-                        // Too early to stop: the stop tokens cannot be drawn.
-                        let mut masked = logits_k.to_vec();
-                        for &id in &stop_ids[row.req] {
-                            if let Some(x) = masked.get_mut(id as usize) {
-                                *x = f32::NEG_INFINITY;
-                            }
-                        }
-                        sample(&masked, p, &mut row.rng)
-                    } else {
-                        sample(logits_k, p, &mut row.rng)
-                    }
+                    row.seq
+                        .draw(logits_k, &reqs[row.req].params, &stop_ids[row.req])
                 })
                 .collect();
-            let want_lp = active.iter().any(|&r| reqs[rows[r].req].params.logprobs);
-            let lps = if want_lp {
-                // The trainer's op on the same logits: identical numbers for the same tokens.
-                let targets = Tensor::new(next.as_slice(), dev)?;
-                let inv_t: Vec<f32> = active
-                    .iter()
-                    .map(|&r| {
-                        let p = &reqs[rows[r].req].params;
-                        if p.tempered_logprobs && p.temperature > 0.0 {
-                            1.0 / p.temperature
-                        } else {
-                            1.0
-                        }
-                    })
-                    .collect();
-                let lp = if inv_t.iter().all(|&x| x == 1.0) {
-                    ops::token_logprobs(&logits, &targets)?
-                } else {
-                    let scale = Tensor::from_vec(inv_t, (active.len(), 1), dev)?
-                        .to_dtype(logits.dtype())?;
-                    ops::token_logprobs(&logits.broadcast_mul(&scale)?, &targets)?
-                };
-                Some(lp.to_vec1::<f32>()?)
-            } else {
-                None
-            };
+            let lps = drawn_logprobs(
+                &logits,
+                &next,
+                active.iter().map(|&r| &reqs[rows[r].req].params),
+                dev,
+            )?;
 
             let mut keep: Vec<u32> = Vec::with_capacity(a);
             for (k, &r) in active.iter().enumerate() {
                 let row = &mut rows[r];
                 let p = &reqs[row.req].params;
                 let tok = next[k];
-                row.tokens.push(tok);
-                if p.logprobs {
-                    if let Some(l) = &lps {
-                        row.logprobs.push(l[k]);
-                    }
-                }
-                if p.top_logprobs > 0 {
-                    let ls = ops::log_softmax_last_dim(&logits.narrow(0, k, 1)?)?
-                        .to_dtype(DType::F32)?
-                        .flatten_all()?
-                        .to_vec1::<f32>()?;
-                    row.top.push(
-                        top_n(&ls, p.top_logprobs)
-                            .into_iter()
-                            .map(|(token, logprob)| TopLogprob { token, logprob })
-                            .collect(),
-                    );
-                }
-                let mut finish = None;
-                let mut stop_string = None;
-                if stop_ids[row.req].contains(&tok) {
-                    finish = Some(FinishReason::Stop);
-                    let n = row.tokens.len() - 1;
-                    row.tracker.flush(&self.tokenizer, &row.tokens[..n])?;
-                } else {
-                    let mut hit = row.tracker.push(&self.tokenizer, &row.tokens)?;
-                    let length = row.tokens.len() >= p.max_new_tokens
-                        || row.prompt_len + row.tokens.len() >= context;
-                    if hit.is_none() && length {
-                        hit = row.tracker.flush(&self.tokenizer, &row.tokens)?;
-                        finish = Some(FinishReason::Length);
-                    }
-                    if let Some((at, i)) = hit {
-                        row.tracker.truncate(at);
-                        finish = Some(FinishReason::StopString);
-                        stop_string = Some(p.stop[i].clone());
-                    }
-                }
-                let text = row.tracker.take_stream(finish.is_some());
+                let finish = row.seq.accept(
+                    &self.tokenizer,
+                    p,
+                    &stop_ids[row.req],
+                    context,
+                    tok,
+                    lps.as_ref().map(|l| l[k]),
+                    || Ok(logits.narrow(0, k, 1)?),
+                )?;
                 on_event(&GenEvent::Token {
                     request: offset + row.req,
-                    sample: row.sample,
+                    sample: row.seq.sample,
                     token: tok,
-                    text,
+                    text: row.seq.take_stream(finish.is_some()),
                 });
                 match finish {
                     None => keep.push(k as u32),
-                    Some(reason) => {
-                        let tracker = std::mem::replace(&mut row.tracker, TextTracker::new(&[]));
-                        let c = Completion {
-                            tokens: std::mem::take(&mut row.tokens),
-                            text: tracker.into_text(),
-                            logprobs: p.logprobs.then(|| std::mem::take(&mut row.logprobs)),
-                            top_logprobs: (p.top_logprobs > 0)
-                                .then(|| std::mem::take(&mut row.top)),
-                            finish_reason: reason,
-                            stop_string,
-                        };
+                    Some(finish) => {
+                        let c = row.seq.complete(p, finish);
                         on_event(&GenEvent::Finished {
                             request: offset + row.req,
-                            sample: row.sample,
+                            sample: row.seq.sample,
                             completion: &c,
                         });
-                        out[row.req][row.sample] = Some(c);
+                        out[row.req][row.seq.sample] = Some(c);
                     }
                 }
             }
@@ -307,7 +224,7 @@ impl LocalEngine {
             // Each row's new token sits right after its own prompt and earlier tokens.
             let positions: Vec<Vec<u32>> = active
                 .iter()
-                .map(|&r| vec![(rows[r].prompt_len + rows[r].tokens.len() - 1) as u32])
+                .map(|&r| vec![(rows[r].seq.prompt_len + rows[r].seq.tokens.len() - 1) as u32])
                 .collect();
             let layout = TokenLayout {
                 valid: vec![vec![true]; positions.len()],

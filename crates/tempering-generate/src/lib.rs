@@ -17,6 +17,7 @@ pub mod error;
 pub mod remote;
 pub mod request;
 pub mod sampler;
+mod sequence;
 pub mod stepwise;
 
 pub use backend::{Backend, GenEvent};

@@ -9,14 +9,13 @@
 use std::collections::HashMap;
 
 use candle_core::{DType, Tensor};
-use tempering_model::{ops, KvCache, TokenLayout};
+use tempering_model::{KvCache, TokenLayout};
 
 use crate::backend::GenEvent;
-use crate::detok::TextTracker;
 use crate::engine::LocalEngine;
 use crate::error::Result;
-use crate::request::{Completion, FinishReason, GenRequest, SamplingParams, TopLogprob};
-use crate::sampler::{sample, top_n, SampleRng};
+use crate::request::{Completion, GenRequest, SamplingParams, TopLogprob};
+use crate::sequence::{drawn_logprobs, Sequence};
 
 /// A request in the batch: its settings and its finished samples.
 struct Entry {
@@ -29,13 +28,7 @@ struct Entry {
 /// One sample being decoded, in cache-row order.
 struct Row {
     id: usize,
-    sample: usize,
-    rng: SampleRng,
-    prompt_len: usize,
-    tokens: Vec<u32>,
-    tracker: TextTracker,
-    logprobs: Vec<f32>,
-    top: Vec<Vec<TopLogprob>>,
+    seq: Sequence,
 }
 
 /// Sequences decoded together; requests join between steps and leave as they finish.
@@ -101,13 +94,7 @@ impl DecodeBatch {
         for j in 0..req.n {
             self.rows.push(Row {
                 id,
-                sample: j,
-                rng: SampleRng::for_sample(p.seed, j),
-                prompt_len: len,
-                tokens: Vec::with_capacity(p.max_new_tokens.min(4096)),
-                tracker: TextTracker::new(&p.stop),
-                logprobs: vec![],
-                top: vec![],
+                seq: Sequence::new(p, j, len),
             });
         }
         self.entries.insert(
@@ -128,9 +115,8 @@ impl DecodeBatch {
         let row = self
             .rows
             .iter()
-            .find(|r| r.id == id && r.sample == sample)?;
-        let lp = *row.logprobs.last()?;
-        Some((lp, row.top.last().map_or(&[][..], |t| t.as_slice())))
+            .find(|r| r.id == id && r.seq.sample == sample)?;
+        row.seq.last_logprob()
     }
 
     /// Drops request `id`'s rows (say its client went away); nothing is reported for it.
@@ -205,42 +191,14 @@ impl DecodeBatch {
         for (k, row) in self.rows.iter_mut().enumerate() {
             let e = entry(row.id)?;
             let row_logits = &lv[k * vocab..(k + 1) * vocab];
-            next.push(if row.tokens.len() < e.params.min_tokens {
-                let mut masked = row_logits.to_vec();
-                for &id in &e.stop_ids {
-                    if let Some(x) = masked.get_mut(id as usize) {
-                        *x = f32::NEG_INFINITY;
-                    }
-                }
-                sample(&masked, &e.params, &mut row.rng)
-            } else {
-                sample(row_logits, &e.params, &mut row.rng)
-            });
+            next.push(row.seq.draw(row_logits, &e.params, &e.stop_ids));
         }
-        let mut want_lp = false;
-        let mut inv_t = Vec::with_capacity(a);
-        for row in &self.rows {
-            let p = &entry(row.id)?.params;
-            want_lp |= p.logprobs;
-            inv_t.push(if p.tempered_logprobs && p.temperature > 0.0 {
-                1.0 / p.temperature
-            } else {
-                1.0
-            });
-        }
-        let lps = if want_lp {
-            // The trainer's op on the same logits: identical numbers for the same tokens.
-            let targets = Tensor::new(next.as_slice(), dev)?;
-            let lp = if inv_t.iter().all(|&x| x == 1.0) {
-                ops::token_logprobs(&logits, &targets)?
-            } else {
-                let scale = Tensor::from_vec(inv_t, (a, 1), dev)?.to_dtype(logits.dtype())?;
-                ops::token_logprobs(&logits.broadcast_mul(&scale)?, &targets)?
-            };
-            Some(lp.to_vec1::<f32>()?)
-        } else {
-            None
-        };
+        let params = self
+            .rows
+            .iter()
+            .map(|row| Ok(&entry(row.id)?.params))
+            .collect::<Result<Vec<_>>>()?;
+        let lps = drawn_logprobs(&logits, &next, params.into_iter(), dev)?;
 
         let mut keep: Vec<u32> = Vec::with_capacity(a);
         let mut done = vec![];
@@ -250,67 +208,31 @@ impl DecodeBatch {
             })?;
             let p = &e.params;
             let t = next[k];
-            row.tokens.push(t);
-            if let (true, Some(l)) = (p.logprobs, &lps) {
-                row.logprobs.push(l[k]);
-            }
-            if p.top_logprobs > 0 {
-                let ls = ops::log_softmax_last_dim(&logits.narrow(0, k, 1)?)?
-                    .to_dtype(DType::F32)?
-                    .flatten_all()?
-                    .to_vec1::<f32>()?;
-                row.top.push(
-                    top_n(&ls, p.top_logprobs)
-                        .into_iter()
-                        .map(|(token, logprob)| TopLogprob { token, logprob })
-                        .collect(),
-                );
-            }
-            let mut finish = None;
-            let mut stop_string = None;
-            if e.stop_ids.contains(&t) {
-                finish = Some(FinishReason::Stop);
-                let n = row.tokens.len() - 1;
-                row.tracker.flush(tok, &row.tokens[..n])?;
-            } else {
-                let mut hit = row.tracker.push(tok, &row.tokens)?;
-                let length = row.tokens.len() >= p.max_new_tokens
-                    || row.prompt_len + row.tokens.len() >= context;
-                if hit.is_none() && length {
-                    hit = row.tracker.flush(tok, &row.tokens)?;
-                    finish = Some(FinishReason::Length);
-                }
-                if let Some((at, i)) = hit {
-                    row.tracker.truncate(at);
-                    finish = Some(FinishReason::StopString);
-                    stop_string = Some(p.stop[i].clone());
-                }
-            }
-            let text = row.tracker.take_stream(finish.is_some());
+            let finish = row.seq.accept(
+                tok,
+                p,
+                &e.stop_ids,
+                context,
+                t,
+                lps.as_ref().map(|l| l[k]),
+                || Ok(logits.narrow(0, k, 1)?),
+            )?;
             on_event(&GenEvent::Token {
                 request: row.id,
-                sample: row.sample,
+                sample: row.seq.sample,
                 token: t,
-                text,
+                text: row.seq.take_stream(finish.is_some()),
             });
             match finish {
                 None => keep.push(k as u32),
-                Some(reason) => {
-                    let tracker = std::mem::replace(&mut row.tracker, TextTracker::new(&[]));
-                    let c = Completion {
-                        tokens: std::mem::take(&mut row.tokens),
-                        text: tracker.into_text(),
-                        logprobs: p.logprobs.then(|| std::mem::take(&mut row.logprobs)),
-                        top_logprobs: (p.top_logprobs > 0).then(|| std::mem::take(&mut row.top)),
-                        finish_reason: reason,
-                        stop_string,
-                    };
+                Some(finish) => {
+                    let c = row.seq.complete(p, finish);
                     on_event(&GenEvent::Finished {
                         request: row.id,
-                        sample: row.sample,
+                        sample: row.seq.sample,
                         completion: &c,
                     });
-                    e.out[row.sample] = Some(c);
+                    e.out[row.seq.sample] = Some(c);
                     e.left -= 1;
                     if e.left == 0 {
                         done.push(row.id);
@@ -335,7 +257,7 @@ impl DecodeBatch {
         let positions: Vec<Vec<u32>> = self
             .rows
             .iter()
-            .map(|r| vec![(r.prompt_len + r.tokens.len() - 1) as u32])
+            .map(|r| vec![(r.seq.prompt_len + r.seq.tokens.len() - 1) as u32])
             .collect();
         let layout = TokenLayout {
             valid: vec![vec![true]; positions.len()],
