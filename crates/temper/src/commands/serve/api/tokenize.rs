@@ -4,16 +4,12 @@
 
 use super::*;
 
-/// `{"model", "prompt", "add_special_tokens"?}` or `{"model", "messages", "add_generation_prompt"?}`
-/// -> `{"count", "max_model_len", "tokens", "token_strs"}` (vLLM's shapes).
-pub(super) async fn tokenize(State(s): State<Arc<AppState>>, req: Request) -> Response {
-    let r = tokenize_inner(&s, req)
-        .await
-        .unwrap_or_else(|e| e.into_response());
-    answered(&s, "/tokenize", r)
-}
-
-async fn tokenize_inner(s: &AppState, req: Request) -> Result<Response, ApiError> {
+/// What both endpoints check first: the API key, a loaded model, a JSON object body whose
+/// `model` (if given) is one served here; then the body and the tokenizer's side of the model.
+async fn open_request(
+    s: &AppState,
+    req: Request,
+) -> Result<(Map<String, Value>, &crate::commands::serve::ModelInfo), ApiError> {
     check_key(s, req.headers())?;
     check_ready(s)?;
     let m = read_json(req).await?;
@@ -24,6 +20,20 @@ async fn tokenize_inner(s: &AppState, req: Request) -> Result<Response, ApiError
         .info
         .get()
         .ok_or_else(|| server_error("the model is loaded but its tokenizer is not"))?;
+    Ok((m, info))
+}
+
+/// `{"model", "prompt", "add_special_tokens"?}` or `{"model", "messages", "add_generation_prompt"?}`
+/// -> `{"count", "max_model_len", "tokens", "token_strs"}` (vLLM's shapes).
+pub(super) async fn tokenize(State(s): State<Arc<AppState>>, req: Request) -> Response {
+    let r = tokenize_inner(&s, req)
+        .await
+        .unwrap_or_else(|e| e.into_response());
+    answered(&s, "/tokenize", r)
+}
+
+async fn tokenize_inner(s: &AppState, req: Request) -> Result<Response, ApiError> {
+    let (m, info) = open_request(s, req).await?;
     let tok = &info.tokenizer;
     let ids = match (m.get("prompt"), m.get("messages")) {
         (Some(p), None) if !p.is_null() => {
@@ -85,16 +95,7 @@ pub(super) async fn detokenize(State(s): State<Arc<AppState>>, req: Request) -> 
 }
 
 async fn detokenize_inner(s: &AppState, req: Request) -> Result<Response, ApiError> {
-    check_key(s, req.headers())?;
-    check_ready(s)?;
-    let m = read_json(req).await?;
-    if let Some(model) = opt_str(&m, "model")? {
-        resolve_model(s, model)?;
-    }
-    let info = s
-        .info
-        .get()
-        .ok_or_else(|| server_error("the model is loaded but its tokenizer is not"))?;
+    let (m, info) = open_request(s, req).await?;
     let bad = || {
         ApiError::bad(
             format!(
