@@ -16,7 +16,7 @@ if ! "$venv/bin/python" -c "import nvidia" 2>/dev/null; then
     python3 -m venv "$venv"
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
         "nvidia-cuda-nvcc==13.0.*" "nvidia-cuda-crt==13.0.*" "nvidia-cuda-runtime==13.0.*" \
-        "nvidia-cublas==13.0.*" "nvidia-curand" "nvidia-cuda-cccl==13.0.*" "nvidia-cuda-nvrtc==13.0.*"
+        "nvidia-cublas==13.0.*" "nvidia-curand" "nvidia-cuda-cccl==13.0.*" "nvidia-cuda-nvrtc==13.0.*" "nvidia-nvvm==13.0.*"
 fi
 home=$("$venv/bin/python" -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13"))')
 [ -x "$home/bin/nvcc" ] || { echo "no nvcc in $home/bin" >&2; exit 1; }
