@@ -4,13 +4,13 @@
 //! prefill, then all rows decode one token per step, and rows that finish leave the batch (and the
 //! cache) at once. Knows nothing of rewards, search or the command line.
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use tempering_model::{TokenLayout, Tokenizer, Transformer};
 
 use crate::backend::{Backend, GenEvent};
 use crate::error::Result;
 use crate::request::{Completion, GenRequest, SamplingParams};
-use crate::sequence::{drawn_logprobs, Sequence};
+use crate::sequence::{drawn_logprobs, logit_rows, Sequence};
 
 /// How the local engine batches work.
 #[derive(Clone, Debug)]
@@ -153,16 +153,7 @@ impl LocalEngine {
         let mut active: Vec<usize> = (0..rows.len()).collect();
         loop {
             let a = active.len();
-            let lv = logits
-                .to_dtype(DType::F32)?
-                .flatten_all()?
-                .to_vec1::<f32>()?;
-            if lv.len() != a * vocab {
-                return Err(crate::GenError::Unsupported(format!(
-                    "logits hold {} values, expected {a} rows of {vocab}",
-                    lv.len()
-                )));
-            }
+            let lv = logit_rows(&logits, a, vocab)?;
             let next: Vec<u32> = active
                 .iter()
                 .enumerate()

@@ -136,6 +136,21 @@ impl Sequence {
     }
 }
 
+/// The step's logits `[rows, vocab]` as one f32 vector, row after row (checked to hold that many).
+pub(crate) fn logit_rows(logits: &Tensor, rows: usize, vocab: usize) -> Result<Vec<f32>> {
+    let lv = logits
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    if lv.len() != rows * vocab {
+        return Err(crate::GenError::Unsupported(format!(
+            "logits hold {} values, expected {rows} rows of {vocab}",
+            lv.len()
+        )));
+    }
+    Ok(lv)
+}
+
 /// The log-probability of each row's drawn token `next[k]` under `logits` `[rows, V]`, divided by
 /// its temperature where its request asks for tempered logprobs; `None` when no row asks for
 /// logprobs. The trainer's op on the same logits: identical numbers for the same tokens.

@@ -8,14 +8,14 @@
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use tempering_model::{KvCache, TokenLayout};
 
 use crate::backend::GenEvent;
 use crate::engine::LocalEngine;
 use crate::error::Result;
 use crate::request::{Completion, GenRequest, SamplingParams, TopLogprob};
-use crate::sequence::{drawn_logprobs, Sequence};
+use crate::sequence::{drawn_logprobs, logit_rows, Sequence};
 
 /// A request in the batch: its settings and its finished samples.
 struct Entry {
@@ -171,16 +171,7 @@ impl DecodeBatch {
         let context = model.config.max_position_embeddings;
         let vocab = model.config.vocab_size;
         let a = self.rows.len();
-        let lv = logits
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        if lv.len() != a * vocab {
-            return Err(crate::GenError::Unsupported(format!(
-                "logits hold {} values, expected {a} rows of {vocab}",
-                lv.len()
-            )));
-        }
+        let lv = logit_rows(&logits, a, vocab)?;
         let entries = &self.entries;
         let entry = |id: usize| -> Result<&Entry> {
             entries.get(&id).ok_or_else(|| {
