@@ -15,6 +15,7 @@ pub mod ppo;
 pub mod prm;
 pub mod rl;
 pub mod rm;
+pub mod rollout_server;
 pub mod score;
 pub mod search;
 pub mod serve;

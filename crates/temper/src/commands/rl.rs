@@ -43,6 +43,13 @@ pub struct RlFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<PathBuf>,
+    /// Generate the rollouts on an OpenAI-compatible server running the same base model that
+    /// loads LoRA adapters at run time (`temper serve --allow-runtime-lora`, or vLLM with
+    /// --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True) and reads this run directory:
+    /// each new adapter is loaded there as policy-step-N. grpo and rloo, with LoRA.
+    #[arg(long, value_name = "URL")]
+    #[serde(skip)]
+    pub rollout_backend: Option<String>,
     /// RL prompts (JSONL or Parquet): `prompt` (text or messages) and the reference answer.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -484,14 +491,23 @@ pub fn run(a: GrpoArgs, rloo: bool) -> Result<()> {
         config.online.steps,
         run.reward_spec
     );
-    let summary = run_online(
-        &config,
-        run.inputs()
-            .with_prm(process.as_deref())
-            .with_replay(replay.as_deref()),
-        &run_dir,
-        resume,
-    )?;
+    let mut server = match &a.rl.rollout_backend {
+        Some(url) => Some(crate::commands::rollout_server::ServerPolicy::connect(
+            url,
+            &run.model_path,
+            &run_dir,
+            run.lora.is_some(),
+        )?),
+        None => None,
+    };
+    let mut inputs = run
+        .inputs()
+        .with_prm(process.as_deref())
+        .with_replay(replay.as_deref());
+    inputs.rollout_server = server
+        .as_mut()
+        .map(|s| s as &mut dyn tempering_train::rl::RolloutServer);
+    let summary = run_online(&config, inputs, &run_dir, resume)?;
     let final_dir = run.save(&run_dir)?;
     let get = |k: &str| summary.last.get(k).and_then(|v| v.as_f64());
     eprintln!(

@@ -126,6 +126,8 @@ impl RemoteBackend {
         }
         match serde_json::from_str(&text) {
             Ok(v) => Attempt::Ok(v),
+            // vLLM and temper serve answer their LoRA endpoints in plain text.
+            Err(_) if url.ends_with("_lora_adapter") => Attempt::Ok(Value::String(text)),
             Err(e) => Attempt::Fail(RemoteError::BadResponse {
                 what: format!("{url}: the body is not JSON ({e}): {:?}", clip(&text)),
             }),

@@ -186,6 +186,26 @@ impl RemoteBackend {
         Ok(b)
     }
 
+    /// Loads a LoRA adapter directory (on the server's disk) under `name`, through vLLM's
+    /// `/v1/load_lora_adapter` (temper serve takes it with `--allow-runtime-lora`).
+    pub fn load_lora_adapter(&self, name: &str, path: &str) -> Result<(), RemoteError> {
+        let body = serde_json::json!({"lora_name": name, "lora_path": path});
+        self.send(Some(&body), &self.url("/v1/load_lora_adapter"))
+            .map(drop)
+    }
+
+    /// Unloads the adapter loaded under `name` (`/v1/unload_lora_adapter`).
+    pub fn unload_lora_adapter(&self, name: &str) -> Result<(), RemoteError> {
+        let body = serde_json::json!({"lora_name": name});
+        self.send(Some(&body), &self.url("/v1/unload_lora_adapter"))
+            .map(drop)
+    }
+
+    /// Makes every later request name `model` (say, an adapter just loaded).
+    pub fn set_model(&mut self, model: &str) {
+        self.info.model = model.to_string();
+    }
+
     pub fn info(&self) -> &ServerInfo {
         &self.info
     }

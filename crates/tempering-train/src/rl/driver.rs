@@ -14,7 +14,7 @@ use candle_core::Var;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
-use tempering_generate::LocalEngine;
+use tempering_generate::{Backend, LocalEngine};
 use tempering_model::{Tokenizer, Transformer};
 use tempering_reward::{StepScorer, Verifier};
 
@@ -171,6 +171,18 @@ pub struct OnlineInputs<'a> {
     /// The forgetting monitor's retain set and the replay data (SFT sequences).
     pub retain: Option<&'a [SftSequence]>,
     pub replay: Option<&'a [SftSequence]>,
+    /// Rollouts from a server handed every new policy, instead of the local engine.
+    pub rollout_server: Option<&'a mut dyn RolloutServer>,
+}
+
+/// Where rollouts come from when not from the local engine: a server (an OpenAI-compatible one that
+/// loads LoRA adapters at run time) handed each new policy before it samples. The learner still
+/// recomputes every logprob itself.
+pub trait RolloutServer {
+    /// Makes the server sample from `policy`, the weights after `rollout_step` batches; returns
+    /// the backend to sample with and the name of that policy version on the server.
+    fn sync(&mut self, policy: &Transformer, rollout_step: usize)
+        -> Result<(&dyn Backend, String)>;
 }
 
 impl<'a> OnlineInputs<'a> {
@@ -195,6 +207,7 @@ impl<'a> OnlineInputs<'a> {
             prm: None,
             retain: None,
             replay: None,
+            rollout_server: None,
         }
     }
 
@@ -309,7 +322,7 @@ pub trait RlAlgorithm {
 pub fn run<A: RlAlgorithm>(
     config: &OnlineConfig,
     algorithm: &mut A,
-    inputs: OnlineInputs<'_>,
+    mut inputs: OnlineInputs<'_>,
     run_dir: &Path,
     resume: bool,
 ) -> Result<OnlineSummary> {
@@ -397,7 +410,18 @@ pub fn run<A: RlAlgorithm>(
         let started = Instant::now();
 
         // 1. Rollouts and scores (with dynamic sampling: refill groups whose rewards all tie).
-        let engine = LocalEngine::new(policy.clone(), tok.clone());
+        let local;
+        let (backend, policy_version): (&dyn Backend, Option<String>) =
+            match inputs.rollout_server.as_deref_mut() {
+                Some(server) => {
+                    let (b, version) = server.sync(&policy, k)?;
+                    (b, Some(version))
+                }
+                None => {
+                    local = LocalEngine::new(policy.clone(), tok.clone());
+                    (&local, None)
+                }
+            };
         let mut groups: Vec<Group> = Vec::new();
         let (mut gen_s, mut score_s) = (0.0, 0.0);
         let mut dropped = 0usize;
@@ -408,7 +432,7 @@ pub fn run<A: RlAlgorithm>(
             }
             let idx = order.take(want);
             let t0 = Instant::now();
-            let mut fresh = rollout_groups(config, &engine, inputs.prompts, &idx, k, round)?;
+            let mut fresh = rollout_groups(config, backend, inputs.prompts, &idx, k, round)?;
             gen_s += t0.elapsed().as_secs_f64();
             let t1 = Instant::now();
             score_groups(&mut fresh, inputs.prompts, inputs.reward, inputs.verifier)?;
@@ -464,6 +488,9 @@ pub fn run<A: RlAlgorithm>(
             );
         }
         rec.insert("generation_s".into(), json!(gen_s));
+        if let Some(v) = &policy_version {
+            rec.insert("rollout_policy".into(), json!(v));
+        }
         rec.insert("scoring_s".into(), json!(score_s));
         rec.insert("step_s".into(), json!(started.elapsed().as_secs_f64()));
 

@@ -25,7 +25,7 @@ pub use actor_critic::{
     run_actor_critic, ActorCriticConfig, ActorCriticInputs, AdvantageEstimator, Method,
 };
 pub use advantage::ScaleRewards;
-pub use driver::{OnlineConfig, OnlineInputs, OnlineSummary, RlAlgorithm};
+pub use driver::{OnlineConfig, OnlineInputs, OnlineSummary, RlAlgorithm, RolloutServer};
 pub use gae::{KlControl, KlController};
 pub use grpo::{run_online, Algorithm, GrpoConfig};
 pub use guards::{GuardConfig, GuardState};

@@ -1,0 +1,145 @@
+//! `temper grpo --rollout-backend`: the rollouts generated on `temper serve --allow-runtime-lora`
+//! (the committed tiny model on loopback), each batch's adapter written under the run directory,
+//! loaded there as `policy-step-N` and the previous version unloaded and deleted; the run finishes
+//! and records which version sampled each batch, batch for batch the same run as on the local
+//! engine. Full fine-tuning, and ppo, are refused by name.
+
+mod serve_common;
+
+use std::process::Command;
+
+use serde_json::Value;
+use serve_common::{model_dir, Server};
+
+fn grpo(out: &std::path::Path, url: &str, extra: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_temper"))
+        .arg("grpo")
+        .arg("--model")
+        .arg(model_dir())
+        .args([
+            "--task",
+            "arithmetic",
+            "--level",
+            "1",
+            "--num-prompts",
+            "40",
+        ])
+        .args([
+            "--steps",
+            "3",
+            "--prompts-per-step",
+            "2",
+            "--num-generations",
+            "4",
+        ])
+        .args(["--max-completion-length", "40", "--micro-batch-size", "8"])
+        .args(["--rollout-backend", url, "--quiet", "--output"])
+        .arg(out)
+        .args(extra)
+        .output()
+        .expect("running temper grpo")
+}
+
+#[test]
+fn grpo_rolls_out_on_a_server_that_loads_each_new_adapter() {
+    let server = Server::start(&["--allow-runtime-lora"], &[]);
+    let url = format!("http://{}/v1", server.addr);
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let o = grpo(&run, &url, &["--lora-r", "4"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let versions: Vec<String> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r.get("rollout_step").is_some())
+        .map(|r| r["rollout_policy"].as_str().unwrap_or("none").to_string())
+        .collect();
+    assert_eq!(
+        versions,
+        ["policy-step-0", "policy-step-1", "policy-step-2"],
+        "{metrics}"
+    );
+    // Only the newest version stays loaded and on disk.
+    let (status, models) = server.get("/v1/models");
+    assert_eq!(status, 200);
+    assert!(models.contains("policy-step-2"), "{models}");
+    assert!(!models.contains("policy-step-1"), "{models}");
+    let left: Vec<String> = std::fs::read_dir(run.join("rollout-adapters"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["policy-step-2"]);
+    assert!(run.join("adapter/adapter_model.safetensors").is_file());
+    // The same run on the local engine, for comparison.
+    let local = dir.path().join("local");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_temper"));
+    cmd.arg("grpo")
+        .arg("--model")
+        .arg(model_dir())
+        .args([
+            "--task",
+            "arithmetic",
+            "--level",
+            "1",
+            "--num-prompts",
+            "40",
+        ])
+        .args([
+            "--steps",
+            "3",
+            "--prompts-per-step",
+            "2",
+            "--num-generations",
+            "4",
+        ])
+        .args(["--max-completion-length", "40", "--micro-batch-size", "8"])
+        .args(["--lora-r", "4", "--quiet", "--output"])
+        .arg(&local);
+    let o = cmd.output().unwrap();
+    assert!(o.status.success());
+    let read = |p: &std::path::Path| -> Vec<(f64, f64, f64)> {
+        std::fs::read_to_string(p.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|r| r.get("rollout_step").is_some())
+            .map(|r| {
+                (
+                    r["reward"].as_f64().unwrap(),
+                    r["completion_length"].as_f64().unwrap(),
+                    r["loss"].as_f64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    // The server samples with the same seeds from each new adapter: the run is the local one, batch
+    // for batch (rewards, lengths and losses after the policy moved).
+    let (served, local) = (read(&run), read(&local));
+    assert_eq!(served, local);
+    assert!(served.iter().any(|r| r.2 != 0.0), "{served:?}");
+    // The server generated them: its completion counter saw every rollout request.
+    assert!(server.metric("temper_generation_tokens_total") > 0.0);
+}
+
+#[test]
+fn full_fine_tuning_and_ppo_are_refused_naming_what_works() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens there: the flags are refused before any connection.
+    let url = "http://127.0.0.1:9/v1";
+    let o = grpo(&dir.path().join("full"), url, &[]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("needs LoRA (--lora-r N)"), "{err}");
+    let o = Command::new(env!("CARGO_BIN_EXE_temper"))
+        .arg("ppo")
+        .arg("--model")
+        .arg(model_dir())
+        .args(["--task", "arithmetic", "--rollout-backend", url, "--output"])
+        .arg(dir.path().join("ppo"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("grpo and rloo take it"), "{err}");
+}
