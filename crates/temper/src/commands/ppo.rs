@@ -195,7 +195,6 @@ fn overrides<T: Serialize>(a: &T, ac: &ActorCriticFlags) -> Result<toml::Table> 
 pub fn ppo(a: PpoArgs) -> Result<()> {
     a.not.check()?;
     let cli = overrides(&a, &a.ac)?;
-    refuse_rollout_backend(&a.rl)?;
     let (cfg, run_dir, resume, _lock) =
         open_rl_run(&a.rl, cli, PpoRunConfig::resolve, &ppo_keys(), |c| {
             c.rl.output.as_deref()
@@ -217,7 +216,6 @@ pub fn ppo(a: PpoArgs) -> Result<()> {
 pub fn trpo(a: TrpoArgs) -> Result<()> {
     a.not.check()?;
     let cli = overrides(&a, &a.ac)?;
-    refuse_rollout_backend(&a.rl)?;
     let (cfg, run_dir, resume, _lock) =
         open_rl_run(&a.rl, cli, TrpoRunConfig::resolve, &trpo_keys(), |c| {
             c.rl.output.as_deref()
@@ -300,16 +298,6 @@ fn run(
         final_dir.display()
     );
     Ok(())
-}
-
-/// ppo and trpo generate locally (their critic scores the rollouts' tokens in this process).
-fn refuse_rollout_backend(rl: &crate::commands::rl::RlFlags) -> Result<()> {
-    match &rl.rollout_backend {
-        Some(url) => anyhow::bail!(
-            "--rollout-backend {url}: grpo and rloo take it; ppo and trpo generate in this process"
-        ),
-        None => Ok(()),
-    }
 }
 
 #[cfg(test)]

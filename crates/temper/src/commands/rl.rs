@@ -43,13 +43,6 @@ pub struct RlFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<PathBuf>,
-    /// Generate the rollouts on an OpenAI-compatible server running the same base model that
-    /// loads LoRA adapters at run time (`temper serve --allow-runtime-lora`, or vLLM with
-    /// --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True) and reads this run directory:
-    /// each new adapter is loaded there as policy-step-N. grpo and rloo, with LoRA.
-    #[arg(long, value_name = "URL")]
-    #[serde(skip)]
-    pub rollout_backend: Option<String>,
     /// RL prompts (JSONL or Parquet): `prompt` (text or messages) and the reference answer.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -191,6 +184,13 @@ pub struct GrpoArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub rl: RlFlags,
+    /// Generate the rollouts on an OpenAI-compatible server running the same base model that
+    /// loads LoRA adapters at run time (`temper serve --allow-runtime-lora`, or vLLM with
+    /// --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True) and reads this run directory:
+    /// each new adapter is loaded there as policy-step-N. With LoRA.
+    #[arg(long, value_name = "URL")]
+    #[serde(skip)]
+    pub rollout_backend: Option<String>,
     /// REINFORCE++ (grpo only): batch-whitened returns with the per-token KL in the reward.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -491,7 +491,7 @@ pub fn run(a: GrpoArgs, rloo: bool) -> Result<()> {
         config.online.steps,
         run.reward_spec
     );
-    let mut server = match &a.rl.rollout_backend {
+    let mut server = match &a.rollout_backend {
         Some(url) => Some(crate::commands::rollout_server::ServerPolicy::connect(
             url,
             &run.model_path,
