@@ -11,9 +11,10 @@ use std::process::Command;
 use serde_json::Value;
 use serve_common::{model_dir, Server};
 
-fn grpo(out: &std::path::Path, url: &str, extra: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_temper"))
-        .arg("grpo")
+/// A short GRPO run of the tiny model, its rollouts on the server at `url` when given.
+fn grpo(out: &std::path::Path, url: Option<&str>, extra: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_temper"));
+    cmd.arg("grpo")
         .arg("--model")
         .arg(model_dir())
         .args([
@@ -33,11 +34,13 @@ fn grpo(out: &std::path::Path, url: &str, extra: &[&str]) -> std::process::Outpu
             "4",
         ])
         .args(["--max-completion-length", "40", "--micro-batch-size", "8"])
-        .args(["--rollout-backend", url, "--quiet", "--output"])
+        .args(["--quiet", "--output"])
         .arg(out)
-        .args(extra)
-        .output()
-        .expect("running temper grpo")
+        .args(extra);
+    if let Some(url) = url {
+        cmd.args(["--rollout-backend", url]);
+    }
+    cmd.output().expect("running temper grpo")
 }
 
 #[test]
@@ -46,7 +49,7 @@ fn grpo_rolls_out_on_a_server_that_loads_each_new_adapter() {
     let url = format!("http://{}/v1", server.addr);
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    let o = grpo(&run, &url, &["--lora-r", "4"]);
+    let o = grpo(&run, Some(&url), &["--lora-r", "4"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     let versions: Vec<String> = metrics
@@ -73,31 +76,8 @@ fn grpo_rolls_out_on_a_server_that_loads_each_new_adapter() {
     assert!(run.join("adapter/adapter_model.safetensors").is_file());
     // The same run on the local engine, for comparison.
     let local = dir.path().join("local");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_temper"));
-    cmd.arg("grpo")
-        .arg("--model")
-        .arg(model_dir())
-        .args([
-            "--task",
-            "arithmetic",
-            "--level",
-            "1",
-            "--num-prompts",
-            "40",
-        ])
-        .args([
-            "--steps",
-            "3",
-            "--prompts-per-step",
-            "2",
-            "--num-generations",
-            "4",
-        ])
-        .args(["--max-completion-length", "40", "--micro-batch-size", "8"])
-        .args(["--lora-r", "4", "--quiet", "--output"])
-        .arg(&local);
-    let o = cmd.output().unwrap();
-    assert!(o.status.success());
+    let o = grpo(&local, None, &["--lora-r", "4"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let read = |p: &std::path::Path| -> Vec<(f64, f64, f64)> {
         std::fs::read_to_string(p.join("metrics.jsonl"))
             .unwrap()
@@ -127,7 +107,7 @@ fn full_fine_tuning_is_refused_and_ppo_has_no_such_flag() {
     let dir = tempfile::tempdir().unwrap();
     // Nothing listens there: the flags are refused before any connection.
     let url = "http://127.0.0.1:9/v1";
-    let o = grpo(&dir.path().join("full"), url, &[]);
+    let o = grpo(&dir.path().join("full"), Some(url), &[]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("needs LoRA (--lora-r N)"), "{err}");
