@@ -445,3 +445,145 @@ fn rule_labels_mark_every_wrong_step_and_what_follows() {
     let msg = String::from_utf8_lossy(&bad.stderr);
     assert!(msg.contains("--labels vibes"), "{msg}");
 }
+
+/// `temper prm --implicit` on outcome labels (`label-steps --labels outcome`): the model stays a
+/// causal LM with `implicit_prm.json` beside it, learns the outcomes of its training solutions,
+/// scores every step of held-out solutions with a probability, ranks them better than chance, and
+/// serves `temper eval --prm` like a classifier PRM. A PRM whose reference is gone gets an error
+/// naming the file.
+#[test]
+fn an_implicit_prm_learns_outcomes_and_scores_steps() {
+    let tiny = policy();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let label = |split: &str, n: &str, seed: &str, out: &Path| {
+        run_ok(
+            temper()
+                .args(["label-steps", "--labels", "outcome", "--policy"])
+                .arg(tiny)
+                .args(["--task", "arithmetic", "--level", "1", "--split", split])
+                .args(["--n", n, "--samples", "8", "--seed", seed])
+                .args(["--max-new-tokens", "32", "--output"])
+                .arg(out),
+        );
+    };
+    let train = d.join("outcomes.jsonl");
+    label("train", "300", "1", &train);
+    let rows = read_jsonl(&train);
+    for r in &rows {
+        // Every step carries the solution's verdict.
+        for l in r["labels"].as_array().unwrap() {
+            assert_eq!(l, &r["correct"]);
+        }
+    }
+    let heldout = d.join("heldout.jsonl");
+    label("test", "100", "7", &heldout);
+
+    let run = d.join("implicit");
+    run_ok(
+        temper()
+            .args(["prm", "--implicit", "--beta", "0.5", "--quiet", "--model"])
+            .arg(tiny)
+            .arg("--data")
+            .arg(&train)
+            .args(["--max-steps", "150", "--batch-size", "32"])
+            .args(["--learning-rate", "3e-4", "--output"])
+            .arg(&run),
+    );
+    let model = run.join("model");
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["architectures"][0], "LlamaForCausalLM");
+    let spec: Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("implicit_prm.json")).unwrap())
+            .unwrap();
+    assert_eq!(spec["beta"], 0.5);
+    assert!(Path::new(spec["reference"].as_str().unwrap()).is_absolute());
+    // It learned the training outcomes: the reward's sign matches the label on most solutions.
+    assert!(last_metrics(&run, "accuracy") > 0.6);
+
+    let scores = d.join("scores.jsonl");
+    let out = run_ok(
+        temper()
+            .arg("score")
+            .arg(&model)
+            .arg("--data")
+            .arg(&heldout)
+            .arg("--output")
+            .arg(&scores),
+    );
+    let auc = auc_of(&out);
+    let scored = read_jsonl(&scores);
+    for r in &scored {
+        let s = r["step_scores"].as_array().unwrap();
+        assert_eq!(s.len(), r["completions"].as_array().unwrap().len());
+        assert!(s
+            .iter()
+            .all(|v| v.as_f64().is_some_and(|v| v > 0.0 && v < 1.0)));
+    }
+    eprintln!(
+        "implicit PRM: held-out AUC {auc:.3}, same-problem pairs {:.3}",
+        per_problem_accuracy(&scored)
+    );
+    assert!(auc >= 0.55, "implicit PRM AUC {auc}");
+
+    // Search and evaluation take it through --prm.
+    let problems = d.join("problems.jsonl");
+    run_ok(
+        temper()
+            .args([
+                "tasks",
+                "generate",
+                "arithmetic",
+                "--level",
+                "1",
+                "--split",
+                "test",
+            ])
+            .args(["--n", "4", "--output"])
+            .arg(&problems),
+    );
+    run_ok(
+        temper()
+            .arg("eval")
+            .arg(tiny)
+            .arg("--data")
+            .arg(&problems)
+            .args([
+                "--strategies",
+                "bon@2:min,beam:2x2",
+                "--max-new-tokens",
+                "32",
+            ])
+            .arg("--prm")
+            .arg(&model)
+            .arg("--output")
+            .arg(d.join("eval")),
+    );
+
+    // The reference moved away: the error names the spec file and the missing path.
+    let moved = d.join("moved");
+    std::fs::create_dir_all(&moved).unwrap();
+    for f in std::fs::read_dir(&model).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, moved.join(f.file_name().unwrap())).unwrap();
+    }
+    std::fs::write(
+        moved.join("implicit_prm.json"),
+        json!({"reference": "/nonexistent/sft", "beta": 0.5, "step_separator": "\n"}).to_string(),
+    )
+    .unwrap();
+    let out = temper()
+        .arg("score")
+        .arg(&moved)
+        .arg("--data")
+        .arg(&heldout)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("implicit_prm.json") && e.contains("/nonexistent/sft"),
+        "{e}"
+    );
+}

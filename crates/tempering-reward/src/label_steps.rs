@@ -226,6 +226,32 @@ pub fn label_steps_by_checker(
     })
 }
 
+/// Labels `opts.samples` sampled solutions of each problem by their outcome alone: every step
+/// gets the verified answer's label (what an implicit PRM or an outcome model trains on; no
+/// rollouts, no step checker). `values` holds 1 or 0. `opts.rollouts` is not used.
+pub fn label_steps_by_outcome(
+    backend: &dyn Backend,
+    tokenizer: &Tokenizer,
+    task: &dyn Task,
+    problems: &[Problem],
+    opts: &LabelOptions,
+    on_progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<StepwiseRow>> {
+    opts.validate()?;
+    let mut seeds = Seeds::new(opts.seed);
+    in_chunks(problems, 64, opts, on_progress, |chunk| {
+        let pending = sample_solutions(backend, tokenizer, task, chunk, opts, &mut seeds)?;
+        Ok(pending
+            .into_iter()
+            .map(|(pi, steps, correct)| {
+                let n = steps.len();
+                let value = if correct { 1.0 } else { 0.0 };
+                StepwiseRow::new(&chunk[pi], steps, vec![correct; n], vec![value; n], correct)
+            })
+            .collect())
+    })
+}
+
 impl StepwiseRow {
     fn new(
         p: &Problem,

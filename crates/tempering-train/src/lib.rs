@@ -26,6 +26,7 @@ pub mod config;
 pub mod data;
 pub mod dpo;
 pub mod error;
+pub mod implicit_prm;
 pub mod interrupt;
 pub mod metrics;
 pub mod objective;

@@ -69,6 +69,11 @@ pub struct PrmConfig {
     pub step_separator: String,
     /// Train on the last step's label only.
     pub train_on_last_step_only: bool,
+    /// Train an implicit PRM instead of a classifier: the model stays a causal LM and learns
+    /// each row's outcome (its last label) as `beta` times its log-ratio to the starting model.
+    pub implicit: bool,
+    /// The implicit PRM's reward scale.
+    pub beta: f64,
     pub device: String,
     pub dtype: String,
 }
@@ -84,6 +89,8 @@ impl Default for PrmConfig {
             max_length: 1024,
             step_separator: "\n".into(),
             train_on_last_step_only: false,
+            implicit: false,
+            beta: 0.05,
             device: "cpu".into(),
             dtype: String::new(),
         }
@@ -104,7 +111,13 @@ pub fn rm_keys() -> Vec<&'static str> {
 pub fn prm_keys() -> Vec<&'static str> {
     let mut k = IO_KEYS.to_vec();
     k.extend(train_keys());
-    k.extend_from_slice(&["max_length", "step_separator", "train_on_last_step_only"]);
+    k.extend_from_slice(&[
+        "max_length",
+        "step_separator",
+        "train_on_last_step_only",
+        "implicit",
+        "beta",
+    ]);
     k
 }
 
@@ -155,6 +168,12 @@ impl PrmConfig {
                 "expected a non-empty string (the default is a newline)",
             ));
         }
+        if !(cfg.beta.is_finite() && cfg.beta > 0.0) {
+            return Err(TrainError::config(
+                "beta",
+                format!("expected a positive number, got {}", cfg.beta),
+            ));
+        }
         Ok(cfg)
     }
 
@@ -193,6 +212,8 @@ mod tests {
         let prm = PrmConfig {
             step_separator: "\n\n".into(),
             train_on_last_step_only: true,
+            implicit: true,
+            beta: 0.2,
             ..Default::default()
         };
         prm.write(dir.path()).unwrap();

@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use tempering_reward::label_steps::{label_steps, label_steps_by_checker, LabelOptions, LabelRule};
+use tempering_reward::label_steps::{
+    label_steps, label_steps_by_checker, label_steps_by_outcome, LabelOptions, LabelRule,
+};
 use tempering_tasks::{generate, task_by_name, write_jsonl, GenerateSpec, Split};
 
 use super::backend_flags::{open_generator, BackendFlags};
@@ -46,7 +48,8 @@ pub struct LabelStepsArgs {
     /// Where step labels come from: `rollouts` (Math-Shepherd: how many continuations from the step
     /// reach a verified answer) or `rule` (the task's rule step checker judges each step, as a
     /// human labeller would; no rollouts; the last step also needs the verified answer; tasks with
-    /// one: arithmetic).
+    /// one: arithmetic) or `outcome` (every step gets the verified answer's label: the data of an
+    /// implicit PRM, `temper prm --implicit`; no rollouts).
     #[arg(long, default_value = "rollouts")]
     pub labels: String,
     /// A step is correct when at least this fraction of its rollouts reaches a verified answer;
@@ -148,7 +151,15 @@ pub fn run(a: LabelStepsArgs) -> Result<()> {
                 &mut progress,
             )?
         }
-        other => bail!("--labels {other}: expected `rollouts` or `rule`"),
+        "outcome" => label_steps_by_outcome(
+            generator.backend(),
+            tok,
+            task.as_ref(),
+            &problems,
+            &opts,
+            &mut progress,
+        )?,
+        other => bail!("--labels {other}: expected `rollouts`, `rule` or `outcome`"),
     };
     bar.finish_and_clear();
     if rows.is_empty() {

@@ -13,7 +13,7 @@ use clap::Args;
 use serde::Serialize;
 use tempering_generate::render_chat;
 use tempering_model::{ChatMessage, ModelFiles, Tokenizer, Transformer};
-use tempering_reward::learned::ProcessRewardModel;
+use tempering_reward::learned::open_step_scorer;
 use tempering_reward::spec::{build_reward, RewardContext};
 use tempering_reward::{StepScorer, Verifier};
 use tempering_tasks::dataset::{load_rl_prompts, TextOrChat};
@@ -441,10 +441,7 @@ pub(crate) fn process_scorer(
     if !dir.is_dir() {
         bail!("--process-reward {spec}: expected `rule` or a PRM directory written by temper prm");
     }
-    Ok(Box::new(
-        ProcessRewardModel::open(dir, device)
-            .with_context(|| format!("--process-reward {spec}"))?,
-    ))
+    open_step_scorer(dir, device).with_context(|| format!("--process-reward {spec}"))
 }
 
 pub(crate) fn sft_data(

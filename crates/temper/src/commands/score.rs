@@ -1,7 +1,7 @@
 //! `temper score MODEL --data completions.jsonl`: scores completions with a reward model (an HF
 //! sequence classifier: one score each) or a process reward model (a token classifier: a score per
 //! step and their aggregation). Rows hold `prompt` and `completion`, or stepwise `prompt` and
-//! `completions` (steps); a boolean `label` (or `correct`) column, when present, yields the AUC:
+//! `completions` (steps); an implicit PRM (`temper prm --implicit`) scores steps like a PRM. A boolean `label` (or `correct`) column, when present, yields the AUC:
 //! how often a correct completion outscores an incorrect one. Holds no scoring logic.
 
 use std::path::PathBuf;
@@ -10,7 +10,9 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::{json, Value};
 use tempering_model::{Classifier, HeadKind};
-use tempering_reward::learned::{split_steps, ProcessRewardModel, RewardModel, StepAggregation};
+use tempering_reward::learned::{
+    is_implicit_prm, split_steps, ImplicitPrm, ProcessRewardModel, RewardModel, StepAggregation,
+};
 use tempering_reward::StepScorer;
 use tempering_tasks::dataset::read_rows_numbered;
 use tempering_tasks::write_jsonl;
@@ -33,6 +35,29 @@ pub struct ScoreArgs {
     pub aggregate: String,
     #[command(flatten)]
     pub device: DeviceArgs,
+}
+
+/// The model `temper score` opened: an outcome model, or a PRM of either kind.
+enum Scorer {
+    Outcome(Box<Classifier>),
+    Steps(Box<dyn SeparatedSteps>),
+}
+
+/// A PRM and the separator its steps were trained with.
+trait SeparatedSteps: StepScorer {
+    fn separator(&self) -> &str;
+}
+
+impl SeparatedSteps for ProcessRewardModel {
+    fn separator(&self) -> &str {
+        ProcessRewardModel::separator(self)
+    }
+}
+
+impl SeparatedSteps for ImplicitPrm {
+    fn separator(&self) -> &str {
+        ImplicitPrm::separator(self)
+    }
 }
 
 /// One row to score: prompt, steps (PRM) or completion text (RM), and its label if any.
@@ -136,14 +161,25 @@ pub fn within_prompt_auc(scored: &[(&str, f64, bool)]) -> Option<(f64, usize)> {
 pub fn run(a: ScoreArgs) -> Result<()> {
     let aggregation: StepAggregation = a.aggregate.parse()?;
     let (device, dtype) = device_and_dtype(&a.device.device, a.device.dtype.as_deref())?;
-    let c = Classifier::open(&a.model, dtype, &device)
-        .with_context(|| format!("opening the reward model {}", a.model.display()))?;
     let items = read_items(&a.data)?;
     let mut rows = Vec::with_capacity(items.len());
     let mut labelled = Vec::new();
-    match c.kind {
-        HeadKind::Sequence => {
-            let rm = RewardModel::from_classifier(c)?;
+    let scorer = if is_implicit_prm(&a.model) {
+        Scorer::Steps(Box::new(
+            ImplicitPrm::open_with(&a.model, dtype, &device)
+                .with_context(|| format!("opening the implicit PRM {}", a.model.display()))?,
+        ))
+    } else {
+        let c = Classifier::open(&a.model, dtype, &device)
+            .with_context(|| format!("opening the reward model {}", a.model.display()))?;
+        match c.kind {
+            HeadKind::Sequence => Scorer::Outcome(Box::new(c)),
+            HeadKind::Token => Scorer::Steps(Box::new(ProcessRewardModel::from_classifier(c)?)),
+        }
+    };
+    match scorer {
+        Scorer::Outcome(c) => {
+            let rm = RewardModel::from_classifier(*c)?;
             let pairs: Vec<(&str, &str)> = items
                 .iter()
                 .map(|i| (i.prompt.as_str(), i.completion.as_str()))
@@ -158,8 +194,7 @@ pub fn run(a: ScoreArgs) -> Result<()> {
                 rows.push(row);
             }
         }
-        HeadKind::Token => {
-            let prm = ProcessRewardModel::from_classifier(c)?;
+        Scorer::Steps(prm) => {
             let sep = prm.separator().to_string();
             let batch: Vec<(&str, Vec<&str>)> = items
                 .iter()

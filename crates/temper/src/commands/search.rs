@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use tempering_generate::{GenError, SamplingParams};
-use tempering_reward::learned::{ProcessRewardModel, RewardModel};
+use tempering_reward::learned::{open_step_scorer, RewardModel};
 use tempering_reward::rules::ArithmeticSteps;
 use tempering_reward::{
     Aggregate, SelfEvalConfig, SelfEvaluator, StepEnsemble, StepScorer, Verifier,
@@ -231,10 +231,10 @@ pub fn build_scorers(
     if flags.prm.is_some() || flags.rm.is_some() {
         let (device, _) = device_and_dtype(&flags.device.device, None)?;
         if let Some(dir) = &flags.prm {
-            prm = Some(Box::new(
-                ProcessRewardModel::open(dir, &device)
+            prm = Some(
+                open_step_scorer(dir, &device)
                     .with_context(|| format!("--prm {}", dir.display()))?,
-            ));
+            );
         }
         if let Some(dir) = &flags.rm {
             out.rm = Some(

@@ -1,17 +1,23 @@
 //! Learned scorers: an outcome reward model ([`RewardModel`], a [`crate::Verifier`]: one score per
 //! completion, read by a sequence-classification head at the last token) and a process reward model
 //! ([`ProcessRewardModel`], a [`crate::StepScorer`]: the probability that each step is still on a
-//! correct path, read by a token-classification head at each step's separator). Each opens from an
-//! HF classifier directory with one call, e.g. `RewardModel::open(dir, &Device::Cpu)`.
+//! correct path, read by a token-classification head at each step's separator), and the implicit
+//! PRM ([`ImplicitPrm`]: the same step scores from a causal LM's log-ratio to its reference). Each
+//! opens from its directory with one call, e.g. `RewardModel::open(dir, &Device::Cpu)`;
+//! [`open_step_scorer`] opens a PRM directory of either kind.
 //!
 //! [`tokens`] holds how a prompt and a completion (or its steps) become token ids: the trainers of
 //! these models use the same functions, so a model scores exactly what it was trained on. Knows the
 //! model layer; nothing of training loops, search or the command line.
 
+pub mod implicit;
 pub mod outcome;
 pub mod process;
 pub mod tokens;
 
+pub use implicit::{
+    is_implicit_prm, open_step_scorer, ImplicitPrm, ImplicitPrmSpec, IMPLICIT_PRM_FILE,
+};
 pub use outcome::RewardModel;
 pub use process::{split_steps, PrmVerifier, ProcessRewardModel, StepAggregation};
 pub use tokens::{completion_tokens, step_tokens, StepTokens};

@@ -27,6 +27,8 @@ pub fn completion_tokens(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepTokens {
     pub ids: Vec<u32>,
+    /// Tokens of the prompt (with its special tokens): the steps start here.
+    pub prompt_len: usize,
     /// Index in `ids` of each step's last token (its separator), one per step.
     pub step_ends: Vec<usize>,
 }
@@ -39,6 +41,7 @@ pub fn step_tokens(
     separator: &str,
 ) -> Result<StepTokens> {
     let mut ids = tokenizer.encode(prompt, true)?;
+    let prompt_len = ids.len();
     let mut step_ends = Vec::with_capacity(steps.len());
     for s in steps {
         let piece = tokenizer.encode(&format!("{s}{separator}"), false)?;
@@ -47,7 +50,11 @@ pub fn step_tokens(
         // the previous end.
         step_ends.push(ids.len().saturating_sub(1));
     }
-    Ok(StepTokens { ids, step_ends })
+    Ok(StepTokens {
+        ids,
+        prompt_len,
+        step_ends,
+    })
 }
 
 #[cfg(test)]
@@ -60,6 +67,10 @@ mod tests {
         let st = step_tokens(&tok, "Compute: 2+3\n", &["2+3=5", "Answer: 5"], "\n").unwrap();
         let text = tok.decode(&st.ids, false).unwrap();
         assert_eq!(text, "Compute: 2+3\n2+3=5\nAnswer: 5\n");
+        assert_eq!(
+            tok.decode(&st.ids[..st.prompt_len], false).unwrap(),
+            "Compute: 2+3\n"
+        );
         let nl = tok.encode("\n", false).unwrap()[0];
         assert_eq!(st.step_ends.len(), 2);
         for &e in &st.step_ends {
