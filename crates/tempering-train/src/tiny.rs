@@ -19,6 +19,10 @@ use crate::trainer::{FitSummary, TrainConfig, Trainer};
 #[derive(Clone, Debug, PartialEq)]
 pub struct TinyOptions {
     pub level: u32,
+    /// Other levels mixed into the training problems (e.g. the one a retain set measures), with
+    /// `mix_fraction` of the problems shared equally among them.
+    pub mix_levels: Vec<u32>,
+    pub mix_fraction: f64,
     pub train_problems: usize,
     pub seed: u64,
     pub steps: usize,
@@ -37,6 +41,8 @@ impl TinyOptions {
     pub fn for_task(task: &dyn Task) -> Self {
         TinyOptions {
             level: *task.levels().end(),
+            mix_levels: Vec::new(),
+            mix_fraction: 0.25,
             train_problems: 20_000,
             seed: 1,
             steps: 600,
@@ -104,19 +110,63 @@ pub fn problem_sequence(p: &Problem, tokenizer: &Tokenizer) -> Result<SftSequenc
     Ok(SftSequence { ids, targets })
 }
 
+/// The recipe's training problems: `train_problems` of `level`, or with `mix_levels` that many in
+/// all, `mix_fraction` of them shared equally among the mixed levels (the trainer shuffles them).
+pub fn training_problems(task: &dyn Task, opts: &TinyOptions) -> Result<Vec<Problem>> {
+    let levels = task.levels();
+    for &l in std::iter::once(&opts.level).chain(&opts.mix_levels) {
+        if !levels.contains(&l) {
+            return Err(TrainError::config(
+                "level",
+                format!(
+                    "{} has levels {}..={}, not {l}",
+                    task.name(),
+                    levels.start(),
+                    levels.end()
+                ),
+            ));
+        }
+    }
+    if !(0.0..1.0).contains(&opts.mix_fraction) {
+        return Err(TrainError::config(
+            "mix_fraction",
+            format!("expected a fraction in [0, 1), got {}", opts.mix_fraction),
+        ));
+    }
+    let mixed = if opts.mix_levels.is_empty() {
+        0
+    } else {
+        (opts.train_problems as f64 * opts.mix_fraction).round() as usize
+    };
+    let mut shares = vec![(opts.level, opts.train_problems - mixed)];
+    let k = opts.mix_levels.len().max(1);
+    for (i, &l) in opts.mix_levels.iter().enumerate() {
+        shares.push((l, mixed / k + usize::from(i < mixed % k)));
+    }
+    let mut out = Vec::with_capacity(opts.train_problems);
+    for (i, (level, n)) in shares.into_iter().enumerate() {
+        if n == 0 {
+            continue;
+        }
+        out.extend(generate(
+            task,
+            &GenerateSpec {
+                level,
+                n,
+                // The main level keeps the recipe's seed, so its problems are as without mixing.
+                seed: opts.seed + i as u64 * 1_000_003,
+                split: Split::Train,
+                unique: false,
+            },
+        )?);
+    }
+    Ok(out)
+}
+
 /// Trains the recipe on `task`, writing checkpoints and metrics into `run_dir`.
 pub fn train_tiny(task: &dyn Task, opts: &TinyOptions, run_dir: &Path) -> Result<TinyModel> {
     let tokenizer = task_tokenizer(task)?;
-    let problems = generate(
-        task,
-        &GenerateSpec {
-            level: opts.level,
-            n: opts.train_problems,
-            seed: opts.seed,
-            split: Split::Train,
-            unique: false,
-        },
-    )?;
+    let problems = training_problems(task, opts)?;
     let data: Vec<SftSequence> = problems
         .iter()
         .map(|p| problem_sequence(p, &tokenizer))
@@ -157,4 +207,32 @@ pub fn train_tiny(task: &dyn Task, opts: &TinyOptions, run_dir: &Path) -> Result
         tokenizer,
         summary,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tempering_tasks::task_by_name;
+
+    #[test]
+    fn mixed_levels_take_their_share_and_keep_the_main_levels_problems() {
+        let task = task_by_name("arithmetic").unwrap();
+        let mut opts = TinyOptions::for_task(task.as_ref());
+        opts.level = 3;
+        opts.train_problems = 1000;
+        let alone = training_problems(task.as_ref(), &opts).unwrap();
+        assert!(alone.iter().all(|p| p.level == 3));
+        opts.mix_levels = vec![1, 2];
+        opts.mix_fraction = 0.25;
+        let mixed = training_problems(task.as_ref(), &opts).unwrap();
+        let count = |l: u32| mixed.iter().filter(|p| p.level == l).count();
+        assert_eq!((count(3), count(1), count(2)), (750, 125, 125));
+        // The main level's problems are the first 750 of the unmixed draw.
+        assert_eq!(mixed[..750], alone[..750]);
+        opts.mix_levels = vec![9];
+        let e = training_problems(task.as_ref(), &opts)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not 9"), "{e}");
+    }
 }

@@ -66,6 +66,8 @@ struct Demo {
 /// The data files of stage 1.
 struct DataFiles {
     test: PathBuf,
+    /// The neighbouring level: SFT learns it beside the main one, RL never trains on it.
+    retain_level: u32,
     retain: PathBuf,
     replay: PathBuf,
 }
@@ -163,6 +165,7 @@ impl Demo {
         write_jsonl(&replay_path, &records(&replay, seed + 8))?;
         Ok(DataFiles {
             test: test_path,
+            retain_level,
             retain: retain_path,
             replay: replay_path,
         })
@@ -170,14 +173,22 @@ impl Demo {
 
     /// 2. SFT on worked solutions: the tiny model from scratch, or LoRA on a pretrained model
     ///    (then merged, so that every later stage reads one ordinary HF directory).
-    fn sft(&mut self) -> Result<PathBuf> {
+    fn sft(&mut self, data: &DataFiles) -> Result<PathBuf> {
         let sft = self.out.join("sft");
         let a = &self.args;
         match &self.base {
             BaseModel::Tiny => {
-                eprintln!("[2/7] SFT: the tiny model from scratch");
+                eprintln!(
+                    "[2/7] SFT: the tiny model from scratch (level {}, with {}% of level {}: the \
+                     retain set's)",
+                    self.level,
+                    (self.plan.sft_mix_fraction * 100.0).round(),
+                    data.retain_level
+                );
                 Cmd::new(&["tasks", "train-tiny", &a.task])
                     .arg("--level", self.level)
+                    .arg("--mix-levels", data.retain_level)
+                    .arg("--mix-fraction", self.plan.sft_mix_fraction)
                     .arg("--steps", self.plan.sft_steps)
                     .arg("--train-problems", self.plan.sft_problems)
                     .arg("--seed", a.seed)
@@ -322,6 +333,7 @@ impl Demo {
             .arg("--temperature", p.grpo_temperature)
             .arg("--loss-type", "dapo")
             .arg("--beta", 0)
+            .arg("--dynamic-sampling-rounds", p.grpo_dynamic_rounds)
             .arg("--max-completion-length", 64)
             .path("--retain-data", &data.retain)
             .arg("--retain-every", (p.grpo_steps / 4).max(1))
@@ -507,7 +519,7 @@ pub fn demo(a: DemoArgs) -> Result<()> {
     };
 
     let data = d.timed("data", |d| d.data())?;
-    let sft = d.timed("sft", |d| d.sft())?;
+    let sft = d.timed("sft", |d| d.sft(&data))?;
     let (prm, prm_auc) = d.timed("prm", |d| d.prm(&sft))?;
     eprintln!("[4/7] GRPO: the task's verifier as reward, guards on");
     let grpo = d.timed("grpo", |d| d.grpo("grpo", &sft, &data, false))?;

@@ -45,6 +45,12 @@ pub struct TrainTinyArgs {
     /// Difficulty level to train on (default: the task's hardest).
     #[arg(long)]
     pub level: Option<u32>,
+    /// Also train on these levels (comma-separated), e.g. the level a retain set measures.
+    #[arg(long, value_delimiter = ',')]
+    pub mix_levels: Vec<u32>,
+    /// The share of the training problems drawn from --mix-levels.
+    #[arg(long, default_value_t = 0.25)]
+    pub mix_fraction: f64,
     #[arg(long)]
     pub steps: Option<usize>,
     #[arg(long)]
@@ -219,6 +225,8 @@ fn train_tiny_cmd(a: TrainTinyArgs) -> Result<()> {
     if let Some(l) = a.level {
         opts.level = l;
     }
+    opts.mix_levels = a.mix_levels.clone();
+    opts.mix_fraction = a.mix_fraction;
     if let Some(s) = a.steps {
         opts.steps = s;
     }

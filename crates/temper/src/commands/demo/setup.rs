@@ -56,6 +56,8 @@ pub(super) const HACKABLE_PROXY: &str = "format=Answer: [0-9]*[02468]$";
 pub(super) struct Plan {
     pub(super) sft_steps: usize,
     pub(super) sft_problems: usize,
+    /// The tiny model's SFT share of retain-level problems, so that forgetting can be measured.
+    pub(super) sft_mix_fraction: f64,
     pub(super) label_problems: usize,
     pub(super) label_samples: usize,
     pub(super) label_rollouts: usize,
@@ -66,6 +68,8 @@ pub(super) struct Plan {
     pub(super) grpo_prompts: usize,
     pub(super) grpo_generations: usize,
     pub(super) grpo_lr: f64,
+    /// Extra sampling rounds replacing groups whose rewards all tie (DAPO's dynamic sampling).
+    pub(super) grpo_dynamic_rounds: usize,
     /// Rollout temperature: below 1 the groups sample near the greedy answer, so what RL fixes
     /// is what greedy decoding does.
     pub(super) grpo_temperature: f64,
@@ -91,6 +95,7 @@ impl Plan {
             return Plan {
                 sft_steps: if fast { 10 } else { 60 },
                 sft_problems: 2000,
+                sft_mix_fraction: 0.0,
                 label_problems: if fast { 4 } else { 16 },
                 label_samples: 2,
                 label_rollouts: 2,
@@ -100,6 +105,7 @@ impl Plan {
                 grpo_prompts: 4,
                 grpo_generations: 4,
                 grpo_lr: 1e-4,
+                grpo_dynamic_rounds: 0,
                 grpo_temperature: 1.0,
                 grpo_num_prompts: 2000,
                 replay: false,
@@ -115,6 +121,7 @@ impl Plan {
             Plan {
                 sft_steps: 150,
                 sft_problems: 4000,
+                sft_mix_fraction: 0.25,
                 label_problems: 24,
                 label_samples: 2,
                 label_rollouts: 4,
@@ -124,6 +131,7 @@ impl Plan {
                 grpo_prompts: 4,
                 grpo_generations: 8,
                 grpo_lr: 2e-5,
+                grpo_dynamic_rounds: 1,
                 grpo_temperature: 1.0,
                 grpo_num_prompts: 2000,
                 replay: true,
@@ -138,6 +146,7 @@ impl Plan {
             Plan {
                 sft_steps: 600,
                 sft_problems: 20_000,
+                sft_mix_fraction: 0.25,
                 label_problems: 192,
                 label_samples: 4,
                 label_rollouts: 8,
@@ -147,6 +156,7 @@ impl Plan {
                 grpo_prompts: 16,
                 grpo_generations: 8,
                 grpo_lr: 5e-5,
+                grpo_dynamic_rounds: 2,
                 grpo_temperature: 0.6,
                 grpo_num_prompts: 20_000,
                 replay: true,
