@@ -9,6 +9,7 @@
 //! through the f32 loops. This module knows tensors only: nothing of layers, models or training.
 
 pub mod blas;
+pub mod few_rows;
 mod kernels;
 mod linear;
 mod norm;
