@@ -124,7 +124,7 @@ unsafe fn block_avx512(x: &[f32], w: &[f32], m: usize, rows: usize, k: usize, ou
 /// written to `out[jj * m + ii]`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-#[inline]
+#[inline(never)]
 unsafe fn tile<const MR: usize, const NR: usize>(
     x: *const f32,
     w: *const f32,
