@@ -466,6 +466,13 @@ impl Backend for RemoteBackend {
                 }
                 .into());
             }
+            if r.params.min_tokens > 0 && !self.info.kind.takes_min_tokens() {
+                return Err(RemoteError::Unsupported {
+                    server: self.info.kind.name().into(),
+                    what: format!("hold off stop tokens (request {i}'s `min_tokens`)"),
+                }
+                .into());
+            }
             let p = &r.params;
             if p.tempered_logprobs && p.logprobs && !p.is_greedy() && p.temperature != 1.0 {
                 return Err(RemoteError::Unsupported {

@@ -23,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Map, Value};
-use tempering_generate::{GenError, SamplingParams};
+use tempering_generate::{GenError, RemoteError, SamplingParams};
 use tempering_model::ChatMessage;
 use tempering_search::{parse_strategy, Aggregation, Budget, SearchConfig, SearchError, Strategy};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
@@ -100,11 +100,39 @@ impl ApiError {
             GenError::UnknownRole { role, .. } => {
                 ApiError::bad(format!("unknown role `{role}`"), "messages")
             }
+            GenError::Remote(r) => ApiError::from_remote(r),
             other => ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "server_error",
                 other.to_string(),
             ),
+        }
+    }
+
+    /// The backend server's failure (`--backend`): its refusal of a request passes on as its
+    /// status (4xx, 429, 503), anything else is a 502; the message quotes the server's.
+    pub fn from_remote(e: RemoteError) -> Self {
+        let message = format!("the backend server: {e}");
+        match &e {
+            RemoteError::Status { status: 429, .. } => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", message)
+                    .code("rate_limit_exceeded")
+            }
+            RemoteError::Status { status: 503, .. } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                message,
+            ),
+            RemoteError::Status { status, .. } if (400..500).contains(status) => {
+                let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST);
+                ApiError::new(status, "invalid_request_error", message)
+            }
+            RemoteError::Unsupported { .. } => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+                    .code("unsupported_by_backend")
+            }
+            _ => ApiError::new(StatusCode::BAD_GATEWAY, "server_error", message)
+                .code("backend_error"),
         }
     }
 

@@ -1,24 +1,78 @@
 //! The model thread of `temper serve`: owns the engine (and the runtime LoRA adapters' engines),
 //! takes checked requests ([`Job`]s) off the queue and runs them: plain generations decode
 //! together, joining a running batch between steps ([`batching`]), searches run whole between
-//! steps ([`search_job`]). Here: turning a request into the engine's and its completions into the
-//! response. Tokens and outputs go back over each request's channel; `/metrics` is counted.
+//! steps ([`search_job`]). With `--backend` it owns a remote backend instead and runs each request
+//! on its own thread ([`remote`]). Here: turning a request into the engine's and its completions
+//! into the response, whatever generates them ([`Runs`]). Tokens and outputs go back over each
+//! request's channel; `/metrics` is counted. Knows nothing of HTTP.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde_json::{json, Value};
 use tempering_generate::{
-    render_chat, Completion, FinishReason, GenRequest, LocalEngine, TopLogprob,
+    render_chat, Backend, Completion, FinishReason, GenEvent, GenRequest, LocalEngine,
+    RemoteBackend, TopLogprob,
 };
 use tempering_model::Tokenizer;
 
 use super::api::{self, ApiError, Job, Kind, Msg, Output, PromptIn};
 use super::metrics::Metrics;
-use super::Loaded;
+use super::{Engine, Loaded};
 
 mod batching;
+mod remote;
 mod search_job;
+
+/// What a request's tokens come from, local or remote: a [`Backend`] with the tokenizer, context
+/// and vocabulary its requests are checked against.
+pub(crate) trait Runs: Backend + Sync {
+    fn tokenizer(&self) -> &Tokenizer;
+    fn context(&self) -> usize;
+    fn vocab(&self) -> usize;
+}
+
+impl Runs for LocalEngine {
+    fn tokenizer(&self) -> &Tokenizer {
+        LocalEngine::tokenizer(self)
+    }
+    fn context(&self) -> usize {
+        self.model().config.max_position_embeddings
+    }
+    fn vocab(&self) -> usize {
+        self.model().config.vocab_size
+    }
+}
+
+/// A remote OpenAI-compatible server (`--backend`), with the context and vocabulary that requests
+/// are checked against here (the server's context where it says, else the local config's).
+pub(crate) struct RemoteModel {
+    pub backend: RemoteBackend,
+    pub context: usize,
+    pub vocab: usize,
+}
+
+impl Backend for RemoteModel {
+    fn generate_with(
+        &self,
+        reqs: &[GenRequest],
+        on_event: &mut dyn FnMut(&GenEvent<'_>),
+    ) -> tempering_generate::Result<Vec<Vec<Completion>>> {
+        self.backend.generate_with(reqs, on_event)
+    }
+}
+
+impl Runs for RemoteModel {
+    fn tokenizer(&self) -> &Tokenizer {
+        self.backend.tokenizer()
+    }
+    fn context(&self) -> usize {
+        self.context
+    }
+    fn vocab(&self) -> usize {
+        self.vocab
+    }
+}
 
 /// The model thread: the loaded model and the counters it updates.
 pub(crate) struct Worker {
@@ -51,14 +105,30 @@ impl Worker {
         }
     }
 
-    /// The engine a request asks for: the served model's or an adapter's.
+    /// What a request runs on: the remote backend, or the local engine of the served model or
+    /// of the adapter it asks for.
+    pub(super) fn runs_for(&self, job: &Job) -> Result<&dyn Runs, ApiError> {
+        match &self.m.engine {
+            Engine::Remote(r) => Ok(r),
+            Engine::Local(_) => self.engine_named(&job.adapter).map(|e| e as &dyn Runs),
+        }
+    }
+
+    /// The local engine a request asks for: the served model's or an adapter's.
     pub(super) fn engine_for(&self, job: &Job) -> Result<&LocalEngine, ApiError> {
         self.engine_named(&job.adapter)
     }
 
     fn engine_named(&self, adapter: &Option<String>) -> Result<&LocalEngine, ApiError> {
         match adapter {
-            None => Ok(&self.m.engine),
+            None => match &self.m.engine {
+                Engine::Local(e) => Ok(e),
+                Engine::Remote(_) => Err(ApiError::new(
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    "this server generates on --backend: it has no local engine",
+                )),
+            },
             Some(name) => self.adapters.get(name).ok_or_else(|| {
                 let mut e = ApiError::new(
                     axum::http::StatusCode::NOT_FOUND,
@@ -75,7 +145,7 @@ impl Worker {
     fn run_search(&self, job: Job) {
         let running = self.metrics.running();
         let tx = job.tx.clone();
-        let out = self.engine_for(&job).and_then(|e| self.search(e, &job));
+        let out = self.runs_for(&job).and_then(|e| self.search(e, &job));
         // Its slot and running count are free before the client hears back.
         let received = job.received;
         drop(job);
@@ -91,7 +161,7 @@ impl Worker {
         }
     }
 
-    fn prompt_ids(&self, e: &LocalEngine, job: &Job) -> Result<(Vec<u32>, String, bool), ApiError> {
+    fn prompt_ids(&self, e: &dyn Runs, job: &Job) -> Result<(Vec<u32>, String, bool), ApiError> {
         let tok = e.tokenizer();
         let bad_prompt = |e: String| ApiError::bad(format!("the prompt: {e}"), "prompt");
         match &job.prompt {
@@ -123,12 +193,12 @@ impl Worker {
     /// The prompt's ids, checked against the context, and the number of new tokens allowed.
     fn fit(
         &self,
-        e: &LocalEngine,
+        e: &dyn Runs,
         job: &Job,
         ids: &[u32],
         default_max: usize,
     ) -> Result<usize, ApiError> {
-        let context = e.model().config.max_position_embeddings;
+        let context = e.context();
         let param = if job.kind == Kind::Chat {
             "messages"
         } else {
@@ -164,7 +234,7 @@ impl Worker {
 
     /// A plain request as the engine's (its prompt ids, `max_tokens` fitted to the context), and
     /// the prompt's text.
-    fn gen_request(&self, e: &LocalEngine, job: &Job) -> Result<(GenRequest, String), ApiError> {
+    fn gen_request(&self, e: &dyn Runs, job: &Job) -> Result<(GenRequest, String), ApiError> {
         let (ids, text, _) = self.prompt_ids(e, job)?;
         let default_max = if job.kind == Kind::Chat {
             usize::MAX
@@ -173,9 +243,8 @@ impl Worker {
         };
         let mut params = job.params.clone();
         params.max_new_tokens = self.fit(e, job, &ids, default_max)?;
-        let cfg = &e.model().config;
         let req = GenRequest::new(ids, job.n, params);
-        req.validate(0, cfg.max_position_embeddings, cfg.vocab_size)
+        req.validate(0, e.context(), e.vocab())
             .map_err(ApiError::from_gen)?;
         Ok((req, text))
     }
@@ -184,7 +253,7 @@ impl Worker {
     /// choice's.
     fn output(
         &self,
-        e: &LocalEngine,
+        e: &dyn Runs,
         job: &Job,
         ids: &[u32],
         echo: Option<&str>,
@@ -215,7 +284,7 @@ impl Worker {
     /// strings), in the chat layout or the legacy one.
     fn token_logprobs_json(
         &self,
-        e: &LocalEngine,
+        e: &dyn Runs,
         job: &Job,
         token: u32,
         logprob: f32,
@@ -252,7 +321,7 @@ impl Worker {
     }
 
     /// OpenAI's logprobs object for one choice: the chat layout (`content`) or the legacy one.
-    fn logprobs_json(&self, e: &LocalEngine, job: &Job, c: &Completion) -> Value {
+    fn logprobs_json(&self, e: &dyn Runs, job: &Job, c: &Completion) -> Value {
         let (Some(lp), true) = (&c.logprobs, job.params.logprobs) else {
             return Value::Null;
         };

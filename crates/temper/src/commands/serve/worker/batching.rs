@@ -27,6 +27,9 @@ struct Active {
 impl Worker {
     /// Runs queued work until the queue closes and everything taken is answered.
     pub fn serve(&mut self, work: Receiver<Work>) {
+        if matches!(self.m.engine, super::Engine::Remote(_)) {
+            return self.serve_remote(work);
+        }
         let mut batch = DecodeBatch::new();
         // Whose engine the batch runs on: the served model (`None`) or an adapter.
         let mut batch_on: Option<String> = None;
@@ -342,7 +345,7 @@ impl Worker {
     }
 }
 
-fn server_error(msg: &str) -> ApiError {
+pub(super) fn server_error(msg: &str) -> ApiError {
     ApiError::new(
         axum::http::StatusCode::INTERNAL_SERVER_ERROR,
         "server_error",
