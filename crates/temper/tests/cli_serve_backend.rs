@@ -218,6 +218,12 @@ fn a_front_server_answers_as_its_backend_does() {
         &json!({"messages": [{"role": "user", "content": "hi"}]}),
     );
     assert_error(st, &e, 400, "a chat without a template");
+    let (st, e) = front.post(
+        "/v1/completions",
+        &json!({"prompt": PROMPT, "prompt_logprobs": 1}),
+    );
+    assert_error(st, &e, 400, "prompt_logprobs through the backend");
+    assert_eq!(e["error"]["code"], "unsupported_by_backend", "{e}");
 
     // The backend gone: a 502 naming it, for plain requests and searches, and the front serves on.
     drop(back);

@@ -240,6 +240,8 @@ pub struct Job {
     pub return_token_ids: bool,
     /// Completions' `echo`: each choice's text starts with the prompt's.
     pub echo: bool,
+    /// vLLM's `prompt_logprobs`: each prompt token's logprob with this many alternatives.
+    pub prompt_logprobs: Option<usize>,
     /// When the request arrived (its latency in `/metrics`).
     pub received: Instant,
     pub tx: UnboundedSender<Msg>,
@@ -259,6 +261,8 @@ pub struct Output {
     pub usage: Value,
     /// The prompt's token ids, when the request asked for them.
     pub prompt_token_ids: Option<Vec<u32>>,
+    /// vLLM's `prompt_logprobs` list (its first entry null), when the request asked for it.
+    pub prompt_logprobs: Option<Value>,
 }
 
 /// What the model thread sends back: `Started` or `Error` first, then tokens, then `Done`.
@@ -576,6 +580,14 @@ async fn handle(s: Arc<AppState>, req: Request, kind: Kind) -> Result<Response, 
         },
     };
     let stream = opt_bool(&m, "stream")?.unwrap_or(false);
+    let prompt_logprobs = opt_uint(&m, "prompt_logprobs", MAX_TOP_LOGPROBS as u64)
+        .map_err(|e| {
+            ApiError::bad(
+                format!("{} (-1, the whole vocabulary, is not served)", e.message),
+                "prompt_logprobs",
+            )
+        })?
+        .map(|k| k as usize);
     let include_usage = match m.get("stream_options") {
         None | Some(Value::Null) => false,
         Some(Value::Object(o)) => opt_bool(o, "include_usage")
@@ -613,8 +625,14 @@ async fn handle(s: Arc<AppState>, req: Request, kind: Kind) -> Result<Response, 
     let search = parse_search(&m, from_name.as_deref(), &params, temperature.is_some())?;
     if echo && (params.logprobs || search.is_some()) {
         return Err(ApiError::bad(
-            "echo: not with logprobs (the prompt's logprobs are not served) nor with a temper strategy",
+            "echo: not with logprobs (ask for prompt_logprobs: each prompt token's logprobs) nor with a temper strategy",
             "echo",
+        ));
+    }
+    if prompt_logprobs.is_some() && (stream || search.is_some()) {
+        return Err(ApiError::bad(
+            "prompt_logprobs: served on whole (not streamed) plain requests, not with stream nor a temper strategy",
+            "prompt_logprobs",
         ));
     }
     if search.is_some() && n != 1 {
@@ -647,6 +665,7 @@ async fn handle(s: Arc<AppState>, req: Request, kind: Kind) -> Result<Response, 
         stream,
         return_token_ids,
         echo,
+        prompt_logprobs,
         received,
         tx,
         _slot: slot,

@@ -9,10 +9,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use tempering_generate::{
     render_chat, Backend, Completion, FinishReason, GenEvent, GenRequest, LocalEngine,
-    RemoteBackend, TopLogprob,
+    PromptLogprob, RemoteBackend, TopLogprob,
 };
 use tempering_model::Tokenizer;
 
@@ -93,6 +93,26 @@ fn finish_str(f: FinishReason) -> &'static str {
 
 fn token_str(tok: &Tokenizer, id: u32) -> String {
     tok.decode(&[id], false).unwrap_or_default()
+}
+
+/// vLLM's `prompt_logprobs` list: null for the first token, then per token an object keyed by
+/// token id (a string) holding the top alternatives and the prompt's own token, each with its
+/// `logprob`, `rank` (1: the most likely) and `decoded_token`.
+fn prompt_logprobs_json(tok: &Tokenizer, lps: &[Option<PromptLogprob>]) -> Value {
+    let entry = |token: u32, logprob: f32, rank: usize| json!({"logprob": logprob, "rank": rank, "decoded_token": token_str(tok, token)});
+    lps.iter()
+        .map(|p| match p {
+            None => Value::Null,
+            Some(p) => {
+                let mut m = Map::new();
+                for (i, t) in p.top.iter().enumerate() {
+                    m.insert(t.token.to_string(), entry(t.token, t.logprob, i + 1));
+                }
+                m.insert(p.token.to_string(), entry(p.token, p.logprob, p.rank));
+                Value::Object(m)
+            }
+        })
+        .collect()
 }
 
 impl Worker {
@@ -272,6 +292,7 @@ impl Worker {
         Output {
             choices,
             prompt_token_ids: job.return_token_ids.then(|| ids.to_vec()),
+            prompt_logprobs: None,
             usage: json!({
                 "prompt_tokens": ids.len(),
                 "completion_tokens": completion_tokens,

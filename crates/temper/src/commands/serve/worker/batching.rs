@@ -19,6 +19,8 @@ struct Active {
     prompt: Vec<u32>,
     /// The prompt's text, for `echo`.
     echo: Option<String>,
+    /// Its `prompt_logprobs`, when asked for.
+    prompt_logprobs: Option<serde_json::Value>,
     /// Streamed logprobs: each sample's byte offset in its token strings (`text_offset`).
     offsets: Vec<usize>,
     _running: Running,
@@ -103,7 +105,7 @@ impl Worker {
                 next_id += 1;
                 let n = job.n;
                 match self.admit(&mut batch, id, &job) {
-                    Ok((prompt, text)) => {
+                    Ok((prompt, text, prompt_logprobs)) => {
                         batch_on = job.adapter.clone();
                         let _ = job.tx.send(Msg::Started);
                         let echo = job.echo.then_some(text);
@@ -123,6 +125,7 @@ impl Worker {
                                 job,
                                 prompt,
                                 echo,
+                                prompt_logprobs,
                                 offsets: vec![0; n],
                                 _running: running,
                             },
@@ -157,18 +160,30 @@ impl Worker {
         }
     }
 
-    /// Checks and prefills `job` into the batch as request `id`; returns its prompt ids and text.
+    /// Checks and prefills `job` into the batch as request `id`; returns its prompt ids and text,
+    /// and its `prompt_logprobs` when asked for (one forward over the prompt, before it joins).
     fn admit(
         &self,
         batch: &mut DecodeBatch,
         id: usize,
         job: &Job,
-    ) -> Result<(Vec<u32>, String), ApiError> {
+    ) -> Result<(Vec<u32>, String, Option<serde_json::Value>), ApiError> {
         let engine = self.engine_for(job)?;
         let (req, text) = self.gen_request(engine, job)?;
+        let prompt_logprobs = match job.prompt_logprobs {
+            None => None,
+            Some(k) => {
+                let run = std::panic::AssertUnwindSafe(|| engine.prompt_logprobs(&req.prompt, k));
+                match std::panic::catch_unwind(run) {
+                    Ok(Ok(lps)) => Some(super::prompt_logprobs_json(engine.tokenizer(), &lps)),
+                    Ok(Err(e)) => return Err(ApiError::from_gen(e)),
+                    Err(_) => return Err(server_error("the model thread failed on this prompt")),
+                }
+            }
+        };
         let run = std::panic::AssertUnwindSafe(|| batch.admit(engine, id, &req));
         match std::panic::catch_unwind(run) {
-            Ok(Ok(())) => Ok((req.prompt, text)),
+            Ok(Ok(())) => Ok((req.prompt, text, prompt_logprobs)),
             Ok(Err(e)) => Err(ApiError::from_gen(e)),
             Err(_) => Err(server_error("the model thread failed on this request")),
         }
@@ -256,9 +271,10 @@ impl Worker {
         match result {
             Ok(Ok(done)) => {
                 for (id, completions) in done {
-                    if let Some(a) = active.remove(&id) {
-                        let out =
+                    if let Some(mut a) = active.remove(&id) {
+                        let mut out =
                             self.output(engine, &a.job, &a.prompt, a.echo.as_deref(), &completions);
+                        out.prompt_logprobs = a.prompt_logprobs.take();
                         self.metrics.finished(&out.usage, a.job.received.elapsed());
                         // Its slot and running count are free before the client hears back.
                         let tx = a.job.tx.clone();

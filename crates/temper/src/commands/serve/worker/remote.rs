@@ -76,6 +76,13 @@ impl Worker {
     /// them (with logprobs: each sample's tokens once it finished, when they are known), then the
     /// whole response.
     fn generate_remote(&self, e: &dyn Runs, job: &Job) -> Result<Output, ApiError> {
+        if job.prompt_logprobs.is_some() {
+            return Err(ApiError::bad(
+                "prompt_logprobs: not served with --backend (the remote backend reads generated tokens' logprobs only)",
+                "prompt_logprobs",
+            )
+            .code("unsupported_by_backend"));
+        }
         let (req, text) = self.gen_request(e, job)?;
         let _ = job.tx.send(Msg::Started);
         let echo = job.echo.then_some(text);

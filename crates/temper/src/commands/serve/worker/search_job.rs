@@ -86,6 +86,7 @@ impl Worker {
                 token_ids: None,
             }],
             prompt_token_ids: job.return_token_ids.then(|| ids.clone()),
+            prompt_logprobs: None,
             usage: json!({
                 "prompt_tokens": ids.len(),
                 "completion_tokens": c.generated_tokens,
