@@ -370,6 +370,22 @@ fn a_text_that_does_not_re_tokenise_to_the_server_count_is_a_typed_error() {
 }
 
 #[test]
+fn a_base_model_beside_its_lora_adapters_is_the_default() {
+    // A server with adapters loaded (a previous RL run's, say) still serves one base model.
+    let mock = Mock::start(|path, body, _| match path {
+        "/v1/models" => (
+            200,
+            json!({"data": [{"id": "policy-step-2", "owned_by": "temper", "parent": "tiny"},
+                            {"id": "tiny", "owned_by": "temper", "parent": null}]}),
+        ),
+        "/tokenize" => tokenize(body),
+        _ => not_found(),
+    });
+    let b = RemoteBackend::connect(opts(&mock), tokenizer(), vec![1]).unwrap();
+    assert_eq!(b.info().model, "tiny");
+}
+
+#[test]
 fn connect_errors_name_the_model_or_the_tokenizer_at_fault() {
     let mock = Mock::start(|path, _, _| match path {
         "/v1/models" => (
