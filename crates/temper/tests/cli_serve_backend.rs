@@ -3,7 +3,8 @@
 //! seeded strategy requests (by the `temper` body object and by a `STRATEGY@NAME` model), plain
 //! requests (`n`, logprobs, token ids, streaming) and chats; the front's usage counts the tokens
 //! the backend generated (its `/metrics` agree); errors stay OpenAI-shaped, the backend's
-//! failures included (a 502 once it is gone); runtime LoRA is refused with `--backend`.
+//! failures included (a 502 once it is gone); answers streamed from the backend
+//! (`--backend-stream`) are the same; runtime LoRA is refused with `--backend`.
 
 mod serve_common;
 
@@ -246,7 +247,12 @@ fn a_front_server_answers_as_its_backend_does() {
 fn chats_go_through_the_local_template_and_runtime_lora_is_refused() {
     let dir = chat_model_copy(None);
     let back = Server::start_model(dir.path(), &["--served-model-name", "tiny"], &[]);
-    let front = front_of(&back, dir.path(), &["--served-model-name", "front"]);
+    // Streamed from the backend too (`--backend-stream`): the same answers.
+    let front = front_of(
+        &back,
+        dir.path(),
+        &["--served-model-name", "front", "--backend-stream"],
+    );
     let msgs = json!([{"role": "user", "content": "Compute: 3+4*2"}]);
     let body = |model: &str| {
         json!({"model": model, "messages": msgs, "max_tokens": 10, "seed": 2,
@@ -272,6 +278,30 @@ fn chats_go_through_the_local_template_and_runtime_lora_is_refused() {
             .collect()
     };
     assert_eq!(tokens(h), tokens(t));
+
+    // A streamed chat: deltas that add up to the backend's message, one usage chunk.
+    let mut sbody = body("front");
+    for k in ["logprobs", "top_logprobs"] {
+        sbody.as_object_mut().unwrap().remove(k); // tokens pass on as they come
+    }
+    sbody["stream"] = json!(true);
+    sbody["stream_options"] = json!({"include_usage": true});
+    let (st, text) = front.request(
+        "POST",
+        "/v1/chat/completions",
+        Some(&sbody.to_string()),
+        None,
+    );
+    assert_eq!(st, 200, "{text}");
+    let cs = chunks(&text);
+    let content: String = cs
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(content, t["message"]["content"].as_str().unwrap());
+    let usage: Vec<&Value> = cs.iter().filter(|c| !c["usage"].is_null()).collect();
+    assert_eq!(usage.len(), 1, "{text}");
+    assert_eq!(usage[0]["usage"], there["usage"]);
 
     // The front has no weights to put an adapter on.
     let url = format!("http://{}/v1", back.addr);
