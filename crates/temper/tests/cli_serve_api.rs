@@ -138,9 +138,9 @@ fn tokenize_detokenize_and_token_ids() {
     );
     let (st, v) = s.post(
         "/v1/completions",
-        &json!({"prompt": PROMPT, "echo": true, "logprobs": 1}),
+        &json!({"prompt": PROMPT, "echo": true, "logprobs": 1, "stream": true}),
     );
-    assert_error(st, &v, 400, "echo with logprobs");
+    assert_error(st, &v, 400, "echo with logprobs, streamed");
     assert_eq!(v["error"]["param"], "echo");
 
     // Errors: OpenAI-shaped, 400 or 404.
@@ -460,6 +460,47 @@ fn prompt_logprobs_are_the_models_own() {
             assert!((a - b).abs() < 1e-3, "prefix {i}, {tok:?}: {a} vs {b}");
         }
     }
+
+    // Echo with logprobs (legacy completions, as vLLM): the prompt's tokens first, the first with
+    // null logprob and alternatives, the rest the prompt logprobs; then the generated tokens'.
+    let body = json!({"prompt": PROMPT, "max_tokens": 4, "temperature": 0, "logprobs": 2,
+                      "ignore_eos": true});
+    let (st, plain) = s.post("/v1/completions", &body);
+    assert_eq!(st, 200, "{plain}");
+    let mut echo_body = body.clone();
+    echo_body["echo"] = json!(true);
+    let (st, echoed) = s.post("/v1/completions", &echo_body);
+    assert_eq!(st, 200, "{echoed}");
+    let (p, e) = (&plain["choices"][0], &echoed["choices"][0]);
+    assert_eq!(
+        e["text"].as_str().unwrap(),
+        format!("{PROMPT}{}", p["text"].as_str().unwrap())
+    );
+    let n = PROMPT.len();
+    let (pl, el) = (&p["logprobs"], &e["logprobs"]);
+    let chars: Vec<Value> = PROMPT.chars().map(|c| json!(c.to_string())).collect();
+    let mut want_tokens = chars.clone();
+    want_tokens.extend(pl["tokens"].as_array().unwrap().iter().cloned());
+    assert_eq!(el["tokens"], Value::from(want_tokens), "{echoed}");
+    assert!(el["token_logprobs"][0].is_null() && el["top_logprobs"][0].is_null());
+    for i in 1..n {
+        let own = lps[i][prompt_ids[i].to_string()]["logprob"]
+            .as_f64()
+            .unwrap();
+        let got = el["token_logprobs"][i].as_f64().unwrap();
+        assert!((own - got).abs() < 1e-6, "prompt token {i}: {got} vs {own}");
+        assert_eq!(el["top_logprobs"][i].as_object().map(|o| o.len()), Some(2));
+    }
+    assert_eq!(
+        el["token_logprobs"].as_array().unwrap()[n..],
+        pl["token_logprobs"].as_array().unwrap()[..]
+    );
+    assert_eq!(
+        el["top_logprobs"].as_array().unwrap()[n..],
+        pl["top_logprobs"].as_array().unwrap()[..]
+    );
+    assert_eq!(el["text_offset"][n], n, "{echoed}");
+    assert_eq!(el["text_offset"][1], 1, "{echoed}");
 
     // Chat puts them beside the choices.
     let dir = chat_model_copy(None);

@@ -623,9 +623,12 @@ async fn handle(s: Arc<AppState>, req: Request, kind: Kind) -> Result<Response, 
     };
     params.validate(0).map_err(ApiError::from_gen)?;
     let search = parse_search(&m, from_name.as_deref(), &params, temperature.is_some())?;
-    if echo && (params.logprobs || search.is_some()) {
+    if echo && search.is_some() {
+        return Err(ApiError::bad("echo: not with a temper strategy", "echo"));
+    }
+    if echo && params.logprobs && stream {
         return Err(ApiError::bad(
-            "echo: not with logprobs (ask for prompt_logprobs: each prompt token's logprobs) nor with a temper strategy",
+            "echo with logprobs: served on whole (not streamed) requests",
             "echo",
         ));
     }

@@ -96,16 +96,16 @@ fn token_str(tok: &Tokenizer, id: u32) -> String {
 }
 
 /// vLLM's `prompt_logprobs` list: null for the first token, then per token an object keyed by
-/// token id (a string) holding the top alternatives and the prompt's own token, each with its
+/// token id (a string) holding the `k` top alternatives and the prompt's own token, each with its
 /// `logprob`, `rank` (1: the most likely) and `decoded_token`.
-fn prompt_logprobs_json(tok: &Tokenizer, lps: &[Option<PromptLogprob>]) -> Value {
+fn prompt_logprobs_json(tok: &Tokenizer, lps: &[Option<PromptLogprob>], k: usize) -> Value {
     let entry = |token: u32, logprob: f32, rank: usize| json!({"logprob": logprob, "rank": rank, "decoded_token": token_str(tok, token)});
     lps.iter()
         .map(|p| match p {
             None => Value::Null,
             Some(p) => {
                 let mut m = Map::new();
-                for (i, t) in p.top.iter().enumerate() {
+                for (i, t) in p.top.iter().take(k).enumerate() {
                     m.insert(t.token.to_string(), entry(t.token, t.logprob, i + 1));
                 }
                 m.insert(p.token.to_string(), entry(p.token, p.logprob, p.rank));
@@ -298,6 +298,74 @@ impl Worker {
                 "completion_tokens": completion_tokens,
                 "total_tokens": ids.len() + completion_tokens,
             }),
+        }
+    }
+
+    /// Puts a finished request's prompt logprobs into its response: `prompt_logprobs` when asked
+    /// for, and with `echo` and `logprobs` (legacy completions, as vLLM) the prompt's tokens first
+    /// in each choice's logprobs, the first token's logprob and alternatives null.
+    fn with_prompt_logprobs(
+        &self,
+        e: &dyn Runs,
+        job: &Job,
+        prompt: &[u32],
+        lps: &[Option<PromptLogprob>],
+        out: &mut Output,
+    ) {
+        let tok = e.tokenizer();
+        if let Some(k) = job.prompt_logprobs {
+            out.prompt_logprobs = Some(prompt_logprobs_json(tok, lps, k));
+        }
+        if !(job.echo && job.params.logprobs) {
+            return;
+        }
+        let tokens: Vec<String> = prompt.iter().map(|&id| token_str(tok, id)).collect();
+        let mut offsets = Vec::with_capacity(tokens.len());
+        let mut end = 0usize;
+        for t in &tokens {
+            offsets.push(end);
+            end += t.len();
+        }
+        let logprobs: Vec<Value> = lps
+            .iter()
+            .map(|p| p.as_ref().map_or(Value::Null, |p| json!(p.logprob)))
+            .collect();
+        let top: Vec<Value> = lps
+            .iter()
+            .map(|p| match p {
+                None => Value::Null,
+                Some(p) => Value::Object(
+                    p.top
+                        .iter()
+                        .take(job.params.top_logprobs)
+                        .map(|a| (token_str(tok, a.token), json!(a.logprob)))
+                        .collect(),
+                ),
+            })
+            .collect();
+        for c in &mut out.choices {
+            let lp = &mut c.logprobs;
+            let after = |k: &str, lp: &Value| lp[k].as_array().cloned().unwrap_or_default();
+            let gen_offsets: Vec<Value> = after("text_offset", lp)
+                .iter()
+                .map(|o| json!(o.as_u64().unwrap_or(0) as usize + end))
+                .collect();
+            let joined = |mut head: Vec<Value>, tail: Vec<Value>| {
+                head.extend(tail);
+                Value::Array(head)
+            };
+            let tokens_v = tokens.iter().map(|t| json!(t)).collect();
+            let offsets_v = offsets.iter().map(|o| json!(o)).collect();
+            *lp = json!({
+                "tokens": joined(tokens_v, after("tokens", lp)),
+                "token_logprobs": joined(logprobs.clone(), after("token_logprobs", lp)),
+                "top_logprobs": if job.params.top_logprobs > 0 {
+                    joined(top.clone(), after("top_logprobs", lp))
+                } else {
+                    Value::Null
+                },
+                "text_offset": joined(offsets_v, gen_offsets),
+            });
         }
     }
 

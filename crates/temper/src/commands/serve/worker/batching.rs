@@ -7,7 +7,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::mpsc::{Receiver, TryRecvError};
 
-use tempering_generate::{DecodeBatch, GenEvent, TopLogprob};
+use tempering_generate::{DecodeBatch, GenEvent, PromptLogprob, TopLogprob};
 
 use super::super::api::{ApiError, Job, Msg, Work};
 use super::super::metrics::Running;
@@ -19,8 +19,8 @@ struct Active {
     prompt: Vec<u32>,
     /// The prompt's text, for `echo`.
     echo: Option<String>,
-    /// Its `prompt_logprobs`, when asked for.
-    prompt_logprobs: Option<serde_json::Value>,
+    /// Its prompt's logprobs, when asked for (`prompt_logprobs`, or `echo` with `logprobs`).
+    prompt_logprobs: Option<Vec<Option<PromptLogprob>>>,
     /// Streamed logprobs: each sample's byte offset in its token strings (`text_offset`).
     offsets: Vec<usize>,
     _running: Running,
@@ -161,21 +161,24 @@ impl Worker {
     }
 
     /// Checks and prefills `job` into the batch as request `id`; returns its prompt ids and text,
-    /// and its `prompt_logprobs` when asked for (one forward over the prompt, before it joins).
+    /// and its prompt's logprobs when asked for (`prompt_logprobs`, or `echo` with `logprobs`:
+    /// one forward over the prompt, before it joins).
+    #[allow(clippy::type_complexity)]
     fn admit(
         &self,
         batch: &mut DecodeBatch,
         id: usize,
         job: &Job,
-    ) -> Result<(Vec<u32>, String, Option<serde_json::Value>), ApiError> {
+    ) -> Result<(Vec<u32>, String, Option<Vec<Option<PromptLogprob>>>), ApiError> {
         let engine = self.engine_for(job)?;
         let (req, text) = self.gen_request(engine, job)?;
-        let prompt_logprobs = match job.prompt_logprobs {
+        let echo_k = (job.echo && job.params.logprobs).then_some(job.params.top_logprobs);
+        let prompt_logprobs = match job.prompt_logprobs.max(echo_k) {
             None => None,
             Some(k) => {
                 let run = std::panic::AssertUnwindSafe(|| engine.prompt_logprobs(&req.prompt, k));
                 match std::panic::catch_unwind(run) {
-                    Ok(Ok(lps)) => Some(super::prompt_logprobs_json(engine.tokenizer(), &lps)),
+                    Ok(Ok(lps)) => Some(lps),
                     Ok(Err(e)) => return Err(ApiError::from_gen(e)),
                     Err(_) => return Err(server_error("the model thread failed on this prompt")),
                 }
@@ -274,7 +277,9 @@ impl Worker {
                     if let Some(mut a) = active.remove(&id) {
                         let mut out =
                             self.output(engine, &a.job, &a.prompt, a.echo.as_deref(), &completions);
-                        out.prompt_logprobs = a.prompt_logprobs.take();
+                        if let Some(lps) = a.prompt_logprobs.take() {
+                            self.with_prompt_logprobs(engine, &a.job, &a.prompt, &lps, &mut out);
+                        }
                         self.metrics.finished(&out.usage, a.job.received.elapsed());
                         // Its slot and running count are free before the client hears back.
                         let tx = a.job.tx.clone();

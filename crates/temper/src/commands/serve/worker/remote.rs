@@ -76,10 +76,16 @@ impl Worker {
     /// them (with logprobs: each sample's tokens once it finished, when they are known), then the
     /// whole response.
     fn generate_remote(&self, e: &dyn Runs, job: &Job) -> Result<Output, ApiError> {
-        if job.prompt_logprobs.is_some() {
+        let echo_logprobs = job.echo && job.params.logprobs;
+        if job.prompt_logprobs.is_some() || echo_logprobs {
+            let param = if echo_logprobs {
+                "echo"
+            } else {
+                "prompt_logprobs"
+            };
             return Err(ApiError::bad(
-                "prompt_logprobs: not served with --backend (the remote backend reads generated tokens' logprobs only)",
-                "prompt_logprobs",
+                format!("{param}: the prompt's logprobs are not served with --backend (the remote backend reads generated tokens' logprobs only)"),
+                param,
             )
             .code("unsupported_by_backend"));
         }
