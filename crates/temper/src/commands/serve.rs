@@ -8,8 +8,9 @@
 //! plain generations decode together in one batch that a request arriving mid-decode joins at the
 //! next step; searches run whole between steps. With `--backend`, the model thread holds the
 //! remote backend instead and runs each request on a thread of its own (the server batches).
-//! Tokens stream back over a channel per request (SSE for `stream: true`). The parsing lives in [`api`], the model thread's work in [`worker`], the
-//! counters of `/metrics` in [`metrics`]; start-up, loading and shutdown here.
+//! Tokens stream back over a channel per request (SSE for `stream: true`). The parsing lives in
+//! [`api`], the model thread's work in [`worker`], the counters of `/metrics` in [`metrics`];
+//! start-up, loading and shutdown here.
 
 mod api;
 mod metrics;
@@ -213,9 +214,9 @@ pub fn serve(a: ServeArgs) -> Result<()> {
                     Ok(m) => {
                         eprintln!("sampling defaults: {}", m.defaults.describe());
                         let _ = state.info.set(ModelInfo {
-                            context: m.engine.context(),
-                            vocab: m.engine.vocab(),
-                            tokenizer: m.engine.tokenizer().clone(),
+                            context: m.engine.runs().context(),
+                            vocab: m.engine.runs().vocab(),
+                            tokenizer: m.engine.runs().tokenizer().clone(),
                             template: m.template.clone(),
                             defaults: m.defaults.clone(),
                             base: match &m.engine {
@@ -281,24 +282,11 @@ pub(crate) enum Engine {
 }
 
 impl Engine {
-    pub fn tokenizer(&self) -> &Tokenizer {
+    /// What requests run on (the tokenizer, context and vocabulary they are checked against).
+    pub fn runs(&self) -> &dyn worker::Runs {
         match self {
-            Engine::Local(e) => e.tokenizer(),
-            Engine::Remote(r) => r.backend.tokenizer(),
-        }
-    }
-
-    pub fn context(&self) -> usize {
-        match self {
-            Engine::Local(e) => e.model().config.max_position_embeddings,
-            Engine::Remote(r) => r.context,
-        }
-    }
-
-    pub fn vocab(&self) -> usize {
-        match self {
-            Engine::Local(e) => e.model().config.vocab_size,
-            Engine::Remote(r) => r.vocab,
+            Engine::Local(e) => e,
+            Engine::Remote(r) => r,
         }
     }
 }
