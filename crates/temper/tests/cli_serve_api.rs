@@ -1,7 +1,8 @@
 //! `temper serve`'s smaller endpoints and fields, end to end on loopback with the tiny model:
 //! `/tokenize` and `/detokenize` (vLLM's shapes), `return_token_ids`, `min_tokens`, `ignore_eos`,
-//! `top_k`, `min_p`, `/metrics`, and sampling defaults from `generation_config.json` (serve and
-//! `temper chat`).
+//! `top_k`, `min_p`, `/metrics`, sampling defaults from `generation_config.json` (serve and
+//! `temper chat`), and `prompt_logprobs` against the model's own numbers (`temper logits` and the
+//! first generated token's logprobs).
 
 mod serve_common;
 
@@ -137,9 +138,9 @@ fn tokenize_detokenize_and_token_ids() {
     );
     let (st, v) = s.post(
         "/v1/completions",
-        &json!({"prompt": PROMPT, "echo": true, "logprobs": 1}),
+        &json!({"prompt": PROMPT, "echo": true, "logprobs": 1, "stream": true}),
     );
-    assert_error(st, &v, 400, "echo with logprobs");
+    assert_error(st, &v, 400, "echo with logprobs, streamed");
     assert_eq!(v["error"]["param"], "echo");
 
     // Errors: OpenAI-shaped, 400 or 404.
@@ -340,5 +341,204 @@ fn sampling_defaults_come_from_generation_config() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{err}");
         assert!(err.contains(want), "{flags:?}: {err}");
+    }
+}
+
+/// `temper logits --json` on `prompt`: the ids and the `top` most likely next tokens' (id, logit).
+fn model_logits(prompt: &str, top: usize) -> (Vec<u64>, Vec<(u64, f64)>) {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_temper"))
+        .arg("logits")
+        .arg(serve_common::model_dir())
+        .args(["--prompt", prompt, "--top", &top.to_string(), "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let top = v["top"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["id"].as_u64().unwrap(), t["logit"].as_f64().unwrap()))
+        .collect();
+    (ids(&v["ids"]), top)
+}
+
+#[test]
+fn prompt_logprobs_are_the_models_own() {
+    let s = Server::start(&[], &[]);
+    let k = 3;
+    let (st, v) = s.post(
+        "/v1/completions",
+        &json!({"prompt": PROMPT, "max_tokens": 1, "temperature": 0, "prompt_logprobs": k,
+                "return_token_ids": true}),
+    );
+    assert_eq!(st, 200, "{v}");
+    let c = &v["choices"][0];
+    let prompt_ids = ids(&c["prompt_token_ids"]);
+    let lps = c["prompt_logprobs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(lps.len(), prompt_ids.len(), "one entry a prompt token: {v}");
+    assert!(
+        lps[0].is_null(),
+        "nothing comes before the first token: {v}"
+    );
+
+    // vLLM's shape: per token, by id, the prompt's token and the top k with logprob, rank and
+    // decoded_token.
+    for (i, e) in lps.iter().enumerate().skip(1) {
+        let e = e.as_object().unwrap_or_else(|| panic!("entry {i}: {e}"));
+        let own = &e[&prompt_ids[i].to_string()];
+        let lp = own["logprob"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("entry {i}: {e:?}"));
+        let rank = own["rank"].as_u64().unwrap();
+        assert!(lp <= 0.0 && rank >= 1, "entry {i}: {e:?}");
+        assert_eq!(own["decoded_token"], &PROMPT[i..i + 1], "entry {i}");
+        assert!(e.len() == k || e.len() == k + 1, "entry {i}: {e:?}");
+        let mut top: Vec<(u64, f64)> = e
+            .values()
+            .map(|x| (x["rank"].as_u64().unwrap(), x["logprob"].as_f64().unwrap()))
+            .collect();
+        top.sort_by_key(|t| t.0);
+        assert_eq!(
+            top.iter().take(k).map(|t| t.0).collect::<Vec<_>>(),
+            (1..=k as u64).collect::<Vec<_>>(),
+            "entry {i}: {e:?}"
+        );
+        assert!(top.windows(2).all(|w| w[0].1 >= w[1].1), "by rank: {e:?}");
+        assert_eq!(rank == 1, (lp - top[0].1).abs() < 1e-6, "entry {i}: {e:?}");
+    }
+
+    // The model's own numbers: the logits `temper logits` gives after each prefix rank the same
+    // tokens, with the same gaps; and the logprobs of the first generated token after that prefix
+    // are the same numbers.
+    for i in [1, 5, PROMPT.len() - 1] {
+        let e = &lps[i];
+        let (prefix_ids, top) = model_logits(&PROMPT[..i], k);
+        assert_eq!(prefix_ids, prompt_ids[..i], "prefix {i}");
+        let by_rank = |r: u64| -> (u64, f64) {
+            e.as_object()
+                .unwrap()
+                .iter()
+                .find(|(_, x)| x["rank"] == r)
+                .map(|(id, x)| (id.parse().unwrap(), x["logprob"].as_f64().unwrap()))
+                .unwrap_or_else(|| panic!("no rank {r} at {i}: {e}"))
+        };
+        for (r, &(id, logit)) in top.iter().enumerate() {
+            let (got_id, lp) = by_rank(r as u64 + 1);
+            assert_eq!(got_id, id, "prefix {i}, rank {}", r + 1);
+            // Logits and logprobs differ by one constant per position.
+            let (first_lp, first_logit) = (by_rank(1).1, top[0].1);
+            assert!(
+                ((lp - first_lp) - (logit - first_logit)).abs() < 1e-3,
+                "prefix {i}, rank {}: {lp} vs logit {logit}",
+                r + 1
+            );
+        }
+        let (st, g) = s.post(
+            "/v1/completions",
+            &json!({"prompt": prompt_ids[..i], "max_tokens": 1, "temperature": 0,
+                    "logprobs": k, "ignore_eos": true}),
+        );
+        assert_eq!(st, 200, "{g}");
+        let gen_top = g["choices"][0]["logprobs"]["top_logprobs"][0]
+            .as_object()
+            .unwrap_or_else(|| panic!("{g}"))
+            .clone();
+        assert_eq!(gen_top.len(), k, "{g}");
+        for (tok, glp) in &gen_top {
+            let (_, x) = e
+                .as_object()
+                .unwrap()
+                .iter()
+                .find(|(_, x)| {
+                    x["decoded_token"] == tok.as_str() && x["rank"].as_u64() <= Some(k as u64)
+                })
+                .unwrap_or_else(|| panic!("prefix {i}: {tok:?} not in {e}"));
+            let (a, b) = (x["logprob"].as_f64().unwrap(), glp.as_f64().unwrap());
+            assert!((a - b).abs() < 1e-3, "prefix {i}, {tok:?}: {a} vs {b}");
+        }
+    }
+
+    // Echo with logprobs (legacy completions, as vLLM): the prompt's tokens first, the first with
+    // null logprob and alternatives, the rest the prompt logprobs; then the generated tokens'.
+    let body = json!({"prompt": PROMPT, "max_tokens": 4, "temperature": 0, "logprobs": 2,
+                      "ignore_eos": true});
+    let (st, plain) = s.post("/v1/completions", &body);
+    assert_eq!(st, 200, "{plain}");
+    let mut echo_body = body.clone();
+    echo_body["echo"] = json!(true);
+    let (st, echoed) = s.post("/v1/completions", &echo_body);
+    assert_eq!(st, 200, "{echoed}");
+    let (p, e) = (&plain["choices"][0], &echoed["choices"][0]);
+    assert_eq!(
+        e["text"].as_str().unwrap(),
+        format!("{PROMPT}{}", p["text"].as_str().unwrap())
+    );
+    let n = PROMPT.len();
+    let (pl, el) = (&p["logprobs"], &e["logprobs"]);
+    let chars: Vec<Value> = PROMPT.chars().map(|c| json!(c.to_string())).collect();
+    let mut want_tokens = chars.clone();
+    want_tokens.extend(pl["tokens"].as_array().unwrap().iter().cloned());
+    assert_eq!(el["tokens"], Value::from(want_tokens), "{echoed}");
+    assert!(el["token_logprobs"][0].is_null() && el["top_logprobs"][0].is_null());
+    for i in 1..n {
+        let own = lps[i][prompt_ids[i].to_string()]["logprob"]
+            .as_f64()
+            .unwrap();
+        let got = el["token_logprobs"][i].as_f64().unwrap();
+        assert!((own - got).abs() < 1e-6, "prompt token {i}: {got} vs {own}");
+        assert_eq!(el["top_logprobs"][i].as_object().map(|o| o.len()), Some(2));
+    }
+    assert_eq!(
+        el["token_logprobs"].as_array().unwrap()[n..],
+        pl["token_logprobs"].as_array().unwrap()[..]
+    );
+    assert_eq!(
+        el["top_logprobs"].as_array().unwrap()[n..],
+        pl["top_logprobs"].as_array().unwrap()[..]
+    );
+    assert_eq!(el["text_offset"][n], n, "{echoed}");
+    assert_eq!(el["text_offset"][1], 1, "{echoed}");
+
+    // Chat puts them beside the choices.
+    let dir = chat_model_copy(None);
+    let c = Server::start_model(dir.path(), &[], &[]);
+    let (st, v) = c.post(
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": "1+1"}], "max_tokens": 2,
+                "prompt_logprobs": 0, "return_token_ids": true}),
+    );
+    assert_eq!(st, 200, "{v}");
+    let lps = v["prompt_logprobs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(lps.len(), ids(&v["prompt_token_ids"]).len());
+    assert!(
+        lps[0].is_null() && lps[1].as_object().is_some_and(|o| o.len() == 1),
+        "{v}"
+    );
+    assert!(v["choices"][0].get("prompt_logprobs").is_none(), "{v}");
+
+    // Refused where not served, OpenAI-shaped.
+    for (body, what) in [
+        (
+            json!({"prompt": PROMPT, "prompt_logprobs": -1}),
+            "the whole vocabulary",
+        ),
+        (json!({"prompt": PROMPT, "prompt_logprobs": 21}), "over 20"),
+        (
+            json!({"prompt": PROMPT, "prompt_logprobs": 1, "stream": true}),
+            "streamed",
+        ),
+        (
+            json!({"model": "sc@2@tiny-arith-sft", "prompt": PROMPT, "prompt_logprobs": 1}),
+            "with a strategy",
+        ),
+    ] {
+        let (st, e) = s.post("/v1/completions", &body);
+        assert_error(st, &e, 400, what);
+        assert_eq!(e["error"]["param"], "prompt_logprobs", "{what}: {e}");
     }
 }

@@ -4,7 +4,7 @@
 //! [`Backend`] trait and its local implementation [`LocalEngine`] (batched left-padded prefill with
 //! a KV cache, `n` samples sharing one prefill, finished rows dropped from the batch), and its
 //! remote one [`RemoteBackend`] (an OpenAI-compatible server: vLLM, SGLang, llama.cpp, `temper
-//! serve`).
+//! serve`), and the prompt's own logprobs ([`PromptLogprob`]).
 //!
 //! It knows nothing of training, rewards, search strategies or the command line: callers build
 //! [`GenRequest`]s and read [`Completion`]s.
@@ -14,6 +14,7 @@ pub mod chat;
 mod detok;
 pub mod engine;
 pub mod error;
+mod prompt_logprobs;
 pub mod remote;
 pub mod request;
 pub mod sampler;
@@ -24,6 +25,7 @@ pub use backend::{Backend, GenEvent};
 pub use chat::{render_chat, KNOWN_ROLES};
 pub use engine::{EngineOptions, LocalEngine};
 pub use error::{GenError, RemoteError, Result};
+pub use prompt_logprobs::PromptLogprob;
 pub use remote::wire::ServerKind;
 pub use remote::{RemoteBackend, RemoteOptions, ServerInfo};
 pub use request::{Completion, FinishReason, GenRequest, SamplingParams, TopLogprob};

@@ -329,6 +329,7 @@ fn temper_serve_is_asked_for_token_ids_and_they_are_used() {
     assert_eq!(b.info().kind, ServerKind::Temper);
     let p = SamplingParams {
         stop_token_ids: vec![7],
+        min_tokens: 2,
         ..SamplingParams::greedy(6)
     };
     let out = b.generate(&[GenRequest::new(ids("1+"), 1, p)]).unwrap();
@@ -337,6 +338,7 @@ fn temper_serve_is_asked_for_token_ids_and_they_are_used() {
     let sent = mock.completions();
     assert_eq!(sent[0]["return_token_ids"], true);
     assert_eq!(sent[0]["stop_token_ids"], json!([7]));
+    assert_eq!(sent[0]["min_tokens"], 2);
     assert!(
         sent[0].get("logprobs").is_none(),
         "no logprobs needed to see the tokens: {}",
@@ -365,6 +367,22 @@ fn a_text_that_does_not_re_tokenise_to_the_server_count_is_a_typed_error() {
         "{err:?}"
     );
     assert!(err.to_string().contains("2 tokens"), "{err}");
+}
+
+#[test]
+fn a_base_model_beside_its_lora_adapters_is_the_default() {
+    // A server with adapters loaded (a previous RL run's, say) still serves one base model.
+    let mock = Mock::start(|path, body, _| match path {
+        "/v1/models" => (
+            200,
+            json!({"data": [{"id": "policy-step-2", "owned_by": "temper", "parent": "tiny"},
+                            {"id": "tiny", "owned_by": "temper", "parent": null}]}),
+        ),
+        "/tokenize" => tokenize(body),
+        _ => not_found(),
+    });
+    let b = RemoteBackend::connect(opts(&mock), tokenizer(), vec![1]).unwrap();
+    assert_eq!(b.info().model, "tiny");
 }
 
 #[test]
@@ -447,6 +465,17 @@ fn what_a_server_cannot_do_is_refused_before_any_request() {
     assert!(
         e.to_string()
             .contains("llama.cpp cannot stop on extra token ids"),
+        "{e}"
+    );
+    assert!(mock.completions().is_empty());
+    let p = SamplingParams {
+        min_tokens: 2,
+        ..SamplingParams::greedy(4)
+    };
+    let e = b.generate(&[GenRequest::new(ids("1"), 1, p)]).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("llama.cpp cannot hold off stop tokens"),
         "{e}"
     );
     assert!(mock.completions().is_empty());

@@ -1,8 +1,9 @@
 //! `temper ppo` and `temper trpo`: actor-critic RL. The shared RL flags (model, prompts, rewards,
 //! sampling, guards, LoRA, checkpoints, `--config`, `--resume`) plus the critic's, GAE's and the KL
-//! controller's, and PPO's or TRPO's own; nothing of GRPO's. Resolves them into the library's
-//! `ActorCriticConfig`, opens the run as `temper grpo` does, loads the optional critic model, runs
-//! `run_actor_critic` and writes the final model or adapter. Holds no algorithm of its own.
+//! controller's, PPO's or TRPO's own, and `--rollout-backend` (rollouts on a server, as `temper
+//! grpo`'s); nothing of GRPO's. Resolves them into the library's `ActorCriticConfig`, opens the run
+//! as `temper grpo` does, loads the optional critic model, runs `run_actor_critic` and writes the
+//! final model or adapter. Holds no algorithm of its own.
 
 use std::path::PathBuf;
 
@@ -12,11 +13,12 @@ use serde::Serialize;
 use tempering_model::ModelFiles;
 use tempering_train::rl::run_config::{ppo_keys, trpo_keys, PpoRunConfig, RlKeys, TrpoRunConfig};
 use tempering_train::rl::{
-    run_actor_critic, ActorCriticConfig, ActorCriticInputs, AdvantageEstimator,
+    run_actor_critic, ActorCriticConfig, ActorCriticInputs, AdvantageEstimator, RolloutServer,
 };
 
 use crate::commands::common::flag_table;
 use crate::commands::rl::{open_rl_run, RlFlags, RlRun};
+use crate::commands::rollout_server::ServerPolicy;
 
 /// GRPO's flags that PPO and TRPO do not read: hidden from `--help`, and refused naming what to
 /// use instead (rather than clap's bare "unexpected argument").
@@ -120,6 +122,18 @@ pub struct ActorCriticFlags {
     pub whiten_rewards: Option<bool>,
 }
 
+/// Where the rollouts are generated: `--rollout-backend` (not a config key: a run's place, not
+/// its recipe).
+#[derive(Args, Default, Debug, Clone)]
+pub struct RolloutBackendFlag {
+    /// Generate the rollouts on an OpenAI-compatible server running the same base model that
+    /// loads LoRA adapters at run time (`temper serve --allow-runtime-lora`, or vLLM with
+    /// --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True) and reads this run directory:
+    /// each new policy adapter is loaded there as policy-step-N (the critic stays here). With LoRA.
+    #[arg(long, value_name = "URL")]
+    pub rollout_backend: Option<String>,
+}
+
 /// `temper ppo`.
 #[derive(Args, Serialize, Default, Debug, Clone)]
 pub struct PpoArgs {
@@ -129,6 +143,9 @@ pub struct PpoArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub ac: ActorCriticFlags,
+    #[command(flatten)]
+    #[serde(skip)]
+    pub rollout: RolloutBackendFlag,
     #[command(flatten)]
     #[serde(skip)]
     pub not: NotActorCritic,
@@ -148,6 +165,9 @@ pub struct TrpoArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub ac: ActorCriticFlags,
+    #[command(flatten)]
+    #[serde(skip)]
+    pub rollout: RolloutBackendFlag,
     #[command(flatten)]
     #[serde(skip)]
     pub not: NotActorCritic,
@@ -203,6 +223,7 @@ pub fn ppo(a: PpoArgs) -> Result<()> {
     run(
         &cfg.rl,
         cfg.ac.critic_model.as_deref(),
+        a.rollout.rollout_backend.as_deref(),
         config,
         &run_dir,
         resume,
@@ -224,6 +245,7 @@ pub fn trpo(a: TrpoArgs) -> Result<()> {
     run(
         &cfg.rl,
         cfg.ac.critic_model.as_deref(),
+        a.rollout.rollout_backend.as_deref(),
         config,
         &run_dir,
         resume,
@@ -237,6 +259,7 @@ pub fn trpo(a: TrpoArgs) -> Result<()> {
 fn run(
     keys: &RlKeys,
     critic_path: Option<&std::path::Path>,
+    rollout_backend: Option<&str>,
     config: ActorCriticConfig,
     run_dir: &std::path::Path,
     resume: bool,
@@ -275,10 +298,21 @@ fn run(
             .display()
             .to_string())
     );
+    let mut server = match rollout_backend {
+        Some(url) => Some(ServerPolicy::connect(
+            url,
+            &run.model_path,
+            run_dir,
+            run.lora.is_some(),
+        )?),
+        None => None,
+    };
+    let mut online = run.inputs();
+    online.rollout_server = server.as_mut().map(|s| s as &mut dyn RolloutServer);
     let summary = run_actor_critic(
         &config,
         ActorCriticInputs {
-            online: run.inputs(),
+            online,
             critic_model,
         },
         run_dir,
@@ -321,8 +355,16 @@ mod tests {
         cmd.get_arguments()
             .filter(|a| !a.is_hide_set())
             .filter_map(|a| a.get_long().map(|s| s.replace('-', "_")))
+            // Not recipe keys: how the command runs (`rollout_backend`: where it samples).
             .filter(|f| {
-                !["config", "resume", "quiet", "no_whiten_advantages"].contains(&f.as_str())
+                ![
+                    "config",
+                    "resume",
+                    "quiet",
+                    "no_whiten_advantages",
+                    "rollout_backend",
+                ]
+                .contains(&f.as_str())
             })
             .collect()
     }

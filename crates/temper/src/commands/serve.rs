@@ -1,13 +1,16 @@
-//! `temper serve`: an OpenAI-compatible HTTP server over the local engine, with test-time search
-//! strategies by request (a `temper` object in the body, or a `STRATEGY@NAME` model name).
+//! `temper serve`: an OpenAI-compatible HTTP server over the local engine, or in front of a remote
+//! OpenAI-compatible server (`--backend URL`), with test-time search strategies by request (a
+//! `temper` object in the body, or a `STRATEGY@NAME` model name).
 //!
 //! Design: axum on a small tokio runtime parses and checks every request (OpenAI-shaped JSON
 //! errors, bounded bodies, `--max-concurrency` answered with 429), then hands it to one dedicated
 //! model thread through a queue. That thread owns the engine (candle is synchronous and CPU-bound):
 //! plain generations decode together in one batch that a request arriving mid-decode joins at the
-//! next step; searches run whole between steps. Tokens stream back over a channel per request (SSE
-//! for `stream: true`). The parsing lives in [`api`], the model thread's work in [`worker`], the
-//! counters of `/metrics` in [`metrics`]; start-up, loading and shutdown here.
+//! next step; searches run whole between steps. With `--backend`, the model thread holds the
+//! remote backend instead and runs each request on a thread of its own (the server batches).
+//! Tokens stream back over a channel per request (SSE for `stream: true`). The parsing lives in
+//! [`api`], the model thread's work in [`worker`], the counters of `/metrics` in [`metrics`];
+//! start-up, loading and shutdown here.
 
 mod api;
 mod metrics;
@@ -25,6 +28,7 @@ use clap::Args;
 use tempering_model::{ChatTemplate, Tokenizer};
 use tempering_reward::learned::ProcessRewardModel;
 
+use crate::commands::backend_flags::{open_generator, BackendFlags, Generator};
 use crate::commands::generate::{load_engine_with_config, GenDefaults};
 use crate::commands::model::DeviceArgs;
 use crate::device::device_and_dtype;
@@ -68,6 +72,10 @@ pub struct ServeArgs {
     pub batch_rows: usize,
     #[command(flatten)]
     pub device: DeviceArgs,
+    /// Generate on a remote OpenAI-compatible server (`--backend URL`): this server then fronts
+    /// it, parsing, checking and searching here, sampling there.
+    #[command(flatten)]
+    pub backend: BackendFlags,
 }
 
 /// What the model thread reports once loaded: what the HTTP side needs without it (`/tokenize`,
@@ -80,8 +88,8 @@ pub(crate) struct ModelInfo {
     /// Sampling defaults from the model's `generation_config.json`, for fields a request leaves out.
     pub defaults: GenDefaults,
     /// The model without adapters (its weights shared, not copied): what runtime LoRA adapters
-    /// are put on.
-    pub base: tempering_model::Transformer,
+    /// are put on. `None` with `--backend` (no weights here).
+    pub base: Option<tempering_model::Transformer>,
 }
 
 /// State shared by the HTTP handlers.
@@ -122,6 +130,13 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     }
     if a.batch_rows == 0 {
         bail!("--batch-rows: expected at least 1");
+    }
+    if a.backend.backend.is_some() && a.allow_runtime_lora {
+        bail!(
+            "--allow-runtime-lora loads adapters into this process, which has no weights with \
+             --backend: load them on the backend server (vLLM: --lora-modules or \
+             /v1/load_lora_adapter) and name one with --backend-model"
+        );
     }
     let api_key = match &a.api_key_env {
         Some(var) => match std::env::var(var) {
@@ -176,12 +191,13 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     let worker = {
         let state = state.clone();
         let load_failed = load_failed.clone();
-        let (model, adapter, prm, device, batch_rows) = (
+        let (model, adapter, prm, device, batch_rows, backend) = (
             a.model.path().to_path_buf(),
             a.adapter.clone(),
             a.prm.clone(),
             a.device.clone(),
             a.batch_rows,
+            a.backend.clone(),
         );
         std::thread::Builder::new()
             .name("temper-serve-model".into())
@@ -192,18 +208,21 @@ pub fn serve(a: ServeArgs) -> Result<()> {
                     prm.as_deref(),
                     &device,
                     batch_rows,
+                    &backend,
                 );
                 match loaded {
                     Ok(m) => {
-                        let cfg = &m.engine.model().config;
                         eprintln!("sampling defaults: {}", m.defaults.describe());
                         let _ = state.info.set(ModelInfo {
-                            context: cfg.max_position_embeddings,
-                            vocab: cfg.vocab_size,
-                            tokenizer: m.engine.tokenizer().clone(),
+                            context: m.engine.runs().context(),
+                            vocab: m.engine.runs().vocab(),
+                            tokenizer: m.engine.runs().tokenizer().clone(),
                             template: m.template.clone(),
                             defaults: m.defaults.clone(),
-                            base: m.engine.model().without_adapters(),
+                            base: match &m.engine {
+                                Engine::Local(e) => Some(e.model().without_adapters()),
+                                Engine::Remote(_) => None,
+                            },
                         });
                         let mut m = worker::Worker::new(m, state.metrics.clone(), batch_rows);
                         state.ready.store(true, Ordering::SeqCst);
@@ -256,9 +275,25 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     Ok(())
 }
 
+/// What generates: the local engine, or a remote server with the local tokenizer.
+pub(crate) enum Engine {
+    Local(tempering_generate::LocalEngine),
+    Remote(worker::RemoteModel),
+}
+
+impl Engine {
+    /// What requests run on (the tokenizer, context and vocabulary they are checked against).
+    pub fn runs(&self) -> &dyn worker::Runs {
+        match self {
+            Engine::Local(e) => e,
+            Engine::Remote(r) => r,
+        }
+    }
+}
+
 /// The model thread's belongings.
 pub(crate) struct Loaded {
-    pub engine: tempering_generate::LocalEngine,
+    pub engine: Engine,
     pub template: Option<Arc<ChatTemplate>>,
     pub prm: Option<ProcessRewardModel>,
     pub defaults: GenDefaults,
@@ -270,9 +305,28 @@ fn load(
     prm: Option<&std::path::Path>,
     device: &DeviceArgs,
     batch_rows: usize,
+    backend: &BackendFlags,
 ) -> Result<Loaded> {
-    let (engine, template, gen_config) =
-        load_engine_with_config(model, adapter, device, batch_rows)?;
+    let (engine, template, gen_config) = if backend.backend.is_some() {
+        // The tokenizer, chat template and sampling defaults stay local; the weights stay there.
+        let opened = open_generator(model, adapter, device, batch_rows, backend)?;
+        let Generator::Remote(remote) = opened.generator else {
+            bail!("--backend: expected a remote backend");
+        };
+        let remote = worker::RemoteModel {
+            backend: *remote,
+            context: opened.context,
+            vocab: opened.vocab,
+        };
+        (
+            Engine::Remote(remote),
+            opened.template,
+            read_generation_config(model)?,
+        )
+    } else {
+        let (e, t, g) = load_engine_with_config(model, adapter, device, batch_rows)?;
+        (Engine::Local(e), t, g)
+    };
     let prm = match prm {
         Some(dir) => {
             let (dev, _) = device_and_dtype(&device.device, None)?;
@@ -289,4 +343,17 @@ fn load(
         prm,
         defaults: GenDefaults::from_config(gen_config.as_ref()),
     })
+}
+
+/// A model directory's `generation_config.json`, if it has one (a GGUF file has none).
+fn read_generation_config(model: &std::path::Path) -> Result<Option<serde_json::Value>> {
+    let path = model.join("generation_config.json");
+    if !model.is_dir() || !path.is_file() {
+        return Ok(None);
+    }
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let v = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not valid JSON", path.display()))?;
+    Ok(Some(v))
 }

@@ -97,6 +97,13 @@ pub struct RemoteStats {
     pub fanned_out: AtomicU64,
 }
 
+/// The models of a `/v1/models` list that are no adapter's: without a `parent` (or a null one).
+fn base_models(data: &[Value]) -> Vec<&Value> {
+    data.iter()
+        .filter(|m| m.get("parent").is_none_or(Value::is_null))
+        .collect()
+}
+
 /// The text the connect-time `/tokenize` check encodes on both sides.
 const PROBE_TEXT: &str = "Hello, world! 12 + 34 = 46\n";
 
@@ -257,12 +264,17 @@ impl RemoteBackend {
                         what: format!("{url} lists no models"),
                     })
                 }
-                _ => {
-                    return Err(RemoteError::WhichModel {
-                        url,
-                        available: names,
-                    })
-                }
+                // One base model beside LoRA adapters (vLLM and `temper serve` name an adapter's
+                // `parent`): the base.
+                _ => match base_models(data).as_slice() {
+                    [one] => *one,
+                    _ => {
+                        return Err(RemoteError::WhichModel {
+                            url,
+                            available: names,
+                        })
+                    }
+                },
             },
         };
         let model = entry
@@ -463,6 +475,13 @@ impl Backend for RemoteBackend {
                 return Err(RemoteError::Unsupported {
                     server: self.info.kind.name().into(),
                     what: format!("stop on extra token ids (request {i}'s `stop_token_ids`)"),
+                }
+                .into());
+            }
+            if r.params.min_tokens > 0 && !self.info.kind.takes_min_tokens() {
+                return Err(RemoteError::Unsupported {
+                    server: self.info.kind.name().into(),
+                    what: format!("hold off stop tokens (request {i}'s `min_tokens`)"),
                 }
                 .into());
             }

@@ -57,6 +57,11 @@ impl ServerKind {
             ServerKind::Vllm | ServerKind::Sglang | ServerKind::Temper
         )
     }
+
+    /// Whether the server takes `min_tokens` (no stop token before that many tokens).
+    pub fn takes_min_tokens(self) -> bool {
+        self.takes_stop_token_ids()
+    }
 }
 
 /// The seed as sent: llama.cpp keeps 32 bits and reads `0xFFFFFFFF` as "random", and servers of
@@ -109,6 +114,10 @@ pub fn completion_body(
     }
     if p.ignore_eos {
         b.insert("ignore_eos".into(), json!(true));
+    }
+    // vLLM's extra (SGLang and `temper serve` take it too; checked before sending elsewhere).
+    if p.min_tokens > 0 {
+        b.insert("min_tokens".into(), json!(p.min_tokens));
     }
     // Logprobs: asked for by the caller, or (without ids from the server) to see every sampled
     // token, the stop token and the tokens of a stop string included.

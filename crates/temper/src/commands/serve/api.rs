@@ -23,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Map, Value};
-use tempering_generate::{GenError, SamplingParams};
+use tempering_generate::{GenError, RemoteError, SamplingParams};
 use tempering_model::ChatMessage;
 use tempering_search::{parse_strategy, Aggregation, Budget, SearchConfig, SearchError, Strategy};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
@@ -100,11 +100,39 @@ impl ApiError {
             GenError::UnknownRole { role, .. } => {
                 ApiError::bad(format!("unknown role `{role}`"), "messages")
             }
+            GenError::Remote(r) => ApiError::from_remote(r),
             other => ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "server_error",
                 other.to_string(),
             ),
+        }
+    }
+
+    /// The backend server's failure (`--backend`): its refusal of a request passes on as its
+    /// status (4xx, 429, 503), anything else is a 502; the message quotes the server's.
+    pub fn from_remote(e: RemoteError) -> Self {
+        let message = format!("the backend server: {e}");
+        match &e {
+            RemoteError::Status { status: 429, .. } => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", message)
+                    .code("rate_limit_exceeded")
+            }
+            RemoteError::Status { status: 503, .. } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                message,
+            ),
+            RemoteError::Status { status, .. } if (400..500).contains(status) => {
+                let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST);
+                ApiError::new(status, "invalid_request_error", message)
+            }
+            RemoteError::Unsupported { .. } => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+                    .code("unsupported_by_backend")
+            }
+            _ => ApiError::new(StatusCode::BAD_GATEWAY, "server_error", message)
+                .code("backend_error"),
         }
     }
 
@@ -212,6 +240,8 @@ pub struct Job {
     pub return_token_ids: bool,
     /// Completions' `echo`: each choice's text starts with the prompt's.
     pub echo: bool,
+    /// vLLM's `prompt_logprobs`: each prompt token's logprob with this many alternatives.
+    pub prompt_logprobs: Option<usize>,
     /// When the request arrived (its latency in `/metrics`).
     pub received: Instant,
     pub tx: UnboundedSender<Msg>,
@@ -231,6 +261,8 @@ pub struct Output {
     pub usage: Value,
     /// The prompt's token ids, when the request asked for them.
     pub prompt_token_ids: Option<Vec<u32>>,
+    /// vLLM's `prompt_logprobs` list (its first entry null), when the request asked for it.
+    pub prompt_logprobs: Option<Value>,
 }
 
 /// What the model thread sends back: `Started` or `Error` first, then tokens, then `Done`.
@@ -548,6 +580,14 @@ async fn handle(s: Arc<AppState>, req: Request, kind: Kind) -> Result<Response, 
         },
     };
     let stream = opt_bool(&m, "stream")?.unwrap_or(false);
+    let prompt_logprobs = opt_uint(&m, "prompt_logprobs", MAX_TOP_LOGPROBS as u64)
+        .map_err(|e| {
+            ApiError::bad(
+                format!("{} (-1, the whole vocabulary, is not served)", e.message),
+                "prompt_logprobs",
+            )
+        })?
+        .map(|k| k as usize);
     let include_usage = match m.get("stream_options") {
         None | Some(Value::Null) => false,
         Some(Value::Object(o)) => opt_bool(o, "include_usage")
@@ -583,10 +623,19 @@ async fn handle(s: Arc<AppState>, req: Request, kind: Kind) -> Result<Response, 
     };
     params.validate(0).map_err(ApiError::from_gen)?;
     let search = parse_search(&m, from_name.as_deref(), &params, temperature.is_some())?;
-    if echo && (params.logprobs || search.is_some()) {
+    if echo && search.is_some() {
+        return Err(ApiError::bad("echo: not with a temper strategy", "echo"));
+    }
+    if echo && params.logprobs && stream {
         return Err(ApiError::bad(
-            "echo: not with logprobs (the prompt's logprobs are not served) nor with a temper strategy",
+            "echo with logprobs: served on whole (not streamed) requests",
             "echo",
+        ));
+    }
+    if prompt_logprobs.is_some() && (stream || search.is_some()) {
+        return Err(ApiError::bad(
+            "prompt_logprobs: served on whole (not streamed) plain requests, not with stream nor a temper strategy",
+            "prompt_logprobs",
         ));
     }
     if search.is_some() && n != 1 {
@@ -619,6 +668,7 @@ async fn handle(s: Arc<AppState>, req: Request, kind: Kind) -> Result<Response, 
         stream,
         return_token_ids,
         echo,
+        prompt_logprobs,
         received,
         tx,
         _slot: slot,

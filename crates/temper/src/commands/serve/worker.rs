@@ -1,24 +1,78 @@
 //! The model thread of `temper serve`: owns the engine (and the runtime LoRA adapters' engines),
 //! takes checked requests ([`Job`]s) off the queue and runs them: plain generations decode
 //! together, joining a running batch between steps ([`batching`]), searches run whole between
-//! steps ([`search_job`]). Here: turning a request into the engine's and its completions into the
-//! response. Tokens and outputs go back over each request's channel; `/metrics` is counted.
+//! steps ([`search_job`]). With `--backend` it owns a remote backend instead and runs each request
+//! on its own thread ([`remote`]). Here: turning a request into the engine's and its completions
+//! into the response, whatever generates them ([`Runs`]). Tokens and outputs go back over each
+//! request's channel; `/metrics` is counted. Knows nothing of HTTP.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use tempering_generate::{
-    render_chat, Completion, FinishReason, GenRequest, LocalEngine, TopLogprob,
+    render_chat, Backend, Completion, FinishReason, GenEvent, GenRequest, LocalEngine,
+    PromptLogprob, RemoteBackend, TopLogprob,
 };
 use tempering_model::Tokenizer;
 
 use super::api::{self, ApiError, Job, Kind, Msg, Output, PromptIn};
 use super::metrics::Metrics;
-use super::Loaded;
+use super::{Engine, Loaded};
 
 mod batching;
+mod remote;
 mod search_job;
+
+/// What a request's tokens come from, local or remote: a [`Backend`] with the tokenizer, context
+/// and vocabulary its requests are checked against.
+pub(crate) trait Runs: Backend + Sync {
+    fn tokenizer(&self) -> &Tokenizer;
+    fn context(&self) -> usize;
+    fn vocab(&self) -> usize;
+}
+
+impl Runs for LocalEngine {
+    fn tokenizer(&self) -> &Tokenizer {
+        LocalEngine::tokenizer(self)
+    }
+    fn context(&self) -> usize {
+        self.model().config.max_position_embeddings
+    }
+    fn vocab(&self) -> usize {
+        self.model().config.vocab_size
+    }
+}
+
+/// A remote OpenAI-compatible server (`--backend`), with the context and vocabulary that requests
+/// are checked against here (the server's context where it says, else the local config's).
+pub(crate) struct RemoteModel {
+    pub backend: RemoteBackend,
+    pub context: usize,
+    pub vocab: usize,
+}
+
+impl Backend for RemoteModel {
+    fn generate_with(
+        &self,
+        reqs: &[GenRequest],
+        on_event: &mut dyn FnMut(&GenEvent<'_>),
+    ) -> tempering_generate::Result<Vec<Vec<Completion>>> {
+        self.backend.generate_with(reqs, on_event)
+    }
+}
+
+impl Runs for RemoteModel {
+    fn tokenizer(&self) -> &Tokenizer {
+        self.backend.tokenizer()
+    }
+    fn context(&self) -> usize {
+        self.context
+    }
+    fn vocab(&self) -> usize {
+        self.vocab
+    }
+}
 
 /// The model thread: the loaded model and the counters it updates.
 pub(crate) struct Worker {
@@ -41,6 +95,26 @@ fn token_str(tok: &Tokenizer, id: u32) -> String {
     tok.decode(&[id], false).unwrap_or_default()
 }
 
+/// vLLM's `prompt_logprobs` list: null for the first token, then per token an object keyed by
+/// token id (a string) holding the `k` top alternatives and the prompt's own token, each with its
+/// `logprob`, `rank` (1: the most likely) and `decoded_token`.
+fn prompt_logprobs_json(tok: &Tokenizer, lps: &[Option<PromptLogprob>], k: usize) -> Value {
+    let entry = |token: u32, logprob: f32, rank: usize| json!({"logprob": logprob, "rank": rank, "decoded_token": token_str(tok, token)});
+    lps.iter()
+        .map(|p| match p {
+            None => Value::Null,
+            Some(p) => {
+                let mut m = Map::new();
+                for (i, t) in p.top.iter().take(k).enumerate() {
+                    m.insert(t.token.to_string(), entry(t.token, t.logprob, i + 1));
+                }
+                m.insert(p.token.to_string(), entry(p.token, p.logprob, p.rank));
+                Value::Object(m)
+            }
+        })
+        .collect()
+}
+
 impl Worker {
     pub fn new(m: Loaded, metrics: Arc<Metrics>, max_rows: usize) -> Self {
         Worker {
@@ -51,14 +125,30 @@ impl Worker {
         }
     }
 
-    /// The engine a request asks for: the served model's or an adapter's.
+    /// What a request runs on: the remote backend, or the local engine of the served model or
+    /// of the adapter it asks for.
+    pub(super) fn runs_for(&self, job: &Job) -> Result<&dyn Runs, ApiError> {
+        match &self.m.engine {
+            Engine::Remote(r) => Ok(r),
+            Engine::Local(_) => self.engine_named(&job.adapter).map(|e| e as &dyn Runs),
+        }
+    }
+
+    /// The local engine a request asks for: the served model's or an adapter's.
     pub(super) fn engine_for(&self, job: &Job) -> Result<&LocalEngine, ApiError> {
         self.engine_named(&job.adapter)
     }
 
     fn engine_named(&self, adapter: &Option<String>) -> Result<&LocalEngine, ApiError> {
         match adapter {
-            None => Ok(&self.m.engine),
+            None => match &self.m.engine {
+                Engine::Local(e) => Ok(e),
+                Engine::Remote(_) => Err(ApiError::new(
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    "this server generates on --backend: it has no local engine",
+                )),
+            },
             Some(name) => self.adapters.get(name).ok_or_else(|| {
                 let mut e = ApiError::new(
                     axum::http::StatusCode::NOT_FOUND,
@@ -75,7 +165,7 @@ impl Worker {
     fn run_search(&self, job: Job) {
         let running = self.metrics.running();
         let tx = job.tx.clone();
-        let out = self.engine_for(&job).and_then(|e| self.search(e, &job));
+        let out = self.runs_for(&job).and_then(|e| self.search(e, &job));
         // Its slot and running count are free before the client hears back.
         let received = job.received;
         drop(job);
@@ -91,7 +181,7 @@ impl Worker {
         }
     }
 
-    fn prompt_ids(&self, e: &LocalEngine, job: &Job) -> Result<(Vec<u32>, String, bool), ApiError> {
+    fn prompt_ids(&self, e: &dyn Runs, job: &Job) -> Result<(Vec<u32>, String, bool), ApiError> {
         let tok = e.tokenizer();
         let bad_prompt = |e: String| ApiError::bad(format!("the prompt: {e}"), "prompt");
         match &job.prompt {
@@ -123,12 +213,12 @@ impl Worker {
     /// The prompt's ids, checked against the context, and the number of new tokens allowed.
     fn fit(
         &self,
-        e: &LocalEngine,
+        e: &dyn Runs,
         job: &Job,
         ids: &[u32],
         default_max: usize,
     ) -> Result<usize, ApiError> {
-        let context = e.model().config.max_position_embeddings;
+        let context = e.context();
         let param = if job.kind == Kind::Chat {
             "messages"
         } else {
@@ -164,7 +254,7 @@ impl Worker {
 
     /// A plain request as the engine's (its prompt ids, `max_tokens` fitted to the context), and
     /// the prompt's text.
-    fn gen_request(&self, e: &LocalEngine, job: &Job) -> Result<(GenRequest, String), ApiError> {
+    fn gen_request(&self, e: &dyn Runs, job: &Job) -> Result<(GenRequest, String), ApiError> {
         let (ids, text, _) = self.prompt_ids(e, job)?;
         let default_max = if job.kind == Kind::Chat {
             usize::MAX
@@ -173,9 +263,8 @@ impl Worker {
         };
         let mut params = job.params.clone();
         params.max_new_tokens = self.fit(e, job, &ids, default_max)?;
-        let cfg = &e.model().config;
         let req = GenRequest::new(ids, job.n, params);
-        req.validate(0, cfg.max_position_embeddings, cfg.vocab_size)
+        req.validate(0, e.context(), e.vocab())
             .map_err(ApiError::from_gen)?;
         Ok((req, text))
     }
@@ -184,7 +273,7 @@ impl Worker {
     /// choice's.
     fn output(
         &self,
-        e: &LocalEngine,
+        e: &dyn Runs,
         job: &Job,
         ids: &[u32],
         echo: Option<&str>,
@@ -203,6 +292,7 @@ impl Worker {
         Output {
             choices,
             prompt_token_ids: job.return_token_ids.then(|| ids.to_vec()),
+            prompt_logprobs: None,
             usage: json!({
                 "prompt_tokens": ids.len(),
                 "completion_tokens": completion_tokens,
@@ -211,11 +301,79 @@ impl Worker {
         }
     }
 
+    /// Puts a finished request's prompt logprobs into its response: `prompt_logprobs` when asked
+    /// for, and with `echo` and `logprobs` (legacy completions, as vLLM) the prompt's tokens first
+    /// in each choice's logprobs, the first token's logprob and alternatives null.
+    fn with_prompt_logprobs(
+        &self,
+        e: &dyn Runs,
+        job: &Job,
+        prompt: &[u32],
+        lps: &[Option<PromptLogprob>],
+        out: &mut Output,
+    ) {
+        let tok = e.tokenizer();
+        if let Some(k) = job.prompt_logprobs {
+            out.prompt_logprobs = Some(prompt_logprobs_json(tok, lps, k));
+        }
+        if !(job.echo && job.params.logprobs) {
+            return;
+        }
+        let tokens: Vec<String> = prompt.iter().map(|&id| token_str(tok, id)).collect();
+        let mut offsets = Vec::with_capacity(tokens.len());
+        let mut end = 0usize;
+        for t in &tokens {
+            offsets.push(end);
+            end += t.len();
+        }
+        let logprobs: Vec<Value> = lps
+            .iter()
+            .map(|p| p.as_ref().map_or(Value::Null, |p| json!(p.logprob)))
+            .collect();
+        let top: Vec<Value> = lps
+            .iter()
+            .map(|p| match p {
+                None => Value::Null,
+                Some(p) => Value::Object(
+                    p.top
+                        .iter()
+                        .take(job.params.top_logprobs)
+                        .map(|a| (token_str(tok, a.token), json!(a.logprob)))
+                        .collect(),
+                ),
+            })
+            .collect();
+        for c in &mut out.choices {
+            let lp = &mut c.logprobs;
+            let after = |k: &str, lp: &Value| lp[k].as_array().cloned().unwrap_or_default();
+            let gen_offsets: Vec<Value> = after("text_offset", lp)
+                .iter()
+                .map(|o| json!(o.as_u64().unwrap_or(0) as usize + end))
+                .collect();
+            let joined = |mut head: Vec<Value>, tail: Vec<Value>| {
+                head.extend(tail);
+                Value::Array(head)
+            };
+            let tokens_v = tokens.iter().map(|t| json!(t)).collect();
+            let offsets_v = offsets.iter().map(|o| json!(o)).collect();
+            *lp = json!({
+                "tokens": joined(tokens_v, after("tokens", lp)),
+                "token_logprobs": joined(logprobs.clone(), after("token_logprobs", lp)),
+                "top_logprobs": if job.params.top_logprobs > 0 {
+                    joined(top.clone(), after("top_logprobs", lp))
+                } else {
+                    Value::Null
+                },
+                "text_offset": joined(offsets_v, gen_offsets),
+            });
+        }
+    }
+
     /// The logprobs object of one streamed token (at byte `offset` of the choice's token
     /// strings), in the chat layout or the legacy one.
     fn token_logprobs_json(
         &self,
-        e: &LocalEngine,
+        e: &dyn Runs,
         job: &Job,
         token: u32,
         logprob: f32,
@@ -252,7 +410,7 @@ impl Worker {
     }
 
     /// OpenAI's logprobs object for one choice: the chat layout (`content`) or the legacy one.
-    fn logprobs_json(&self, e: &LocalEngine, job: &Job, c: &Completion) -> Value {
+    fn logprobs_json(&self, e: &dyn Runs, job: &Job, c: &Completion) -> Value {
         let (Some(lp), true) = (&c.logprobs, job.params.logprobs) else {
             return Value::Null;
         };

@@ -97,7 +97,13 @@ async fn load_inner(s: Arc<AppState>, req: Request) -> Result<Response, ApiError
         .info
         .get()
         .ok_or_else(|| server_error("the model is loaded but its base is not"))?;
-    let (mut model, tok, rows) = (info.base.clone(), info.tokenizer.clone(), s.batch_rows);
+    let base = info.base.clone().ok_or_else(|| {
+        ApiError::bad(
+            "this server generates on --backend and holds no weights to put an adapter on",
+            "lora_path",
+        )
+    })?;
+    let (mut model, tok, rows) = (base, info.tokenizer.clone(), s.batch_rows);
     let dir = path.clone();
     let engine = tokio::task::spawn_blocking(move || {
         model.apply_peft(&dir).map(|_| {

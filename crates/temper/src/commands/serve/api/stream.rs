@@ -23,9 +23,11 @@ impl Meta {
     }
 
     /// The whole response. With `return_token_ids` (vLLM's layout): each choice's `token_ids`, and
-    /// the prompt's ids in each choice (completions) or beside the choices (chat).
+    /// the prompt's ids in each choice (completions) or beside the choices (chat); the same for
+    /// `prompt_logprobs`.
     pub(super) fn full(&self, out: Output) -> Value {
         let prompt_ids = out.prompt_token_ids;
+        let prompt_logprobs = out.prompt_logprobs;
         let choices: Vec<Value> = out
             .choices
             .into_iter()
@@ -51,6 +53,9 @@ impl Meta {
                 if let (Some(p), Kind::Completion) = (&prompt_ids, self.kind) {
                     v["prompt_token_ids"] = json!(p);
                 }
+                if let (Some(p), Kind::Completion) = (&prompt_logprobs, self.kind) {
+                    v["prompt_logprobs"] = p.clone();
+                }
                 v
             })
             .collect();
@@ -64,6 +69,9 @@ impl Meta {
         });
         if let (Some(p), Kind::Chat) = (prompt_ids, self.kind) {
             v["prompt_token_ids"] = json!(p);
+        }
+        if let (Some(p), Kind::Chat) = (prompt_logprobs, self.kind) {
+            v["prompt_logprobs"] = p;
         }
         v
     }

@@ -7,7 +7,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::mpsc::{Receiver, TryRecvError};
 
-use tempering_generate::{DecodeBatch, GenEvent, TopLogprob};
+use tempering_generate::{DecodeBatch, GenEvent, PromptLogprob, TopLogprob};
 
 use super::super::api::{ApiError, Job, Msg, Work};
 use super::super::metrics::Running;
@@ -19,6 +19,8 @@ struct Active {
     prompt: Vec<u32>,
     /// The prompt's text, for `echo`.
     echo: Option<String>,
+    /// Its prompt's logprobs, when asked for (`prompt_logprobs`, or `echo` with `logprobs`).
+    prompt_logprobs: Option<Vec<Option<PromptLogprob>>>,
     /// Streamed logprobs: each sample's byte offset in its token strings (`text_offset`).
     offsets: Vec<usize>,
     _running: Running,
@@ -27,6 +29,9 @@ struct Active {
 impl Worker {
     /// Runs queued work until the queue closes and everything taken is answered.
     pub fn serve(&mut self, work: Receiver<Work>) {
+        if matches!(self.m.engine, super::Engine::Remote(_)) {
+            return self.serve_remote(work);
+        }
         let mut batch = DecodeBatch::new();
         // Whose engine the batch runs on: the served model (`None`) or an adapter.
         let mut batch_on: Option<String> = None;
@@ -100,7 +105,7 @@ impl Worker {
                 next_id += 1;
                 let n = job.n;
                 match self.admit(&mut batch, id, &job) {
-                    Ok((prompt, text)) => {
+                    Ok((prompt, text, prompt_logprobs)) => {
                         batch_on = job.adapter.clone();
                         let _ = job.tx.send(Msg::Started);
                         let echo = job.echo.then_some(text);
@@ -120,6 +125,7 @@ impl Worker {
                                 job,
                                 prompt,
                                 echo,
+                                prompt_logprobs,
                                 offsets: vec![0; n],
                                 _running: running,
                             },
@@ -154,18 +160,33 @@ impl Worker {
         }
     }
 
-    /// Checks and prefills `job` into the batch as request `id`; returns its prompt ids and text.
+    /// Checks and prefills `job` into the batch as request `id`; returns its prompt ids and text,
+    /// and its prompt's logprobs when asked for (`prompt_logprobs`, or `echo` with `logprobs`:
+    /// one forward over the prompt, before it joins).
+    #[allow(clippy::type_complexity)]
     fn admit(
         &self,
         batch: &mut DecodeBatch,
         id: usize,
         job: &Job,
-    ) -> Result<(Vec<u32>, String), ApiError> {
+    ) -> Result<(Vec<u32>, String, Option<Vec<Option<PromptLogprob>>>), ApiError> {
         let engine = self.engine_for(job)?;
         let (req, text) = self.gen_request(engine, job)?;
+        let echo_k = (job.echo && job.params.logprobs).then_some(job.params.top_logprobs);
+        let prompt_logprobs = match job.prompt_logprobs.max(echo_k) {
+            None => None,
+            Some(k) => {
+                let run = std::panic::AssertUnwindSafe(|| engine.prompt_logprobs(&req.prompt, k));
+                match std::panic::catch_unwind(run) {
+                    Ok(Ok(lps)) => Some(lps),
+                    Ok(Err(e)) => return Err(ApiError::from_gen(e)),
+                    Err(_) => return Err(server_error("the model thread failed on this prompt")),
+                }
+            }
+        };
         let run = std::panic::AssertUnwindSafe(|| batch.admit(engine, id, &req));
         match std::panic::catch_unwind(run) {
-            Ok(Ok(())) => Ok((req.prompt, text)),
+            Ok(Ok(())) => Ok((req.prompt, text, prompt_logprobs)),
             Ok(Err(e)) => Err(ApiError::from_gen(e)),
             Err(_) => Err(server_error("the model thread failed on this request")),
         }
@@ -253,9 +274,12 @@ impl Worker {
         match result {
             Ok(Ok(done)) => {
                 for (id, completions) in done {
-                    if let Some(a) = active.remove(&id) {
-                        let out =
+                    if let Some(mut a) = active.remove(&id) {
+                        let mut out =
                             self.output(engine, &a.job, &a.prompt, a.echo.as_deref(), &completions);
+                        if let Some(lps) = a.prompt_logprobs.take() {
+                            self.with_prompt_logprobs(engine, &a.job, &a.prompt, &lps, &mut out);
+                        }
                         self.metrics.finished(&out.usage, a.job.received.elapsed());
                         // Its slot and running count are free before the client hears back.
                         let tx = a.job.tx.clone();
@@ -342,7 +366,7 @@ impl Worker {
     }
 }
 
-fn server_error(msg: &str) -> ApiError {
+pub(super) fn server_error(msg: &str) -> ApiError {
     ApiError::new(
         axum::http::StatusCode::INTERNAL_SERVER_ERROR,
         "server_error",

@@ -1,19 +1,19 @@
-//! Searches as requests: a `temper` strategy run on the model thread through the search crate,
-//! with the engine counted (`usage.temper.samples`) and the rule or learned step scorer asked for.
+//! Searches as requests: a `temper` strategy run through the search crate on the local engine or
+//! the remote backend, with the engine counted (`usage.temper.samples`) and the rule or learned step scorer asked for.
 
 use std::time::Instant;
 
 use serde_json::{json, Value};
-use tempering_generate::{Backend, Completion, GenEvent, GenRequest, LocalEngine};
+use tempering_generate::{Backend, Completion, GenEvent, GenRequest};
 use tempering_reward::StepScorer;
 use tempering_search::{solve, Scorers, SearchContext, SearchProblem, TokenizerEncoder};
 
 use super::super::api::{self, ApiError, Job, Msg, Output, PromptIn};
-use super::Worker;
+use super::{Runs, Worker};
 use crate::commands::search::rule_step_checker;
 
 impl Worker {
-    pub(super) fn search(&self, e: &LocalEngine, job: &Job) -> Result<Output, ApiError> {
+    pub(super) fn search(&self, e: &dyn Runs, job: &Job) -> Result<Output, ApiError> {
         let s = job.search.as_ref().expect("a search job");
         let (ids, text, special) = match &job.prompt {
             PromptIn::Ids(_) => {
@@ -60,7 +60,7 @@ impl Worker {
         let _ = job.tx.send(Msg::Started);
         let started = Instant::now();
         let counting = Counting {
-            inner: e,
+            inner: e as &dyn Backend,
             samples: std::cell::Cell::new(0),
         };
         let mut ctx = SearchContext::new(&counting, &encoder, scorers, config, s.budget);
@@ -86,6 +86,7 @@ impl Worker {
                 token_ids: None,
             }],
             prompt_token_ids: job.return_token_ids.then(|| ids.clone()),
+            prompt_logprobs: None,
             usage: json!({
                 "prompt_tokens": ids.len(),
                 "completion_tokens": c.generated_tokens,
@@ -109,9 +110,10 @@ impl Worker {
     }
 }
 
-/// The engine, counting the sequences a search asks of it (`usage.temper.samples`).
+/// The engine (local or remote), counting the sequences a search asks of it
+/// (`usage.temper.samples`).
 struct Counting<'a> {
-    inner: &'a tempering_generate::LocalEngine,
+    inner: &'a dyn Backend,
     samples: std::cell::Cell<usize>,
 }
 

@@ -1,0 +1,173 @@
+//! Serving in front of a remote OpenAI-compatible server (`temper serve --backend URL`): each
+//! request runs on a thread of its own (the server batches, so requests overlap there), plain
+//! requests as one call of the remote backend, searches as locally but with every sample drawn
+//! remotely. The answer is put together here as for the local engine (the same response, usage
+//! and stream); only the tokens come from elsewhere. Knows nothing of HTTP or of how the remote
+//! backend talks to its server.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc::Receiver;
+
+use tempering_generate::GenEvent;
+
+use super::super::api::{ApiError, Job, Msg, Output, Work};
+use super::{finish_str, Runs, Worker};
+
+impl Worker {
+    /// Runs queued requests, each on its own thread, until the queue closes and every request
+    /// taken is answered.
+    pub(super) fn serve_remote(&self, work: Receiver<Work>) {
+        std::thread::scope(|scope| {
+            for w in work.iter() {
+                let job = match w {
+                    Work::Generate(job) => job,
+                    // Runtime LoRA is refused at start-up with --backend: nothing to add.
+                    Work::AddAdapter(..) | Work::RemoveAdapter(_) => continue,
+                };
+                if job.tx.is_closed() {
+                    continue; // its client left while it waited
+                }
+                let tx = job.tx.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("temper-serve-request".into())
+                    .spawn_scoped(scope, move || {
+                        // A panic fails that request, not the server.
+                        let run = AssertUnwindSafe(|| self.run_remote(*job));
+                        if catch_unwind(run).is_err() {
+                            eprintln!("a request panicked on its thread; serving on");
+                            let _ = tx.send(Msg::Error(super::batching::server_error(
+                                "the server failed on this request",
+                            )));
+                        }
+                    });
+                if let Err(e) = spawned {
+                    // The job went with the closure: its client hears that the thread stopped.
+                    eprintln!("starting a request thread: {e}");
+                }
+            }
+        });
+    }
+
+    fn run_remote(&self, job: Job) {
+        if job.search.is_some() {
+            return self.run_search(job);
+        }
+        let running = self.metrics.running();
+        let tx = job.tx.clone();
+        let out = self
+            .runs_for(&job)
+            .and_then(|e| self.generate_remote(e, &job));
+        // Its slot and running count are free before the client hears back.
+        let received = job.received;
+        drop(job);
+        drop(running);
+        match out {
+            Ok(o) => {
+                self.metrics.finished(&o.usage, received.elapsed());
+                let _ = tx.send(Msg::Done(o));
+            }
+            Err(e) => {
+                let _ = tx.send(Msg::Error(e));
+            }
+        }
+    }
+
+    /// A plain request through the backend: tokens to a streaming client as the backend reports
+    /// them (with logprobs: each sample's tokens once it finished, when they are known), then the
+    /// whole response.
+    fn generate_remote(&self, e: &dyn Runs, job: &Job) -> Result<Output, ApiError> {
+        let echo_logprobs = job.echo && job.params.logprobs;
+        if job.prompt_logprobs.is_some() || echo_logprobs {
+            let param = if echo_logprobs {
+                "echo"
+            } else {
+                "prompt_logprobs"
+            };
+            return Err(ApiError::bad(
+                format!("{param}: the prompt's logprobs are not served with --backend (the remote backend reads generated tokens' logprobs only)"),
+                param,
+            )
+            .code("unsupported_by_backend"));
+        }
+        let (req, text) = self.gen_request(e, job)?;
+        let _ = job.tx.send(Msg::Started);
+        let echo = job.echo.then_some(text);
+        if let (Some(t), true) = (&echo, job.stream) {
+            for index in 0..job.n {
+                let _ = job.tx.send(Msg::Token {
+                    index,
+                    text: t.clone(),
+                    token: None,
+                    logprobs: None,
+                });
+            }
+        }
+        let ids = job.return_token_ids;
+        let mut held: Vec<Vec<(u32, String)>> = vec![vec![]; job.n];
+        let mut offsets = vec![0usize; job.n];
+        let out = e
+            .generate_with(std::slice::from_ref(&req), &mut |ev| {
+                if !job.stream {
+                    return;
+                }
+                match ev {
+                    GenEvent::Token {
+                        sample,
+                        token,
+                        text,
+                        ..
+                    } => {
+                        if job.params.logprobs {
+                            if let Some(h) = held.get_mut(*sample) {
+                                h.push((*token, text.to_string()));
+                            }
+                        } else if ids || !text.is_empty() {
+                            let _ = job.tx.send(Msg::Token {
+                                index: *sample,
+                                text: text.to_string(),
+                                token: ids.then_some(*token),
+                                logprobs: None,
+                            });
+                        }
+                    }
+                    GenEvent::Finished {
+                        sample, completion, ..
+                    } => {
+                        let tokens = held.get_mut(*sample).map(std::mem::take);
+                        for (i, (token, text)) in tokens.into_iter().flatten().enumerate() {
+                            let lp = completion.logprobs.as_ref().and_then(|l| l.get(i));
+                            let top = completion
+                                .top_logprobs
+                                .as_ref()
+                                .and_then(|t| t.get(i))
+                                .map(Vec::as_slice)
+                                .unwrap_or_default();
+                            let logprobs = match (lp, offsets.get_mut(*sample)) {
+                                (Some(&l), Some(offset)) => {
+                                    let (v, next) =
+                                        self.token_logprobs_json(e, job, token, l, top, *offset);
+                                    *offset = next;
+                                    Some(v)
+                                }
+                                _ => None,
+                            };
+                            let _ = job.tx.send(Msg::Token {
+                                index: *sample,
+                                text,
+                                token: ids.then_some(token),
+                                logprobs,
+                            });
+                        }
+                        let _ = job.tx.send(Msg::Finish {
+                            index: *sample,
+                            reason: finish_str(completion.finish_reason),
+                        });
+                    }
+                    GenEvent::Prefill { .. } => {}
+                }
+            })
+            .map_err(ApiError::from_gen)?;
+        let completions = out.into_iter().next().unwrap_or_default();
+        Ok(self.output(e, job, &req.prompt, echo.as_deref(), &completions))
+    }
+}
