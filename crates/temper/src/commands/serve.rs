@@ -26,7 +26,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use tempering_model::{ChatTemplate, Tokenizer};
-use tempering_reward::learned::ProcessRewardModel;
+use tempering_reward::learned::open_step_scorer;
+use tempering_reward::StepScorer;
 
 use crate::commands::backend_flags::{open_generator, BackendFlags, Generator};
 use crate::commands::generate::{load_engine_with_config, GenDefaults};
@@ -295,7 +296,8 @@ impl Engine {
 pub(crate) struct Loaded {
     pub engine: Engine,
     pub template: Option<Arc<ChatTemplate>>,
-    pub prm: Option<ProcessRewardModel>,
+    /// `--prm`: a classifier or an implicit PRM.
+    pub prm: Option<Box<dyn StepScorer>>,
     pub defaults: GenDefaults,
 }
 
@@ -330,10 +332,7 @@ fn load(
     let prm = match prm {
         Some(dir) => {
             let (dev, _) = device_and_dtype(&device.device, None)?;
-            Some(
-                ProcessRewardModel::open(dir, &dev)
-                    .with_context(|| format!("--prm {}", dir.display()))?,
-            )
+            Some(open_step_scorer(dir, &dev).with_context(|| format!("--prm {}", dir.display()))?)
         }
         None => None,
     };

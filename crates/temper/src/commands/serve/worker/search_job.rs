@@ -39,7 +39,7 @@ impl Worker {
         let step: Option<&dyn StepScorer> = match s.scorer.as_deref() {
             Some("rule") => rule.as_deref(),
             Some("prm") => match &self.m.prm {
-                Some(p) => Some(p as &dyn StepScorer),
+                Some(p) => Some(p.as_ref()),
                 None => {
                     return Err(ApiError::bad(
                         "scorer `prm` needs the server started with --prm DIR",
