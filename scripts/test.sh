@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite on a fresh machine: installs OpenBLAS, fetches SmolLM2 and sets up the
-# `openai` client's venv (.venv-openai) if absent, then runs every test. (Plain `cargo test
+# The whole test suite on a fresh machine: installs OpenBLAS, fetches SmolLM2, sets up the
+# `openai` client's venv (.venv-openai) and builds llama.cpp's llama-server (cached outside the
+# clone, about 5.5 minutes once) if absent, then runs every test. (Plain `cargo test
 # --workspace` also works; the tests that need SmolLM2 or the venv then skip, saying so.)
 #
 # With no arguments the RL gain tests (`--test rl_gain`, the longest binary: minutes of small-model
@@ -12,6 +13,7 @@ cd "$(dirname "$0")/.."
 scripts/install-openblas.sh
 scripts/fetch-smollm2.sh
 scripts/setup-openai-venv.sh || echo "the openai client's venv could not be set up: cli_openai will skip, saying so"
+scripts/llama-server.sh || echo "llama-server could not be built: cli_remote's llama-server test will skip, saying so"
 if [ "$#" -gt 0 ]; then
     exec cargo test --workspace "$@"
 fi

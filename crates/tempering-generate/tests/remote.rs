@@ -480,3 +480,47 @@ fn what_a_server_cannot_do_is_refused_before_any_request() {
     );
     assert!(mock.completions().is_empty());
 }
+
+/// llama.cpp gives a character that spans several tokens one logprob entry (the whole character's
+/// text and bytes, only its last token's id), as its server did for SmolLM2's two-token `√`: the
+/// ids read from such entries do not decode to the text, so the text is re-tokenised instead of
+/// failing as a tokenizer mismatch.
+#[test]
+fn llama_cpp_entries_that_merge_a_character_s_tokens_fall_back_to_the_text() {
+    let Some(gguf) = tempering_model::known::smollm2_or_skip(
+        "llama_cpp_entries_that_merge_a_character_s_tokens_fall_back_to_the_text",
+    ) else {
+        return;
+    };
+    let tok = tempering_model::ModelFiles::open(
+        &gguf,
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap()
+    .tokenizer
+    .unwrap();
+    let text = " √ √";
+    let whole = tok.encode(text, false).unwrap();
+    assert!(whole.len() > 2, "√ is several tokens: {whole:?}");
+    let last = tok.encode(" √", false).unwrap().last().copied().unwrap();
+    let entry = json!({"id": last, "token": " √", "logprob": -0.1, "bytes": [32, 226, 136, 154],
+                       "top_logprobs": []});
+    let choice = json!({"index": 0, "text": text, "finish_reason": "length",
+                        "logprobs": {"content": [entry.clone(), entry]}});
+    let params = SamplingParams::greedy(whole.len());
+    let out = tempering_generate::remote::wire::normalise(
+        &choice,
+        &tempering_generate::remote::wire::Normalise {
+            server: "llama.cpp",
+            tokenizer: &tok,
+            stop_ids: &[],
+            params: &params,
+            usage_tokens: None,
+        },
+    )
+    .unwrap();
+    assert!(!out.ids_from_server);
+    assert_eq!(out.completion.tokens, whole);
+    assert_eq!(tok.decode(&out.completion.tokens, false).unwrap(), text);
+}

@@ -338,6 +338,16 @@ pub fn normalise(choice: &Value, cx: &Normalise<'_>) -> Result<Normalised, Remot
         tok.decode(ids, false)
             .map_err(|e| bad(format!("the returned token ids do not decode: {e}")))
     };
+    // llama.cpp gives a character that spans several tokens (`√` is two in SmolLM2's vocabulary)
+    // one logprob entry, with the whole character's text and only its last token's id: ids read
+    // from such entries decode to something else. Then the text is re-tokenised, as for a server
+    // that gives no ids at all. (`token_ids`, vLLM's, are every sampled token and always kept.)
+    let merged_entries = matches!(&server_ids, Some(ids)
+        if choice.get("token_ids").is_none()
+            && !tok
+                .decode(ids, false)
+                .is_ok_and(|d| d.starts_with(text.as_str())));
+    let server_ids = if merged_entries { None } else { server_ids };
 
     // Which stop string ended it, if any.
     let stop_string_in = |tail: &str| -> Option<String> {
@@ -430,7 +440,9 @@ pub fn normalise(choice: &Value, cx: &Normalise<'_>) -> Result<Normalised, Remot
                     }
                 }
             }
-            let reported = wire.as_ref().map(Vec::len).or(cx.usage_tokens);
+            // Merged entries are fewer than the tokens: only the usage counts them.
+            let entries = wire.as_ref().map(Vec::len).filter(|_| !merged_entries);
+            let reported = entries.or(cx.usage_tokens);
             if let Some(n) = reported {
                 if n != ids.len() {
                     return Err(RemoteError::TokenMismatch {
