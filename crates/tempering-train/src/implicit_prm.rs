@@ -11,15 +11,13 @@ use std::path::Path;
 
 use candle_core::{DType, Tensor};
 use tempering_model::{Tokenizer, Transformer};
-use tempering_reward::learned::step_tokens;
-use tempering_tasks::dataset::{read_rows_numbered, StepwiseExample};
 
 use crate::dpo::data::PromptCompletion;
 use crate::dpo::logps::{completion_logps, completion_logps_values};
 use crate::dpo::loss::log_sigmoid;
 use crate::error::{Result, TrainError};
 use crate::objective::{LossOutput, Objective, StepContext};
-use crate::prm::{StepDataOptions, StepReport};
+use crate::prm::{tokenised_rows, StepDataOptions, StepReport};
 
 /// One solution: its tokens (the prompt, then every step followed by the separator), whether it
 /// reached the right answer, and its completion's summed log-prob under the reference once known.
@@ -40,22 +38,13 @@ pub fn load_outcome_sequences(
     tokenizer: &Tokenizer,
     opts: &StepDataOptions,
 ) -> Result<(Vec<OutcomeSequence>, StepReport)> {
-    let rows = read_rows_numbered(path)?;
+    let rows = tokenised_rows(path, tokenizer, &opts.separator)?;
     let mut report = StepReport {
         rows: rows.len(),
         ..Default::default()
     };
     let mut out = Vec::with_capacity(rows.len());
-    for (line, row) in &rows {
-        let ex = StepwiseExample::from_row(row, path, *line)?;
-        let steps: Vec<&str> = ex.completions.iter().map(String::as_str).collect();
-        let st = step_tokens(tokenizer, &ex.prompt, &steps, &opts.separator).map_err(|e| {
-            TrainError::Example {
-                path: path.to_path_buf(),
-                line: *line,
-                msg: e.to_string(),
-            }
-        })?;
+    for (line, ex, st) in rows {
         let Some(&correct) = ex.labels.last() else {
             report.dropped += 1;
             continue;
@@ -77,7 +66,7 @@ pub fn load_outcome_sequences(
             },
             correct,
             reference: None,
-            line: *line,
+            line,
         });
     }
     if out.is_empty() {

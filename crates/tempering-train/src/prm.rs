@@ -9,7 +9,7 @@ use std::path::Path;
 
 use candle_core::{DType, Tensor};
 use tempering_model::{ops, ScoreHead, Tokenizer, Transformer};
-use tempering_reward::learned::step_tokens;
+use tempering_reward::learned::{step_tokens, StepTokens};
 use tempering_tasks::dataset::{read_rows_numbered, StepwiseExample};
 
 use crate::error::{Result, TrainError};
@@ -44,6 +44,31 @@ pub struct StepReport {
     pub dropped: usize,
 }
 
+/// Every row of a JSONL or Parquet stepwise dataset with its line and its tokens (the prompt, then
+/// each step followed by `separator`, as the scorers read them); a malformed row or one that does
+/// not tokenise is an error naming the file and line.
+pub(crate) fn tokenised_rows(
+    path: &Path,
+    tokenizer: &Tokenizer,
+    separator: &str,
+) -> Result<Vec<(usize, StepwiseExample, StepTokens)>> {
+    read_rows_numbered(path)?
+        .iter()
+        .map(|(line, row)| {
+            let ex = StepwiseExample::from_row(row, path, *line)?;
+            let steps: Vec<&str> = ex.completions.iter().map(String::as_str).collect();
+            let st = step_tokens(tokenizer, &ex.prompt, &steps, separator).map_err(|e| {
+                TrainError::Example {
+                    path: path.to_path_buf(),
+                    line: *line,
+                    msg: e.to_string(),
+                }
+            })?;
+            Ok((*line, ex, st))
+        })
+        .collect()
+}
+
 /// Reads a JSONL or Parquet stepwise dataset and tokenises it. A row whose `labels` and
 /// `completions` differ in length is an error naming the file and line.
 pub fn load_step_sequences(
@@ -51,22 +76,13 @@ pub fn load_step_sequences(
     tokenizer: &Tokenizer,
     opts: &StepDataOptions,
 ) -> Result<(Vec<StepSequence>, StepReport)> {
-    let rows = read_rows_numbered(path)?;
+    let rows = tokenised_rows(path, tokenizer, &opts.separator)?;
     let mut report = StepReport {
         rows: rows.len(),
         ..Default::default()
     };
     let mut out = Vec::with_capacity(rows.len());
-    for (line, row) in &rows {
-        let ex = StepwiseExample::from_row(row, path, *line)?;
-        let steps: Vec<&str> = ex.completions.iter().map(String::as_str).collect();
-        let st = step_tokens(tokenizer, &ex.prompt, &steps, &opts.separator).map_err(|e| {
-            TrainError::Example {
-                path: path.to_path_buf(),
-                line: *line,
-                msg: e.to_string(),
-            }
-        })?;
+    for (_, ex, st) in rows {
         let mut ids = st.ids;
         let mut pairs: Vec<(usize, bool)> = st.step_ends.into_iter().zip(ex.labels).collect();
         if opts.last_step_only {

@@ -197,18 +197,7 @@ fn grpo_raises_held_out_greedy_accuracy_of_the_tiny_sft_model() {
     let model = deep_copy(&model);
     let held_out = problems(3, 800, 101, Split::Test);
     let before = greedy_correct(&model, &tok, &held_out);
-    let train = tempering_tasks::generate(
-        task(),
-        &tempering_tasks::GenerateSpec {
-            level: 3,
-            n: 20_000,
-            seed: 1,
-            split: Split::Train,
-            unique: false,
-        },
-    )
-    .unwrap();
-    let prompts = prompt_items(&train, &tok);
+    let prompts = level3_train_prompts(&tok);
     let (policy, params, reference) = trainable_policy(&model, 0, "");
     let mut c = GrpoConfig {
         online: OnlineConfig {
@@ -241,6 +230,23 @@ fn grpo_raises_held_out_greedy_accuracy_of_the_tiny_sft_model() {
     .unwrap();
     let after = greedy_correct(&policy, &tok, &held_out);
     assert_held_out_gain("GRPO", &before, &after);
+}
+
+/// The held-out tests' RL prompts: 20,000 draws of level-3 train-split problems, of which a run
+/// of these sizes uses the first few hundred batches' worth, each draw once.
+fn level3_train_prompts(tok: &Tokenizer) -> Vec<tempering_train::rl::PromptItem> {
+    let train = tempering_tasks::generate(
+        task(),
+        &tempering_tasks::GenerateSpec {
+            level: 3,
+            n: 20_000,
+            seed: 1,
+            split: Split::Train,
+            unique: false,
+        },
+    )
+    .unwrap();
+    prompt_items(&train, tok)
 }
 
 /// Prints the paired held-out gain with its 95% interval and asserts it is above zero.
@@ -282,18 +288,7 @@ fn ppo_raises_held_out_greedy_accuracy_of_the_tiny_sft_model() {
     let model = deep_copy(&model);
     let held_out = problems(3, 800, 101, Split::Test);
     let before = greedy_correct(&model, &tok, &held_out);
-    let train = tempering_tasks::generate(
-        task(),
-        &tempering_tasks::GenerateSpec {
-            level: 3,
-            n: 20_000,
-            seed: 1,
-            split: Split::Train,
-            unique: false,
-        },
-    )
-    .unwrap();
-    let prompts = prompt_items(&train, &tok);
+    let prompts = level3_train_prompts(&tok);
     let (policy, params, reference) = trainable_policy(&model, 8, "q,k,v,o,gate,up,down");
     let mut c = ac_config(Method::Ppo);
     c.online.learning_rate = knob("AC_HELD_OUT_LR", 1e-4);

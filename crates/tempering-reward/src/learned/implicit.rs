@@ -18,8 +18,7 @@ use serde::{Deserialize, Serialize};
 use tempering_model::{ModelFiles, Tokenizer, Transformer};
 
 use super::process::ProcessRewardModel;
-use super::tokens::step_tokens;
-use super::{default_dtype, length_batches, name_of};
+use super::{default_dtype, name_of, step_batches};
 use crate::error::{Result, RewardError};
 use crate::scorer::StepScorer;
 
@@ -192,37 +191,16 @@ impl StepScorer for ImplicitPrm {
 
     fn score_steps_batch(&self, items: &[(&str, Vec<&str>)]) -> Result<Vec<Vec<f64>>> {
         let context = self.policy.config.max_position_embeddings;
-        let sep = self.spec.step_separator.as_str();
-        let seqs = items
-            .iter()
-            .enumerate()
-            .map(|(i, (p, steps))| {
-                let st = step_tokens(&self.tokenizer, p, steps, sep)?;
-                if st.ids.len() > context {
-                    return Err(RewardError::spec(
-                        self.name.clone(),
-                        format!(
-                            "item {i}: the prompt and its {} steps take {} tokens, more than the \
-                             model's {context} positions",
-                            steps.len(),
-                            st.ids.len()
-                        ),
-                    ));
-                }
-                Ok(st)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let lens: Vec<usize> = seqs.iter().map(|s| s.ids.len()).collect();
+        let (seqs, batches) = step_batches(
+            &self.name,
+            &self.tokenizer,
+            items,
+            &self.spec.step_separator,
+            context,
+        )?;
         let mut out: Vec<Vec<f64>> = vec![Vec::new(); items.len()];
-        for batch in length_batches(&lens) {
+        for batch in batches {
             // The completion's tokens: from the prompt's end (at least position 1) to the last.
-            let batch: Vec<usize> = batch
-                .into_iter()
-                .filter(|&i| !seqs[i].step_ends.is_empty())
-                .collect();
-            if batch.is_empty() {
-                continue;
-            }
             let rows: Vec<&[u32]> = batch.iter().map(|&i| seqs[i].ids.as_slice()).collect();
             let mut positions = Vec::with_capacity(batch.len());
             let mut labels = Vec::new();

@@ -42,6 +42,48 @@ fn name_of(dir: &Path) -> String {
         .unwrap_or_else(|| dir.display().to_string())
 }
 
+/// Each item's prompt and steps as one sequence ([`step_tokens`]), refused (naming the scorer
+/// and the item) where it is longer than the model's `context` positions; then the sequences in
+/// batches of similar length ([`length_batches`]), without those that hold no step.
+fn step_batches(
+    scorer: &str,
+    tokenizer: &tempering_model::Tokenizer,
+    items: &[(&str, Vec<&str>)],
+    separator: &str,
+    context: usize,
+) -> crate::Result<(Vec<StepTokens>, Vec<Vec<usize>>)> {
+    let seqs = items
+        .iter()
+        .enumerate()
+        .map(|(i, (p, steps))| {
+            let st = step_tokens(tokenizer, p, steps, separator)?;
+            if st.ids.len() > context {
+                return Err(crate::RewardError::spec(
+                    scorer,
+                    format!(
+                        "item {i}: the prompt and its {} steps take {} tokens, more than the \
+                         model's {context} positions",
+                        steps.len(),
+                        st.ids.len()
+                    ),
+                ));
+            }
+            Ok(st)
+        })
+        .collect::<crate::Result<Vec<_>>>()?;
+    let lens: Vec<usize> = seqs.iter().map(|s| s.ids.len()).collect();
+    let batches = length_batches(&lens)
+        .into_iter()
+        .map(|b| {
+            b.into_iter()
+                .filter(|&i| !seqs[i].step_ends.is_empty())
+                .collect::<Vec<_>>()
+        })
+        .filter(|b| !b.is_empty())
+        .collect();
+    Ok((seqs, batches))
+}
+
 /// Sequences are scored in batches of about this many tokens (padding included).
 const BATCH_TOKENS: usize = 8192;
 

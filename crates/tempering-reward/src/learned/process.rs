@@ -11,8 +11,7 @@ use std::str::FromStr;
 use candle_core::{DType, Device, D};
 use tempering_model::{ops, Classifier, HeadKind, ScoreHead, Tokenizer, Transformer};
 
-use super::tokens::step_tokens;
-use super::{default_dtype, length_batches, name_of};
+use super::{default_dtype, name_of, step_batches};
 use crate::error::{Result, RewardError};
 use crate::scorer::{ScoreInput, Scored, StepScorer, Verifier};
 
@@ -131,35 +130,10 @@ impl StepScorer for ProcessRewardModel {
 
     fn score_steps_batch(&self, items: &[(&str, Vec<&str>)]) -> Result<Vec<Vec<f64>>> {
         let context = self.model.config.max_position_embeddings;
-        let seqs = items
-            .iter()
-            .enumerate()
-            .map(|(i, (p, steps))| {
-                let st = step_tokens(&self.tokenizer, p, steps, &self.separator)?;
-                if st.ids.len() > context {
-                    return Err(RewardError::spec(
-                        self.name.clone(),
-                        format!(
-                            "item {i}: the prompt and its {} steps take {} tokens, more than the \
-                             model's {context} positions",
-                            steps.len(),
-                            st.ids.len()
-                        ),
-                    ));
-                }
-                Ok(st)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let lens: Vec<usize> = seqs.iter().map(|s| s.ids.len()).collect();
+        let (seqs, batches) =
+            step_batches(&self.name, &self.tokenizer, items, &self.separator, context)?;
         let mut out: Vec<Vec<f64>> = vec![Vec::new(); items.len()];
-        for batch in length_batches(&lens) {
-            let batch: Vec<usize> = batch
-                .into_iter()
-                .filter(|&i| !seqs[i].step_ends.is_empty())
-                .collect();
-            if batch.is_empty() {
-                continue;
-            }
+        for batch in batches {
             let rows: Vec<&[u32]> = batch.iter().map(|&i| seqs[i].ids.as_slice()).collect();
             let positions: Vec<Vec<usize>> =
                 batch.iter().map(|&i| seqs[i].step_ends.clone()).collect();
