@@ -2,7 +2,8 @@
 //! the input's gradient only) or a trainable one (both gradients). On the CPU in f32 the forward and
 //! both backward products (`dY @ W`, and `dY^T @ X` written straight into `[N, K]`) of weights at
 //! least 192 wide run through OpenBLAS ([`super::blas`]) when it is loaded, never materialising a
-//! transpose; decode's few rows (up to 64) of such weights through the AVX-512 kernel of
+//! transpose; decode's few rows (up to `few_rows::MAX_ROWS`, 16) of such weights through the
+//! AVX-512 kernel of
 //! [`super::few_rows`] where the CPU has it; elsewhere (other devices, dtypes, narrow weights, no
 //! OpenBLAS) through candle's own matmul kernel on the storage.
 
@@ -215,7 +216,7 @@ impl CustomOp2 for Linear {
                     (xl.contiguous_offsets(), wl.contiguous_offsets())
                 {
                     // Wide weights (SmolLM2's) at decode's few rows: the register-blocked
-                    // AVX-512 kernel, the same bits for a row whatever the batch.
+                    // AVX-512 kernel: a row gets the same bits in any batch up to MAX_ROWS.
                     if m <= super::few_rows::MAX_ROWS && n.min(k) >= BLAS_MIN_WIDTH {
                         if let Some(y) =
                             super::few_rows::matmul_xwt(&x[xa..xb], &w[wa..wb], m, n, k)
