@@ -3,9 +3,8 @@
 //! both backward products (`dY @ W`, and `dY^T @ X` written straight into `[N, K]`) of weights at
 //! least 192 wide run through OpenBLAS ([`super::blas`]) when it is loaded, never materialising a
 //! transpose; decode's few rows (up to `few_rows::MAX_ROWS`, 16) of such weights through the
-//! AVX-512 kernel of
-//! [`super::few_rows`] where the CPU has it; elsewhere (other devices, dtypes, narrow weights, no
-//! OpenBLAS) through candle's own matmul kernel on the storage.
+//! AVX-512 kernel of [`super::few_rows`] where the CPU has it; elsewhere (other devices, dtypes,
+//! narrow weights, no OpenBLAS) through candle's own matmul kernel on the storage.
 
 use super::blas::{self, Product};
 use candle_core::backend::BackendStorage;
