@@ -1,7 +1,7 @@
 //! Step-wise batched decoding, for servers: a [`DecodeBatch`] holds the sequences being decoded
-//! (each with its own KV-cache row, keys and positions), admits a new request between steps
-//! (its prompt prefilled alone, its cache rows appended with the shorter history left-padded, so
-//! it joins at the next step) and decodes one token for every row per [`DecodeBatch::step`].
+//! (each with its own KV-cache row, keys and positions), admits new requests between steps
+//! (their prompts prefilled together, left-padded, their cache rows appended with the shorter
+//! history left-padded, so they join at the next step) and decodes one token for every row per [`DecodeBatch::step`].
 //! Sampling, stop rules, logprobs and events are those of [`LocalEngine::generate_with`]: a
 //! sample's tokens depend only on its own request and seed, not on its batch mates (up to float
 //! rounding). Knows nothing of HTTP or queues.
@@ -63,49 +63,81 @@ impl DecodeBatch {
     /// Adds request `id` (the caller's name for it, unique among those in the batch): checks it,
     /// prefills its prompt once, and gives it `req.n` rows that decode from the next step on.
     pub fn admit(&mut self, engine: &LocalEngine, id: usize, req: &GenRequest) -> Result<()> {
+        self.admit_many(engine, &[(id, req)])
+    }
+
+    /// Adds several requests at once (each `(id, request)` as in [`DecodeBatch::admit`]): their
+    /// prompts are prefilled together, left-padded into one forward, as the engine prefills a
+    /// group; requests arriving together then cost one prefill, not one each. Checks every request
+    /// (and that the ids are new and distinct) before any joins: on an error none has.
+    pub fn admit_many(
+        &mut self,
+        engine: &LocalEngine,
+        reqs: &[(usize, &GenRequest)],
+    ) -> Result<()> {
+        if reqs.is_empty() {
+            return Ok(());
+        }
         let model = engine.model();
         let cfg = &model.config;
-        req.validate(0, cfg.max_position_embeddings, cfg.vocab_size)?;
-        if self.entries.contains_key(&id) {
-            return Err(crate::GenError::Unsupported(format!(
-                "request {id} is already in the batch"
-            )));
+        let mut seen = std::collections::HashSet::new();
+        for &(id, req) in reqs {
+            req.validate(0, cfg.max_position_embeddings, cfg.vocab_size)?;
+            if self.entries.contains_key(&id) || !seen.insert(id) {
+                return Err(crate::GenError::Unsupported(format!(
+                    "request {id} is already in the batch"
+                )));
+            }
         }
         let dev = model.device();
-        let len = req.prompt.len();
-        let input = Tensor::from_vec(req.prompt.clone(), (1, len), dev)?;
+        let lens: Vec<usize> = reqs.iter().map(|(_, r)| r.prompt.len()).collect();
+        let t = lens.iter().copied().max().unwrap_or(0);
+        let mut flat = Vec::with_capacity(reqs.len() * t);
+        for (_, r) in reqs {
+            flat.extend(std::iter::repeat_n(0u32, t - r.prompt.len()));
+            flat.extend_from_slice(&r.prompt);
+        }
+        let input = Tensor::from_vec(flat, (reqs.len(), t), dev)?;
         let mut cache = model.new_cache();
-        let mut logits = model.forward_last(
-            &input,
-            &TokenLayout::contiguous(1, len, 0),
-            Some(&mut cache),
-        )?;
-        if req.n > 1 {
-            let dup = vec![0u32; req.n];
-            cache.select_rows(&dup)?;
-            logits = logits.index_select(&Tensor::new(dup.as_slice(), dev)?, 0)?;
+        let layout = if reqs.len() == 1 {
+            TokenLayout::contiguous(1, t, 0)
+        } else {
+            TokenLayout::left_padded(&lens, t)
+        };
+        let mut logits = model.forward_last(&input, &layout, Some(&mut cache))?;
+        // One cache row per sample: request i's prefill, n_i times.
+        let row_req: Vec<u32> = reqs
+            .iter()
+            .enumerate()
+            .flat_map(|(i, (_, r))| std::iter::repeat_n(i as u32, r.n))
+            .collect();
+        if row_req.len() != reqs.len() {
+            cache.select_rows(&row_req)?;
+            logits = logits.index_select(&Tensor::new(row_req.as_slice(), dev)?, 0)?;
         }
         self.cache.append_rows(&cache)?;
         self.logits = Some(match self.logits.take() {
             Some(l) => Tensor::cat(&[&l, &logits], 0)?,
             None => logits,
         });
-        let p = &req.params;
-        for j in 0..req.n {
-            self.rows.push(Row {
+        for (&(id, req), &len) in reqs.iter().zip(&lens) {
+            let p = &req.params;
+            for j in 0..req.n {
+                self.rows.push(Row {
+                    id,
+                    seq: Sequence::new(p, j, len),
+                });
+            }
+            self.entries.insert(
                 id,
-                seq: Sequence::new(p, j, len),
-            });
+                Entry {
+                    params: p.clone(),
+                    stop_ids: engine.stop_ids_for(p),
+                    out: vec![None; req.n],
+                    left: req.n,
+                },
+            );
         }
-        self.entries.insert(
-            id,
-            Entry {
-                params: p.clone(),
-                stop_ids: engine.stop_ids_for(p),
-                out: vec![None; req.n],
-                left: req.n,
-            },
-        );
         Ok(())
     }
 

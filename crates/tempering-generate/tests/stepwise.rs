@@ -44,7 +44,8 @@ fn requests(e: &LocalEngine) -> Vec<GenRequest> {
         .collect()
 }
 
-/// Admits request `i` before step `when[i]`, steps until all finish; results by request.
+/// Admits request `i` before step `when[i]` (those due at one step together), steps until all
+/// finish; results by request.
 fn stepwise(
     e: &LocalEngine,
     reqs: &[GenRequest],
@@ -57,11 +58,13 @@ fn stepwise(
     let mut step = 0;
     let mut most = 0;
     loop {
-        for (i, r) in reqs.iter().enumerate() {
-            if when[i] == step {
-                batch.admit(e, i, r).unwrap();
-            }
-        }
+        // The requests due at this step join together (one prefill).
+        let due: Vec<(usize, &GenRequest)> = reqs
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| when[i] == step)
+            .collect();
+        batch.admit_many(e, &due).unwrap();
         if let Some((id, at)) = cancel {
             if at == step {
                 batch.cancel(id).unwrap();
@@ -159,6 +162,17 @@ fn a_cancelled_request_leaves_the_others_unchanged() {
     batch.admit(&e, 0, &reqs[0]).unwrap();
     assert!(batch.admit(&e, 0, &reqs[1]).is_err(), "a duplicate id");
     assert_eq!(batch.requests(), 1);
+    // Admitted together: one bad request or a repeated id refuses all, the batch as it was.
+    let rows = batch.rows();
+    assert!(batch.admit_many(&e, &[(1, &reqs[1]), (2, &bad)]).is_err());
+    assert!(batch
+        .admit_many(&e, &[(1, &reqs[1]), (1, &reqs[2])])
+        .is_err());
+    assert_eq!((batch.requests(), batch.rows()), (1, rows));
+    batch
+        .admit_many(&e, &[(1, &reqs[1]), (2, &reqs[2])])
+        .unwrap();
+    assert_eq!(batch.requests(), 3);
 }
 
 #[test]
@@ -192,8 +206,15 @@ fn smollm2_requests_joining_mid_decode_match_solo_greedy() {
         .iter()
         .map(|r| e.generate(std::slice::from_ref(r)).unwrap().remove(0))
         .collect();
-    let got = stepwise(&e, &reqs, &[0, 5, 11], None);
-    for (i, s) in solo.iter().enumerate() {
-        assert_same(&got[&i], s, &format!("SmolLM2 request {i}"));
+    // Joining one by one, and two prompts of different lengths prefilled together.
+    for when in [[0, 5, 11], [0, 0, 7]] {
+        let got = stepwise(&e, &reqs, &when, None);
+        for (i, s) in solo.iter().enumerate() {
+            assert_same(
+                &got[&i],
+                s,
+                &format!("SmolLM2 request {i}, admitted at {when:?}"),
+            );
+        }
     }
 }

@@ -45,7 +45,7 @@ pub const MAX_STOP: usize = 8;
 pub const MAX_TOP_LOGPROBS: usize = 20;
 
 /// An OpenAI-shaped error: `{"error": {"message", "type", "param", "code"}}` with its status.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,

@@ -1,17 +1,27 @@
 //! Continuous batching on the model thread: plain generation requests decode together in one
-//! [`DecodeBatch`]; a request arriving mid-decode joins at the next step (same engine, rows within
-//! `--batch-rows`; otherwise it waits for the batch to drain), finished requests leave at once,
+//! [`DecodeBatch`]; requests arriving mid-decode join at the next step, their prompts prefilled
+//! together (same engine, rows within `--batch-rows`; otherwise they wait for the batch to drain), finished requests leave at once,
 //! and a request whose client went away is cancelled. Searches run whole between steps. The
 //! number of requests waiting or running is bounded by `--max-concurrency` on the HTTP side.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::mpsc::{Receiver, TryRecvError};
 
-use tempering_generate::{DecodeBatch, GenEvent, PromptLogprob, TopLogprob};
+use tempering_generate::{DecodeBatch, GenEvent, GenRequest, PromptLogprob, TopLogprob};
 
 use super::super::api::{ApiError, Job, Msg, Work};
 use super::super::metrics::Running;
 use super::{finish_str, Worker};
+
+/// A request checked and about to join the batch, prefilled with those joining beside it.
+struct Joining {
+    id: usize,
+    job: Box<Job>,
+    req: GenRequest,
+    text: String,
+    prompt_logprobs: Option<Vec<Option<PromptLogprob>>>,
+    running: Running,
+}
 
 /// A request decoding in the batch.
 struct Active {
@@ -87,11 +97,14 @@ impl Worker {
                 }
             }
 
-            // Admit waiting requests, in order, while they fit.
+            // Admit waiting requests, in order, while they fit (one engine, rows within
+            // --batch-rows): each checked and templated alone, their prompts prefilled together.
+            let mut joining: Vec<Joining> = vec![];
+            let mut rows = batch.rows();
             while let Some(job) = waiting.front() {
-                if !batch.is_empty()
-                    && (job.adapter != batch_on || batch.rows() + job.n > self.max_rows)
-                {
+                let first = batch.is_empty() && joining.is_empty();
+                let on = joining.first().map_or(&batch_on, |j| &j.job.adapter);
+                if !first && (job.adapter != *on || rows + job.n > self.max_rows) {
                     break;
                 }
                 let Some(job) = waiting.pop_front() else {
@@ -101,40 +114,61 @@ impl Worker {
                     continue; // its client left while it waited
                 }
                 let running = self.metrics.running();
-                let id = next_id;
-                next_id += 1;
-                let n = job.n;
-                match self.admit(&mut batch, id, &job) {
-                    Ok((prompt, text, prompt_logprobs)) => {
-                        batch_on = job.adapter.clone();
-                        let _ = job.tx.send(Msg::Started);
-                        let echo = job.echo.then_some(text);
-                        if let (Some(t), true) = (&echo, job.stream) {
-                            for index in 0..job.n {
-                                let _ = job.tx.send(Msg::Token {
-                                    index,
-                                    text: t.clone(),
-                                    token: None,
-                                    logprobs: None,
-                                });
-                            }
-                        }
-                        active.insert(
-                            id,
-                            Active {
-                                job,
-                                prompt,
-                                echo,
-                                prompt_logprobs,
-                                offsets: vec![0; n],
-                                _running: running,
-                            },
-                        );
+                match self.prepare(&job) {
+                    Ok((req, text, prompt_logprobs)) => {
+                        rows += job.n;
+                        joining.push(Joining {
+                            id: next_id,
+                            job,
+                            req,
+                            text,
+                            prompt_logprobs,
+                            running,
+                        });
+                        next_id += 1;
                     }
                     Err(e) => {
                         let tx = job.tx.clone();
                         drop((job, running));
                         let _ = tx.send(Msg::Error(e));
+                    }
+                }
+            }
+            if !joining.is_empty() {
+                match self.admit_together(&mut batch, &joining) {
+                    Ok(()) => {
+                        batch_on = joining[0].job.adapter.clone();
+                        for j in joining {
+                            let _ = j.job.tx.send(Msg::Started);
+                            let echo = j.job.echo.then_some(j.text);
+                            if let (Some(t), true) = (&echo, j.job.stream) {
+                                for index in 0..j.job.n {
+                                    let _ = j.job.tx.send(Msg::Token {
+                                        index,
+                                        text: t.clone(),
+                                        token: None,
+                                        logprobs: None,
+                                    });
+                                }
+                            }
+                            let n = j.job.n;
+                            active.insert(
+                                j.id,
+                                Active {
+                                    job: j.job,
+                                    prompt: j.req.prompt,
+                                    echo,
+                                    prompt_logprobs: j.prompt_logprobs,
+                                    offsets: vec![0; n],
+                                    _running: j.running,
+                                },
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        for j in joining {
+                            let _ = j.job.tx.send(Msg::Error(e.clone()));
+                        }
                     }
                 }
             }
@@ -160,16 +194,14 @@ impl Worker {
         }
     }
 
-    /// Checks and prefills `job` into the batch as request `id`; returns its prompt ids and text,
-    /// and its prompt's logprobs when asked for (`prompt_logprobs`, or `echo` with `logprobs`:
-    /// one forward over the prompt, before it joins).
+    /// Checks and templates `job`: its request, its prompt's text, and its prompt's logprobs when
+    /// asked for (`prompt_logprobs`, or `echo` with `logprobs`: one forward over the prompt,
+    /// before it joins).
     #[allow(clippy::type_complexity)]
-    fn admit(
+    fn prepare(
         &self,
-        batch: &mut DecodeBatch,
-        id: usize,
         job: &Job,
-    ) -> Result<(Vec<u32>, String, Option<Vec<Option<PromptLogprob>>>), ApiError> {
+    ) -> Result<(GenRequest, String, Option<Vec<Option<PromptLogprob>>>), ApiError> {
         let engine = self.engine_for(job)?;
         let (req, text) = self.gen_request(engine, job)?;
         let echo_k = (job.echo && job.params.logprobs).then_some(job.params.top_logprobs);
@@ -184,11 +216,18 @@ impl Worker {
                 }
             }
         };
-        let run = std::panic::AssertUnwindSafe(|| batch.admit(engine, id, &req));
+        Ok((req, text, prompt_logprobs))
+    }
+
+    /// Prefills the joining requests (one engine: the first's) into the batch together.
+    fn admit_together(&self, batch: &mut DecodeBatch, joining: &[Joining]) -> Result<(), ApiError> {
+        let engine = self.engine_for(&joining[0].job)?;
+        let reqs: Vec<(usize, &GenRequest)> = joining.iter().map(|j| (j.id, &j.req)).collect();
+        let run = std::panic::AssertUnwindSafe(|| batch.admit_many(engine, &reqs));
         match std::panic::catch_unwind(run) {
-            Ok(Ok(())) => Ok((req.prompt, text, prompt_logprobs)),
+            Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(ApiError::from_gen(e)),
-            Err(_) => Err(server_error("the model thread failed on this request")),
+            Err(_) => Err(server_error("the model thread failed on these requests")),
         }
     }
 
