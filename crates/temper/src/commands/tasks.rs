@@ -48,9 +48,9 @@ pub struct TrainTinyArgs {
     /// Also train on these levels (comma-separated), e.g. the level a retain set measures.
     #[arg(long, value_delimiter = ',')]
     pub mix_levels: Vec<u32>,
-    /// The share of the training problems drawn from --mix-levels.
-    #[arg(long, default_value_t = 0.25)]
-    pub mix_fraction: f64,
+    /// The share of the training problems drawn from --mix-levels (default 0.25).
+    #[arg(long)]
+    pub mix_fraction: Option<f64>,
     #[arg(long)]
     pub steps: Option<usize>,
     #[arg(long)]
@@ -226,7 +226,9 @@ fn train_tiny_cmd(a: TrainTinyArgs) -> Result<()> {
         opts.level = l;
     }
     opts.mix_levels = a.mix_levels.clone();
-    opts.mix_fraction = a.mix_fraction;
+    if let Some(f) = a.mix_fraction {
+        opts.mix_fraction = f;
+    }
     if let Some(s) = a.steps {
         opts.steps = s;
     }

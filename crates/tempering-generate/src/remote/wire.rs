@@ -342,12 +342,15 @@ pub fn normalise(choice: &Value, cx: &Normalise<'_>) -> Result<Normalised, Remot
     // one logprob entry, with the whole character's text and only its last token's id: ids read
     // from such entries decode to something else. Then the text is re-tokenised, as for a server
     // that gives no ids at all. (`token_ids`, vLLM's, are every sampled token and always kept.)
-    let merged_entries = matches!(&server_ids, Some(ids)
-        if choice.get("token_ids").is_none()
-            && !tok
-                .decode(ids, false)
-                .is_ok_and(|d| d.starts_with(text.as_str())));
-    let server_ids = if merged_entries { None } else { server_ids };
+    // The server's ids decoded once; what follows `text` in them is read from this.
+    let decoded = server_ids.as_ref().map(|ids| tok.decode(ids, false));
+    let merged_entries = choice.get("token_ids").is_none()
+        && matches!(&decoded, Some(d) if !d.as_ref().is_ok_and(|d| d.starts_with(text.as_str())));
+    let (server_ids, decoded) = if merged_entries {
+        (None, None)
+    } else {
+        (server_ids, decoded)
+    };
 
     // Which stop string ended it, if any.
     let stop_string_in = |tail: &str| -> Option<String> {
@@ -362,8 +365,11 @@ pub fn normalise(choice: &Value, cx: &Normalise<'_>) -> Result<Normalised, Remot
         .and_then(|ids| ids.last())
         .is_some_and(|id| cx.stop_ids.contains(id));
     // What was generated past `text`: the stop string, the stop token's text.
-    let tail: Option<String> = match &server_ids {
-        Some(ids) => decode(ids)?.strip_prefix(text.as_str()).map(str::to_string),
+    let tail: Option<String> = match decoded {
+        Some(d) => d
+            .map_err(|e| bad(format!("the returned token ids do not decode: {e}")))?
+            .strip_prefix(text.as_str())
+            .map(str::to_string),
         None => wire_text
             .as_deref()
             .and_then(|f| f.strip_prefix(text.as_str()))

@@ -191,29 +191,13 @@ impl RlAlgorithm for Grpo<'_> {
         let kl_every = o.guards.kl_every;
         let reference_forward =
             c.loss.beta != 0.0 || (kl_every > 0 && batch.rollout_step.is_multiple_of(kl_every));
-        let refs = if reference_forward {
-            Some(no_grad_logprobs(
-                batch.reference,
-                &samples,
-                batch.pad,
-                micro,
-                temp,
-            )?)
-        } else {
-            None
-        };
+        let refs = reference_forward
+            .then(|| no_grad_logprobs(batch.reference, &samples, batch.pad, micro, temp))
+            .transpose()?;
         let (mut kl_sum, mut kl_n) = (0.0, 0usize);
-        let policy_lp = if c.num_iterations > 1 || c.algorithm == Algorithm::ReinforcePp {
-            Some(no_grad_logprobs(
-                batch.policy,
-                &samples,
-                batch.pad,
-                micro,
-                temp,
-            )?)
-        } else {
-            None
-        };
+        let policy_lp = (c.num_iterations > 1 || c.algorithm == Algorithm::ReinforcePp)
+            .then(|| no_grad_logprobs(batch.policy, &samples, batch.pad, micro, temp))
+            .transpose()?;
         for (i, s) in samples.iter_mut().enumerate() {
             if let Some(lp) = &policy_lp {
                 if let Some(refs) = &refs {

@@ -163,9 +163,18 @@ impl Worker {
 
     /// Runs a search request whole, answering on its channel.
     fn run_search(&self, job: Job) {
+        self.answer_whole(job, Self::search)
+    }
+
+    /// Runs `job` whole through `work` on its engine, then answers on its channel.
+    fn answer_whole(
+        &self,
+        job: Job,
+        work: impl FnOnce(&Self, &dyn Runs, &Job) -> Result<Output, ApiError>,
+    ) {
         let running = self.metrics.running();
         let tx = job.tx.clone();
-        let out = self.runs_for(&job).and_then(|e| self.search(e, &job));
+        let out = self.runs_for(&job).and_then(|e| work(self, e, &job));
         // Its slot and running count are free before the client hears back.
         let received = job.received;
         drop(job);
@@ -179,6 +188,23 @@ impl Worker {
                 let _ = tx.send(Msg::Error(e));
             }
         }
+    }
+
+    /// With `echo` and `stream`, the prompt's text goes to each sample's stream before its
+    /// tokens. Returns the echo (`Some` with `echo`) for the final response.
+    fn stream_echo(job: &Job, text: String) -> Option<String> {
+        let echo = job.echo.then_some(text);
+        if let (Some(t), true) = (&echo, job.stream) {
+            for index in 0..job.n {
+                let _ = job.tx.send(Msg::Token {
+                    index,
+                    text: t.clone(),
+                    token: None,
+                    logprobs: None,
+                });
+            }
+        }
+        echo
     }
 
     fn prompt_ids(&self, e: &dyn Runs, job: &Job) -> Result<(Vec<u32>, String, bool), ApiError> {

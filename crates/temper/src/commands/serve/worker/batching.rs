@@ -140,17 +140,7 @@ impl Worker {
                         batch_on = joining[0].job.adapter.clone();
                         for j in joining {
                             let _ = j.job.tx.send(Msg::Started);
-                            let echo = j.job.echo.then_some(j.text);
-                            if let (Some(t), true) = (&echo, j.job.stream) {
-                                for index in 0..j.job.n {
-                                    let _ = j.job.tx.send(Msg::Token {
-                                        index,
-                                        text: t.clone(),
-                                        token: None,
-                                        logprobs: None,
-                                    });
-                                }
-                            }
+                            let echo = Self::stream_echo(&j.job, j.text);
                             let n = j.job.n;
                             active.insert(
                                 j.id,

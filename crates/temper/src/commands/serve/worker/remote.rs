@@ -52,24 +52,7 @@ impl Worker {
         if job.search.is_some() {
             return self.run_search(job);
         }
-        let running = self.metrics.running();
-        let tx = job.tx.clone();
-        let out = self
-            .runs_for(&job)
-            .and_then(|e| self.generate_remote(e, &job));
-        // Its slot and running count are free before the client hears back.
-        let received = job.received;
-        drop(job);
-        drop(running);
-        match out {
-            Ok(o) => {
-                self.metrics.finished(&o.usage, received.elapsed());
-                let _ = tx.send(Msg::Done(o));
-            }
-            Err(e) => {
-                let _ = tx.send(Msg::Error(e));
-            }
-        }
+        self.answer_whole(job, Self::generate_remote)
     }
 
     /// A plain request through the backend: tokens to a streaming client as the backend reports
@@ -91,17 +74,7 @@ impl Worker {
         }
         let (req, text) = self.gen_request(e, job)?;
         let _ = job.tx.send(Msg::Started);
-        let echo = job.echo.then_some(text);
-        if let (Some(t), true) = (&echo, job.stream) {
-            for index in 0..job.n {
-                let _ = job.tx.send(Msg::Token {
-                    index,
-                    text: t.clone(),
-                    token: None,
-                    logprobs: None,
-                });
-            }
-        }
+        let echo = Self::stream_echo(job, text);
         let ids = job.return_token_ids;
         let mut held: Vec<Vec<(u32, String)>> = vec![vec![]; job.n];
         let mut offsets = vec![0usize; job.n];
