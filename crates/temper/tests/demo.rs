@@ -72,8 +72,23 @@ fn fast_demo_runs_every_stage_and_improves_on_sft() {
         record["hacking"]["hack-proxy"]["reward"].is_array(),
         "{record}"
     );
+    // The PRM: an implicit PRM on a verifier model (the SFT model trained further) whose
+    // reference is the policy; the report says what that verifier solves alone.
+    let verifier = &record["verifier_greedy"];
+    assert!(verifier["problems"].as_u64().unwrap() > 0, "{record}");
+    assert!(
+        verifier["extra_sft_steps"].as_u64().unwrap() > 0,
+        "{record}"
+    );
+    let spec: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("runs/prm/model/implicit_prm.json")).unwrap(),
+    )
+    .unwrap();
+    let reference = std::path::PathBuf::from(spec["reference"].as_str().unwrap());
+    assert_eq!(reference, out.join("sft").canonicalize().unwrap(), "{spec}");
     for f in [
         "sft/config.json",
+        "runs/verifier/model/config.json",
         "runs/prm/model/config.json",
         "runs/grpo/model/config.json",
         "runs/grpo/rollouts.jsonl",
@@ -142,7 +157,7 @@ fn fast_demo_on_smollm2_runs_every_stage_with_lora() {
         "runs/grpo/adapter/adapter_config.json",
         "sft/config.json",
         "grpo/config.json",
-        "runs/prm/model/config.json",
+        "runs/prm/model/implicit_prm.json",
         "report.html",
     ] {
         assert!(out.join(f).is_file(), "missing {f}");

@@ -74,6 +74,10 @@ pub struct PrmConfig {
     pub implicit: bool,
     /// The implicit PRM's reward scale.
     pub beta: f64,
+    /// The implicit PRM's reference model (an HF directory or a GGUF file); absent: the starting
+    /// model. A reference other than the start lets a model that knows more than the policy (say,
+    /// the policy trained further) score the policy's steps by how much likelier it finds them.
+    pub reference: Option<PathBuf>,
     pub device: String,
     pub dtype: String,
 }
@@ -91,6 +95,7 @@ impl Default for PrmConfig {
             train_on_last_step_only: false,
             implicit: false,
             beta: 0.05,
+            reference: None,
             device: "cpu".into(),
             dtype: String::new(),
         }
@@ -117,6 +122,7 @@ pub fn prm_keys() -> Vec<&'static str> {
         "train_on_last_step_only",
         "implicit",
         "beta",
+        "reference",
     ]);
     k
 }
@@ -174,6 +180,12 @@ impl PrmConfig {
                 format!("expected a positive number, got {}", cfg.beta),
             ));
         }
+        if cfg.reference.is_some() && !cfg.implicit {
+            return Err(TrainError::config(
+                "reference",
+                "only an implicit PRM has a reference model: add `implicit = true` (`--implicit`)",
+            ));
+        }
         Ok(cfg)
     }
 
@@ -214,6 +226,7 @@ mod tests {
             train_on_last_step_only: true,
             implicit: true,
             beta: 0.2,
+            reference: Some("policy".into()),
             ..Default::default()
         };
         prm.write(dir.path()).unwrap();
@@ -239,6 +252,11 @@ mod tests {
         t.insert("step_separator".into(), toml::Value::String(String::new()));
         let e = PrmConfig::resolve(None, t).unwrap_err().to_string();
         assert!(e.contains("step_separator"), "{e}");
+
+        let mut t = toml::Table::new();
+        t.insert("reference".into(), toml::Value::String("policy".into()));
+        let e = PrmConfig::resolve(None, t).unwrap_err().to_string();
+        assert!(e.contains("reference") && e.contains("implicit"), "{e}");
 
         let mut t = toml::Table::new();
         t.insert("learning_rate".into(), toml::Value::String("fast".into()));

@@ -284,17 +284,36 @@ fn assert_held_out_gain(method: &str, before: &[bool], after: &[bool]) {
 /// Measured with `temper ppo` at these settings: 49.8% -> 53.2% on 400 held-out problems.
 #[test]
 fn ppo_raises_held_out_greedy_accuracy_of_the_tiny_sft_model() {
+    let mut c = ac_config(Method::Ppo);
+    c.online.learning_rate = knob("AC_HELD_OUT_LR", 1e-4);
+    c.online.steps = knob("AC_HELD_OUT_STEPS", 40);
+    actor_critic_held_out(c);
+}
+
+/// TRPO on the committed level-3 SFT model, measured like GRPO's held-out test: LoRA r=8 on every
+/// linear layer, group advantages, batches of 32 fresh train-split prompts x 8, each step inside a
+/// KL trust region of `AC_HELD_OUT_MAX_KL`.
+#[test]
+fn trpo_raises_held_out_greedy_accuracy_of_the_tiny_sft_model() {
+    let mut c = ac_config(Method::Trpo);
+    c.trpo.max_kl = knob("AC_HELD_OUT_MAX_KL", 0.002);
+    c.online.steps = knob("AC_HELD_OUT_STEPS", 15);
+    actor_critic_held_out(c);
+}
+
+/// Runs `c` (PPO or TRPO) from the committed level-3 SFT model with LoRA r=8 on every linear
+/// layer, on fresh level-3 train-split prompts, and asserts the paired held-out gain on 800
+/// distinct test-split problems.
+fn actor_critic_held_out(mut c: ActorCriticConfig) {
     let (model, tok) = sft_fixture();
     let model = deep_copy(&model);
     let held_out = problems(3, 800, 101, Split::Test);
     let before = greedy_correct(&model, &tok, &held_out);
     let prompts = level3_train_prompts(&tok);
     let (policy, params, reference) = trainable_policy(&model, 8, "q,k,v,o,gate,up,down");
-    let mut c = ac_config(Method::Ppo);
-    c.online.learning_rate = knob("AC_HELD_OUT_LR", 1e-4);
-    c.online.steps = knob("AC_HELD_OUT_STEPS", 40);
     c.online.max_completion_length = 64;
     c.online.log_rollouts_every = 0;
+    let method = c.method;
     let dir = tempfile::tempdir().unwrap();
     let reward = TaskReward { invert: false };
     run_actor_critic(
@@ -308,7 +327,7 @@ fn ppo_raises_held_out_greedy_accuracy_of_the_tiny_sft_model() {
     )
     .unwrap();
     let after = greedy_correct(&policy, &tok, &held_out);
-    assert_held_out_gain("PPO", &before, &after);
+    assert_held_out_gain(&format!("{method:?}"), &before, &after);
 }
 
 /// PPO's and TRPO's settings for the CI runs, each overridable by its `AC_*` knob. TRPO takes group
@@ -459,28 +478,34 @@ fn trpo_raises_greedy_accuracy_of_the_tiny_sft_model() {
     );
 }
 
-/// Preference pairs on the distinct RL prompts. By default (`DPO_PAIRS=greedy`) one pair per prompt
-/// the SFT model answers wrongly: its greedy completion (rejected) against the worked solution
-/// (chosen, verified correct). `DPO_PAIRS=samples`: from 8 samples at temperature 1 per prompt, up to
-/// `DPO_PAIRS_PER_PROMPT` pairs of a verified-correct completion and a wrong one (both finished).
-fn verified_pairs(s: &Sft, level: u32) -> Vec<(usize, PreferenceExample)> {
-    let problems = rl_problems(level);
+/// Preference pairs on the distinct problems of `problems`. By default (`DPO_PAIRS=greedy`) one
+/// pair per prompt `model` answers wrongly: its greedy completion (rejected) against the worked
+/// solution (chosen, verified correct). `DPO_PAIRS=samples`: from `DPO_SAMPLES` samples at
+/// temperature 1 per prompt, up to `DPO_PAIRS_PER_PROMPT` pairs of a verified-correct completion
+/// and a wrong one (both finished).
+fn verified_pairs(
+    model: &Transformer,
+    tok: &Tokenizer,
+    problems: Vec<Problem>,
+    max_new_tokens: usize,
+    default_pairs: &str,
+) -> Vec<(usize, PreferenceExample)> {
     let mut seen = std::collections::HashSet::new();
     let problems: Vec<Problem> = problems
         .into_iter()
         .filter(|p| seen.insert(p.prompt.clone()))
         .collect();
-    let engine = LocalEngine::new(s.model.clone(), s.tok.clone());
+    let engine = LocalEngine::new(model.clone(), tok.clone());
     let text = |t: &str| TextOrChat::Text(t.to_string());
-    if knob("DPO_PAIRS", "greedy".to_string()) == "greedy" {
+    if knob("DPO_PAIRS", default_pairs.to_string()) == "greedy" {
         // The greedy answer where it is wrong (rejected) against the worked solution (chosen).
         let reqs: Vec<GenRequest> = problems
             .iter()
             .map(|p| {
                 GenRequest::new(
-                    s.tok.encode(&p.prompt, false).unwrap(),
+                    tok.encode(&p.prompt, false).unwrap(),
                     1,
-                    SamplingParams::greedy(48),
+                    SamplingParams::greedy(max_new_tokens),
                 )
             })
             .collect();
@@ -504,7 +529,7 @@ fn verified_pairs(s: &Sft, level: u32) -> Vec<(usize, PreferenceExample)> {
         return pairs;
     }
     let params = SamplingParams {
-        max_new_tokens: 48,
+        max_new_tokens,
         temperature: 1.0,
         seed: 7,
         ..Default::default()
@@ -513,7 +538,7 @@ fn verified_pairs(s: &Sft, level: u32) -> Vec<(usize, PreferenceExample)> {
         .iter()
         .map(|p| {
             GenRequest::new(
-                s.tok.encode(&p.prompt, false).unwrap(),
+                tok.encode(&p.prompt, false).unwrap(),
                 knob("DPO_SAMPLES", 8),
                 params.clone(),
             )
@@ -548,42 +573,64 @@ fn verified_pairs(s: &Sft, level: u32) -> Vec<(usize, PreferenceExample)> {
     pairs
 }
 
-#[test]
-fn dpo_on_verified_pairs_raises_greedy_accuracy_of_the_tiny_sft_model() {
-    let s = sft();
-    let level = knob("RL_LEVEL", 1);
-    let examples = verified_pairs(s, level);
-    assert!(examples.len() >= 50, "only {} pairs", examples.len());
+/// A DPO run's settings, each overridable by its `DPO_*` knob.
+struct DpoRecipe {
+    lr: f64,
+    steps: usize,
+    batch: usize,
+    beta: f64,
+    rpo: f64,
+    lora: usize,
+}
+
+impl DpoRecipe {
+    fn with_knobs(self) -> Self {
+        DpoRecipe {
+            lr: knob("DPO_LR", self.lr),
+            steps: knob("DPO_STEPS", self.steps),
+            batch: knob("DPO_BATCH", self.batch),
+            beta: knob("DPO_BETA", self.beta),
+            rpo: knob("DPO_RPO", self.rpo),
+            lora: knob("DPO_LORA", self.lora),
+        }
+    }
+}
+
+/// Sigmoid DPO (with the NLL term on the chosen, weight `rpo`) of `model` on `examples`, LoRA on
+/// every linear layer: the trained policy and the run's metrics.
+fn train_dpo(
+    model: &Transformer,
+    tok: &Tokenizer,
+    examples: &[(usize, PreferenceExample)],
+    recipe: &DpoRecipe,
+) -> (Transformer, Vec<serde_json::Map<String, serde_json::Value>>) {
     let (data, report) = prepare_pairs(
-        &examples,
+        examples,
         std::path::Path::new("pairs"),
-        &s.tok,
+        tok,
         None,
         &PreferenceDataOptions::default(),
     )
     .unwrap();
     assert_eq!(report.kept, examples.len());
-    let (policy, vars, frozen) =
-        trainable_policy(&s.model, knob("DPO_LORA", 8usize), "q,k,v,o,gate,up,down");
-    let mut params = LossParams::new(PreferenceLoss::Sigmoid, knob("DPO_BETA", 0.1));
-    params.rpo_alpha = knob("DPO_RPO", 1.0);
+    let (policy, vars, frozen) = trainable_policy(model, recipe.lora, "q,k,v,o,gate,up,down");
+    let mut params = LossParams::new(PreferenceLoss::Sigmoid, recipe.beta);
+    params.rpo_alpha = recipe.rpo;
     let reference = Reference::for_policy(&params, &policy, frozen).unwrap();
-    let pad = s.tok.eos_token().map_or(0, |(id, _)| id);
+    let pad = tok.eos_token().map_or(0, |(id, _)| id);
     let mut objective = DpoObjective::new(policy, reference, params, pad).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = TrainConfig {
-        learning_rate: knob("DPO_LR", 1e-4),
+        learning_rate: recipe.lr,
         schedule: ScheduleKind::Constant,
-        max_steps: knob("DPO_STEPS", 40),
-        batch_size: knob("DPO_BATCH", 16),
+        max_steps: recipe.steps,
+        batch_size: recipe.batch,
         seed: 3,
         progress: false,
         ..Default::default()
     };
     let mut trainer = Trainer::new(config, vars, dir.path()).unwrap();
     trainer.fit(&mut objective, &data, None).unwrap();
-    let after = greedy_accuracy(objective.model(), &s.tok, &s.eval);
-    let after_held_out = greedy_accuracy(objective.model(), &s.tok, &s.held_out);
     let recs = tempering_train::metrics::read(&dir.path().join("metrics.jsonl")).unwrap();
     for r in recs.iter().step_by(5) {
         eprintln!(
@@ -596,9 +643,30 @@ fn dpo_on_verified_pairs_raises_greedy_accuracy_of_the_tiny_sft_model() {
             r.get("logps/rejected"),
         );
     }
+    (objective.model().clone(), recs)
+}
+
+#[test]
+fn dpo_on_verified_pairs_raises_greedy_accuracy_of_the_tiny_sft_model() {
+    let s = sft();
+    let level = knob("RL_LEVEL", 1);
+    let examples = verified_pairs(&s.model, &s.tok, rl_problems(level), 48, "greedy");
+    assert!(examples.len() >= 50, "only {} pairs", examples.len());
+    let recipe = DpoRecipe {
+        lr: 1e-4,
+        steps: 40,
+        batch: 16,
+        beta: 0.1,
+        rpo: 1.0,
+        lora: 8,
+    }
+    .with_knobs();
+    let (policy, recs) = train_dpo(&s.model, &s.tok, &examples, &recipe);
+    let after = greedy_accuracy(&policy, &s.tok, &s.eval);
+    let after_held_out = greedy_accuracy(&policy, &s.tok, &s.held_out);
     eprintln!(
         "DPO ({} pairs): greedy accuracy on {} train-split problems {:.3} -> {after:.3}; on the {} held-out problems {:.3} -> {after_held_out:.3}",
-        data.len(),
+        examples.len(),
         s.eval.len(),
         s.before.0,
         s.held_out.len(),
@@ -616,4 +684,30 @@ fn dpo_on_verified_pairs_raises_greedy_accuracy_of_the_tiny_sft_model() {
         "DPO: greedy accuracy {:.3} -> {after:.3}, expected a gain of at least 3 points",
         s.before.0
     );
+}
+
+/// DPO on the committed level-3 SFT model, measured like GRPO's held-out test: pairs on distinct
+/// train-split problems (`DPO_HELD_OUT_PROBLEMS` draws), greedy accuracy on 800 distinct
+/// test-split problems it never saw, compared problem by problem.
+#[test]
+fn dpo_raises_held_out_greedy_accuracy_of_the_tiny_sft_model() {
+    let (model, tok) = sft_fixture();
+    let model = deep_copy(&model);
+    let held_out = problems(3, 800, 101, Split::Test);
+    let before = greedy_correct(&model, &tok, &held_out);
+    let train = problems(3, knob("DPO_HELD_OUT_PROBLEMS", 2000), 1, Split::Train);
+    let examples = verified_pairs(&model, &tok, train, 64, "samples");
+    eprintln!("DPO held out: {} pairs", examples.len());
+    let recipe = DpoRecipe {
+        lr: 1e-4,
+        steps: 40,
+        batch: 16,
+        beta: 0.1,
+        rpo: 1.0,
+        lora: 8,
+    }
+    .with_knobs();
+    let (policy, _) = train_dpo(&model, &tok, &examples, &recipe);
+    let after = greedy_correct(&policy, &tok, &held_out);
+    assert_held_out_gain("DPO", &before, &after);
 }

@@ -1,8 +1,8 @@
 //! `temper demo`: the whole pipeline on the embedded default, composed from the public commands
 //! exactly as a user would type them (each stage is a `temper` command line run in-process):
 //! seeded task data, the tiny model trained from scratch (SFT; or, with `--model smollm2` or a
-//! path, LoRA on a pretrained model, merged between stages), a PRM trained on automatically
-//! labelled steps, GRPO with the task's verifier (with and without replay against forgetting),
+//! path, LoRA on a pretrained model, merged between stages), an implicit PRM (a verifier language
+//! model scoring the policy's steps, calibrated on the policy's outcome-labelled solutions), GRPO with the task's verifier (with and without replay against forgetting),
 //! optionally a reward-hacking run against a gameable proxy, then test-time strategies on the
 //! held-out test split. Every accuracy comes with its problem count and a 95% interval. It ends
 //! with one table and a self-contained HTML report. Holds no algorithm of its own.
@@ -70,6 +70,14 @@ struct DataFiles {
     retain_level: u32,
     retain: PathBuf,
     replay: PathBuf,
+}
+
+/// Stage 3's results: the PRM directory search reads, its held-out AUCs, and what its verifier
+/// model solves alone.
+struct PrmStage {
+    model: PathBuf,
+    auc: Option<demo_report::PrmAuc>,
+    verifier_greedy: Option<demo_report::VerifierRow>,
 }
 
 /// A trained RL policy: its run directory and the model directory the evaluations read.
@@ -232,71 +240,99 @@ impl Demo {
         Ok(sft)
     }
 
-    /// 3. A PRM from automatically labelled steps (Math-Shepherd rollouts from the SFT policy,
-    ///    balanced labels), and its AUCs on held-out problems' solutions, labelled exactly by the
-    ///    task's rule step checker where it has one (else by rollouts as in training).
-    fn prm(&mut self, sft: &Path) -> Result<(PathBuf, Option<demo_report::PrmAuc>)> {
-        eprintln!("[3/7] PRM: label steps by rollouts, then train");
+    /// 3. The learned PRM, an implicit PRM (Yuan et al. 2024): a language model that knows more
+    ///    of the task than the policy (the SFT model trained further on worked solutions, where
+    ///    the plan affords it) scores each step by how much likelier it finds the solution so far
+    ///    than the policy does, calibrated on the policy's own outcome-labelled solutions. Its AUCs
+    ///    on held-out problems' solutions, labelled exactly by the task's rule step checker where
+    ///    it has one (else by rollouts), and the verifier model's own greedy accuracy.
+    fn prm(&mut self, sft: &Path, data: &DataFiles) -> Result<PrmStage> {
         let a = &self.args;
-        let label = |split: &str, n: usize, seed: u64, out: &Path, balance: bool, rule: bool| {
-            let mut c = Cmd::new(&["label-steps"])
-                .path("--policy", sft)
-                .arg("--task", &a.task)
+        let p = &self.plan;
+        let verifier = if p.verifier_steps > 0 {
+            eprintln!(
+                "[3/7] PRM: the verifier's language model: the SFT model trained {} steps further \
+                 on worked solutions",
+                p.verifier_steps
+            );
+            let worked = self.data.join("verifier-train.jsonl");
+            Cmd::new(&["tasks", "generate", &a.task])
                 .arg("--level", self.level)
-                .arg("--split", split)
-                .arg("--n", n)
-                .arg("--samples", self.plan.label_samples)
-                .arg("--rollouts", self.plan.label_rollouts)
-                .arg("--max-new-tokens", 64)
-                .arg("--batch-rows", self.plan.batch_rows)
-                // A step is good when most rollouts from it reach the answer (Math-Shepherd's soft
-                // estimate); "any rollout" let lucky rollouts mark wrong steps good.
-                .arg("--threshold", 0.5)
-                .arg("--seed", seed)
-                .path("--output", out);
-            if balance {
-                c = c.words(["--balance"]);
-            }
-            if rule {
-                c = c.arg("--labels", "rule");
-            }
-            c.run()
+                .arg("--n", p.sft_problems)
+                .arg("--seed", a.seed + 9)
+                .arg("--split", "train")
+                .words(["--allow-duplicates"])
+                .path("--output", &worked)
+                .run()?;
+            let run = self.out.join("runs/verifier");
+            Cmd::new(&["sft"])
+                .path("--model", sft)
+                .path("--data", &worked)
+                .arg("--max-steps", p.verifier_steps)
+                .arg("--batch-size", 32)
+                .arg("--learning-rate", p.verifier_lr)
+                .arg("--lr-scheduler", "cosine")
+                .arg("--seed", a.seed)
+                .words(["--quiet"])
+                .path("--output", &run)
+                .run()?;
+            Some(run.join("model"))
+        } else {
+            None
         };
+        eprintln!("[3/7] PRM: the policy's solutions labelled by their answers, then train");
         let steps = self.data.join("steps.jsonl");
-        label(
-            "train",
-            self.plan.label_problems,
-            a.seed,
-            &steps,
-            true,
-            false,
-        )?;
+        Cmd::new(&["label-steps"])
+            .path("--policy", sft)
+            .arg("--task", &a.task)
+            .arg("--level", self.level)
+            .arg("--split", "train")
+            .arg("--n", p.label_problems)
+            .arg("--samples", p.label_samples)
+            .arg("--labels", "outcome")
+            .arg("--max-new-tokens", 64)
+            .arg("--batch-rows", p.batch_rows)
+            .arg("--seed", a.seed)
+            .path("--output", &steps)
+            .run()?;
         let heldout = self.data.join("steps-heldout.jsonl");
         // Rule labels cost no rollouts: the held-out check can afford more problems.
         let rule = a.task == "arithmetic";
-        label(
-            "test",
-            if rule {
-                self.plan.test_problems / 2
-            } else {
-                (self.plan.label_problems / 4).max(4)
-            },
-            a.seed + 1,
-            &heldout,
-            false,
-            rule,
-        )?;
+        let mut c = Cmd::new(&["label-steps"])
+            .path("--policy", sft)
+            .arg("--task", &a.task)
+            .arg("--level", self.level)
+            .arg("--split", "test")
+            .arg("--n", if rule { p.test_problems / 2 } else { 16 })
+            .arg("--samples", 4)
+            .arg("--max-new-tokens", 64)
+            .arg("--batch-rows", p.batch_rows)
+            .arg("--seed", a.seed + 1)
+            .path("--output", &heldout);
+        c = if rule {
+            c.arg("--labels", "rule")
+        } else {
+            // A step is good when most rollouts from it reach the answer (Math-Shepherd's soft
+            // estimate).
+            c.arg("--rollouts", 8).arg("--threshold", 0.5)
+        };
+        c.run()?;
         let prm_run = self.out.join("runs/prm");
-        Cmd::new(&["prm"])
-            .path("--model", sft)
+        let mut c = Cmd::new(&["prm"])
+            .words(["--implicit"])
+            .arg("--beta", p.prm_beta)
+            .path("--model", verifier.as_deref().unwrap_or(sft))
             .path("--data", &steps)
-            .arg("--max-steps", self.plan.prm_steps)
-            .arg("--learning-rate", self.plan.prm_lr)
+            .arg("--max-steps", p.prm_steps)
+            .arg("--learning-rate", p.prm_lr)
             .arg("--batch-size", 16)
             .arg("--seed", a.seed)
             .words(["--quiet"])
-            .path("--output", &prm_run)
-            .run()?;
+            .path("--output", &prm_run);
+        if verifier.is_some() {
+            c = c.path("--reference", sft);
+        }
+        c.run()?;
         let prm = prm_run.join("model");
         let scored = self.data.join("steps-heldout-scored.jsonl");
         Cmd::new(&["score"])
@@ -304,7 +340,33 @@ impl Demo {
             .path("--data", &heldout)
             .path("--output", &scored)
             .run()?;
-        Ok((prm, demo_report::prm_auc(&scored).ok()))
+        // What the verifier's language model solves by itself, for the report's honesty.
+        let verifier_greedy = match &verifier {
+            Some(v) => {
+                let dir = self.out.join("eval/verifier");
+                Cmd::new(&["eval"])
+                    .words([v.display().to_string()])
+                    .path("--data", &data.test)
+                    .arg("--strategies", "greedy")
+                    .arg("--max-new-tokens", 64)
+                    .arg("--batch-rows", p.batch_rows)
+                    .arg("--seed", a.seed)
+                    .path("--output", &dir)
+                    .run()?;
+                let results = read_results(&dir)?;
+                Some(demo_report::VerifierRow {
+                    extra_steps: p.verifier_steps,
+                    correct: results.iter().filter(|r| r.correct).count(),
+                    n: results.len(),
+                })
+            }
+            None => None,
+        };
+        Ok(PrmStage {
+            model: prm,
+            auc: demo_report::prm_auc(&scored).ok(),
+            verifier_greedy,
+        })
     }
 
     /// 4. GRPO with the task's verifier as reward; math_answer (an independent answer checker)
@@ -520,7 +582,7 @@ pub fn demo(a: DemoArgs) -> Result<()> {
 
     let data = d.timed("data", |d| d.data())?;
     let sft = d.timed("sft", |d| d.sft(&data))?;
-    let (prm, prm_auc) = d.timed("prm", |d| d.prm(&sft))?;
+    let prm = d.timed("prm", |d| d.prm(&sft, &data))?;
     eprintln!("[4/7] GRPO: the task's verifier as reward, guards on");
     let grpo = d.timed("grpo", |d| d.grpo("grpo", &sft, &data, false))?;
     let replay = if d.plan.replay {
@@ -535,7 +597,7 @@ pub fn demo(a: DemoArgs) -> Result<()> {
         None
     };
     let evals = d.timed("search", |d| {
-        d.search(&[("sft", &sft), ("grpo", &grpo.model)], &data, &prm)
+        d.search(&[("sft", &sft), ("grpo", &grpo.model)], &data, &prm.model)
     })?;
     let mut retain_models: Vec<(&str, &Path)> = vec![("sft", &sft), ("grpo", &grpo.model)];
     if let Some(r) = &replay {
@@ -563,7 +625,8 @@ pub fn demo(a: DemoArgs) -> Result<()> {
         test_problems: evals.first().map_or(0, |e| e.problems()),
         evals,
         retain,
-        prm_auc,
+        prm_auc: prm.auc,
+        verifier: prm.verifier_greedy,
         rl_metrics,
         hacking,
         timings: d.timings.clone(),

@@ -11,7 +11,9 @@ use tempering_eval::page::{escape, html_table, inline_svg, page};
 
 mod measures;
 
-pub use measures::{paired_difference, prm_auc, EvalSummary, PrmAuc, RetainRow, StrategyResult};
+pub use measures::{
+    paired_difference, prm_auc, EvalSummary, PrmAuc, RetainRow, StrategyResult, VerifierRow,
+};
 use measures::{pct_ci, wilson};
 
 /// A run's `metrics.jsonl` records, by run name.
@@ -29,6 +31,8 @@ pub struct Report {
     pub evals: Vec<EvalSummary>,
     pub retain: Vec<RetainRow>,
     pub prm_auc: Option<PrmAuc>,
+    /// The PRM's verifier model alone, where the PRM has one beside the policy.
+    pub verifier: Option<VerifierRow>,
     /// (run name, metrics.jsonl records) of each GRPO run.
     pub rl_metrics: RunMetrics,
     pub hacking: Option<RunMetrics>,
@@ -228,6 +232,16 @@ impl Report {
             out.push(format!(
                 "The learned PRM's step AUC on held-out labelled steps is {:.3}{within} (0.5 is chance).",
                 auc.step
+            ));
+        }
+        if let Some(v) = self.verifier {
+            out.push(format!(
+                "The PRM's language model (the SFT model trained {} steps further on worked \
+                 solutions) solves {} of the held-out problems greedily by itself: it knows more \
+                 arithmetic than the policy it verifies, which is why it can check the policy's \
+                 steps; on this task more SFT is also the cheaper route to accuracy.",
+                v.extra_steps,
+                pct_ci(v.correct, v.n)
             ));
         }
         if self.retain.len() >= 2 {
@@ -472,6 +486,11 @@ impl Report {
             "best_accuracy": best.map(|b| b.accuracy()),
             "best_strategy": best.map(|b| b.strategy.clone()),
             "prm_step_auc": self.prm_auc.map(|a| a.step),
+            "verifier_greedy": self.verifier.map(|v| json!({
+                "extra_sft_steps": v.extra_steps,
+                "correct": v.correct,
+                "problems": v.n,
+            })),
             "prm_within_problem_auc": self.prm_auc.and_then(|a| a.within_problem.map(|w| w.0)),
             "retain_accuracy": self.retain.iter().map(|r| (r.model.clone(), json!(r.correct as f64 / r.n.max(1) as f64))).collect::<Map<String, Value>>(),
             "kl": last("kl"),

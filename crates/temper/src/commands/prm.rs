@@ -1,12 +1,12 @@
 //! `temper prm`: trains a process reward model on stepwise rows (`prompt`/`completions`/`labels`)
 //! and writes it as an HF token-classification directory (`runs/x/model`, two labels, with its
 //! `step_separator` in `config.json`); with `--implicit`, an implicit PRM: the causal LM trained
-//! on the rows' outcomes against its starting model, written as an HF causal-LM directory with
+//! on the rows' outcomes against its starting model (or `--reference`), written as an HF causal-LM directory with
 //! `implicit_prm.json` (the reference's path, `beta`, the separator). Holds no training logic.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::Serialize;
 use serde_json::json;
@@ -52,6 +52,12 @@ pub struct PrmArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub beta: Option<f64>,
+    /// The implicit PRM's reference (default: the starting model): with a model that knows more
+    /// than the policy as --model and the policy as --reference, a step scores by how much
+    /// likelier the stronger model finds it than the policy did.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference: Option<PathBuf>,
 }
 
 pub fn prm(a: PrmArgs) -> Result<()> {
@@ -139,7 +145,28 @@ fn implicit(
         last_step_only: true,
     };
     let pad = tokenizer.pad_id();
-    let reference = files.transformer()?;
+    // The reference: the starting model, or --reference (which must read the same tokens).
+    let reference_path = cfg.reference.as_deref().unwrap_or(model_path);
+    let reference = match &cfg.reference {
+        None => files.transformer()?,
+        Some(r) => {
+            let rf = ModelFiles::open(r, dtype, &device)
+                .with_context(|| format!("opening the reference {}", r.display()))?;
+            let same = rf
+                .tokenizer
+                .as_ref()
+                .is_some_and(|t| t.vocab_size() == tokenizer.vocab_size());
+            if !same {
+                bail!(
+                    "the reference {} does not share the tokenizer of the model {} (an implicit \
+                     PRM compares their log-probs token by token)",
+                    r.display(),
+                    model_path.display()
+                );
+            }
+            rf.transformer()?
+        }
+    };
     let load = |p: &Path| -> Result<_> {
         let (mut seqs, r) = load_outcome_sequences(p, &tokenizer, &opts)?;
         eprintln!(
@@ -158,7 +185,10 @@ fn implicit(
     };
     let train = load(data_path)?;
     let eval = cfg.eval_data.as_deref().map(load).transpose()?;
-    let mut policy = reference.clone();
+    let mut policy = match &cfg.reference {
+        None => reference.clone(),
+        Some(_) => files.transformer()?,
+    };
     let vars = policy.make_trainable(|_| true)?;
     let mut tc = cfg.train.train_config();
     tc.progress = !a.control.quiet;
@@ -166,8 +196,8 @@ fn implicit(
     let mut objective = ImplicitPrmObjective::new(policy, cfg.beta, pad)?;
     let summary = trainer.fit(&mut objective, &train, eval.as_deref())?;
     // The reference by absolute path: the PRM reads it wherever the PRM is used from.
-    let reference_path = std::fs::canonicalize(model_path)
-        .with_context(|| format!("resolving {}", model_path.display()))?;
+    let reference_path = std::fs::canonicalize(reference_path)
+        .with_context(|| format!("resolving {}", reference_path.display()))?;
     let spec = ImplicitPrmSpec {
         reference: reference_path,
         beta: cfg.beta,

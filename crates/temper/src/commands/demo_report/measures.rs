@@ -142,6 +142,15 @@ pub struct RetainRow {
     pub n: usize,
 }
 
+/// The PRM's verifier model on its own: the SFT model trained `extra_steps` further, greedy on
+/// the held-out test problems.
+#[derive(Clone, Copy, Debug)]
+pub struct VerifierRow {
+    pub extra_steps: usize,
+    pub correct: usize,
+    pub n: usize,
+}
+
 /// How well a PRM tells right from wrong on held-out labelled solutions.
 #[derive(Clone, Copy, Debug)]
 pub struct PrmAuc {
