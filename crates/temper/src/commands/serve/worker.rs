@@ -190,6 +190,15 @@ impl Worker {
         }
     }
 
+    /// A stream that asked for `prompt_logprobs` gets them before its tokens (its first chunks
+    /// carry them, as the whole response does).
+    fn stream_prompt_logprobs(e: &dyn Runs, job: &Job, lps: Option<&[Option<PromptLogprob>]>) {
+        if let (true, Some(k), Some(lps)) = (job.stream, job.prompt_logprobs, lps) {
+            let v = prompt_logprobs_json(e.tokenizer(), lps, k);
+            let _ = job.tx.send(Msg::PromptLogprobs(v));
+        }
+    }
+
     /// With `echo` and `stream`, the prompt's text goes to each sample's stream before its
     /// tokens. Returns the echo (`Some` with `echo`) for the final response.
     fn stream_echo(job: &Job, text: String) -> Option<String> {
