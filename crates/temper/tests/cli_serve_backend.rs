@@ -4,11 +4,14 @@
 //! requests (`n`, logprobs, token ids, streaming) and chats; the front's usage counts the tokens
 //! the backend generated (its `/metrics` agree); errors stay OpenAI-shaped, the backend's
 //! failures included (a 502 once it is gone); answers streamed from the backend
-//! (`--backend-stream`) are the same; runtime LoRA is refused with `--backend`.
+//! (`--backend-stream`) are the same; runtime LoRA is refused with `--backend`; a client that hangs
+//! up (before a whole answer, mid-stream, during a search) cancels its request on the backend.
 
 mod serve_common;
 
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use serve_common::{assert_error, chat_model_copy, model_dir, Server};
@@ -317,4 +320,88 @@ fn chats_go_through_the_local_template_and_runtime_lora_is_refused() {
         err.contains("--allow-runtime-lora") && err.contains("backend"),
         "{err}"
     );
+}
+
+/// Sends `body` to `path` on `addr` and keeps the connection open (the caller hangs up by dropping
+/// it); with `read_first`, waits for the answer's first bytes (a streamed answer under way).
+fn send_and_hold(addr: &str, path: &str, body: &Value, read_first: bool) -> TcpStream {
+    let mut s = TcpStream::connect(addr).expect("connecting");
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let body = body.to_string();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).expect("sending");
+    if read_first {
+        let mut buf = [0u8; 256];
+        let n = s.read(&mut buf).expect("the answer's first bytes");
+        let head = String::from_utf8_lossy(&buf[..n]);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    }
+    s
+}
+
+/// Waits until `what` holds, failing after `within` with `why`.
+fn wait_until(within: Duration, why: &str, what: impl Fn() -> bool) {
+    let deadline = Instant::now() + within;
+    while !what() {
+        assert!(Instant::now() < deadline, "{why} within {within:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_client_hanging_up_cancels_its_request_on_the_backend() {
+    let back = Server::start(&[], &[]);
+    let front = front_of(&back, &model_dir(), &[]);
+    let streaming_front = front_of(&back, &model_dir(), &["--backend-stream"]);
+    // 64 samples of 240 tokens: seconds of decoding on the backend.
+    let long = json!({"prompt": PROMPT, "n": 64, "max_tokens": 240, "ignore_eos": true,
+                      "seed": 1});
+    let mut streamed = long.clone();
+    streamed["stream"] = json!(true);
+    let mut search = long.clone();
+    search.as_object_mut().unwrap().remove("n");
+    search["model"] = json!("sc@64@tiny-arith-sft");
+    let cases = [
+        ("a whole answer awaited", &front, &long, false),
+        ("a stream under way", &front, &streamed, true),
+        ("a search (sc@64)", &front, &search, false),
+        (
+            "a stream from a streaming backend",
+            &streaming_front,
+            &streamed,
+            true,
+        ),
+    ];
+    for (what, f, body, read_first) in cases {
+        let cancelled = back.metric("temper_requests_cancelled_total");
+        let cancelled_here = f.metric("temper_requests_cancelled_total");
+        let steps = back.metric("temper_decode_steps_total");
+        let client = send_and_hold(&f.addr, "/v1/completions", body, read_first);
+        wait_until(Duration::from_secs(60), "the backend decoding", || {
+            back.metric("temper_requests_running") == 1.0
+        });
+        drop(client);
+        // The front drops its request to the backend, which sees its client (the front) go and
+        // stops decoding: the request counts as cancelled there, far short of its 240 steps.
+        wait_until(Duration::from_secs(10), what, || {
+            back.metric("temper_requests_cancelled_total") == cancelled + 1.0
+        });
+        wait_until(Duration::from_secs(5), what, || {
+            back.metric("temper_requests_running") == 0.0
+                && f.metric("temper_requests_running") == 0.0
+        });
+        let ran = back.metric("temper_decode_steps_total") - steps;
+        assert!(
+            ran < 200.0,
+            "{what}: {ran} decode steps of 240 on the backend"
+        );
+        let here = f.metric("temper_requests_cancelled_total");
+        assert_eq!(here, cancelled_here + 1.0, "{what}");
+        assert_eq!(back.metric("temper_generation_tokens_total"), 0.0, "{what}");
+        let (st, _) = f.get("/health");
+        assert_eq!(st, 200, "{what}: the front serves on");
+    }
 }

@@ -2,9 +2,9 @@
 //! connection) that replays vLLM-, llama.cpp- and `temper serve`-shaped responses: what the
 //! backend sends (token-id prompts, neutral sampling settings, seeds), how it normalises what comes
 //! back (token ids, both logprob layouts, stop token vs stop string), what it retries (429) and
-//! what it does not (500), `n` refused or capped (fan-out), bounded concurrency, and the typed
-//! errors of a wrong model or tokenizer. The tokenizer is the tiny fixture model's: one character
-//! per token, `<eos>` = 1.
+//! what it does not (500), `n` refused or capped (fan-out), bounded concurrency, the typed
+//! errors of a wrong model or tokenizer, and a cancelled call closing its connections. The
+//! tokenizer is the tiny fixture model's: one character per token, `<eos>` = 1.
 
 mod remote_mock;
 
@@ -523,4 +523,95 @@ fn llama_cpp_entries_that_merge_a_character_s_tokens_fall_back_to_the_text() {
     assert!(!out.ids_from_server);
     assert_eq!(out.completion.tokens, whole);
     assert_eq!(tok.decode(&out.completion.tokens, false).unwrap(), text);
+}
+
+/// A server that answers the probe and holds every `/v1/completions` request open without
+/// answering, counting the requests it holds and, once each connection closes, the closes.
+fn holding_server() -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (held, closed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (h, c) = (held.clone(), closed.clone());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let (held, closed) = (h.clone(), c.clone());
+            std::thread::spawn(move || {
+                // One request a connection is what the probe's client may not do: serve them all.
+                loop {
+                    let Some((path, body, _)) = read_request(&stream) else {
+                        return;
+                    };
+                    let (status, v) = match path.as_str() {
+                        "/v1/models" => (200, models("vllm")),
+                        "/tokenize" => tokenize(&body),
+                        "/v1/completions" => break,
+                        _ => not_found(),
+                    };
+                    let body = v.to_string();
+                    let head = format!(
+                        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    if stream.write_all(head.as_bytes()).is_err()
+                        || stream.write_all(body.as_bytes()).is_err()
+                    {
+                        return;
+                    }
+                }
+                held.fetch_add(1, Ordering::SeqCst);
+                // Never answers; a read of 0 bytes (or an error) is the client leaving.
+                let mut buf = [0u8; 64];
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(60)))
+                    .unwrap();
+                while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
+                closed.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (format!("http://{addr}/v1"), held, closed)
+}
+
+#[test]
+fn a_cancelled_call_drops_its_requests_and_the_server_sees_them_go() {
+    let (url, held, closed) = holding_server();
+    let b = RemoteBackend::connect(RemoteOptions::new(url), tokenizer(), vec![1]).unwrap();
+    let reqs: Vec<GenRequest> = (0..3)
+        .map(|seed| {
+            GenRequest::new(
+                ids("2+3="),
+                1,
+                SamplingParams {
+                    seed,
+                    ..SamplingParams::greedy(200)
+                },
+            )
+        })
+        .collect();
+    // Cancelled once the server holds all three requests.
+    let started = std::time::Instant::now();
+    let err = b
+        .generate_until(&reqs, &mut |_| {}, &|| held.load(Ordering::SeqCst) == 3)
+        .unwrap_err();
+    assert!(
+        matches!(err, GenError::Remote(RemoteError::Cancelled)),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("cancelled"), "{err}");
+    // Every connection closes at once (not at the 600 s timeout), so the server can stop.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while closed.load(Ordering::SeqCst) < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(closed.load(Ordering::SeqCst), 3, "the server saw them go");
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // The backend serves on: the next call's request goes out (and is cancelled the same way).
+    let err = b
+        .generate_until(&reqs[..1], &mut |_| {}, &|| {
+            held.load(Ordering::SeqCst) == 4
+        })
+        .unwrap_err();
+    assert!(matches!(err, GenError::Remote(RemoteError::Cancelled)));
 }

@@ -7,8 +7,10 @@
 //! keeps at most `max_concurrency` requests in flight, and retries only what is safe (connection
 //! refused, 429, 503) with exponential backoff.
 //!
-//! HTTP/1 over plain TCP with reqwest's blocking client: loopback or a private network is the use
-//! case (TLS belongs to a proxy in front). Knows nothing of models, search or the command line;
+//! HTTP/1 over plain TCP with reqwest's async client on a small tokio runtime of the backend's own,
+//! the caller's threads blocking on it: loopback or a private network is the use case (TLS belongs
+//! to a proxy in front). A call can be cancelled ([`RemoteBackend::generate_until`]): its requests
+//! in flight are dropped, closing their connections, so the server stops generating for them. Knows nothing of models, search or the command line;
 //! the wire format lives in [`wire`], one HTTP exchange and its retries in `http`, the fan-out work
 //! queue in `queue`, reading streamed answers (`stream: true`, with [`RemoteOptions::stream`]) in
 //! `stream`, and reading URLs and servers' error messages in `text`.
@@ -21,7 +23,8 @@ pub mod wire;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Condvar, Mutex};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -30,6 +33,7 @@ use tempering_model::Tokenizer;
 use crate::backend::{Backend, GenEvent};
 use crate::error::{GenError, RemoteError, Result};
 use crate::request::{Completion, GenRequest};
+use http::Abort;
 use queue::{split, Job, JobOut, Queue};
 use text::root_url;
 use wire::{completion_body, fan_out_seed, normalise, Normalise, ServerKind};
@@ -104,12 +108,17 @@ fn base_models(data: &[Value]) -> Vec<&Value> {
         .collect()
 }
 
+/// How often a call's caller is asked whether it still wants the answer.
+const CANCEL_POLL: Duration = Duration::from_millis(20);
+
 /// The text the connect-time `/tokenize` check encodes on both sides.
 const PROBE_TEXT: &str = "Hello, world! 12 + 34 = 46\n";
 
 /// An OpenAI-compatible server as a [`Backend`].
 pub struct RemoteBackend {
-    client: reqwest::blocking::Client,
+    client: reqwest::Client,
+    /// Where the HTTP exchanges run.
+    rt: http::Runtime,
     /// `scheme://host:port[/prefix]`, without `/v1`.
     root: String,
     opts: RemoteOptions,
@@ -161,7 +170,7 @@ impl RemoteBackend {
                 why: "max_concurrency is 0".into(),
             });
         }
-        let client = reqwest::blocking::Client::builder()
+        let client = reqwest::Client::builder()
             .timeout(opts.timeout)
             .connect_timeout(Duration::from_secs(10))
             .build()
@@ -169,8 +178,13 @@ impl RemoteBackend {
                 url: root.clone(),
                 detail: format!("building the HTTP client: {e}"),
             })?;
+        let rt = http::Runtime::new().map_err(|e| RemoteError::Io {
+            url: root.clone(),
+            detail: format!("starting the HTTP runtime: {e}"),
+        })?;
         let mut b = RemoteBackend {
             client,
+            rt,
             root,
             info: ServerInfo {
                 kind: ServerKind::Other,
@@ -361,6 +375,7 @@ impl RemoteBackend {
         job: &Job,
         reqs: &[GenRequest],
         on_tokens: &mut dyn FnMut(usize, &[u32], &str),
+        abort: &Abort,
     ) -> Result<JobOut> {
         let r = &reqs[job.req];
         let seed = fan_out_seed(r.params.seed, job.first);
@@ -391,7 +406,7 @@ impl RemoteBackend {
         } else {
             None
         };
-        let v = match self.send_streaming(Some(&body), &url, on_chunk) {
+        let v = match self.send_streaming(Some(&body), &url, on_chunk, Some(abort)) {
             Ok(v) => v,
             Err(RemoteError::Status { status, .. })
                 if job.n > 1 && (400..500).contains(&status) && status != 429 =>
@@ -467,6 +482,22 @@ impl Backend for RemoteBackend {
         reqs: &[GenRequest],
         on_event: &mut dyn FnMut(&GenEvent<'_>),
     ) -> Result<Vec<Vec<Completion>>> {
+        self.generate_until(reqs, on_event, &|| false)
+    }
+}
+
+impl RemoteBackend {
+    /// [`Backend::generate_with`], giving up once `cancelled()` says so (it is asked every few
+    /// milliseconds, on the calling thread): the requests in flight are dropped, closing their
+    /// connections so that the server stops generating for them, no further request is sent, and
+    /// the call returns [`RemoteError::Cancelled`]. A failed request drops the others the same
+    /// way (the call fails with its error).
+    pub fn generate_until(
+        &self,
+        reqs: &[GenRequest],
+        on_event: &mut dyn FnMut(&GenEvent<'_>),
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Vec<Vec<Completion>>> {
         let context = self.info.context.unwrap_or(usize::MAX);
         let vocab = self.tokenizer.vocab_size();
         for (i, r) in reqs.iter().enumerate() {
@@ -515,11 +546,18 @@ impl Backend for RemoteBackend {
             abort: AtomicBool::new(false),
         };
         let (tx, rx) = mpsc::channel::<FromWorker>();
+        let abort = Abort::default();
         let mut first_err: Option<GenError> = None;
+        // No more jobs taken, and the exchanges in flight dropped.
+        let stop = || {
+            queue.abort.store(true, Ordering::Relaxed);
+            queue.ready.notify_all();
+            abort.fire();
+        };
         std::thread::scope(|s| {
             for _ in 0..workers {
                 let tx = tx.clone();
-                let queue = &queue;
+                let (queue, abort) = (&queue, &abort);
                 s.spawn(move || {
                     while let Some(job) = queue.take() {
                         // Live tokens only where the server says which they are.
@@ -533,7 +571,7 @@ impl Backend for RemoteBackend {
                                 });
                             }
                         };
-                        let res = self.run_job(&job, reqs, &mut on_tokens);
+                        let res = self.run_job(&job, reqs, &mut on_tokens, abort);
                         let rest = match &res {
                             Ok(o) => o.rest.clone(),
                             Err(_) => {
@@ -558,7 +596,19 @@ impl Backend for RemoteBackend {
             // sample: the tokens and text already reported from a stream.
             let mut streamed: std::collections::HashMap<(usize, usize), (usize, String)> =
                 Default::default();
-            for msg in rx {
+            loop {
+                let msg = match rx.recv_timeout(CANCEL_POLL) {
+                    Ok(m) => Some(m),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                };
+                if first_err.is_none() && !abort.is_set() && cancelled() {
+                    first_err = Some(RemoteError::Cancelled.into());
+                    stop();
+                }
+                let Some(msg) = msg else {
+                    continue;
+                };
                 let res = match msg {
                     FromWorker::Tokens {
                         req,
@@ -584,9 +634,9 @@ impl Backend for RemoteBackend {
                 };
                 match res {
                     Err(e) => {
-                        queue.abort.store(true, Ordering::Relaxed);
-                        queue.ready.notify_all();
+                        // The first error is the call's (the others' cancellations follow it).
                         first_err.get_or_insert(e);
+                        stop();
                     }
                     Ok(o) => {
                         if o.completions.is_empty() {
