@@ -1,11 +1,12 @@
 //! `temper serve --backend URL`: a `temper serve` fronting another `temper serve` (the "cluster")
 //! on loopback, with the committed tiny model. The front's answers are the backend's own for
 //! seeded strategy requests (by the `temper` body object and by a `STRATEGY@NAME` model), plain
-//! requests (`n`, logprobs, token ids, streaming) and chats; the front's usage counts the tokens
-//! the backend generated (its `/metrics` agree); errors stay OpenAI-shaped, the backend's
-//! failures included (a 502 once it is gone); answers streamed from the backend
-//! (`--backend-stream`) are the same; runtime LoRA is refused with `--backend`; a client that hangs
-//! up (before a whole answer, mid-stream, during a search) cancels its request on the backend.
+//! requests (`n`, logprobs, token ids, streaming, `prompt_logprobs`) and chats; the front's usage
+//! counts the tokens the backend generated (its `/metrics` agree); errors stay OpenAI-shaped, the
+//! backend's failures included (a 502 once it is gone); answers streamed from the backend
+//! (`--backend-stream`) are the same; runtime LoRA is refused with `--backend`; a client that
+//! hangs up (before a whole answer, mid-stream, during a search) cancels its request on the
+//! backend.
 
 mod serve_common;
 
@@ -222,12 +223,45 @@ fn a_front_server_answers_as_its_backend_does() {
         &json!({"messages": [{"role": "user", "content": "hi"}]}),
     );
     assert_error(st, &e, 400, "a chat without a template");
-    let (st, e) = front.post(
-        "/v1/completions",
-        &json!({"prompt": PROMPT, "prompt_logprobs": 1}),
+
+    // The prompt's logprobs, asked of the backend: its own numbers in each choice, whole and in
+    // each choice's first chunk of a stream; with `echo` and `logprobs`, the prompt's tokens first.
+    let body = json!({"prompt": PROMPT, "n": 2, "max_tokens": 4, "seed": 2, "prompt_logprobs": 2});
+    let (st, there) = back.post("/v1/completions", &body);
+    assert_eq!(st, 200, "{there}");
+    let want = &there["choices"][0]["prompt_logprobs"];
+    assert_eq!(want.as_array().map(Vec::len), Some(PROMPT.len()), "{there}");
+    let (st, here) = front.post("/v1/completions", &body);
+    assert_eq!(st, 200, "{here}");
+    let mut sbody = body.clone();
+    sbody["stream"] = json!(true);
+    let (st, text) = front.request("POST", "/v1/completions", Some(&sbody.to_string()), None);
+    assert_eq!(st, 200, "{text}");
+    let cs = chunks(&text);
+    for i in 0..2 {
+        assert_eq!(here["choices"][i]["prompt_logprobs"], *want, "choice {i}");
+        assert_eq!(here["choices"][i]["text"], there["choices"][i]["text"]);
+        let first = cs
+            .iter()
+            .find(|c| c["choices"][0]["index"] == i)
+            .unwrap_or_else(|| panic!("no chunk of choice {i}: {text}"));
+        assert_eq!(first["choices"][0]["prompt_logprobs"], *want, "choice {i}");
+    }
+    let body = json!({"prompt": PROMPT, "max_tokens": 4, "temperature": 0, "echo": true,
+                      "logprobs": 2});
+    let (st, there) = back.post("/v1/completions", &body);
+    assert_eq!(st, 200, "{there}");
+    let (st, here) = front.post("/v1/completions", &body);
+    assert_eq!(st, 200, "{here}");
+    assert_eq!(here["choices"][0]["text"], there["choices"][0]["text"]);
+    assert_eq!(
+        here["choices"][0]["logprobs"],
+        there["choices"][0]["logprobs"]
     );
-    assert_error(st, &e, 400, "prompt_logprobs through the backend");
-    assert_eq!(e["error"]["code"], "unsupported_by_backend", "{e}");
+    assert!(
+        here["choices"][0]["logprobs"]["token_logprobs"][0].is_null(),
+        "{here}"
+    );
 
     // The backend gone: a 502 naming it, for plain requests and searches, and the front serves on.
     drop(back);
@@ -281,6 +315,34 @@ fn chats_go_through_the_local_template_and_runtime_lora_is_refused() {
             .collect()
     };
     assert_eq!(tokens(h), tokens(t));
+
+    // A chat's prompt logprobs (beside its choices) are the backend's too, whole and streamed.
+    let mut pbody = body("tiny");
+    pbody["prompt_logprobs"] = json!(1);
+    let (st, there) = back.post("/v1/chat/completions", &pbody);
+    assert_eq!(st, 200, "{there}");
+    assert!(
+        there["prompt_logprobs"]
+            .as_array()
+            .is_some_and(|a| a.len() > 2),
+        "{there}"
+    );
+    pbody["model"] = json!("front");
+    let (st, here) = front.post("/v1/chat/completions", &pbody);
+    assert_eq!(st, 200, "{here}");
+    assert_eq!(here["prompt_logprobs"], there["prompt_logprobs"]);
+    pbody["stream"] = json!(true);
+    let (st, text) = front.request(
+        "POST",
+        "/v1/chat/completions",
+        Some(&pbody.to_string()),
+        None,
+    );
+    assert_eq!(st, 200, "{text}");
+    assert_eq!(
+        chunks(&text)[0]["prompt_logprobs"],
+        there["prompt_logprobs"]
+    );
 
     // A streamed chat: deltas that add up to the backend's message, one usage chunk.
     let mut sbody = body("front");

@@ -32,6 +32,7 @@ use tempering_model::Tokenizer;
 
 use crate::backend::{Backend, GenEvent};
 use crate::error::{GenError, RemoteError, Result};
+use crate::prompt_logprobs::PromptLogprob;
 use crate::request::{Completion, GenRequest};
 use http::Abort;
 use queue::{split, Job, JobOut, Queue};
@@ -366,6 +367,47 @@ impl RemoteBackend {
             });
         }
         Ok(Some(true))
+    }
+
+    /// Each prompt token's [`PromptLogprob`] with `top` alternatives (the first token has none), as
+    /// [`crate::LocalEngine::prompt_logprobs`] gives them: vLLM's `prompt_logprobs`, asked for in a
+    /// request of one greedy token and read back. A server that cannot (llama.cpp, refused before
+    /// any request) or answers without them is [`RemoteError::Unsupported`].
+    pub fn prompt_logprobs(
+        &self,
+        prompt: &[u32],
+        top: usize,
+    ) -> Result<Vec<Option<PromptLogprob>>, RemoteError> {
+        let unsupported = |why: &str| RemoteError::Unsupported {
+            server: self.info.kind.name().into(),
+            what: format!("return the prompt's logprobs (vLLM's `prompt_logprobs`){why}"),
+        };
+        if self.info.kind.lacks_prompt_logprobs() {
+            return Err(unsupported(
+                ": it scores generated tokens only; ask vLLM or temper serve",
+            ));
+        }
+        let vocab = self.tokenizer.vocab_size();
+        if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= vocab) {
+            return Err(RemoteError::TokenMismatch {
+                detail: format!(
+                    "the prompt holds token id {bad}, outside the local tokenizer's {vocab} ids"
+                ),
+            });
+        }
+        let params = crate::request::SamplingParams::greedy(1);
+        let mut body = completion_body(self.info.kind, &self.info.model, prompt, 1, 0, &params);
+        body["prompt_logprobs"] = json!(top);
+        let url = self.url("/v1/completions");
+        let v = self.send(Some(&body), &url)?;
+        let lps = v
+            .pointer("/choices/0/prompt_logprobs")
+            .or_else(|| v.get("prompt_logprobs"))
+            .filter(|p| !p.is_null())
+            .ok_or_else(|| unsupported(" (it answered without them)"))?;
+        wire::prompt_logprobs(lps, prompt, top).map_err(|what| RemoteError::BadResponse {
+            what: format!("{url}: {what}"),
+        })
     }
 
     /// Runs one job: `n` samples of request `req`, from sample `first`. A refused `n` (a 4xx for
