@@ -615,6 +615,17 @@ fn a_cancelled_call_drops_its_requests_and_the_server_sees_them_go() {
         })
         .unwrap_err();
     assert!(matches!(err, GenError::Remote(RemoteError::Cancelled)));
+
+    // A prompt-logprobs request gives up the same way.
+    let err = b
+        .prompt_logprobs_until(&ids("2+3="), 1, &|| held.load(Ordering::SeqCst) == 5)
+        .unwrap_err();
+    assert!(matches!(err, RemoteError::Cancelled), "{err:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while closed.load(Ordering::SeqCst) < 5 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(closed.load(Ordering::SeqCst), 5, "the server saw them go");
 }
 
 /// vLLM's `prompt_logprobs` for `prompt`: null first, then the alternatives `alts` (id, logprob;

@@ -13,7 +13,7 @@ use serde_json::Value;
 use tokio::sync::Notify;
 
 use super::text::{clip, error_chain, server_message};
-use super::{stream, Attempt, ChunkFn, OnChunk, RemoteBackend};
+use super::{stream, Attempt, ChunkFn, OnChunk, RemoteBackend, CANCEL_POLL};
 use crate::error::RemoteError;
 
 /// Fired once a call gives up (its caller cancelled it, or one of its requests failed): every
@@ -104,6 +104,28 @@ impl RemoteBackend {
                     r = exchange => r,
                     () = a.fired() => Err(RemoteError::Cancelled),
                 },
+            }
+        })
+    }
+
+    /// [`Self::send`] of a POST, giving up with [`RemoteError::Cancelled`] once `cancelled()`
+    /// says so (asked every few milliseconds on this thread): the exchange is dropped, its
+    /// connection closed.
+    pub(super) fn send_until(
+        &self,
+        body: &Value,
+        url: &str,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Value, RemoteError> {
+        self.rt.block_on(async {
+            let watch = async {
+                while !cancelled() {
+                    tokio::time::sleep(CANCEL_POLL).await;
+                }
+            };
+            tokio::select! {
+                r = self.exchange(Some(body), url, None) => r,
+                () = watch => Err(RemoteError::Cancelled),
             }
         })
     }

@@ -378,6 +378,17 @@ impl RemoteBackend {
         prompt: &[u32],
         top: usize,
     ) -> Result<Vec<Option<PromptLogprob>>, RemoteError> {
+        self.prompt_logprobs_until(prompt, top, &|| false)
+    }
+
+    /// [`Self::prompt_logprobs`], giving up as [`Self::generate_until`] does once `cancelled()`
+    /// says so.
+    pub fn prompt_logprobs_until(
+        &self,
+        prompt: &[u32],
+        top: usize,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Vec<Option<PromptLogprob>>, RemoteError> {
         let unsupported = |why: &str| RemoteError::Unsupported {
             server: self.info.kind.name().into(),
             what: format!("return the prompt's logprobs (vLLM's `prompt_logprobs`){why}"),
@@ -399,7 +410,7 @@ impl RemoteBackend {
         let mut body = completion_body(self.info.kind, &self.info.model, prompt, 1, 0, &params);
         body["prompt_logprobs"] = json!(top);
         let url = self.url("/v1/completions");
-        let v = self.send(Some(&body), &url)?;
+        let v = self.send_until(&body, &url, cancelled)?;
         let lps = v
             .pointer("/choices/0/prompt_logprobs")
             .or_else(|| v.get("prompt_logprobs"))

@@ -144,8 +144,9 @@ impl Worker {
         Ok(out)
     }
 
-    /// The prompt's logprobs with `k` alternatives, from the server; one that has none (llama.cpp)
-    /// is a 400 `unsupported_by_backend` naming the field that asked for them.
+    /// The prompt's logprobs with `k` alternatives, from the server (given up once the client
+    /// has gone); one that has none (llama.cpp) is a 400 `unsupported_by_backend` naming the field
+    /// that asked for them.
     fn remote_prompt_logprobs(
         &self,
         job: &Job,
@@ -155,7 +156,9 @@ impl Worker {
         let Engine::Remote(r) = &self.m.engine else {
             return Err(server_error("this server has no remote backend"));
         };
-        r.backend.prompt_logprobs(prompt, k).map_err(|e| {
+        let cancelled = || job.tx.is_closed();
+        let lps = r.backend.prompt_logprobs_until(prompt, k, &cancelled);
+        lps.map_err(|e| {
             let mut a = ApiError::from_remote(e);
             if a.code.as_deref() == Some("unsupported_by_backend") {
                 let param = match job.prompt_logprobs {
