@@ -10,10 +10,11 @@
 //! HTTP/1 over plain TCP with reqwest's async client on a small tokio runtime of the backend's own,
 //! the caller's threads blocking on it: loopback or a private network is the use case (TLS belongs
 //! to a proxy in front). A call can be cancelled ([`RemoteBackend::generate_until`]): its requests
-//! in flight are dropped, closing their connections, so the server stops generating for them. Knows nothing of models, search or the command line;
-//! the wire format lives in [`wire`], one HTTP exchange and its retries in `http`, the fan-out work
-//! queue in `queue`, reading streamed answers (`stream: true`, with [`RemoteOptions::stream`]) in
-//! `stream`, and reading URLs and servers' error messages in `text`.
+//! in flight are dropped, closing their connections, so the server stops generating for them.
+//! Knows nothing of models, search or the command line; the wire format lives in [`wire`], one
+//! HTTP exchange and its retries in `http`, the fan-out work queue in `queue`, reading streamed
+//! answers (`stream: true`, with [`RemoteOptions::stream`]) in `stream`, and reading URLs and
+//! servers' error messages in `text`.
 
 mod http;
 mod queue;
@@ -33,7 +34,7 @@ use tempering_model::Tokenizer;
 use crate::backend::{Backend, GenEvent};
 use crate::error::{GenError, RemoteError, Result};
 use crate::prompt_logprobs::PromptLogprob;
-use crate::request::{Completion, GenRequest};
+use crate::request::{Completion, GenRequest, SamplingParams};
 use http::Abort;
 use queue::{split, Job, JobOut, Queue};
 use text::root_url;
@@ -406,7 +407,7 @@ impl RemoteBackend {
                 ),
             });
         }
-        let params = crate::request::SamplingParams::greedy(1);
+        let params = SamplingParams::greedy(1);
         let mut body = completion_body(self.info.kind, &self.info.model, prompt, 1, 0, &params);
         body["prompt_logprobs"] = json!(top);
         let url = self.url("/v1/completions");

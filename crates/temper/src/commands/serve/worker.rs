@@ -2,9 +2,10 @@
 //! takes checked requests ([`Job`]s) off the queue and runs them: plain generations decode
 //! together, joining a running batch between steps ([`batching`]), searches run whole between
 //! steps ([`search_job`]). With `--backend` it owns a remote backend instead and runs each request
-//! on its own thread ([`remote`]), giving up once the request's client has gone ([`ForClient`]). Here: turning a request into the engine's and its completions
-//! into the response, whatever generates them ([`Runs`]). Tokens and outputs go back over each
-//! request's channel; `/metrics` is counted. Knows nothing of HTTP.
+//! on its own thread ([`remote`]), giving up once the request's client has gone ([`ForClient`]).
+//! Here: turning a request into the engine's and its completions into the response, whatever
+//! generates them ([`Runs`]). Tokens and outputs go back over each request's channel; `/metrics`
+//! is counted. Knows nothing of HTTP.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

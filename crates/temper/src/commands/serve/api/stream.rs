@@ -1,7 +1,7 @@
 //! Responses: the OpenAI-shaped JSON of a finished request (`Meta::full`) and the SSE stream of
 //! chunks (`sse`), the prompt's logprobs in the first chunks when asked for, the usage chunk when
-//! asked for and `data: [DONE]` last. Knows the response
-//! shapes and the messages the model thread sends; nothing of parsing or the engine.
+//! asked for and `data: [DONE]` last. Knows the response shapes and the messages the model thread
+//! sends; nothing of parsing or the engine.
 
 use super::*;
 
