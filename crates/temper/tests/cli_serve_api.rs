@@ -2,7 +2,7 @@
 //! `/tokenize` and `/detokenize` (vLLM's shapes), `return_token_ids`, `min_tokens`, `ignore_eos`,
 //! `top_k`, `min_p`, `/metrics`, sampling defaults from `generation_config.json` (serve and
 //! `temper chat`), and `prompt_logprobs` against the model's own numbers (`temper logits` and the
-//! first generated token's logprobs).
+//! first generated token's logprobs), whole and streamed.
 
 mod serve_common;
 
@@ -363,6 +363,21 @@ fn model_logits(prompt: &str, top: usize) -> (Vec<u64>, Vec<(u64, f64)>) {
     (ids(&v["ids"]), top)
 }
 
+/// A streamed response's chunks (the `[DONE]` line checked and left out).
+fn sse_chunks(s: &Server, path: &str, body: &Value) -> Vec<Value> {
+    let (st, text) = s.request("POST", path, Some(&body.to_string()), None);
+    assert_eq!(st, 200, "{text}");
+    let data: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert_eq!(data.last(), Some(&"[DONE]"), "{text}");
+    data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap_or_else(|e| panic!("{e}: {d}")))
+        .collect()
+}
+
 #[test]
 fn prompt_logprobs_are_the_models_own() {
     let s = Server::start(&[], &[]);
@@ -521,6 +536,50 @@ fn prompt_logprobs_are_the_models_own() {
     );
     assert!(v["choices"][0].get("prompt_logprobs").is_none(), "{v}");
 
+    // Streamed (an extension: vLLM refuses `prompt_logprobs` with `stream`): a chat stream's
+    // first chunk carries them beside its choices, the same values as the whole response; the
+    // later chunks do not.
+    let chat = json!({"messages": [{"role": "user", "content": "1+1"}], "max_tokens": 3,
+                      "prompt_logprobs": 2, "seed": 4, "n": 2});
+    let (st, whole) = c.post("/v1/chat/completions", &chat);
+    assert_eq!(st, 200, "{whole}");
+    let mut streamed = chat.clone();
+    streamed["stream"] = json!(true);
+    let cs = sse_chunks(&c, "/v1/chat/completions", &streamed);
+    assert_eq!(
+        cs[0]["prompt_logprobs"], whole["prompt_logprobs"],
+        "{}",
+        cs[0]
+    );
+    assert!(whole["prompt_logprobs"]
+        .as_array()
+        .is_some_and(|a| a.len() > 2));
+    assert!(cs[1..].iter().all(|c| c.get("prompt_logprobs").is_none()));
+
+    // A completions stream: each choice's first chunk, as each whole choice has them.
+    let body = json!({"prompt": PROMPT, "max_tokens": 3, "prompt_logprobs": k, "n": 2,
+                      "seed": 9, "return_token_ids": true});
+    let (st, whole) = s.post("/v1/completions", &body);
+    assert_eq!(st, 200, "{whole}");
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let cs = sse_chunks(&s, "/v1/completions", &streamed);
+    for i in 0..2 {
+        let mine: Vec<&Value> = cs
+            .iter()
+            .filter(|c| c["choices"][0]["index"] == i)
+            .collect();
+        let want = &whole["choices"][i]["prompt_logprobs"];
+        assert_eq!(want.as_array().map(Vec::len), Some(PROMPT.len()), "{whole}");
+        assert_eq!(
+            &mine[0]["choices"][0]["prompt_logprobs"], want,
+            "choice {i}"
+        );
+        assert!(mine[1..]
+            .iter()
+            .all(|c| c["choices"][0].get("prompt_logprobs").is_none()));
+    }
+
     // Refused where not served, OpenAI-shaped.
     for (body, what) in [
         (
@@ -528,10 +587,6 @@ fn prompt_logprobs_are_the_models_own() {
             "the whole vocabulary",
         ),
         (json!({"prompt": PROMPT, "prompt_logprobs": 21}), "over 20"),
-        (
-            json!({"prompt": PROMPT, "prompt_logprobs": 1, "stream": true}),
-            "streamed",
-        ),
         (
             json!({"model": "sc@2@tiny-arith-sft", "prompt": PROMPT, "prompt_logprobs": 1}),
             "with a strategy",

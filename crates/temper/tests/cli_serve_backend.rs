@@ -1,14 +1,18 @@
 //! `temper serve --backend URL`: a `temper serve` fronting another `temper serve` (the "cluster")
 //! on loopback, with the committed tiny model. The front's answers are the backend's own for
 //! seeded strategy requests (by the `temper` body object and by a `STRATEGY@NAME` model), plain
-//! requests (`n`, logprobs, token ids, streaming) and chats; the front's usage counts the tokens
-//! the backend generated (its `/metrics` agree); errors stay OpenAI-shaped, the backend's
-//! failures included (a 502 once it is gone); answers streamed from the backend
-//! (`--backend-stream`) are the same; runtime LoRA is refused with `--backend`.
+//! requests (`n`, logprobs, token ids, streaming, `prompt_logprobs`) and chats; the front's usage
+//! counts the tokens the backend generated (its `/metrics` agree); errors stay OpenAI-shaped, the
+//! backend's failures included (a 502 once it is gone); answers streamed from the backend
+//! (`--backend-stream`) are the same; runtime LoRA is refused with `--backend`; a client that
+//! hangs up (before a whole answer, mid-stream, during a search) cancels its request on the
+//! backend.
 
 mod serve_common;
 
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use serve_common::{assert_error, chat_model_copy, model_dir, Server};
@@ -219,12 +223,45 @@ fn a_front_server_answers_as_its_backend_does() {
         &json!({"messages": [{"role": "user", "content": "hi"}]}),
     );
     assert_error(st, &e, 400, "a chat without a template");
-    let (st, e) = front.post(
-        "/v1/completions",
-        &json!({"prompt": PROMPT, "prompt_logprobs": 1}),
+
+    // The prompt's logprobs, asked of the backend: its own numbers in each choice, whole and in
+    // each choice's first chunk of a stream; with `echo` and `logprobs`, the prompt's tokens first.
+    let body = json!({"prompt": PROMPT, "n": 2, "max_tokens": 4, "seed": 2, "prompt_logprobs": 2});
+    let (st, there) = back.post("/v1/completions", &body);
+    assert_eq!(st, 200, "{there}");
+    let want = &there["choices"][0]["prompt_logprobs"];
+    assert_eq!(want.as_array().map(Vec::len), Some(PROMPT.len()), "{there}");
+    let (st, here) = front.post("/v1/completions", &body);
+    assert_eq!(st, 200, "{here}");
+    let mut sbody = body.clone();
+    sbody["stream"] = json!(true);
+    let (st, text) = front.request("POST", "/v1/completions", Some(&sbody.to_string()), None);
+    assert_eq!(st, 200, "{text}");
+    let cs = chunks(&text);
+    for i in 0..2 {
+        assert_eq!(here["choices"][i]["prompt_logprobs"], *want, "choice {i}");
+        assert_eq!(here["choices"][i]["text"], there["choices"][i]["text"]);
+        let first = cs
+            .iter()
+            .find(|c| c["choices"][0]["index"] == i)
+            .unwrap_or_else(|| panic!("no chunk of choice {i}: {text}"));
+        assert_eq!(first["choices"][0]["prompt_logprobs"], *want, "choice {i}");
+    }
+    let body = json!({"prompt": PROMPT, "max_tokens": 4, "temperature": 0, "echo": true,
+                      "logprobs": 2});
+    let (st, there) = back.post("/v1/completions", &body);
+    assert_eq!(st, 200, "{there}");
+    let (st, here) = front.post("/v1/completions", &body);
+    assert_eq!(st, 200, "{here}");
+    assert_eq!(here["choices"][0]["text"], there["choices"][0]["text"]);
+    assert_eq!(
+        here["choices"][0]["logprobs"],
+        there["choices"][0]["logprobs"]
     );
-    assert_error(st, &e, 400, "prompt_logprobs through the backend");
-    assert_eq!(e["error"]["code"], "unsupported_by_backend", "{e}");
+    assert!(
+        here["choices"][0]["logprobs"]["token_logprobs"][0].is_null(),
+        "{here}"
+    );
 
     // The backend gone: a 502 naming it, for plain requests and searches, and the front serves on.
     drop(back);
@@ -279,6 +316,34 @@ fn chats_go_through_the_local_template_and_runtime_lora_is_refused() {
     };
     assert_eq!(tokens(h), tokens(t));
 
+    // A chat's prompt logprobs (beside its choices) are the backend's too, whole and streamed.
+    let mut pbody = body("tiny");
+    pbody["prompt_logprobs"] = json!(1);
+    let (st, there) = back.post("/v1/chat/completions", &pbody);
+    assert_eq!(st, 200, "{there}");
+    assert!(
+        there["prompt_logprobs"]
+            .as_array()
+            .is_some_and(|a| a.len() > 2),
+        "{there}"
+    );
+    pbody["model"] = json!("front");
+    let (st, here) = front.post("/v1/chat/completions", &pbody);
+    assert_eq!(st, 200, "{here}");
+    assert_eq!(here["prompt_logprobs"], there["prompt_logprobs"]);
+    pbody["stream"] = json!(true);
+    let (st, text) = front.request(
+        "POST",
+        "/v1/chat/completions",
+        Some(&pbody.to_string()),
+        None,
+    );
+    assert_eq!(st, 200, "{text}");
+    assert_eq!(
+        chunks(&text)[0]["prompt_logprobs"],
+        there["prompt_logprobs"]
+    );
+
     // A streamed chat: deltas that add up to the backend's message, one usage chunk.
     let mut sbody = body("front");
     for k in ["logprobs", "top_logprobs"] {
@@ -317,4 +382,89 @@ fn chats_go_through_the_local_template_and_runtime_lora_is_refused() {
         err.contains("--allow-runtime-lora") && err.contains("backend"),
         "{err}"
     );
+}
+
+/// Sends `body` to `path` on `addr` and keeps the connection open (the caller hangs up by dropping
+/// it); with `read_first`, waits for the answer's first bytes (a streamed answer under way).
+fn send_and_hold(addr: &str, path: &str, body: &Value, read_first: bool) -> TcpStream {
+    let mut s = TcpStream::connect(addr).expect("connecting");
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let body = body.to_string();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).expect("sending");
+    if read_first {
+        let mut buf = [0u8; 256];
+        let n = s.read(&mut buf).expect("the answer's first bytes");
+        let head = String::from_utf8_lossy(&buf[..n]);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    }
+    s
+}
+
+/// Waits until `what` holds, failing after `within` with `why`.
+fn wait_until(within: Duration, why: &str, what: impl Fn() -> bool) {
+    let deadline = Instant::now() + within;
+    while !what() {
+        assert!(Instant::now() < deadline, "{why} within {within:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_client_hanging_up_cancels_its_request_on_the_backend() {
+    let back = Server::start(&[], &[]);
+    let front = front_of(&back, &model_dir(), &[]);
+    let streaming_front = front_of(&back, &model_dir(), &["--backend-stream"]);
+    // 64 samples of 240 tokens: seconds of decoding on the backend.
+    let long = json!({"prompt": PROMPT, "n": 64, "max_tokens": 240, "ignore_eos": true,
+                      "seed": 1});
+    let mut streamed = long.clone();
+    streamed["stream"] = json!(true);
+    let mut search = long.clone();
+    search.as_object_mut().unwrap().remove("n");
+    search["model"] = json!("sc@64@tiny-arith-sft");
+    let cases = [
+        ("a whole answer awaited", &front, &long, false),
+        ("a stream under way", &front, &streamed, true),
+        ("a search (sc@64)", &front, &search, false),
+        (
+            "a stream from a streaming backend",
+            &streaming_front,
+            &streamed,
+            true,
+        ),
+    ];
+    for (what, f, body, read_first) in cases {
+        let cancelled = back.metric("temper_requests_cancelled_total");
+        let cancelled_here = f.metric("temper_requests_cancelled_total");
+        let steps = back.metric("temper_decode_steps_total");
+        let client = send_and_hold(&f.addr, "/v1/completions", body, read_first);
+        // Hung up mid-decode: once the backend has run a few steps of the request.
+        wait_until(Duration::from_secs(60), "the backend decoding", || {
+            back.metric("temper_decode_steps_total") >= steps + 5.0
+        });
+        drop(client);
+        // The front drops its request to the backend, which sees its client (the front) go and
+        // stops decoding: the request counts as cancelled there, far short of its 240 steps.
+        wait_until(Duration::from_secs(10), what, || {
+            back.metric("temper_requests_cancelled_total") == cancelled + 1.0
+        });
+        wait_until(Duration::from_secs(5), what, || {
+            back.metric("temper_requests_running") == 0.0
+                && f.metric("temper_requests_running") == 0.0
+        });
+        let ran = back.metric("temper_decode_steps_total") - steps;
+        assert!(
+            ran < 200.0,
+            "{what}: {ran} decode steps of 240 on the backend"
+        );
+        let here = f.metric("temper_requests_cancelled_total");
+        assert_eq!(here, cancelled_here + 1.0, "{what}");
+        assert_eq!(back.metric("temper_generation_tokens_total"), 0.0, "{what}");
+        let (st, _) = f.get("/health");
+        assert_eq!(st, 200, "{what}: the front serves on");
+    }
 }

@@ -73,4 +73,8 @@ pub enum RemoteError {
     Unsupported { server: String, what: String },
     #[error("token ids: {detail}")]
     TokenMismatch { detail: String },
+    /// The caller gave up (say, its client hung up): the requests in flight were dropped, their
+    /// connections closed, so the server stops generating for them.
+    #[error("cancelled: the caller stopped waiting and the requests to the server were dropped")]
+    Cancelled,
 }

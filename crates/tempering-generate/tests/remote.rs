@@ -2,9 +2,10 @@
 //! connection) that replays vLLM-, llama.cpp- and `temper serve`-shaped responses: what the
 //! backend sends (token-id prompts, neutral sampling settings, seeds), how it normalises what comes
 //! back (token ids, both logprob layouts, stop token vs stop string), what it retries (429) and
-//! what it does not (500), `n` refused or capped (fan-out), bounded concurrency, and the typed
-//! errors of a wrong model or tokenizer. The tokenizer is the tiny fixture model's: one character
-//! per token, `<eos>` = 1.
+//! what it does not (500), `n` refused or capped (fan-out), bounded concurrency, the typed
+//! errors of a wrong model or tokenizer, a cancelled call closing its connections, and vLLM's
+//! `prompt_logprobs` asked for and read back (refused on llama.cpp). The
+//! tokenizer is the tiny fixture model's: one character per token, `<eos>` = 1.
 
 mod remote_mock;
 
@@ -523,4 +524,219 @@ fn llama_cpp_entries_that_merge_a_character_s_tokens_fall_back_to_the_text() {
     assert!(!out.ids_from_server);
     assert_eq!(out.completion.tokens, whole);
     assert_eq!(tok.decode(&out.completion.tokens, false).unwrap(), text);
+}
+
+/// A server that answers the probe and holds every `/v1/completions` request open without
+/// answering, counting the requests it holds and, once each connection closes, the closes.
+fn holding_server() -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (held, closed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (h, c) = (held.clone(), closed.clone());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let (held, closed) = (h.clone(), c.clone());
+            std::thread::spawn(move || {
+                // One request a connection is what the probe's client may not do: serve them all.
+                loop {
+                    let Some((path, body, _)) = read_request(&stream) else {
+                        return;
+                    };
+                    let (status, v) = match path.as_str() {
+                        "/v1/models" => (200, models("vllm")),
+                        "/tokenize" => tokenize(&body),
+                        "/v1/completions" => break,
+                        _ => not_found(),
+                    };
+                    let body = v.to_string();
+                    let head = format!(
+                        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    if stream.write_all(head.as_bytes()).is_err()
+                        || stream.write_all(body.as_bytes()).is_err()
+                    {
+                        return;
+                    }
+                }
+                held.fetch_add(1, Ordering::SeqCst);
+                // Never answers; a read of 0 bytes (or an error) is the client leaving.
+                let mut buf = [0u8; 64];
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(60)))
+                    .unwrap();
+                while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
+                closed.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (format!("http://{addr}/v1"), held, closed)
+}
+
+#[test]
+fn a_cancelled_call_drops_its_requests_and_the_server_sees_them_go() {
+    let (url, held, closed) = holding_server();
+    let b = RemoteBackend::connect(RemoteOptions::new(url), tokenizer(), vec![1]).unwrap();
+    let reqs: Vec<GenRequest> = (0..3)
+        .map(|seed| {
+            GenRequest::new(
+                ids("2+3="),
+                1,
+                SamplingParams {
+                    seed,
+                    ..SamplingParams::greedy(200)
+                },
+            )
+        })
+        .collect();
+    // Cancelled once the server holds all three requests.
+    let started = std::time::Instant::now();
+    let err = b
+        .generate_until(&reqs, &mut |_| {}, &|| held.load(Ordering::SeqCst) == 3)
+        .unwrap_err();
+    assert!(
+        matches!(err, GenError::Remote(RemoteError::Cancelled)),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("cancelled"), "{err}");
+    // Every connection closes at once (not at the 600 s timeout), so the server can stop.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while closed.load(Ordering::SeqCst) < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(closed.load(Ordering::SeqCst), 3, "the server saw them go");
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // The backend serves on: the next call's request goes out (and is cancelled the same way).
+    let err = b
+        .generate_until(&reqs[..1], &mut |_| {}, &|| {
+            held.load(Ordering::SeqCst) == 4
+        })
+        .unwrap_err();
+    assert!(matches!(err, GenError::Remote(RemoteError::Cancelled)));
+
+    // A prompt-logprobs request gives up the same way.
+    let err = b
+        .prompt_logprobs_until(&ids("2+3="), 1, &|| held.load(Ordering::SeqCst) == 5)
+        .unwrap_err();
+    assert!(matches!(err, RemoteError::Cancelled), "{err:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while closed.load(Ordering::SeqCst) < 5 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(closed.load(Ordering::SeqCst), 5, "the server saw them go");
+}
+
+/// vLLM's `prompt_logprobs` for `prompt`: null first, then the alternatives `alts` (id, logprob;
+/// ranks 1, 2, ...) and the prompt's own token at rank 10 + position, logprob -position; at
+/// position 2 the own token ranks first instead (then it is one of the alternatives).
+fn vllm_prompt_logprobs(prompt: &[u32], alts: &[(u32, f64)]) -> Value {
+    let mut out = vec![Value::Null];
+    for (i, &t) in prompt.iter().enumerate().skip(1) {
+        let mut m = serde_json::Map::new();
+        let entry =
+            |lp: f64, rank: usize| json!({"logprob": lp, "rank": rank, "decoded_token": "?"});
+        if i == 2 {
+            m.insert(t.to_string(), entry(-0.05, 1));
+            m.insert(alts[0].0.to_string(), entry(alts[0].1, 2));
+        } else {
+            for (r, &(id, lp)) in alts.iter().enumerate() {
+                m.insert(id.to_string(), entry(lp, r + 1));
+            }
+            m.insert(t.to_string(), entry(-(i as f64), 10 + i));
+        }
+        out.push(Value::Object(m));
+    }
+    Value::Array(out)
+}
+
+#[test]
+fn prompt_logprobs_are_asked_of_vllm_and_refused_on_llama_cpp() {
+    let prompt = ids("2+3=");
+    let alts = [(ids("9")[0], -0.1), (ids("8")[0], -2.5)];
+    let mock = Mock::start(move |path, body, _| match path {
+        "/v1/models" => (200, models("vllm")),
+        "/tokenize" => tokenize(body),
+        "/v1/completions" => {
+            let p: Vec<u32> = body["prompt"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+                .collect();
+            let mut c = vllm_choice(0, "5", &[], Value::Null);
+            c["prompt_logprobs"] = vllm_prompt_logprobs(&p, &alts);
+            (200, json!({"choices": [c]}))
+        }
+        _ => not_found(),
+    });
+    let b = connect(&mock);
+    let lps = b.prompt_logprobs(&prompt, 2).unwrap();
+    let sent = &mock.completions()[0];
+    assert_eq!(sent["prompt_logprobs"], 2, "{sent}");
+    assert_eq!(sent["max_tokens"], 1, "{sent}");
+    assert_eq!(sent["prompt"], json!(prompt), "{sent}");
+    assert_eq!(lps.len(), prompt.len());
+    assert!(lps[0].is_none(), "nothing before the first token");
+    let top = |p: &tempering_generate::PromptLogprob| -> Vec<(u32, f32)> {
+        p.top.iter().map(|t| (t.token, t.logprob)).collect()
+    };
+    let first = lps[1].as_ref().unwrap();
+    assert_eq!(
+        (first.token, first.logprob, first.rank),
+        (prompt[1], -1.0, 11)
+    );
+    assert_eq!(top(first), vec![(alts[0].0, -0.1), (alts[1].0, -2.5)]);
+    let own_first = lps[2].as_ref().unwrap();
+    assert_eq!((own_first.token, own_first.rank), (prompt[2], 1));
+    assert_eq!(top(own_first), vec![(prompt[2], -0.05), (alts[0].0, -0.1)]);
+    assert_eq!(lps[3].as_ref().unwrap().top.len(), 2);
+
+    // One alternative asked for: the best one only.
+    let lps = b.prompt_logprobs(&prompt, 1).unwrap();
+    assert_eq!(top(lps[1].as_ref().unwrap()), vec![(alts[0].0, -0.1)]);
+
+    // A list of the wrong length is a malformed answer, named.
+    let short = Mock::start(move |path, body, _| match path {
+        "/v1/models" => (200, models("vllm")),
+        "/tokenize" => tokenize(body),
+        "/v1/completions" => {
+            let mut c = vllm_choice(0, "5", &[], Value::Null);
+            c["prompt_logprobs"] = json!([null]);
+            (200, json!({"choices": [c]}))
+        }
+        _ => not_found(),
+    });
+    let e = connect(&short).prompt_logprobs(&prompt, 2).unwrap_err();
+    assert!(matches!(e, RemoteError::BadResponse { .. }), "{e:?}");
+    assert!(e.to_string().contains("entries for a prompt of 4"), "{e}");
+
+    // llama.cpp has none: refused before any request, saying so.
+    let llama = Mock::start(|path, body, _| match path {
+        "/v1/models" => (200, models("llamacpp")),
+        "/tokenize" => tokenize(body),
+        _ => not_found(),
+    });
+    let e = connect(&llama).prompt_logprobs(&prompt, 2).unwrap_err();
+    assert!(matches!(e, RemoteError::Unsupported { .. }), "{e:?}");
+    assert!(
+        e.to_string()
+            .contains("llama.cpp cannot return the prompt's logprobs"),
+        "{e}"
+    );
+    assert!(llama.completions().is_empty());
+
+    // A server of unknown make is asked; answering without them is the same refusal.
+    let other = Mock::start(|path, body, _| match path {
+        "/v1/models" => (200, models("someone")),
+        "/tokenize" => tokenize(body),
+        "/v1/completions" => (
+            200,
+            json!({"choices": [{"index": 0, "text": "5", "finish_reason": "length"}]}),
+        ),
+        _ => not_found(),
+    });
+    let e = connect(&other).prompt_logprobs(&prompt, 2).unwrap_err();
+    assert!(e.to_string().contains("answered without them"), "{e}");
 }

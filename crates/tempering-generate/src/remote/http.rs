@@ -1,26 +1,136 @@
 //! One HTTP exchange of the remote backend and its retries: a JSON request (GET or POST), the
 //! answer read whole or, with a chunk handler, as a stream; connection errors, 429 and 503 retried
 //! with backoff (a `Retry-After` header wins), anything else failing at once with the server's
-//! message. Knows nothing of sampling or the wire format of completions.
+//! message. Each exchange runs on the backend's own tokio runtime, the calling thread blocking on
+//! it, and gives up the moment its [`Abort`] fires: the request's future is dropped, which closes
+//! its connection, so the server sees the client leave and stops generating. Knows nothing of
+//! sampling or the wire format of completions.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
+use tokio::sync::Notify;
 
 use super::text::{clip, error_chain, server_message};
-use super::{stream, Attempt, ChunkFn, OnChunk, RemoteBackend};
+use super::{stream, Attempt, ChunkFn, OnChunk, RemoteBackend, CANCEL_POLL};
 use crate::error::RemoteError;
+
+/// Fired once a call gives up (its caller cancelled it, or one of its requests failed): every
+/// exchange waiting on it is dropped.
+#[derive(Default)]
+pub(super) struct Abort {
+    set: AtomicBool,
+    notify: Notify,
+}
+
+impl Abort {
+    pub(super) fn fire(&self) {
+        self.set.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    pub(super) fn is_set(&self) -> bool {
+        self.set.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once fired (at once if it was).
+    async fn fired(&self) {
+        loop {
+            let notified = self.notify.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before the flag is read: a `fire` in between still wakes it.
+            notified.as_mut().enable();
+            if self.is_set() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// The backend's tokio runtime (one worker thread: the I/O of a few connections), shut down
+/// without waiting when the backend goes, so that dropping a backend is fine anywhere.
+pub(super) struct Runtime(Option<tokio::runtime::Runtime>);
+
+impl Runtime {
+    pub(super) fn new() -> std::io::Result<Self> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("temper-remote-http")
+            .enable_all()
+            .build()?;
+        Ok(Runtime(Some(rt)))
+    }
+
+    fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        match &self.0 {
+            Some(rt) => rt.block_on(f),
+            // Only `drop` takes it.
+            None => unreachable!("the remote backend's runtime is gone"),
+        }
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
 
 impl RemoteBackend {
     /// One JSON exchange (GET without a body, POST with one), retried while safe.
     pub(super) fn send(&self, body: Option<&Value>, url: &str) -> Result<Value, RemoteError> {
-        self.send_streaming(body, url, None)
+        self.send_streaming(body, url, None, None)
     }
 
-    /// [`Self::send`], reading a streamed answer (SSE) when `on_chunk` is given. A stream that
-    /// fails once under way is not retried (its chunks were reported).
+    /// [`Self::send`], reading a streamed answer (SSE) when `on_chunk` is given, and giving up
+    /// with [`RemoteError::Cancelled`] once `abort` fires (the exchange dropped, its connection
+    /// closed). A stream that fails once under way is not retried (its chunks were reported).
     pub(super) fn send_streaming(
+        &self,
+        body: Option<&Value>,
+        url: &str,
+        on_chunk: OnChunk<'_>,
+        abort: Option<&Abort>,
+    ) -> Result<Value, RemoteError> {
+        self.rt.block_on(async {
+            let exchange = self.exchange(body, url, on_chunk);
+            match abort {
+                None => exchange.await,
+                Some(a) => tokio::select! {
+                    r = exchange => r,
+                    () = a.fired() => Err(RemoteError::Cancelled),
+                },
+            }
+        })
+    }
+
+    /// [`Self::send`] of a POST, giving up with [`RemoteError::Cancelled`] once `cancelled()`
+    /// says so (asked every few milliseconds on this thread): the exchange is dropped, its
+    /// connection closed.
+    pub(super) fn send_until(
+        &self,
+        body: &Value,
+        url: &str,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Value, RemoteError> {
+        self.rt.block_on(async {
+            let watch = async {
+                while !cancelled() {
+                    tokio::time::sleep(CANCEL_POLL).await;
+                }
+            };
+            tokio::select! {
+                r = self.exchange(Some(body), url, None) => r,
+                () = watch => Err(RemoteError::Cancelled),
+            }
+        })
+    }
+
+    async fn exchange(
         &self,
         body: Option<&Value>,
         url: &str,
@@ -32,7 +142,10 @@ impl RemoteBackend {
             if url.ends_with("/v1/completions") {
                 self.stats.requests.fetch_add(1, Ordering::Relaxed);
             }
-            match self.attempt(body, url, tries, on_chunk.as_deref_mut()) {
+            match self
+                .attempt(body, url, tries, on_chunk.as_deref_mut())
+                .await
+            {
                 Attempt::Ok(v) => return Ok(v),
                 Attempt::Fail(e) => return Err(e),
                 Attempt::Retry(e, after) => {
@@ -45,13 +158,14 @@ impl RemoteBackend {
                         .backoff
                         .saturating_mul(1u32 << (tries - 1).min(16))
                         .min(Duration::from_secs(30));
-                    std::thread::sleep(after.unwrap_or(backoff).min(Duration::from_secs(60)));
+                    let wait = after.unwrap_or(backoff).min(Duration::from_secs(60));
+                    tokio::time::sleep(wait).await;
                 }
             }
         }
     }
 
-    fn attempt(
+    async fn attempt(
         &self,
         body: Option<&Value>,
         url: &str,
@@ -69,7 +183,7 @@ impl RemoteBackend {
         if let Some(k) = &self.opts.api_key {
             req = req.bearer_auth(k);
         }
-        let resp = match req.send() {
+        let resp = match req.send().await {
             Ok(r) => r,
             // Refused or unreachable: the request never reached the server.
             Err(e) if e.is_connect() => {
@@ -98,12 +212,12 @@ impl RemoteBackend {
             .filter(|s| s.is_finite() && *s >= 0.0)
             .map(Duration::from_secs_f64);
         if let (Some(cb), true) = (on_chunk, (200..300).contains(&status)) {
-            return match stream::read_stream(std::io::BufReader::new(resp), url, cb) {
+            return match stream::read_response(resp, url, cb).await {
                 Ok(v) => Attempt::Ok(v),
                 Err(e) => Attempt::Fail(e),
             };
         }
-        let text: String = match resp.text() {
+        let text: String = match resp.text().await {
             Ok(t) => t,
             Err(e) => {
                 return Attempt::Fail(RemoteError::Io {

@@ -7,11 +7,14 @@
 //! keeps at most `max_concurrency` requests in flight, and retries only what is safe (connection
 //! refused, 429, 503) with exponential backoff.
 //!
-//! HTTP/1 over plain TCP with reqwest's blocking client: loopback or a private network is the use
-//! case (TLS belongs to a proxy in front). Knows nothing of models, search or the command line;
-//! the wire format lives in [`wire`], one HTTP exchange and its retries in `http`, the fan-out work
-//! queue in `queue`, reading streamed answers (`stream: true`, with [`RemoteOptions::stream`]) in
-//! `stream`, and reading URLs and servers' error messages in `text`.
+//! HTTP/1 over plain TCP with reqwest's async client on a small tokio runtime of the backend's own,
+//! the caller's threads blocking on it: loopback or a private network is the use case (TLS belongs
+//! to a proxy in front). A call can be cancelled ([`RemoteBackend::generate_until`]): its requests
+//! in flight are dropped, closing their connections, so the server stops generating for them.
+//! Knows nothing of models, search or the command line; the wire format lives in [`wire`], one
+//! HTTP exchange and its retries in `http`, the fan-out work queue in `queue`, reading streamed
+//! answers (`stream: true`, with [`RemoteOptions::stream`]) in `stream`, and reading URLs and
+//! servers' error messages in `text`.
 
 mod http;
 mod queue;
@@ -21,7 +24,8 @@ pub mod wire;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Condvar, Mutex};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -29,7 +33,9 @@ use tempering_model::Tokenizer;
 
 use crate::backend::{Backend, GenEvent};
 use crate::error::{GenError, RemoteError, Result};
-use crate::request::{Completion, GenRequest};
+use crate::prompt_logprobs::PromptLogprob;
+use crate::request::{Completion, GenRequest, SamplingParams};
+use http::Abort;
 use queue::{split, Job, JobOut, Queue};
 use text::root_url;
 use wire::{completion_body, fan_out_seed, normalise, Normalise, ServerKind};
@@ -104,12 +110,17 @@ fn base_models(data: &[Value]) -> Vec<&Value> {
         .collect()
 }
 
+/// How often a call's caller is asked whether it still wants the answer.
+const CANCEL_POLL: Duration = Duration::from_millis(20);
+
 /// The text the connect-time `/tokenize` check encodes on both sides.
 const PROBE_TEXT: &str = "Hello, world! 12 + 34 = 46\n";
 
 /// An OpenAI-compatible server as a [`Backend`].
 pub struct RemoteBackend {
-    client: reqwest::blocking::Client,
+    client: reqwest::Client,
+    /// Where the HTTP exchanges run.
+    rt: http::Runtime,
     /// `scheme://host:port[/prefix]`, without `/v1`.
     root: String,
     opts: RemoteOptions,
@@ -161,7 +172,7 @@ impl RemoteBackend {
                 why: "max_concurrency is 0".into(),
             });
         }
-        let client = reqwest::blocking::Client::builder()
+        let client = reqwest::Client::builder()
             .timeout(opts.timeout)
             .connect_timeout(Duration::from_secs(10))
             .build()
@@ -169,8 +180,13 @@ impl RemoteBackend {
                 url: root.clone(),
                 detail: format!("building the HTTP client: {e}"),
             })?;
+        let rt = http::Runtime::new().map_err(|e| RemoteError::Io {
+            url: root.clone(),
+            detail: format!("starting the HTTP runtime: {e}"),
+        })?;
         let mut b = RemoteBackend {
             client,
+            rt,
             root,
             info: ServerInfo {
                 kind: ServerKind::Other,
@@ -354,6 +370,58 @@ impl RemoteBackend {
         Ok(Some(true))
     }
 
+    /// Each prompt token's [`PromptLogprob`] with `top` alternatives (the first token has none), as
+    /// [`crate::LocalEngine::prompt_logprobs`] gives them: vLLM's `prompt_logprobs`, asked for in a
+    /// request of one greedy token and read back. A server that cannot (llama.cpp, refused before
+    /// any request) or answers without them is [`RemoteError::Unsupported`].
+    pub fn prompt_logprobs(
+        &self,
+        prompt: &[u32],
+        top: usize,
+    ) -> Result<Vec<Option<PromptLogprob>>, RemoteError> {
+        self.prompt_logprobs_until(prompt, top, &|| false)
+    }
+
+    /// [`Self::prompt_logprobs`], giving up as [`Self::generate_until`] does once `cancelled()`
+    /// says so.
+    pub fn prompt_logprobs_until(
+        &self,
+        prompt: &[u32],
+        top: usize,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Vec<Option<PromptLogprob>>, RemoteError> {
+        let unsupported = |why: &str| RemoteError::Unsupported {
+            server: self.info.kind.name().into(),
+            what: format!("return the prompt's logprobs (vLLM's `prompt_logprobs`){why}"),
+        };
+        if self.info.kind.lacks_prompt_logprobs() {
+            return Err(unsupported(
+                ": it scores generated tokens only; ask vLLM or temper serve",
+            ));
+        }
+        let vocab = self.tokenizer.vocab_size();
+        if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= vocab) {
+            return Err(RemoteError::TokenMismatch {
+                detail: format!(
+                    "the prompt holds token id {bad}, outside the local tokenizer's {vocab} ids"
+                ),
+            });
+        }
+        let params = SamplingParams::greedy(1);
+        let mut body = completion_body(self.info.kind, &self.info.model, prompt, 1, 0, &params);
+        body["prompt_logprobs"] = json!(top);
+        let url = self.url("/v1/completions");
+        let v = self.send_until(&body, &url, cancelled)?;
+        let lps = v
+            .pointer("/choices/0/prompt_logprobs")
+            .or_else(|| v.get("prompt_logprobs"))
+            .filter(|p| !p.is_null())
+            .ok_or_else(|| unsupported(" (it answered without them)"))?;
+        wire::prompt_logprobs(lps, prompt, top).map_err(|what| RemoteError::BadResponse {
+            what: format!("{url}: {what}"),
+        })
+    }
+
     /// Runs one job: `n` samples of request `req`, from sample `first`. A refused `n` (a 4xx for
     /// `n > 1`) or fewer choices than asked lowers the cap and returns the rest as new jobs.
     fn run_job(
@@ -361,6 +429,7 @@ impl RemoteBackend {
         job: &Job,
         reqs: &[GenRequest],
         on_tokens: &mut dyn FnMut(usize, &[u32], &str),
+        abort: &Abort,
     ) -> Result<JobOut> {
         let r = &reqs[job.req];
         let seed = fan_out_seed(r.params.seed, job.first);
@@ -391,7 +460,7 @@ impl RemoteBackend {
         } else {
             None
         };
-        let v = match self.send_streaming(Some(&body), &url, on_chunk) {
+        let v = match self.send_streaming(Some(&body), &url, on_chunk, Some(abort)) {
             Ok(v) => v,
             Err(RemoteError::Status { status, .. })
                 if job.n > 1 && (400..500).contains(&status) && status != 429 =>
@@ -467,6 +536,22 @@ impl Backend for RemoteBackend {
         reqs: &[GenRequest],
         on_event: &mut dyn FnMut(&GenEvent<'_>),
     ) -> Result<Vec<Vec<Completion>>> {
+        self.generate_until(reqs, on_event, &|| false)
+    }
+}
+
+impl RemoteBackend {
+    /// [`Backend::generate_with`], giving up once `cancelled()` says so (it is asked every few
+    /// milliseconds, on the calling thread): the requests in flight are dropped, closing their
+    /// connections so that the server stops generating for them, no further request is sent, and
+    /// the call returns [`RemoteError::Cancelled`]. A failed request drops the others the same
+    /// way (the call fails with its error).
+    pub fn generate_until(
+        &self,
+        reqs: &[GenRequest],
+        on_event: &mut dyn FnMut(&GenEvent<'_>),
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Vec<Vec<Completion>>> {
         let context = self.info.context.unwrap_or(usize::MAX);
         let vocab = self.tokenizer.vocab_size();
         for (i, r) in reqs.iter().enumerate() {
@@ -515,11 +600,18 @@ impl Backend for RemoteBackend {
             abort: AtomicBool::new(false),
         };
         let (tx, rx) = mpsc::channel::<FromWorker>();
+        let abort = Abort::default();
         let mut first_err: Option<GenError> = None;
+        // No more jobs taken, and the exchanges in flight dropped.
+        let stop = || {
+            queue.abort.store(true, Ordering::Relaxed);
+            queue.ready.notify_all();
+            abort.fire();
+        };
         std::thread::scope(|s| {
             for _ in 0..workers {
                 let tx = tx.clone();
-                let queue = &queue;
+                let (queue, abort) = (&queue, &abort);
                 s.spawn(move || {
                     while let Some(job) = queue.take() {
                         // Live tokens only where the server says which they are.
@@ -533,7 +625,7 @@ impl Backend for RemoteBackend {
                                 });
                             }
                         };
-                        let res = self.run_job(&job, reqs, &mut on_tokens);
+                        let res = self.run_job(&job, reqs, &mut on_tokens, abort);
                         let rest = match &res {
                             Ok(o) => o.rest.clone(),
                             Err(_) => {
@@ -558,7 +650,19 @@ impl Backend for RemoteBackend {
             // sample: the tokens and text already reported from a stream.
             let mut streamed: std::collections::HashMap<(usize, usize), (usize, String)> =
                 Default::default();
-            for msg in rx {
+            loop {
+                let msg = match rx.recv_timeout(CANCEL_POLL) {
+                    Ok(m) => Some(m),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                };
+                if first_err.is_none() && !abort.is_set() && cancelled() {
+                    first_err = Some(RemoteError::Cancelled.into());
+                    stop();
+                }
+                let Some(msg) = msg else {
+                    continue;
+                };
                 let res = match msg {
                     FromWorker::Tokens {
                         req,
@@ -584,9 +688,9 @@ impl Backend for RemoteBackend {
                 };
                 match res {
                     Err(e) => {
-                        queue.abort.store(true, Ordering::Relaxed);
-                        queue.ready.notify_all();
+                        // The first error is the call's (the others' cancellations follow it).
                         first_err.get_or_insert(e);
+                        stop();
                     }
                     Ok(o) => {
                         if o.completions.is_empty() {

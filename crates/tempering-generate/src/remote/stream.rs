@@ -3,11 +3,10 @@
 //! layout) and finish reason put together from its chunks, the usage chunk kept. Tolerates what
 //! servers do: `: ping` comment lines, CRLF line endings, a stream that ends without `data: [DONE]`
 //! once every choice has finished; a chunk carrying an `error` or a stream cut before its choices
-//! finished is an error. Each chunk's new text and token ids go to a callback as they come. Knows
-//! nothing of HTTP clients, retries or sampling.
+//! finished is an error. Each chunk's new text and token ids go to a callback as they come. Reads
+//! the response's body as it arrives; knows nothing of retries or sampling.
 
 use std::collections::BTreeMap;
-use std::io::BufRead;
 
 use serde_json::{json, Map, Value};
 
@@ -89,58 +88,71 @@ impl Acc {
     }
 }
 
-/// Reads the SSE body `body` of `url` to its end; calls `on_chunk(choice index, token ids, text)`
-/// for each chunk of a choice as it comes. Returns `{"choices": [...], "usage": ...}`.
-pub fn read_stream(
-    body: impl BufRead,
-    url: &str,
-    on_chunk: &mut (dyn FnMut(usize, &[u32], &str) + '_),
-) -> Result<Value, RemoteError> {
-    let bad = |what: String| RemoteError::BadResponse {
-        what: format!("{url}: {what}"),
-    };
-    let mut choices: BTreeMap<u64, Acc> = BTreeMap::new();
-    let mut usage = Value::Null;
-    let mut data = String::new();
-    let mut done = false;
-    let mut lines = body.lines();
-    loop {
-        let line = match lines.next() {
-            Some(Ok(l)) => l,
-            Some(Err(e)) => return Err(bad(format!("reading the stream: {e}"))),
-            None => break,
-        };
+/// Reads an SSE body line by line into the answer it carries.
+struct SseReader<'u> {
+    url: &'u str,
+    choices: BTreeMap<u64, Acc>,
+    usage: Value,
+    /// The data lines of the event being read.
+    data: String,
+    done: bool,
+}
+
+impl<'u> SseReader<'u> {
+    fn new(url: &'u str) -> Self {
+        SseReader {
+            url,
+            choices: BTreeMap::new(),
+            usage: Value::Null,
+            data: String::new(),
+            done: false,
+        }
+    }
+
+    fn bad(&self, what: String) -> RemoteError {
+        RemoteError::BadResponse {
+            what: format!("{}: {what}", self.url),
+        }
+    }
+
+    /// One line, without its end. Returns `false` once `data: [DONE]` came (nothing after it is
+    /// read).
+    fn line(
+        &mut self,
+        line: &str,
+        on_chunk: &mut (dyn FnMut(usize, &[u32], &str) + '_),
+    ) -> Result<bool, RemoteError> {
         let line = line.trim_end_matches('\r');
         if let Some(d) = line.strip_prefix("data:") {
             // An event's data lines join with newlines (servers send one line per event).
-            if !data.is_empty() {
-                data.push('\n');
+            if !self.data.is_empty() {
+                self.data.push('\n');
             }
-            data.push_str(d.strip_prefix(' ').unwrap_or(d));
-            continue;
+            self.data.push_str(d.strip_prefix(' ').unwrap_or(d));
+            return Ok(true);
         }
         if !line.is_empty() {
-            continue; // `: ping` comments, `event:` and `id:` fields
+            return Ok(true); // `: ping` comments, `event:` and `id:` fields
         }
         // A blank line ends an event.
-        let event = std::mem::take(&mut data);
+        let event = std::mem::take(&mut self.data);
         if event.is_empty() {
-            continue;
+            return Ok(true);
         }
         if event.trim() == "[DONE]" {
-            done = true;
-            break;
+            self.done = true;
+            return Ok(false);
         }
         let v: Value = serde_json::from_str(&event)
-            .map_err(|e| bad(format!("a chunk is not JSON ({e}): {:?}", clip(&event))))?;
+            .map_err(|e| self.bad(format!("a chunk is not JSON ({e}): {:?}", clip(&event))))?;
         if v.get("error").is_some() {
-            return Err(bad(format!(
+            return Err(self.bad(format!(
                 "the stream broke off with an error: {}",
                 server_message(&event)
             )));
         }
         if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
-            usage = u.clone();
+            self.usage = u.clone();
         }
         for c in v
             .get("choices")
@@ -160,29 +172,89 @@ pub fn read_stream(
                 .unwrap_or_default();
             let text = c.get("text").and_then(Value::as_str).unwrap_or("");
             on_chunk(index as usize, &ids, text);
-            choices.entry(index).or_default().add(c);
+            self.choices.entry(index).or_default().add(c);
+        }
+        Ok(true)
+    }
+
+    /// The body ended (or `[DONE]` came): `{"choices": [...], "usage": ...}`.
+    fn finish(self) -> Result<Value, RemoteError> {
+        let rest = self.data.trim();
+        if !rest.is_empty() && rest != "[DONE]" {
+            return Err(self.bad(format!(
+                "the stream ended inside an event: {:?}",
+                clip(&self.data)
+            )));
+        }
+        let done = self.done || rest == "[DONE]";
+        if self.choices.is_empty() {
+            return Err(self.bad("the stream carried no choices".into()));
+        }
+        if !done && self.choices.values().any(|c| c.finish_reason.is_null()) {
+            return Err(
+                self.bad("the stream ended before its choices finished (no `data: [DONE]`)".into())
+            );
+        }
+        let choices: Vec<Value> = self
+            .choices
+            .into_iter()
+            .map(|(i, acc)| acc.into_choice(i))
+            .collect();
+        Ok(json!({ "choices": choices, "usage": self.usage }))
+    }
+}
+
+/// Reads the SSE body of `resp` (from `url`) to its end; calls `on_chunk(choice index, token
+/// ids, text)` for each chunk of a choice as it comes. Returns `{"choices": [...], "usage": ...}`.
+/// Dropping the future drops the response, closing its connection.
+pub(super) async fn read_response(
+    mut resp: reqwest::Response,
+    url: &str,
+    on_chunk: &mut (dyn FnMut(usize, &[u32], &str) + '_),
+) -> Result<Value, RemoteError> {
+    let mut reader = SseReader::new(url);
+    let mut pending: Vec<u8> = vec![];
+    loop {
+        let bytes = match resp.chunk().await {
+            Ok(Some(b)) => b,
+            Ok(None) => break,
+            Err(e) => return Err(reader.bad(format!("reading the stream: {e}"))),
+        };
+        pending.extend_from_slice(&bytes);
+        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            if !reader.line(utf8(&reader, &line[..end])?, on_chunk)? {
+                return reader.finish();
+            }
         }
     }
-    if !data.trim().is_empty() && data.trim() != "[DONE]" {
-        return Err(bad(format!(
-            "the stream ended inside an event: {:?}",
-            clip(&data)
-        )));
+    if !pending.is_empty() {
+        let last = utf8(&reader, &pending)?.to_string();
+        reader.line(&last, on_chunk)?;
     }
-    done |= data.trim() == "[DONE]";
-    if choices.is_empty() {
-        return Err(bad("the stream carried no choices".into()));
+    reader.finish()
+}
+
+fn utf8<'a>(reader: &SseReader<'_>, line: &'a [u8]) -> Result<&'a str, RemoteError> {
+    std::str::from_utf8(line)
+        .map_err(|e| reader.bad(format!("reading the stream: a line is not UTF-8 ({e})")))
+}
+
+/// [`read_response`] over a body already read (the unit tests' way in).
+#[cfg(test)]
+fn read_stream(
+    body: impl std::io::BufRead,
+    url: &str,
+    on_chunk: &mut (dyn FnMut(usize, &[u32], &str) + '_),
+) -> Result<Value, RemoteError> {
+    let mut reader = SseReader::new(url);
+    for line in body.lines() {
+        let line = line.map_err(|e| reader.bad(format!("reading the stream: {e}")))?;
+        if !reader.line(&line, on_chunk)? {
+            break;
+        }
     }
-    if !done && choices.values().any(|c| c.finish_reason.is_null()) {
-        return Err(bad(
-            "the stream ended before its choices finished (no `data: [DONE]`)".into(),
-        ));
-    }
-    let choices: Vec<Value> = choices
-        .into_iter()
-        .map(|(i, acc)| acc.into_choice(i))
-        .collect();
-    Ok(json!({ "choices": choices, "usage": usage }))
+    reader.finish()
 }
 
 #[cfg(test)]

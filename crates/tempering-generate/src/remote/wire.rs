@@ -2,12 +2,14 @@
 //! body for one request (token-id prompt, every sampling setting explicit in the dialect of the
 //! server at hand), and one returned choice normalised into a [`Completion`] (both logprob layouts,
 //! token ids from the server where it gives them, else re-tokenised locally, and the finish reason
-//! told apart: stop token or stop string). Knows nothing of HTTP, retries or threads.
+//! told apart: stop token or stop string), and vLLM's `prompt_logprobs` read back. Knows nothing of
+//! HTTP, retries or threads.
 
 use serde_json::{json, Map, Value};
 use tempering_model::Tokenizer;
 
 use crate::error::RemoteError;
+use crate::prompt_logprobs::PromptLogprob;
 use crate::request::{Completion, FinishReason, SamplingParams, TopLogprob};
 
 /// Which server answers, from its `/v1/models` (`owned_by`) and `/props`. Each has its own names
@@ -56,6 +58,12 @@ impl ServerKind {
             self,
             ServerKind::Vllm | ServerKind::Sglang | ServerKind::Temper
         )
+    }
+
+    /// Whether the server cannot return the prompt's logprobs (vLLM's `prompt_logprobs`): llama.cpp
+    /// has no such field. (Servers of unknown make are asked, and refused if they answer without.)
+    pub fn lacks_prompt_logprobs(self) -> bool {
+        self == ServerKind::LlamaCpp
     }
 
     /// Whether the server takes `min_tokens` (no stop token before that many tokens).
@@ -523,6 +531,78 @@ pub fn normalise(choice: &Value, cx: &Normalise<'_>) -> Result<Normalised, Remot
         },
         ids_from_server,
     })
+}
+
+/// vLLM's `prompt_logprobs` list for `prompt` as [`PromptLogprob`]s with at most `top`
+/// alternatives: `null` for the first token, then per token an object keyed by token id holding the
+/// prompt's token and the most likely ones, each with its `logprob` and `rank` (1: the most
+/// likely). An `Err` says what is malformed.
+pub fn prompt_logprobs(
+    v: &Value,
+    prompt: &[u32],
+    top: usize,
+) -> Result<Vec<Option<PromptLogprob>>, String> {
+    let entries = v
+        .as_array()
+        .ok_or("`prompt_logprobs` is not a list".to_string())?;
+    if entries.len() != prompt.len() {
+        return Err(format!(
+            "`prompt_logprobs` has {} entries for a prompt of {} tokens",
+            entries.len(),
+            prompt.len()
+        ));
+    }
+    let mut out = Vec::with_capacity(prompt.len());
+    for (i, (e, &token)) in entries.iter().zip(prompt).enumerate() {
+        if i == 0 {
+            // Nothing comes before the first token.
+            out.push(None);
+            continue;
+        }
+        let m = e
+            .as_object()
+            .ok_or(format!("`prompt_logprobs[{i}]` is not an object"))?;
+        // (id, logprob, rank) of each entry.
+        let mut alts = Vec::with_capacity(m.len());
+        for (k, x) in m {
+            let id: u32 = k
+                .parse()
+                .map_err(|_| format!("`prompt_logprobs[{i}]`: `{k}` is not a token id"))?;
+            let logprob = x
+                .get("logprob")
+                .and_then(as_f32)
+                .ok_or(format!("`prompt_logprobs[{i}][{k}]` has no logprob"))?;
+            let rank = x.get("rank").and_then(Value::as_u64).map(|r| r as usize);
+            alts.push((id, logprob, rank));
+        }
+        let own = alts.iter().find(|a| a.0 == token).copied().ok_or(format!(
+            "`prompt_logprobs[{i}]` has no entry for the prompt's token {token}"
+        ))?;
+        // By rank where given, else by logprob: the prompt's own token is among them only if it
+        // ranks within the alternatives asked for.
+        alts.sort_by(|a, b| {
+            let rank = |x: &(u32, f32, Option<usize>)| x.2.unwrap_or(usize::MAX);
+            rank(a).cmp(&rank(b)).then(b.1.total_cmp(&a.1))
+        });
+        let rank = own
+            .2
+            .unwrap_or_else(|| 1 + alts.iter().filter(|a| a.1 > own.1).count());
+        out.push(Some(PromptLogprob {
+            token,
+            logprob: own.1,
+            rank,
+            top: alts
+                .iter()
+                .filter(|a| a.0 != token || rank <= top)
+                .take(top)
+                .map(|a| TopLogprob {
+                    token: a.0,
+                    logprob: a.1,
+                })
+                .collect(),
+        }));
+    }
+    Ok(out)
 }
 
 /// The id of an alternative given as text only, where the text is exactly one token.

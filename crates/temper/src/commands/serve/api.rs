@@ -265,10 +265,13 @@ pub struct Output {
     pub prompt_logprobs: Option<Value>,
 }
 
-/// What the model thread sends back: `Started` or `Error` first, then tokens, then `Done`.
+/// What the model thread sends back: `Started` or `Error` first, then (streams that asked for
+/// them) the prompt's logprobs, then tokens, then `Done`.
 pub enum Msg {
     Error(ApiError),
     Started,
+    /// vLLM's `prompt_logprobs` list, for a stream's first chunks (before any token).
+    PromptLogprobs(Value),
     /// New text of choice `index`, and the token that made it when the request asked for
     /// `return_token_ids` (then every token is sent, its text possibly empty).
     Token {
@@ -632,9 +635,9 @@ async fn handle(s: Arc<AppState>, req: Request, kind: Kind) -> Result<Response, 
             "echo",
         ));
     }
-    if prompt_logprobs.is_some() && (stream || search.is_some()) {
+    if prompt_logprobs.is_some() && search.is_some() {
         return Err(ApiError::bad(
-            "prompt_logprobs: served on whole (not streamed) plain requests, not with stream nor a temper strategy",
+            "prompt_logprobs: served on plain requests, not with a temper strategy",
             "prompt_logprobs",
         ));
     }

@@ -2,9 +2,10 @@
 //! takes checked requests ([`Job`]s) off the queue and runs them: plain generations decode
 //! together, joining a running batch between steps ([`batching`]), searches run whole between
 //! steps ([`search_job`]). With `--backend` it owns a remote backend instead and runs each request
-//! on its own thread ([`remote`]). Here: turning a request into the engine's and its completions
-//! into the response, whatever generates them ([`Runs`]). Tokens and outputs go back over each
-//! request's channel; `/metrics` is counted. Knows nothing of HTTP.
+//! on its own thread ([`remote`]), giving up once the request's client has gone ([`ForClient`]).
+//! Here: turning a request into the engine's and its completions into the response, whatever
+//! generates them ([`Runs`]). Tokens and outputs go back over each request's channel; `/metrics`
+//! is counted. Knows nothing of HTTP.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use tempering_generate::{
     PromptLogprob, RemoteBackend, TopLogprob,
 };
 use tempering_model::Tokenizer;
+use tokio::sync::mpsc::UnboundedSender;
 
 use super::api::{self, ApiError, Job, Kind, Msg, Output, PromptIn};
 use super::metrics::Metrics;
@@ -59,6 +61,38 @@ impl Backend for RemoteModel {
         on_event: &mut dyn FnMut(&GenEvent<'_>),
     ) -> tempering_generate::Result<Vec<Vec<Completion>>> {
         self.backend.generate_with(reqs, on_event)
+    }
+}
+
+/// The remote backend for one request: it gives up once the request's client has gone away,
+/// dropping its HTTP requests to the server (which sees their connections close and stops
+/// generating), as the local batch drops a request whose client left.
+pub(crate) struct ForClient<'a> {
+    model: &'a RemoteModel,
+    tx: &'a UnboundedSender<Msg>,
+}
+
+impl Backend for ForClient<'_> {
+    fn generate_with(
+        &self,
+        reqs: &[GenRequest],
+        on_event: &mut dyn FnMut(&GenEvent<'_>),
+    ) -> tempering_generate::Result<Vec<Vec<Completion>>> {
+        self.model
+            .backend
+            .generate_until(reqs, on_event, &|| self.tx.is_closed())
+    }
+}
+
+impl Runs for ForClient<'_> {
+    fn tokenizer(&self) -> &Tokenizer {
+        self.model.tokenizer()
+    }
+    fn context(&self) -> usize {
+        self.model.context
+    }
+    fn vocab(&self) -> usize {
+        self.model.vocab
     }
 }
 
@@ -166,7 +200,8 @@ impl Worker {
         self.answer_whole(job, Self::search)
     }
 
-    /// Runs `job` whole through `work` on its engine, then answers on its channel.
+    /// Runs `job` whole through `work` on its engine, then answers on its channel. Through the
+    /// remote backend, the work stops once the client has gone away.
     fn answer_whole(
         &self,
         job: Job,
@@ -174,7 +209,13 @@ impl Worker {
     ) {
         let running = self.metrics.running();
         let tx = job.tx.clone();
-        let out = self.runs_for(&job).and_then(|e| work(self, e, &job));
+        let out = match &self.m.engine {
+            Engine::Remote(model) => {
+                let e = ForClient { model, tx: &job.tx };
+                work(self, &e, &job)
+            }
+            Engine::Local(_) => self.runs_for(&job).and_then(|e| work(self, e, &job)),
+        };
         // Its slot and running count are free before the client hears back.
         let received = job.received;
         drop(job);
@@ -185,8 +226,20 @@ impl Worker {
                 let _ = tx.send(Msg::Done(o));
             }
             Err(e) => {
+                if tx.is_closed() {
+                    self.metrics.cancelled();
+                }
                 let _ = tx.send(Msg::Error(e));
             }
+        }
+    }
+
+    /// A stream that asked for `prompt_logprobs` gets them before its tokens (its first chunks
+    /// carry them, as the whole response does).
+    fn stream_prompt_logprobs(e: &dyn Runs, job: &Job, lps: Option<&[Option<PromptLogprob>]>) {
+        if let (true, Some(k), Some(lps)) = (job.stream, job.prompt_logprobs, lps) {
+            let v = prompt_logprobs_json(e.tokenizer(), lps, k);
+            let _ = job.tx.send(Msg::PromptLogprobs(v));
         }
     }
 

@@ -1,6 +1,7 @@
 //! Responses: the OpenAI-shaped JSON of a finished request (`Meta::full`) and the SSE stream of
-//! chunks (`sse`), with the usage chunk when asked for and `data: [DONE]` last. Knows the response
-//! shapes and the messages the model thread sends; nothing of parsing or the engine.
+//! chunks (`sse`), the prompt's logprobs in the first chunks when asked for, the usage chunk when
+//! asked for and `data: [DONE]` last. Knows the response shapes and the messages the model thread
+//! sends; nothing of parsing or the engine.
 
 use super::*;
 
@@ -116,6 +117,11 @@ struct StreamState {
     finished: Vec<bool>,
     pending: std::collections::VecDeque<String>,
     done: bool,
+    /// The prompt's logprobs, when the request asked for them: in each choice's first chunk
+    /// (completions) or beside the choices of the stream's first chunk (chat), where the whole
+    /// response has them.
+    prompt_logprobs: Option<Value>,
+    prompt_logprobs_sent: bool,
 }
 
 impl StreamState {
@@ -126,13 +132,30 @@ impl StreamState {
         self.pending.push_back(v.to_string());
     }
 
+    /// Puts the prompt's logprobs into `c`, the first chunk of its choice.
+    fn with_prompt_logprobs(&mut self, c: &mut Value) {
+        let Some(p) = &self.prompt_logprobs else {
+            return;
+        };
+        match self.meta.kind {
+            Kind::Completion => c["choices"][0]["prompt_logprobs"] = p.clone(),
+            Kind::Chat if !self.prompt_logprobs_sent => c["prompt_logprobs"] = p.clone(),
+            Kind::Chat => {}
+        }
+        self.prompt_logprobs_sent = true;
+    }
+
     fn on_token(&mut self, index: usize, text: &str, token: Option<u32>, logprobs: Option<Value>) {
         if index >= self.opened.len() {
             return;
         }
-        let role = self.meta.kind == Kind::Chat && !self.opened[index];
+        let first = !self.opened[index];
+        let role = self.meta.kind == Kind::Chat && first;
         self.opened[index] = true;
         let mut c = self.meta.chunk(index, Some(text), None, role);
+        if first {
+            self.with_prompt_logprobs(&mut c);
+        }
         if let Some(t) = token {
             // vLLM's streaming `return_token_ids`: the chunk's tokens beside its text.
             c["choices"][0]["token_ids"] = json!([t]);
@@ -147,11 +170,15 @@ impl StreamState {
         if index >= self.finished.len() || self.finished[index] {
             return;
         }
-        let role = self.meta.kind == Kind::Chat && !self.opened[index];
+        let first = !self.opened[index];
+        let role = self.meta.kind == Kind::Chat && first;
         self.opened[index] = true;
         self.finished[index] = true;
         let text = (self.meta.kind == Kind::Chat && role).then_some("");
-        let c = self.meta.chunk(index, text, Some(reason), role);
+        let mut c = self.meta.chunk(index, text, Some(reason), role);
+        if first {
+            self.with_prompt_logprobs(&mut c);
+        }
         self.push(c);
     }
 
@@ -193,6 +220,8 @@ pub(super) fn sse(meta: Meta, rx: UnboundedReceiver<Msg>, include_usage: bool) -
         finished: vec![false; n],
         pending: Default::default(),
         done: false,
+        prompt_logprobs: None,
+        prompt_logprobs_sent: false,
     };
     let stream = futures_util::stream::unfold(state, |mut st| async move {
         loop {
@@ -212,6 +241,7 @@ pub(super) fn sse(meta: Meta, rx: UnboundedReceiver<Msg>, include_usage: bool) -
                 Some(Msg::Finish { index, reason }) => st.on_finish(index, reason),
                 Some(Msg::Done(out)) => st.on_done(out),
                 Some(Msg::Error(e)) => st.on_error(e),
+                Some(Msg::PromptLogprobs(p)) => st.prompt_logprobs = Some(p),
                 Some(Msg::Started) => {}
                 None => st.on_error(server_error("the model thread stopped")),
             }

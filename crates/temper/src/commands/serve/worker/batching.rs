@@ -140,6 +140,13 @@ impl Worker {
                         batch_on = joining[0].job.adapter.clone();
                         for j in joining {
                             let _ = j.job.tx.send(Msg::Started);
+                            if let Ok(e) = self.engine_for(&j.job) {
+                                Self::stream_prompt_logprobs(
+                                    e,
+                                    &j.job,
+                                    j.prompt_logprobs.as_deref(),
+                                );
+                            }
                             let echo = Self::stream_echo(&j.job, j.text);
                             let n = j.job.n;
                             active.insert(

@@ -1,16 +1,18 @@
 //! Serving in front of a remote OpenAI-compatible server (`temper serve --backend URL`): each
 //! request runs on a thread of its own (the server batches, so requests overlap there), plain
-//! requests as one call of the remote backend, searches as locally but with every sample drawn
-//! remotely. The answer is put together here as for the local engine (the same response, usage
-//! and stream); only the tokens come from elsewhere. Knows nothing of HTTP or of how the remote
-//! backend talks to its server.
+//! requests as one call of the remote backend (the prompt's logprobs, when asked for, as one more
+//! request), searches as locally but with every sample drawn remotely. The answer is put together
+//! here as for the local engine (the same response, usage and stream); only the tokens come from
+//! elsewhere. Knows nothing of HTTP or of how the remote backend talks to its server.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::Receiver;
 
-use tempering_generate::GenEvent;
+use tempering_generate::{GenEvent, PromptLogprob};
 
 use super::super::api::{ApiError, Job, Msg, Output, Work};
+use super::super::Engine;
+use super::batching::server_error;
 use super::{finish_str, Runs, Worker};
 
 impl Worker {
@@ -35,7 +37,7 @@ impl Worker {
                         let run = AssertUnwindSafe(|| self.run_remote(*job));
                         if catch_unwind(run).is_err() {
                             eprintln!("a request panicked on its thread; serving on");
-                            let _ = tx.send(Msg::Error(super::batching::server_error(
+                            let _ = tx.send(Msg::Error(server_error(
                                 "the server failed on this request",
                             )));
                         }
@@ -57,23 +59,17 @@ impl Worker {
 
     /// A plain request through the backend: tokens to a streaming client as the backend reports
     /// them (with logprobs: each sample's tokens once it finished, when they are known), then the
-    /// whole response.
+    /// whole response. The prompt's logprobs (`prompt_logprobs`, or `echo` with `logprobs`) are
+    /// asked of the server first, where it has them (vLLM, `temper serve`).
     fn generate_remote(&self, e: &dyn Runs, job: &Job) -> Result<Output, ApiError> {
-        let echo_logprobs = job.echo && job.params.logprobs;
-        if job.prompt_logprobs.is_some() || echo_logprobs {
-            let param = if echo_logprobs {
-                "echo"
-            } else {
-                "prompt_logprobs"
-            };
-            return Err(ApiError::bad(
-                format!("{param}: the prompt's logprobs are not served with --backend (the remote backend reads generated tokens' logprobs only)"),
-                param,
-            )
-            .code("unsupported_by_backend"));
-        }
         let (req, text) = self.gen_request(e, job)?;
+        let echo_k = (job.echo && job.params.logprobs).then_some(job.params.top_logprobs);
+        let prompt_logprobs = match job.prompt_logprobs.max(echo_k) {
+            None => None,
+            Some(k) => Some(self.remote_prompt_logprobs(job, &req.prompt, k)?),
+        };
         let _ = job.tx.send(Msg::Started);
+        Self::stream_prompt_logprobs(e, job, prompt_logprobs.as_deref());
         let echo = Self::stream_echo(job, text);
         let ids = job.return_token_ids;
         let mut held: Vec<Vec<(u32, String)>> = vec![vec![]; job.n];
@@ -141,6 +137,37 @@ impl Worker {
             })
             .map_err(ApiError::from_gen)?;
         let completions = out.into_iter().next().unwrap_or_default();
-        Ok(self.output(e, job, &req.prompt, echo.as_deref(), &completions))
+        let mut out = self.output(e, job, &req.prompt, echo.as_deref(), &completions);
+        if let Some(lps) = &prompt_logprobs {
+            self.with_prompt_logprobs(e, job, &req.prompt, lps, &mut out);
+        }
+        Ok(out)
+    }
+
+    /// The prompt's logprobs with `k` alternatives, from the server (given up once the client
+    /// has gone); one that has none (llama.cpp) is a 400 `unsupported_by_backend` naming the field
+    /// that asked for them.
+    fn remote_prompt_logprobs(
+        &self,
+        job: &Job,
+        prompt: &[u32],
+        k: usize,
+    ) -> Result<Vec<Option<PromptLogprob>>, ApiError> {
+        let Engine::Remote(r) = &self.m.engine else {
+            return Err(server_error("this server has no remote backend"));
+        };
+        let cancelled = || job.tx.is_closed();
+        let lps = r.backend.prompt_logprobs_until(prompt, k, &cancelled);
+        lps.map_err(|e| {
+            let mut a = ApiError::from_remote(e);
+            if a.code.as_deref() == Some("unsupported_by_backend") {
+                let param = match job.prompt_logprobs {
+                    Some(_) => "prompt_logprobs",
+                    None => "echo",
+                };
+                a.param = Some(param.into());
+            }
+            a
+        })
     }
 }
