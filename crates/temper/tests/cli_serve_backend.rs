@@ -10,12 +10,10 @@
 
 mod serve_common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
-use serve_common::{assert_error, chat_model_copy, model_dir, Server};
+use serve_common::{assert_error, chat_model_copy, model_dir, send_and_hold, wait_until, Server};
 
 const PROMPT: &str = "Compute: 3+4*2\n";
 
@@ -382,35 +380,6 @@ fn chats_go_through_the_local_template_and_runtime_lora_is_refused() {
         err.contains("--allow-runtime-lora") && err.contains("backend"),
         "{err}"
     );
-}
-
-/// Sends `body` to `path` on `addr` and keeps the connection open (the caller hangs up by dropping
-/// it); with `read_first`, waits for the answer's first bytes (a streamed answer under way).
-fn send_and_hold(addr: &str, path: &str, body: &Value, read_first: bool) -> TcpStream {
-    let mut s = TcpStream::connect(addr).expect("connecting");
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let body = body.to_string();
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).expect("sending");
-    if read_first {
-        let mut buf = [0u8; 256];
-        let n = s.read(&mut buf).expect("the answer's first bytes");
-        let head = String::from_utf8_lossy(&buf[..n]);
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    }
-    s
-}
-
-/// Waits until `what` holds, failing after `within` with `why`.
-fn wait_until(within: Duration, why: &str, what: impl Fn() -> bool) {
-    let deadline = Instant::now() + within;
-    while !what() {
-        assert!(Instant::now() < deadline, "{why} within {within:?}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 #[test]

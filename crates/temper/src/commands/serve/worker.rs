@@ -1,8 +1,9 @@
 //! The model thread of `temper serve`: owns the engine (and the runtime LoRA adapters' engines),
 //! takes checked requests ([`Job`]s) off the queue and runs them: plain generations decode
 //! together, joining a running batch between steps ([`batching`]), searches run whole between
-//! steps ([`search_job`]). With `--backend` it owns a remote backend instead and runs each request
-//! on its own thread ([`remote`]), giving up once the request's client has gone ([`ForClient`]).
+//! steps ([`search_job`]), giving up once the request's client has gone ([`LocalForClient`]). With
+//! `--backend` it owns a remote backend instead and runs each request on its own thread
+//! ([`remote`]), giving up the same way ([`ForClient`]).
 //! Here: turning a request into the engine's and its completions into the response, whatever
 //! generates them ([`Runs`]). Tokens and outputs go back over each request's channel; `/metrics`
 //! is counted. Knows nothing of HTTP.
@@ -84,6 +85,37 @@ impl Backend for ForClient<'_> {
     }
 }
 
+/// The local engine for one search: it stops generating once the request's client has gone
+/// away (within a decode step of it), so the search fails at that model call and frees the
+/// model thread, as the batch drops a plain request whose client left.
+pub(crate) struct LocalForClient<'a> {
+    engine: &'a LocalEngine,
+    tx: &'a UnboundedSender<Msg>,
+}
+
+impl Backend for LocalForClient<'_> {
+    fn generate_with(
+        &self,
+        reqs: &[GenRequest],
+        on_event: &mut dyn FnMut(&GenEvent<'_>),
+    ) -> tempering_generate::Result<Vec<Vec<Completion>>> {
+        self.engine
+            .generate_until(reqs, on_event, &|| self.tx.is_closed())
+    }
+}
+
+impl Runs for LocalForClient<'_> {
+    fn tokenizer(&self) -> &Tokenizer {
+        Runs::tokenizer(self.engine)
+    }
+    fn context(&self) -> usize {
+        Runs::context(self.engine)
+    }
+    fn vocab(&self) -> usize {
+        Runs::vocab(self.engine)
+    }
+}
+
 impl Runs for ForClient<'_> {
     fn tokenizer(&self) -> &Tokenizer {
         self.model.tokenizer()
@@ -159,15 +191,6 @@ impl Worker {
         }
     }
 
-    /// What a request runs on: the remote backend, or the local engine of the served model or
-    /// of the adapter it asks for.
-    pub(super) fn runs_for(&self, job: &Job) -> Result<&dyn Runs, ApiError> {
-        match &self.m.engine {
-            Engine::Remote(r) => Ok(r),
-            Engine::Local(_) => self.engine_named(&job.adapter).map(|e| e as &dyn Runs),
-        }
-    }
-
     /// The local engine a request asks for: the served model's or an adapter's.
     pub(super) fn engine_for(&self, job: &Job) -> Result<&LocalEngine, ApiError> {
         self.engine_named(&job.adapter)
@@ -200,8 +223,9 @@ impl Worker {
         self.answer_whole(job, Self::search)
     }
 
-    /// Runs `job` whole through `work` on its engine, then answers on its channel. Through the
-    /// remote backend, the work stops once the client has gone away.
+    /// Runs `job` whole through `work` on its engine, then answers on its channel. The work
+    /// stops once the client has gone away: its remote requests are dropped, or the local
+    /// engine stops decoding.
     fn answer_whole(
         &self,
         job: Job,
@@ -214,7 +238,13 @@ impl Worker {
                 let e = ForClient { model, tx: &job.tx };
                 work(self, &e, &job)
             }
-            Engine::Local(_) => self.runs_for(&job).and_then(|e| work(self, e, &job)),
+            Engine::Local(_) => self.engine_for(&job).and_then(|engine| {
+                let e = LocalForClient {
+                    engine,
+                    tx: &job.tx,
+                };
+                work(self, &e, &job)
+            }),
         };
         // Its slot and running count are free before the client hears back.
         let received = job.received;
