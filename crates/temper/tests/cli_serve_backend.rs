@@ -260,6 +260,30 @@ fn a_front_server_answers_as_its_backend_does() {
         here["choices"][0]["logprobs"]["token_logprobs"][0].is_null(),
         "{here}"
     );
+    // Streamed through the front too: the echo chunk's logprobs and the tokens' after it, put
+    // together, are the backend's whole answer's.
+    let mut sbody = body.clone();
+    sbody["stream"] = json!(true);
+    let (st, text) = front.request("POST", "/v1/completions", Some(&sbody.to_string()), None);
+    assert_eq!(st, 200, "{text}");
+    let cs = chunks(&text);
+    let with_lps: Vec<&Value> = cs
+        .iter()
+        .map(|c| &c["choices"][0])
+        .filter(|c| c["logprobs"].is_object())
+        .collect();
+    assert_eq!(with_lps[0]["text"], PROMPT, "{text}");
+    for key in ["tokens", "token_logprobs", "top_logprobs", "text_offset"] {
+        let got: Vec<Value> = with_lps
+            .iter()
+            .flat_map(|c| c["logprobs"][key].as_array().unwrap().clone())
+            .collect();
+        assert_eq!(
+            Value::from(got),
+            there["choices"][0]["logprobs"][key],
+            "{key}"
+        );
+    }
 
     // The backend gone: a 502 naming it, for plain requests and searches, and the front serves on.
     drop(back);

@@ -629,12 +629,6 @@ async fn handle(s: Arc<AppState>, req: Request, kind: Kind) -> Result<Response, 
     if echo && search.is_some() {
         return Err(ApiError::bad("echo: not with a temper strategy", "echo"));
     }
-    if echo && params.logprobs && stream {
-        return Err(ApiError::bad(
-            "echo with logprobs: served on whole (not streamed) requests",
-            "echo",
-        ));
-    }
     if prompt_logprobs.is_some() && search.is_some() {
         return Err(ApiError::bad(
             "prompt_logprobs: served on plain requests, not with a temper strategy",

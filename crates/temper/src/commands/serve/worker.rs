@@ -181,6 +181,48 @@ fn prompt_logprobs_json(tok: &Tokenizer, lps: &[Option<PromptLogprob>], k: usize
         .collect()
 }
 
+/// With `echo` and `logprobs` (legacy completions, as vLLM): the prompt's part of a choice's
+/// logprobs (its tokens, their logprobs and `top_logprobs` alternatives, the first token's null,
+/// and their `text_offset`s from 0), and the byte offset where the generated tokens' part starts.
+fn echo_logprobs(
+    tok: &Tokenizer,
+    job: &Job,
+    prompt: &[u32],
+    lps: &[Option<PromptLogprob>],
+) -> (Value, usize) {
+    let tokens: Vec<String> = prompt.iter().map(|&id| token_str(tok, id)).collect();
+    let mut offsets = Vec::with_capacity(tokens.len());
+    let mut end = 0usize;
+    for t in &tokens {
+        offsets.push(end);
+        end += t.len();
+    }
+    let logprobs: Vec<Value> = lps
+        .iter()
+        .map(|p| p.as_ref().map_or(Value::Null, |p| json!(p.logprob)))
+        .collect();
+    let top: Vec<Value> = lps
+        .iter()
+        .map(|p| match p {
+            None => Value::Null,
+            Some(p) => Value::Object(
+                p.top
+                    .iter()
+                    .take(job.params.top_logprobs)
+                    .map(|a| (token_str(tok, a.token), json!(a.logprob)))
+                    .collect(),
+            ),
+        })
+        .collect();
+    let v = json!({
+        "tokens": tokens,
+        "token_logprobs": logprobs,
+        "top_logprobs": if job.params.top_logprobs > 0 { Value::Array(top) } else { Value::Null },
+        "text_offset": offsets,
+    });
+    (v, end)
+}
+
 impl Worker {
     pub fn new(m: Loaded, metrics: Arc<Metrics>, max_rows: usize) -> Self {
         Worker {
@@ -274,20 +316,34 @@ impl Worker {
     }
 
     /// With `echo` and `stream`, the prompt's text goes to each sample's stream before its
-    /// tokens. Returns the echo (`Some` with `echo`) for the final response.
-    fn stream_echo(job: &Job, text: String) -> Option<String> {
+    /// tokens; with `logprobs` too, that chunk carries the prompt's tokens' logprobs (`lps`) as
+    /// the whole response's choices start with them. Returns the echo (`Some` with `echo`) for
+    /// the final response, and the byte offset (`text_offset`) the generated tokens' logprobs
+    /// start at.
+    fn stream_echo(
+        e: &dyn Runs,
+        job: &Job,
+        text: String,
+        prompt: &[u32],
+        lps: Option<&[Option<PromptLogprob>]>,
+    ) -> (Option<String>, usize) {
         let echo = job.echo.then_some(text);
+        let logprobs = match (job.echo && job.params.logprobs, lps) {
+            (true, Some(lps)) => Some(echo_logprobs(e.tokenizer(), job, prompt, lps)),
+            _ => None,
+        };
+        let start = logprobs.as_ref().map_or(0, |(_, end)| *end);
         if let (Some(t), true) = (&echo, job.stream) {
             for index in 0..job.n {
                 let _ = job.tx.send(Msg::Token {
                     index,
                     text: t.clone(),
                     token: None,
-                    logprobs: None,
+                    logprobs: logprobs.as_ref().map(|(v, _)| v.clone()),
                 });
             }
         }
-        echo
+        (echo, start)
     }
 
     fn prompt_ids(&self, e: &dyn Runs, job: &Job) -> Result<(Vec<u32>, String, bool), ApiError> {
@@ -428,30 +484,7 @@ impl Worker {
         if !(job.echo && job.params.logprobs) {
             return;
         }
-        let tokens: Vec<String> = prompt.iter().map(|&id| token_str(tok, id)).collect();
-        let mut offsets = Vec::with_capacity(tokens.len());
-        let mut end = 0usize;
-        for t in &tokens {
-            offsets.push(end);
-            end += t.len();
-        }
-        let logprobs: Vec<Value> = lps
-            .iter()
-            .map(|p| p.as_ref().map_or(Value::Null, |p| json!(p.logprob)))
-            .collect();
-        let top: Vec<Value> = lps
-            .iter()
-            .map(|p| match p {
-                None => Value::Null,
-                Some(p) => Value::Object(
-                    p.top
-                        .iter()
-                        .take(job.params.top_logprobs)
-                        .map(|a| (token_str(tok, a.token), json!(a.logprob)))
-                        .collect(),
-                ),
-            })
-            .collect();
+        let (head, end) = echo_logprobs(tok, job, prompt, lps);
         for c in &mut out.choices {
             let lp = &mut c.logprobs;
             let after = |k: &str, lp: &Value| lp[k].as_array().cloned().unwrap_or_default();
@@ -463,17 +496,15 @@ impl Worker {
                 head.extend(tail);
                 Value::Array(head)
             };
-            let tokens_v = tokens.iter().map(|t| json!(t)).collect();
-            let offsets_v = offsets.iter().map(|o| json!(o)).collect();
             *lp = json!({
-                "tokens": joined(tokens_v, after("tokens", lp)),
-                "token_logprobs": joined(logprobs.clone(), after("token_logprobs", lp)),
+                "tokens": joined(after("tokens", &head), after("tokens", lp)),
+                "token_logprobs": joined(after("token_logprobs", &head), after("token_logprobs", lp)),
                 "top_logprobs": if job.params.top_logprobs > 0 {
-                    joined(top.clone(), after("top_logprobs", lp))
+                    joined(after("top_logprobs", &head), after("top_logprobs", lp))
                 } else {
                     Value::Null
                 },
-                "text_offset": joined(offsets_v, gen_offsets),
+                "text_offset": joined(after("text_offset", &head), gen_offsets),
             });
         }
     }
