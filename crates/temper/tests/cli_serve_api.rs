@@ -1,5 +1,6 @@
 //! `temper serve`'s smaller endpoints and fields, end to end on loopback with the tiny model:
-//! `/tokenize` and `/detokenize` (vLLM's shapes), `return_token_ids`, `min_tokens`, `ignore_eos`,
+//! `/tokenize` and `/detokenize` (vLLM's shapes), `return_token_ids` (whole and streamed, the
+//! prompt's ids in each choice's first chunk), `min_tokens`, `ignore_eos`,
 //! `top_k`, `min_p`, `/metrics`, sampling defaults from `generation_config.json` (serve and
 //! `temper chat`), and `prompt_logprobs` against the model's own numbers (`temper logits` and the
 //! first generated token's logprobs), whole and streamed, and `echo` with `logprobs` (the prompt's
@@ -97,6 +98,49 @@ fn tokenize_detokenize_and_token_ids() {
     assert_eq!(streamed_ids, ids(&w["choices"][0]["token_ids"]), "{sse}");
     assert_eq!(streamed_text, w["choices"][0]["text"].as_str().unwrap());
     assert_eq!(w["choices"][0]["finish_reason"], "stop", "{w}");
+
+    // The prompt's ids in a stream, where vLLM sends them: in each choice's first chunk, in the
+    // choice (completions, also for a search) or beside it (chat); the whole response's ids.
+    let first_chunks = |path: &str, body: Value, n: usize| -> Vec<Value> {
+        let cs = sse_chunks(&s, path, &body);
+        let mut firsts = vec![];
+        for i in 0..n {
+            let mine: Vec<&Value> = cs
+                .iter()
+                .filter(|c| c["choices"][0]["index"] == i)
+                .collect();
+            let at = |c: &Value| match path {
+                "/v1/completions" => c["choices"][0].get("prompt_token_ids").cloned(),
+                _ => c.get("prompt_token_ids").cloned(),
+            };
+            assert!(
+                mine[1..].iter().all(|c| at(c).is_none()),
+                "{path}, choice {i}"
+            );
+            firsts.push(at(mine[0]).unwrap_or_else(|| panic!("{path}, choice {i}: {}", mine[0])));
+        }
+        firsts
+    };
+    let body = json!({"prompt": PROMPT, "max_tokens": 5, "seed": 3, "n": 2,
+                      "return_token_ids": true, "stream": true});
+    for got in first_chunks("/v1/completions", body, 2) {
+        assert_eq!(got, w["choices"][0]["prompt_token_ids"]);
+    }
+    let body = json!({"model": "sc@2@tiny", "prompt": PROMPT, "max_tokens": 5,
+                      "return_token_ids": true, "stream": true});
+    for got in first_chunks("/v1/completions", body, 1) {
+        assert_eq!(ids(&got), toks);
+    }
+    let body = json!({"messages": msgs, "max_tokens": 3, "seed": 3, "n": 2,
+                      "return_token_ids": true, "stream": true});
+    for got in first_chunks("/v1/chat/completions", body, 2) {
+        assert_eq!(ids(&got), chat_ids);
+    }
+    let body = json!({"prompt": PROMPT, "max_tokens": 3, "stream": true});
+    let cs = sse_chunks(&s, "/v1/completions", &body);
+    assert!(cs
+        .iter()
+        .all(|c| c["choices"][0].get("prompt_token_ids").is_none()));
     // Without it, none of those fields.
     let (_, c) = s.post(
         "/v1/completions",

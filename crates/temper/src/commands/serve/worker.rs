@@ -306,9 +306,24 @@ impl Worker {
         }
     }
 
+    /// A stream that asked for `return_token_ids` gets the prompt's ids before its tokens (its
+    /// first chunks carry them, as vLLM's do).
+    fn stream_prompt_ids(job: &Job, ids: &[u32]) {
+        if job.stream && job.return_token_ids {
+            let _ = job.tx.send(Msg::PromptTokenIds(ids.to_vec()));
+        }
+    }
+
     /// A stream that asked for `prompt_logprobs` gets them before its tokens (its first chunks
-    /// carry them, as the whole response does).
-    fn stream_prompt_logprobs(e: &dyn Runs, job: &Job, lps: Option<&[Option<PromptLogprob>]>) {
+    /// carry them, as the whole response does); one that asked for `return_token_ids`, the
+    /// prompt's ids.
+    fn stream_prompt_logprobs(
+        e: &dyn Runs,
+        job: &Job,
+        ids: &[u32],
+        lps: Option<&[Option<PromptLogprob>]>,
+    ) {
+        Self::stream_prompt_ids(job, ids);
         if let (true, Some(k), Some(lps)) = (job.stream, job.prompt_logprobs, lps) {
             let v = prompt_logprobs_json(e.tokenizer(), lps, k);
             let _ = job.tx.send(Msg::PromptLogprobs(v));

@@ -143,7 +143,7 @@ impl Worker {
                             let lps = j.prompt_logprobs.as_deref();
                             let (echo, start) = match self.engine_for(&j.job) {
                                 Ok(e) => {
-                                    Self::stream_prompt_logprobs(e, &j.job, lps);
+                                    Self::stream_prompt_logprobs(e, &j.job, &j.req.prompt, lps);
                                     Self::stream_echo(e, &j.job, j.text, &j.req.prompt, lps)
                                 }
                                 Err(_) => (j.job.echo.then_some(j.text), 0),

@@ -69,7 +69,7 @@ impl Worker {
             Some(k) => Some(self.remote_prompt_logprobs(job, &req.prompt, k)?),
         };
         let _ = job.tx.send(Msg::Started);
-        Self::stream_prompt_logprobs(e, job, prompt_logprobs.as_deref());
+        Self::stream_prompt_logprobs(e, job, &req.prompt, prompt_logprobs.as_deref());
         let lps = prompt_logprobs.as_deref();
         let (echo, start) = Self::stream_echo(e, job, text, &req.prompt, lps);
         let ids = job.return_token_ids;

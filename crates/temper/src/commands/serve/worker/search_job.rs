@@ -61,6 +61,7 @@ impl Worker {
             step,
         };
         let _ = job.tx.send(Msg::Started);
+        Self::stream_prompt_ids(job, &ids);
         let started = Instant::now();
         let counting = Counting {
             inner: e as &dyn Backend,
