@@ -9,7 +9,9 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use serve_common::{assert_error, model_dir, parse_response, Server, WAIT};
+use serve_common::{
+    assert_error, model_dir, parse_response, send_and_hold, wait_until, Server, WAIT,
+};
 
 const PROMPT: &str = "Compute: 3+4*2\n";
 
@@ -294,6 +296,64 @@ fn strategies_by_body_and_by_model_name() {
     let (st, v) = optillm("moa", json!({}));
     assert_error(st, &v, 404, "an optillm approach temper does not have");
     assert_eq!(v["error"]["param"], "optillm_approach", "{v}");
+}
+
+#[test]
+fn a_search_stops_when_its_client_hangs_up() {
+    let s = Server::start(&["--served-model-name", "tiny"], &[]);
+    // 64 samples of 240 tokens (15,360 tokens): seconds of decoding on the model thread.
+    let search = json!({"model": "sc@64@tiny", "prompt": PROMPT, "max_tokens": 240,
+                        "ignore_eos": true, "seed": 1});
+    let mut by_body = search.clone();
+    by_body["model"] = json!("tiny");
+    by_body["temper"] = json!({"strategy": "sc@64"});
+    by_body["stream"] = json!(true);
+    let whole = 64.0 * 240.0;
+    for (what, body, read_first) in [
+        ("a search awaited whole (sc@64@NAME)", &search, false),
+        ("a search streamed (temper.strategy)", &by_body, true),
+    ] {
+        let cancelled = s.metric("temper_requests_cancelled_total");
+        let tokens = s.metric("temper_search_generated_tokens_total");
+        let client = send_and_hold(&s.addr, "/v1/completions", body, read_first);
+        // Hung up mid-search: once its samples have decoded a few steps.
+        wait_until(Duration::from_secs(60), "the search decoding", || {
+            s.metric("temper_search_generated_tokens_total") >= tokens + 5.0 * 64.0
+        });
+        drop(client);
+        // The search stops at once: cancelled, its slot and the model thread free, far short of
+        // its 15,360 tokens.
+        wait_until(Duration::from_secs(10), what, || {
+            s.metric("temper_requests_cancelled_total") == cancelled + 1.0
+        });
+        wait_until(Duration::from_secs(5), what, || {
+            s.metric("temper_requests_running") == 0.0
+        });
+        let ran = s.metric("temper_search_generated_tokens_total") - tokens;
+        eprintln!("{what}: {ran} of {whole} tokens generated");
+        assert!(
+            ran < 0.5 * whole,
+            "{what}: {ran} tokens of {whole} generated"
+        );
+        // Nothing more comes, and it did not count as finished.
+        std::thread::sleep(Duration::from_millis(300));
+        let after = s.metric("temper_search_generated_tokens_total") - tokens;
+        assert_eq!(
+            after, ran,
+            "{what}: tokens generated after the search stopped"
+        );
+        assert_eq!(s.metric("temper_generation_tokens_total"), 0.0, "{what}");
+        let (st, v) = s.get("/health");
+        let v: Value = serde_json::from_str(&v).unwrap();
+        assert_eq!((st, &v["in_flight"]), (200, &json!(0)), "{what}: {v}");
+    }
+    // The model thread serves on.
+    let (st, v) = s.post(
+        "/v1/completions",
+        &json!({"model": "sc@2@tiny", "prompt": PROMPT, "max_tokens": 8, "seed": 1}),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["usage"]["temper"]["samples"], 2, "{v}");
 }
 
 #[test]

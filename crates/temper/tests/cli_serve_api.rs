@@ -1,8 +1,10 @@
 //! `temper serve`'s smaller endpoints and fields, end to end on loopback with the tiny model:
-//! `/tokenize` and `/detokenize` (vLLM's shapes), `return_token_ids`, `min_tokens`, `ignore_eos`,
+//! `/tokenize` and `/detokenize` (vLLM's shapes), `return_token_ids` (whole and streamed, the
+//! prompt's ids in each choice's first chunk), `min_tokens`, `ignore_eos`,
 //! `top_k`, `min_p`, `/metrics`, sampling defaults from `generation_config.json` (serve and
 //! `temper chat`), and `prompt_logprobs` against the model's own numbers (`temper logits` and the
-//! first generated token's logprobs), whole and streamed.
+//! first generated token's logprobs), whole and streamed, and `echo` with `logprobs` (the prompt's
+//! tokens first), whole and streamed.
 
 mod serve_common;
 
@@ -96,6 +98,49 @@ fn tokenize_detokenize_and_token_ids() {
     assert_eq!(streamed_ids, ids(&w["choices"][0]["token_ids"]), "{sse}");
     assert_eq!(streamed_text, w["choices"][0]["text"].as_str().unwrap());
     assert_eq!(w["choices"][0]["finish_reason"], "stop", "{w}");
+
+    // The prompt's ids in a stream, where vLLM sends them: in each choice's first chunk, in the
+    // choice (completions, also for a search) or beside it (chat); the whole response's ids.
+    let first_chunks = |path: &str, body: Value, n: usize| -> Vec<Value> {
+        let cs = sse_chunks(&s, path, &body);
+        let mut firsts = vec![];
+        for i in 0..n {
+            let mine: Vec<&Value> = cs
+                .iter()
+                .filter(|c| c["choices"][0]["index"] == i)
+                .collect();
+            let at = |c: &Value| match path {
+                "/v1/completions" => c["choices"][0].get("prompt_token_ids").cloned(),
+                _ => c.get("prompt_token_ids").cloned(),
+            };
+            assert!(
+                mine[1..].iter().all(|c| at(c).is_none()),
+                "{path}, choice {i}"
+            );
+            firsts.push(at(mine[0]).unwrap_or_else(|| panic!("{path}, choice {i}: {}", mine[0])));
+        }
+        firsts
+    };
+    let body = json!({"prompt": PROMPT, "max_tokens": 5, "seed": 3, "n": 2,
+                      "return_token_ids": true, "stream": true});
+    for got in first_chunks("/v1/completions", body, 2) {
+        assert_eq!(got, w["choices"][0]["prompt_token_ids"]);
+    }
+    let body = json!({"model": "sc@2@tiny", "prompt": PROMPT, "max_tokens": 5,
+                      "return_token_ids": true, "stream": true});
+    for got in first_chunks("/v1/completions", body, 1) {
+        assert_eq!(ids(&got), toks);
+    }
+    let body = json!({"messages": msgs, "max_tokens": 3, "seed": 3, "n": 2,
+                      "return_token_ids": true, "stream": true});
+    for got in first_chunks("/v1/chat/completions", body, 2) {
+        assert_eq!(ids(&got), chat_ids);
+    }
+    let body = json!({"prompt": PROMPT, "max_tokens": 3, "stream": true});
+    let cs = sse_chunks(&s, "/v1/completions", &body);
+    assert!(cs
+        .iter()
+        .all(|c| c["choices"][0].get("prompt_token_ids").is_none()));
     // Without it, none of those fields.
     let (_, c) = s.post(
         "/v1/completions",
@@ -136,12 +181,6 @@ fn tokenize_detokenize_and_token_ids() {
         plain(json!({"echo": true, "prompt": toks})),
         format!("{PROMPT}{answer}")
     );
-    let (st, v) = s.post(
-        "/v1/completions",
-        &json!({"prompt": PROMPT, "echo": true, "logprobs": 1, "stream": true}),
-    );
-    assert_error(st, &v, 400, "echo with logprobs, streamed");
-    assert_eq!(v["error"]["param"], "echo");
 
     // Errors: OpenAI-shaped, 400 or 404.
     let (st, v) = s.post("/tokenize", &json!({"model": "nope", "prompt": "x"}));
@@ -516,6 +555,52 @@ fn prompt_logprobs_are_the_models_own() {
     );
     assert_eq!(el["text_offset"][n], n, "{echoed}");
     assert_eq!(el["text_offset"][1], 1, "{echoed}");
+
+    // Streamed (as vLLM streams them): each choice's echo chunk carries the prompt's tokens'
+    // logprobs, its later chunks the generated tokens'; put together, each choice's text and
+    // logprobs are the whole response's, offsets included.
+    for extra in [
+        json!({}),
+        json!({"n": 2, "seed": 5, "temperature": 1.0, "logprobs": 0}),
+    ] {
+        let mut body = echo_body.clone();
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let (st, whole) = s.post("/v1/completions", &body);
+        assert_eq!(st, 200, "{whole}");
+        body["stream"] = json!(true);
+        let cs = sse_chunks(&s, "/v1/completions", &body);
+        let choices = whole["choices"].as_array().unwrap();
+        for (i, w) in choices.iter().enumerate() {
+            let mine: Vec<&Value> = cs
+                .iter()
+                .map(|c| &c["choices"][0])
+                .filter(|c| c["index"] == i && c["logprobs"].is_object())
+                .collect();
+            assert_eq!(mine[0]["text"], PROMPT, "choice {i}: the echo chunk first");
+            assert_eq!(
+                mine[0]["logprobs"]["tokens"].as_array().map(Vec::len),
+                Some(PROMPT.len()),
+                "choice {i}: {}",
+                mine[0]
+            );
+            let text: String = mine.iter().map(|c| c["text"].as_str().unwrap()).collect();
+            assert_eq!(text, w["text"].as_str().unwrap(), "choice {i}");
+            for key in ["tokens", "token_logprobs", "top_logprobs", "text_offset"] {
+                let want = &w["logprobs"][key];
+                if want.is_null() {
+                    assert!(mine.iter().all(|c| c["logprobs"][key].is_null()), "{key}");
+                    continue;
+                }
+                let got: Vec<Value> = mine
+                    .iter()
+                    .flat_map(|c| c["logprobs"][key].as_array().unwrap().clone())
+                    .collect();
+                assert_eq!(&Value::from(got), want, "choice {i}, {key}: {extra}");
+            }
+        }
+    }
 
     // Chat puts them beside the choices.
     let dir = chat_model_copy(None);

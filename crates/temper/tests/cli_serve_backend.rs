@@ -10,12 +10,10 @@
 
 mod serve_common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
-use serve_common::{assert_error, chat_model_copy, model_dir, Server};
+use serve_common::{assert_error, chat_model_copy, model_dir, send_and_hold, wait_until, Server};
 
 const PROMPT: &str = "Compute: 3+4*2\n";
 
@@ -262,6 +260,30 @@ fn a_front_server_answers_as_its_backend_does() {
         here["choices"][0]["logprobs"]["token_logprobs"][0].is_null(),
         "{here}"
     );
+    // Streamed through the front too: the echo chunk's logprobs and the tokens' after it, put
+    // together, are the backend's whole answer's.
+    let mut sbody = body.clone();
+    sbody["stream"] = json!(true);
+    let (st, text) = front.request("POST", "/v1/completions", Some(&sbody.to_string()), None);
+    assert_eq!(st, 200, "{text}");
+    let cs = chunks(&text);
+    let with_lps: Vec<&Value> = cs
+        .iter()
+        .map(|c| &c["choices"][0])
+        .filter(|c| c["logprobs"].is_object())
+        .collect();
+    assert_eq!(with_lps[0]["text"], PROMPT, "{text}");
+    for key in ["tokens", "token_logprobs", "top_logprobs", "text_offset"] {
+        let got: Vec<Value> = with_lps
+            .iter()
+            .flat_map(|c| c["logprobs"][key].as_array().unwrap().clone())
+            .collect();
+        assert_eq!(
+            Value::from(got),
+            there["choices"][0]["logprobs"][key],
+            "{key}"
+        );
+    }
 
     // The backend gone: a 502 naming it, for plain requests and searches, and the front serves on.
     drop(back);
@@ -382,35 +404,6 @@ fn chats_go_through_the_local_template_and_runtime_lora_is_refused() {
         err.contains("--allow-runtime-lora") && err.contains("backend"),
         "{err}"
     );
-}
-
-/// Sends `body` to `path` on `addr` and keeps the connection open (the caller hangs up by dropping
-/// it); with `read_first`, waits for the answer's first bytes (a streamed answer under way).
-fn send_and_hold(addr: &str, path: &str, body: &Value, read_first: bool) -> TcpStream {
-    let mut s = TcpStream::connect(addr).expect("connecting");
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let body = body.to_string();
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).expect("sending");
-    if read_first {
-        let mut buf = [0u8; 256];
-        let n = s.read(&mut buf).expect("the answer's first bytes");
-        let head = String::from_utf8_lossy(&buf[..n]);
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    }
-    s
-}
-
-/// Waits until `what` holds, failing after `within` with `why`.
-fn wait_until(within: Duration, why: &str, what: impl Fn() -> bool) {
-    let deadline = Instant::now() + within;
-    while !what() {
-        assert!(Instant::now() < deadline, "{why} within {within:?}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 #[test]

@@ -2,13 +2,14 @@
 //! groups of at most `max_batch_rows` samples; each group is prefilled once (prompts left-padded
 //! into one batch), its KV-cache rows are duplicated so the `n` samples of a prompt share that
 //! prefill, then all rows decode one token per step, and rows that finish leave the batch (and the
-//! cache) at once. Knows nothing of rewards, search or the command line.
+//! cache) at once; a call can be given up between steps ([`LocalEngine::generate_until`]). Knows
+//! nothing of rewards, search or the command line.
 
 use candle_core::Tensor;
 use tempering_model::{TokenLayout, Tokenizer, Transformer};
 
 use crate::backend::{Backend, GenEvent};
-use crate::error::Result;
+use crate::error::{GenError, Result};
 use crate::request::{Completion, GenRequest, SamplingParams};
 use crate::sequence::{drawn_logprobs, logit_rows, Sequence};
 
@@ -94,12 +95,18 @@ impl LocalEngine {
     }
 
     /// Decodes one group of requests; `offset` is the first one's index in the caller's slice.
+    /// Gives up with [`GenError::Cancelled`] before the prefill or a decode step once
+    /// `cancelled()` says so.
     fn run_group(
         &self,
         reqs: &[GenRequest],
         offset: usize,
         on_event: &mut dyn FnMut(&GenEvent<'_>),
+        cancelled: &dyn Fn() -> bool,
     ) -> Result<Vec<Vec<Completion>>> {
+        if cancelled() {
+            return Err(GenError::Cancelled);
+        }
         let dev = self.model.device();
         let context = self.model.config.max_position_embeddings;
         let vocab = self.model.config.vocab_size;
@@ -152,6 +159,9 @@ impl LocalEngine {
         // `active[k]` is the row in cache row k.
         let mut active: Vec<usize> = (0..rows.len()).collect();
         loop {
+            if cancelled() {
+                return Err(GenError::Cancelled);
+            }
             let a = active.len();
             let lv = logit_rows(&logits, a, vocab)?;
             let next: Vec<u32> = active
@@ -237,6 +247,21 @@ impl Backend for LocalEngine {
         reqs: &[GenRequest],
         on_event: &mut dyn FnMut(&GenEvent<'_>),
     ) -> Result<Vec<Vec<Completion>>> {
+        self.generate_until(reqs, on_event, &|| false)
+    }
+}
+
+impl LocalEngine {
+    /// [`Backend::generate_with`] that gives up once `cancelled()` says so (checked before each
+    /// prefill and decode step, so within one step of it): the call returns
+    /// [`GenError::Cancelled`] and what was generated so far is dropped. How a server stops
+    /// computing for a client that went away.
+    pub fn generate_until(
+        &self,
+        reqs: &[GenRequest],
+        on_event: &mut dyn FnMut(&GenEvent<'_>),
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Vec<Vec<Completion>>> {
         let context = self.model.config.max_position_embeddings;
         let vocab = self.model.config.vocab_size;
         for (i, r) in reqs.iter().enumerate() {
@@ -252,7 +277,7 @@ impl Backend for LocalEngine {
                 rows += reqs[end].n;
                 end += 1;
             }
-            out.extend(self.run_group(&reqs[start..end], start, on_event)?);
+            out.extend(self.run_group(&reqs[start..end], start, on_event, cancelled)?);
             start = end;
         }
         Ok(out)

@@ -28,6 +28,9 @@ pub enum GenError {
     UnknownRole { index: usize, role: String },
     #[error("{0}")]
     Unsupported(String),
+    /// The caller gave up (say, its client hung up) and the local engine stopped generating.
+    #[error("cancelled: the caller stopped waiting, so generation stopped")]
+    Cancelled,
     #[error(transparent)]
     Remote(#[from] RemoteError),
     #[error(transparent)]

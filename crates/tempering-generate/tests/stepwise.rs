@@ -1,7 +1,8 @@
 //! Step-wise decoding ([`DecodeBatch`]) on the committed tiny arithmetic model: requests joining a
 //! batch mid-decode, at different steps, with different lengths and `n`, get token for token what
 //! they get decoded alone (greedy and seeded sampling, logprobs within rounding), and a cancelled
-//! request leaves its batch mates' results unchanged.
+//! request leaves its batch mates' results unchanged. Also a whole call given up midway
+//! ([`LocalEngine::generate_until`]).
 
 use std::collections::BTreeMap;
 
@@ -173,6 +174,41 @@ fn a_cancelled_request_leaves_the_others_unchanged() {
         .admit_many(&e, &[(1, &reqs[1]), (2, &reqs[2])])
         .unwrap();
     assert_eq!(batch.requests(), 3);
+}
+
+#[test]
+fn a_call_given_up_stops_within_a_step_and_says_cancelled() {
+    let e = engine();
+    let prompt = e.tokenizer().encode("Compute: 3+4*2\n", true).unwrap();
+    let params = SamplingParams {
+        ignore_eos: true,
+        ..SamplingParams::greedy(200)
+    };
+    let reqs = [GenRequest::new(prompt, 8, params)];
+    // Not given up: the same as generate.
+    let whole = e.generate_until(&reqs, &mut |_| {}, &|| false).unwrap();
+    assert_eq!(whole, e.generate(&reqs).unwrap());
+    // Given up after 5 steps (8 rows each): no more tokens come, and the call says why.
+    let tokens = std::cell::Cell::new(0usize);
+    let err = e
+        .generate_until(
+            &reqs,
+            &mut |ev| {
+                if let GenEvent::Token { .. } = ev {
+                    tokens.set(tokens.get() + 1);
+                }
+            },
+            &|| tokens.get() >= 5 * 8,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, tempering_generate::GenError::Cancelled),
+        "{err}"
+    );
+    assert_eq!(tokens.get(), 5 * 8, "tokens generated after giving up");
+    // Given up before it starts: nothing runs.
+    let err = e.generate_until(&reqs, &mut |_| panic!("an event"), &|| true);
+    assert!(matches!(err, Err(tempering_generate::GenError::Cancelled)));
 }
 
 #[test]

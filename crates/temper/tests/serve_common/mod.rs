@@ -1,7 +1,8 @@
 //! The `temper serve` test harness shared by the serve test binaries (each uses it with
 //! `mod serve_common;`): the binary started on loopback (port 0) with the committed tiny arithmetic
-//! model, a raw HTTP/1.1 client over std's TcpStream, SIGTERM, and the OpenAI error-shape check.
-//! Every wait is bounded and fails with a message saying what did not come.
+//! model, a raw HTTP/1.1 client over std's TcpStream (also one that sends and holds the connection,
+//! to hang up later), `/metrics` read back, SIGTERM, and the OpenAI error-shape check. Every wait
+//! is bounded and fails with a message saying what did not come.
 
 // Each test binary uses only some of these.
 #![allow(dead_code)]
@@ -297,5 +298,34 @@ impl Server {
             .into_iter()
             .find(|(k, _)| k == key)
             .map_or(0.0, |(_, v)| v)
+    }
+}
+
+/// Sends `body` to `path` on `addr` and keeps the connection open (the caller hangs up by dropping
+/// it); with `read_first`, waits for the answer's first bytes (a streamed answer under way).
+pub fn send_and_hold(addr: &str, path: &str, body: &Value, read_first: bool) -> TcpStream {
+    let mut s = TcpStream::connect(addr).expect("connecting");
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let body = body.to_string();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).expect("sending");
+    if read_first {
+        let mut buf = [0u8; 256];
+        let n = s.read(&mut buf).expect("the answer's first bytes");
+        let head = String::from_utf8_lossy(&buf[..n]);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    }
+    s
+}
+
+/// Waits until `what` holds, failing after `within` with `why`.
+pub fn wait_until(within: Duration, why: &str, what: impl Fn() -> bool) {
+    let deadline = Instant::now() + within;
+    while !what() {
+        assert!(Instant::now() < deadline, "{why} within {within:?}");
+        std::thread::sleep(Duration::from_millis(10));
     }
 }

@@ -266,12 +266,15 @@ pub struct Output {
 }
 
 /// What the model thread sends back: `Started` or `Error` first, then (streams that asked for
-/// them) the prompt's logprobs, then tokens, then `Done`.
+/// them) the prompt's token ids and logprobs, then tokens, then `Done`.
 pub enum Msg {
     Error(ApiError),
     Started,
     /// vLLM's `prompt_logprobs` list, for a stream's first chunks (before any token).
     PromptLogprobs(Value),
+    /// The prompt's token ids (`return_token_ids`), for a stream's first chunks (before any
+    /// token).
+    PromptTokenIds(Vec<u32>),
     /// New text of choice `index`, and the token that made it when the request asked for
     /// `return_token_ids` (then every token is sent, its text possibly empty).
     Token {
@@ -628,12 +631,6 @@ async fn handle(s: Arc<AppState>, req: Request, kind: Kind) -> Result<Response, 
     let search = parse_search(&m, from_name.as_deref(), &params, temperature.is_some())?;
     if echo && search.is_some() {
         return Err(ApiError::bad("echo: not with a temper strategy", "echo"));
-    }
-    if echo && params.logprobs && stream {
-        return Err(ApiError::bad(
-            "echo with logprobs: served on whole (not streamed) requests",
-            "echo",
-        ));
     }
     if prompt_logprobs.is_some() && search.is_some() {
         return Err(ApiError::bad(

@@ -1,6 +1,7 @@
 //! The counters behind `GET /metrics`, in Prometheus' text format: requests by endpoint and status,
 //! prompt and generated tokens, requests running and waiting, the latency of finished generations
-//! (a histogram), and how many requests decoded together at most (batching). Lock-free counters
+//! (a histogram), how many requests decoded together at most (batching), and the tokens searches
+//! generate as they go. Lock-free counters
 //! except the small by-status table; knows nothing of HTTP or the engine.
 
 use std::collections::BTreeMap;
@@ -32,6 +33,8 @@ pub(crate) struct Metrics {
     decode_steps: AtomicU64,
     /// Requests dropped mid-decode because their clients went away.
     cancelled: AtomicU64,
+    /// Tokens generated inside searches, counted as they come (a search cut short counts too).
+    search_tokens: AtomicU64,
 }
 
 /// Counts one request as running until dropped.
@@ -87,6 +90,11 @@ impl Metrics {
     /// A request's client went away mid-decode: its rows left the batch.
     pub fn cancelled(&self) {
         self.cancelled.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A search's engine generated `n` more tokens.
+    pub fn search_tokens(&self, n: u64) {
+        self.search_tokens.fetch_add(n, Ordering::Relaxed);
     }
 
     /// The Prometheus text; `in_flight` counts requests accepted and not yet finished.
@@ -146,6 +154,12 @@ impl Metrics {
             "counter",
             "Requests cancelled mid-decode because their clients went away.",
             self.cancelled.load(Ordering::Relaxed).to_string(),
+        );
+        line(
+            "temper_search_generated_tokens_total",
+            "counter",
+            "Tokens generated inside searches so far, counted as they come (a search whose client went away counts what it generated before it stopped).",
+            self.search_tokens.load(Ordering::Relaxed).to_string(),
         );
         line(
             "temper_batch_requests_max",

@@ -1,8 +1,9 @@
 //! The model thread of `temper serve`: owns the engine (and the runtime LoRA adapters' engines),
 //! takes checked requests ([`Job`]s) off the queue and runs them: plain generations decode
 //! together, joining a running batch between steps ([`batching`]), searches run whole between
-//! steps ([`search_job`]). With `--backend` it owns a remote backend instead and runs each request
-//! on its own thread ([`remote`]), giving up once the request's client has gone ([`ForClient`]).
+//! steps ([`search_job`]), giving up once the request's client has gone ([`LocalForClient`]). With
+//! `--backend` it owns a remote backend instead and runs each request on its own thread
+//! ([`remote`]), giving up the same way ([`ForClient`]).
 //! Here: turning a request into the engine's and its completions into the response, whatever
 //! generates them ([`Runs`]). Tokens and outputs go back over each request's channel; `/metrics`
 //! is counted. Knows nothing of HTTP.
@@ -84,6 +85,37 @@ impl Backend for ForClient<'_> {
     }
 }
 
+/// The local engine for one search: it stops generating once the request's client has gone
+/// away (within a decode step of it), so the search fails at that model call and frees the
+/// model thread, as the batch drops a plain request whose client left.
+pub(crate) struct LocalForClient<'a> {
+    engine: &'a LocalEngine,
+    tx: &'a UnboundedSender<Msg>,
+}
+
+impl Backend for LocalForClient<'_> {
+    fn generate_with(
+        &self,
+        reqs: &[GenRequest],
+        on_event: &mut dyn FnMut(&GenEvent<'_>),
+    ) -> tempering_generate::Result<Vec<Vec<Completion>>> {
+        self.engine
+            .generate_until(reqs, on_event, &|| self.tx.is_closed())
+    }
+}
+
+impl Runs for LocalForClient<'_> {
+    fn tokenizer(&self) -> &Tokenizer {
+        Runs::tokenizer(self.engine)
+    }
+    fn context(&self) -> usize {
+        Runs::context(self.engine)
+    }
+    fn vocab(&self) -> usize {
+        Runs::vocab(self.engine)
+    }
+}
+
 impl Runs for ForClient<'_> {
     fn tokenizer(&self) -> &Tokenizer {
         self.model.tokenizer()
@@ -149,6 +181,48 @@ fn prompt_logprobs_json(tok: &Tokenizer, lps: &[Option<PromptLogprob>], k: usize
         .collect()
 }
 
+/// With `echo` and `logprobs` (legacy completions, as vLLM): the prompt's part of a choice's
+/// logprobs (its tokens, their logprobs and `top_logprobs` alternatives, the first token's null,
+/// and their `text_offset`s from 0), and the byte offset where the generated tokens' part starts.
+fn echo_logprobs(
+    tok: &Tokenizer,
+    job: &Job,
+    prompt: &[u32],
+    lps: &[Option<PromptLogprob>],
+) -> (Value, usize) {
+    let tokens: Vec<String> = prompt.iter().map(|&id| token_str(tok, id)).collect();
+    let mut offsets = Vec::with_capacity(tokens.len());
+    let mut end = 0usize;
+    for t in &tokens {
+        offsets.push(end);
+        end += t.len();
+    }
+    let logprobs: Vec<Value> = lps
+        .iter()
+        .map(|p| p.as_ref().map_or(Value::Null, |p| json!(p.logprob)))
+        .collect();
+    let top: Vec<Value> = lps
+        .iter()
+        .map(|p| match p {
+            None => Value::Null,
+            Some(p) => Value::Object(
+                p.top
+                    .iter()
+                    .take(job.params.top_logprobs)
+                    .map(|a| (token_str(tok, a.token), json!(a.logprob)))
+                    .collect(),
+            ),
+        })
+        .collect();
+    let v = json!({
+        "tokens": tokens,
+        "token_logprobs": logprobs,
+        "top_logprobs": if job.params.top_logprobs > 0 { Value::Array(top) } else { Value::Null },
+        "text_offset": offsets,
+    });
+    (v, end)
+}
+
 impl Worker {
     pub fn new(m: Loaded, metrics: Arc<Metrics>, max_rows: usize) -> Self {
         Worker {
@@ -156,15 +230,6 @@ impl Worker {
             metrics,
             adapters: BTreeMap::new(),
             max_rows,
-        }
-    }
-
-    /// What a request runs on: the remote backend, or the local engine of the served model or
-    /// of the adapter it asks for.
-    pub(super) fn runs_for(&self, job: &Job) -> Result<&dyn Runs, ApiError> {
-        match &self.m.engine {
-            Engine::Remote(r) => Ok(r),
-            Engine::Local(_) => self.engine_named(&job.adapter).map(|e| e as &dyn Runs),
         }
     }
 
@@ -200,8 +265,9 @@ impl Worker {
         self.answer_whole(job, Self::search)
     }
 
-    /// Runs `job` whole through `work` on its engine, then answers on its channel. Through the
-    /// remote backend, the work stops once the client has gone away.
+    /// Runs `job` whole through `work` on its engine, then answers on its channel. The work
+    /// stops once the client has gone away: its remote requests are dropped, or the local
+    /// engine stops decoding.
     fn answer_whole(
         &self,
         job: Job,
@@ -214,7 +280,13 @@ impl Worker {
                 let e = ForClient { model, tx: &job.tx };
                 work(self, &e, &job)
             }
-            Engine::Local(_) => self.runs_for(&job).and_then(|e| work(self, e, &job)),
+            Engine::Local(_) => self.engine_for(&job).and_then(|engine| {
+                let e = LocalForClient {
+                    engine,
+                    tx: &job.tx,
+                };
+                work(self, &e, &job)
+            }),
         };
         // Its slot and running count are free before the client hears back.
         let received = job.received;
@@ -234,9 +306,24 @@ impl Worker {
         }
     }
 
+    /// A stream that asked for `return_token_ids` gets the prompt's ids before its tokens (its
+    /// first chunks carry them, as vLLM's do).
+    fn stream_prompt_ids(job: &Job, ids: &[u32]) {
+        if job.stream && job.return_token_ids {
+            let _ = job.tx.send(Msg::PromptTokenIds(ids.to_vec()));
+        }
+    }
+
     /// A stream that asked for `prompt_logprobs` gets them before its tokens (its first chunks
-    /// carry them, as the whole response does).
-    fn stream_prompt_logprobs(e: &dyn Runs, job: &Job, lps: Option<&[Option<PromptLogprob>]>) {
+    /// carry them, as the whole response does); one that asked for `return_token_ids`, the
+    /// prompt's ids.
+    fn stream_prompt_logprobs(
+        e: &dyn Runs,
+        job: &Job,
+        ids: &[u32],
+        lps: Option<&[Option<PromptLogprob>]>,
+    ) {
+        Self::stream_prompt_ids(job, ids);
         if let (true, Some(k), Some(lps)) = (job.stream, job.prompt_logprobs, lps) {
             let v = prompt_logprobs_json(e.tokenizer(), lps, k);
             let _ = job.tx.send(Msg::PromptLogprobs(v));
@@ -244,20 +331,34 @@ impl Worker {
     }
 
     /// With `echo` and `stream`, the prompt's text goes to each sample's stream before its
-    /// tokens. Returns the echo (`Some` with `echo`) for the final response.
-    fn stream_echo(job: &Job, text: String) -> Option<String> {
+    /// tokens; with `logprobs` too, that chunk carries the prompt's tokens' logprobs (`lps`) as
+    /// the whole response's choices start with them. Returns the echo (`Some` with `echo`) for
+    /// the final response, and the byte offset (`text_offset`) the generated tokens' logprobs
+    /// start at.
+    fn stream_echo(
+        e: &dyn Runs,
+        job: &Job,
+        text: String,
+        prompt: &[u32],
+        lps: Option<&[Option<PromptLogprob>]>,
+    ) -> (Option<String>, usize) {
         let echo = job.echo.then_some(text);
+        let logprobs = match (job.echo && job.params.logprobs, lps) {
+            (true, Some(lps)) => Some(echo_logprobs(e.tokenizer(), job, prompt, lps)),
+            _ => None,
+        };
+        let start = logprobs.as_ref().map_or(0, |(_, end)| *end);
         if let (Some(t), true) = (&echo, job.stream) {
             for index in 0..job.n {
                 let _ = job.tx.send(Msg::Token {
                     index,
                     text: t.clone(),
                     token: None,
-                    logprobs: None,
+                    logprobs: logprobs.as_ref().map(|(v, _)| v.clone()),
                 });
             }
         }
-        echo
+        (echo, start)
     }
 
     fn prompt_ids(&self, e: &dyn Runs, job: &Job) -> Result<(Vec<u32>, String, bool), ApiError> {
@@ -398,30 +499,7 @@ impl Worker {
         if !(job.echo && job.params.logprobs) {
             return;
         }
-        let tokens: Vec<String> = prompt.iter().map(|&id| token_str(tok, id)).collect();
-        let mut offsets = Vec::with_capacity(tokens.len());
-        let mut end = 0usize;
-        for t in &tokens {
-            offsets.push(end);
-            end += t.len();
-        }
-        let logprobs: Vec<Value> = lps
-            .iter()
-            .map(|p| p.as_ref().map_or(Value::Null, |p| json!(p.logprob)))
-            .collect();
-        let top: Vec<Value> = lps
-            .iter()
-            .map(|p| match p {
-                None => Value::Null,
-                Some(p) => Value::Object(
-                    p.top
-                        .iter()
-                        .take(job.params.top_logprobs)
-                        .map(|a| (token_str(tok, a.token), json!(a.logprob)))
-                        .collect(),
-                ),
-            })
-            .collect();
+        let (head, end) = echo_logprobs(tok, job, prompt, lps);
         for c in &mut out.choices {
             let lp = &mut c.logprobs;
             let after = |k: &str, lp: &Value| lp[k].as_array().cloned().unwrap_or_default();
@@ -433,17 +511,15 @@ impl Worker {
                 head.extend(tail);
                 Value::Array(head)
             };
-            let tokens_v = tokens.iter().map(|t| json!(t)).collect();
-            let offsets_v = offsets.iter().map(|o| json!(o)).collect();
             *lp = json!({
-                "tokens": joined(tokens_v, after("tokens", lp)),
-                "token_logprobs": joined(logprobs.clone(), after("token_logprobs", lp)),
+                "tokens": joined(after("tokens", &head), after("tokens", lp)),
+                "token_logprobs": joined(after("token_logprobs", &head), after("token_logprobs", lp)),
                 "top_logprobs": if job.params.top_logprobs > 0 {
-                    joined(top.clone(), after("top_logprobs", lp))
+                    joined(after("top_logprobs", &head), after("top_logprobs", lp))
                 } else {
                     Value::Null
                 },
-                "text_offset": joined(offsets_v, gen_offsets),
+                "text_offset": joined(after("text_offset", &head), gen_offsets),
             });
         }
     }

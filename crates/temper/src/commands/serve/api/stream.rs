@@ -1,6 +1,6 @@
 //! Responses: the OpenAI-shaped JSON of a finished request (`Meta::full`) and the SSE stream of
-//! chunks (`sse`), the prompt's logprobs in the first chunks when asked for, the usage chunk when
-//! asked for and `data: [DONE]` last. Knows the response shapes and the messages the model thread
+//! chunks (`sse`), the prompt's token ids and logprobs in the first chunks when asked for, the
+//! usage chunk when asked for and `data: [DONE]` last. Knows the response shapes and the messages the model thread
 //! sends; nothing of parsing or the engine.
 
 use super::*;
@@ -122,6 +122,9 @@ struct StreamState {
     /// response has them.
     prompt_logprobs: Option<Value>,
     prompt_logprobs_sent: bool,
+    /// The prompt's token ids, when the request asked for `return_token_ids`: in each choice's
+    /// first chunk, in the choice (completions) or beside it (chat), as vLLM streams them.
+    prompt_token_ids: Option<Vec<u32>>,
 }
 
 impl StreamState {
@@ -132,8 +135,14 @@ impl StreamState {
         self.pending.push_back(v.to_string());
     }
 
-    /// Puts the prompt's logprobs into `c`, the first chunk of its choice.
-    fn with_prompt_logprobs(&mut self, c: &mut Value) {
+    /// Puts the prompt's token ids and logprobs into `c`, the first chunk of its choice.
+    fn with_prompt_fields(&mut self, c: &mut Value) {
+        if let Some(ids) = &self.prompt_token_ids {
+            match self.meta.kind {
+                Kind::Completion => c["choices"][0]["prompt_token_ids"] = json!(ids),
+                Kind::Chat => c["prompt_token_ids"] = json!(ids),
+            }
+        }
         let Some(p) = &self.prompt_logprobs else {
             return;
         };
@@ -154,7 +163,7 @@ impl StreamState {
         self.opened[index] = true;
         let mut c = self.meta.chunk(index, Some(text), None, role);
         if first {
-            self.with_prompt_logprobs(&mut c);
+            self.with_prompt_fields(&mut c);
         }
         if let Some(t) = token {
             // vLLM's streaming `return_token_ids`: the chunk's tokens beside its text.
@@ -177,7 +186,7 @@ impl StreamState {
         let text = (self.meta.kind == Kind::Chat && role).then_some("");
         let mut c = self.meta.chunk(index, text, Some(reason), role);
         if first {
-            self.with_prompt_logprobs(&mut c);
+            self.with_prompt_fields(&mut c);
         }
         self.push(c);
     }
@@ -222,6 +231,7 @@ pub(super) fn sse(meta: Meta, rx: UnboundedReceiver<Msg>, include_usage: bool) -
         done: false,
         prompt_logprobs: None,
         prompt_logprobs_sent: false,
+        prompt_token_ids: None,
     };
     let stream = futures_util::stream::unfold(state, |mut st| async move {
         loop {
@@ -242,6 +252,7 @@ pub(super) fn sse(meta: Meta, rx: UnboundedReceiver<Msg>, include_usage: bool) -
                 Some(Msg::Done(out)) => st.on_done(out),
                 Some(Msg::Error(e)) => st.on_error(e),
                 Some(Msg::PromptLogprobs(p)) => st.prompt_logprobs = Some(p),
+                Some(Msg::PromptTokenIds(ids)) => st.prompt_token_ids = Some(ids),
                 Some(Msg::Started) => {}
                 None => st.on_error(server_error("the model thread stopped")),
             }

@@ -140,14 +140,14 @@ impl Worker {
                         batch_on = joining[0].job.adapter.clone();
                         for j in joining {
                             let _ = j.job.tx.send(Msg::Started);
-                            if let Ok(e) = self.engine_for(&j.job) {
-                                Self::stream_prompt_logprobs(
-                                    e,
-                                    &j.job,
-                                    j.prompt_logprobs.as_deref(),
-                                );
-                            }
-                            let echo = Self::stream_echo(&j.job, j.text);
+                            let lps = j.prompt_logprobs.as_deref();
+                            let (echo, start) = match self.engine_for(&j.job) {
+                                Ok(e) => {
+                                    Self::stream_prompt_logprobs(e, &j.job, &j.req.prompt, lps);
+                                    Self::stream_echo(e, &j.job, j.text, &j.req.prompt, lps)
+                                }
+                                Err(_) => (j.job.echo.then_some(j.text), 0),
+                            };
                             let n = j.job.n;
                             active.insert(
                                 j.id,
@@ -156,7 +156,7 @@ impl Worker {
                                     prompt: j.req.prompt,
                                     echo,
                                     prompt_logprobs: j.prompt_logprobs,
-                                    offsets: vec![0; n],
+                                    offsets: vec![start; n],
                                     _running: j.running,
                                 },
                             );

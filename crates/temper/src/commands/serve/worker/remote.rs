@@ -69,11 +69,12 @@ impl Worker {
             Some(k) => Some(self.remote_prompt_logprobs(job, &req.prompt, k)?),
         };
         let _ = job.tx.send(Msg::Started);
-        Self::stream_prompt_logprobs(e, job, prompt_logprobs.as_deref());
-        let echo = Self::stream_echo(job, text);
+        Self::stream_prompt_logprobs(e, job, &req.prompt, prompt_logprobs.as_deref());
+        let lps = prompt_logprobs.as_deref();
+        let (echo, start) = Self::stream_echo(e, job, text, &req.prompt, lps);
         let ids = job.return_token_ids;
         let mut held: Vec<Vec<(u32, String)>> = vec![vec![]; job.n];
-        let mut offsets = vec![0usize; job.n];
+        let mut offsets = vec![start; job.n];
         let out = e
             .generate_with(std::slice::from_ref(&req), &mut |ev| {
                 if !job.stream {

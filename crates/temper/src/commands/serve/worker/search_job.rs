@@ -1,5 +1,7 @@
 //! Searches as requests: a `temper` strategy run through the search crate on the local engine or
-//! the remote backend, with the engine counted (`usage.temper.samples`) and the rule or learned step scorer asked for.
+//! the remote backend (either gives up once the client has gone, failing the search at that model
+//! call), with the engine counted (`usage.temper.samples`, and the tokens on `/metrics` as they
+//! come) and the rule or learned step scorer asked for.
 
 use std::time::Instant;
 
@@ -9,6 +11,7 @@ use tempering_reward::StepScorer;
 use tempering_search::{solve, Scorers, SearchContext, SearchProblem, TokenizerEncoder};
 
 use super::super::api::{self, ApiError, Job, Msg, Output, PromptIn};
+use super::super::metrics::Metrics;
 use super::{Runs, Worker};
 use crate::commands::search::rule_step_checker;
 
@@ -58,10 +61,12 @@ impl Worker {
             step,
         };
         let _ = job.tx.send(Msg::Started);
+        Self::stream_prompt_ids(job, &ids);
         let started = Instant::now();
         let counting = Counting {
             inner: e as &dyn Backend,
             samples: std::cell::Cell::new(0),
+            metrics: &self.metrics,
         };
         let mut ctx = SearchContext::new(&counting, &encoder, scorers, config, s.budget);
         let sol = solve(s.strategy.as_ref(), &SearchProblem::new(text), &mut ctx)
@@ -111,10 +116,11 @@ impl Worker {
 }
 
 /// The engine (local or remote), counting the sequences a search asks of it
-/// (`usage.temper.samples`).
+/// (`usage.temper.samples`) and, on `/metrics`, the tokens it generates as they come.
 struct Counting<'a> {
     inner: &'a dyn Backend,
     samples: std::cell::Cell<usize>,
+    metrics: &'a Metrics,
 }
 
 impl Backend for Counting<'_> {
@@ -125,6 +131,11 @@ impl Backend for Counting<'_> {
     ) -> tempering_generate::Result<Vec<Vec<Completion>>> {
         let n: usize = reqs.iter().map(|r| r.n).sum();
         self.samples.set(self.samples.get() + n);
-        self.inner.generate_with(reqs, on_event)
+        self.inner.generate_with(reqs, &mut |ev| {
+            if let GenEvent::Token { .. } = ev {
+                self.metrics.search_tokens(1);
+            }
+            on_event(ev)
+        })
     }
 }
