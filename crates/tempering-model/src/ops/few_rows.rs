@@ -1,19 +1,23 @@
 //! `x [m, k] @ w [n, k]^T` for few rows of `x` (batched decode: one row per sequence), on
 //! AVX-512: register-blocked dot products, a tile of up to 8 rows of `x` by 3 rows of `w` held in
-//! 24 vector accumulators along `k`; a task's block of weight rows comes from memory once and
-//! from L2 for every further tile of `x`, each tile of `x` staying in L1. General gemm kernels pack and block for many rows; at 8 to 64
-//! they spend their time packing the weight. Every output is the same sequence of FMAs whatever
-//! `m`, the tile it falls in or the thread count, so a row decodes to the same bits alone or in
-//! a batch. Knows nothing of candle: slices in, a vector out.
+//! 24 vector accumulators along `k`. Each task owns a block of 64 weight rows; a tile of 3 of them
+//! is prefetched from memory once per chunk of 32 rows of `x` and meets every tile of that chunk
+//! while it sits in L1. General gemm kernels pack and block for many rows; at 8 to 64 they spend
+//! their time packing the weight. Every output is the same sequence of FMAs whatever `m`, the tile
+//! or chunk it falls in or the thread count, so a row decodes to the same bits alone or in a batch.
+//! Knows nothing of candle: slices in, a vector out.
 
 use rayon::prelude::*;
 
-/// Up to this many rows the kernel beats the general ones on SmolLM2's shapes (measured 1.4-1.9x
-/// at 8 rows; at 32 and 64 gemm's packed kernels were faster: `cargo bench -p tempering-model
-/// --bench gemm`).
-pub const MAX_ROWS: usize = 16;
+/// Up to this many rows the kernel beats the general ones on SmolLM2's decode (`cargo bench -p
+/// tempering-model --bench gemm` with `GEMM_DECODE_ONLY=1`: 1.5-2.7x at 8 rows, 1.0-1.5x at 32;
+/// at 64, with the weights in cache, the bench has it level with gemm, but SmolLM2's batch-64
+/// decode, whose weights stream from memory, ran 1.2x faster with it).
+pub const MAX_ROWS: usize = 64;
 
-/// Whether the CPU runs the kernel (AVX-512F), unless `TEMPER_FEW_ROWS=off`.
+/// Whether the CPU runs the kernel (AVX-512F and VL), unless `TEMPER_FEW_ROWS=off`. With VL the
+/// compiler may use all 32 vector registers: with AVX-512F alone LLVM kept the 24 accumulators in
+/// zmm0-18 and spilled the rest to the stack inside the loop.
 pub fn available() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| {
@@ -23,6 +27,7 @@ pub fn available() -> bool {
         #[cfg(target_arch = "x86_64")]
         {
             std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512vl")
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
@@ -34,37 +39,43 @@ pub fn available() -> bool {
 /// Weight rows one task handles: enough work per task, few enough tasks to balance.
 const ROWS_PER_TASK: usize = 64;
 
-/// `x [m, k] @ w [n, k]^T` as `[m, n]` row-major, or `None` where the CPU lacks AVX-512F or the
+/// `x [m, k] @ w [n, k]^T` as `[m, n]` row-major, or `None` where the CPU lacks AVX-512F/VL or the
 /// slices are not `m * k` and `n * k` long.
 pub fn matmul_xwt(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Option<Vec<f32>> {
     if !available() || x.len() != m * k || w.len() != n * k || m == 0 || n == 0 || k == 0 {
         return None;
     }
-    // Outputs transposed ([n, m]), so that each task owns a contiguous block of them.
-    let mut out_t = vec![0f32; n * m];
-    out_t
-        .par_chunks_mut(ROWS_PER_TASK * m)
-        .enumerate()
-        .for_each(|(task, block)| {
-            let j0 = task * ROWS_PER_TASK;
-            let rows = block.len() / m;
-            // SAFETY: AVX-512F was detected above; every pointer offset stays inside `x`, `w`
-            // (rows j0..j0+rows of n) and `block` (rows x m outputs).
-            #[cfg(target_arch = "x86_64")]
-            unsafe {
-                block_avx512(x, &w[j0 * k..(j0 + rows) * k], m, rows, k, block)
-            };
-        });
-    if m == 1 {
-        return Some(out_t);
-    }
     let mut out = vec![0f32; m * n];
-    for j in 0..n {
-        for i in 0..m {
-            out[i * n + j] = out_t[j * m + i];
-        }
-    }
+    let dst = OutPtr(out.as_mut_ptr());
+    let tasks = n.div_ceil(ROWS_PER_TASK);
+    (0..tasks).into_par_iter().for_each(|task| {
+        let j0 = task * ROWS_PER_TASK;
+        let rows = (n - j0).min(ROWS_PER_TASK);
+        // SAFETY: AVX-512F and VL were detected above; every pointer offset stays inside `x`, `w` (rows
+        // j0..j0+rows of n) and `out` (columns j0..j0+rows of every row), and tasks write
+        // disjoint columns.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            block_avx512(x, &w[j0 * k..(j0 + rows) * k], m, rows, k, dst.at(j0), n)
+        };
+    });
     Some(out)
+}
+
+/// The output's base pointer, shared by the tasks that each write their own columns.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+
+// SAFETY: tasks write disjoint columns of the output through it while `matmul_xwt` holds the
+// vector, which outlives them.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The pointer to column `j` of row 0.
+    fn at(self, j: usize) -> *mut f32 {
+        self.0.wrapping_add(j)
+    }
 }
 
 /// Rows of `x` and of `w` in one tile: 24 accumulators, 3 weight vectors and one row of `x` fill
@@ -72,65 +83,98 @@ pub fn matmul_xwt(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Option<
 const MR: usize = 8;
 const NR: usize = 3;
 
-/// Outputs `out_t[j * m + i] = x_i . w_j` for `rows` weight rows, in tiles of [`MR`] x [`NR`].
+/// Rows of x that meet a weight tile in one pass: at 64 rows in one pass x spilled out of L2.
+const ROW_CHUNK: usize = 32;
+
+/// How far ahead of its loads a tile prefetches each weight row (floats).
+const PREFETCH_FLOATS: usize = 256;
+
+/// Outputs `out[i * stride + j] = x_i . w_j` for `rows` weight rows, in tiles of [`MR`] x [`NR`].
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn block_avx512(x: &[f32], w: &[f32], m: usize, rows: usize, k: usize, out_t: &mut [f32]) {
-    // Rows of x outside: a tile of them (MR x k, in L1) meets every weight tile of the task's
-    // block (at most 64 rows, in L2 after the first pass) before the next tile of x.
-    let mut i = 0;
-    while i < m {
-        let mr = (m - i).min(MR);
-        let mut j = 0;
-        while j < rows {
-            let nr = (rows - j).min(NR);
+#[target_feature(enable = "avx512f,avx512vl")]
+unsafe fn block_avx512(
+    x: &[f32],
+    w: &[f32],
+    m: usize,
+    rows: usize,
+    k: usize,
+    out: *mut f32,
+    stride: usize,
+) {
+    // Chunks of ROW_CHUNK rows of x outside (each small enough to stay in L2), then weight
+    // rows: a tile of them comes from memory once per chunk (from L2 after the first) and meets
+    // every tile of the chunk's rows while it sits in L1.
+    for c0 in (0..m).step_by(ROW_CHUNK) {
+        let c1 = (c0 + ROW_CHUNK).min(m);
+        chunk_avx512(x, w, (c0, c1), rows, k, out, stride);
+    }
+}
+
+/// [`block_avx512`] for rows `c0..c1` of `x`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl")]
+unsafe fn chunk_avx512(
+    x: &[f32],
+    w: &[f32],
+    (c0, c1): (usize, usize),
+    rows: usize,
+    k: usize,
+    out: *mut f32,
+    stride: usize,
+) {
+    let mut j = 0;
+    while j < rows {
+        let nr = (rows - j).min(NR);
+        let wp = w.as_ptr().add(j * k);
+        let mut i = c0;
+        while i < c1 {
+            let mr = (c1 - i).min(MR);
             let xp = x.as_ptr().add(i * k);
-            let wp = w.as_ptr().add(j * k);
-            let op = out_t.as_mut_ptr().add(j * m + i);
+            let op = out.add(i * stride + j);
             match (mr, nr) {
-                (8, 3) => tile::<8, 3>(xp, wp, k, op, m),
-                (8, 2) => tile::<8, 2>(xp, wp, k, op, m),
-                (8, 1) => tile::<8, 1>(xp, wp, k, op, m),
-                (7, 3) => tile::<7, 3>(xp, wp, k, op, m),
-                (7, 2) => tile::<7, 2>(xp, wp, k, op, m),
-                (7, 1) => tile::<7, 1>(xp, wp, k, op, m),
-                (6, 3) => tile::<6, 3>(xp, wp, k, op, m),
-                (6, 2) => tile::<6, 2>(xp, wp, k, op, m),
-                (6, 1) => tile::<6, 1>(xp, wp, k, op, m),
-                (5, 3) => tile::<5, 3>(xp, wp, k, op, m),
-                (5, 2) => tile::<5, 2>(xp, wp, k, op, m),
-                (5, 1) => tile::<5, 1>(xp, wp, k, op, m),
-                (4, 3) => tile::<4, 3>(xp, wp, k, op, m),
-                (4, 2) => tile::<4, 2>(xp, wp, k, op, m),
-                (4, 1) => tile::<4, 1>(xp, wp, k, op, m),
-                (3, 3) => tile::<3, 3>(xp, wp, k, op, m),
-                (3, 2) => tile::<3, 2>(xp, wp, k, op, m),
-                (3, 1) => tile::<3, 1>(xp, wp, k, op, m),
-                (2, 3) => tile::<2, 3>(xp, wp, k, op, m),
-                (2, 2) => tile::<2, 2>(xp, wp, k, op, m),
-                (2, 1) => tile::<2, 1>(xp, wp, k, op, m),
-                (1, 3) => tile::<1, 3>(xp, wp, k, op, m),
-                (1, 2) => tile::<1, 2>(xp, wp, k, op, m),
-                _ => tile::<1, 1>(xp, wp, k, op, m),
+                (8, 3) => tile::<8, 3>(xp, wp, k, op, stride),
+                (8, 2) => tile::<8, 2>(xp, wp, k, op, stride),
+                (8, 1) => tile::<8, 1>(xp, wp, k, op, stride),
+                (7, 3) => tile::<7, 3>(xp, wp, k, op, stride),
+                (7, 2) => tile::<7, 2>(xp, wp, k, op, stride),
+                (7, 1) => tile::<7, 1>(xp, wp, k, op, stride),
+                (6, 3) => tile::<6, 3>(xp, wp, k, op, stride),
+                (6, 2) => tile::<6, 2>(xp, wp, k, op, stride),
+                (6, 1) => tile::<6, 1>(xp, wp, k, op, stride),
+                (5, 3) => tile::<5, 3>(xp, wp, k, op, stride),
+                (5, 2) => tile::<5, 2>(xp, wp, k, op, stride),
+                (5, 1) => tile::<5, 1>(xp, wp, k, op, stride),
+                (4, 3) => tile::<4, 3>(xp, wp, k, op, stride),
+                (4, 2) => tile::<4, 2>(xp, wp, k, op, stride),
+                (4, 1) => tile::<4, 1>(xp, wp, k, op, stride),
+                (3, 3) => tile::<3, 3>(xp, wp, k, op, stride),
+                (3, 2) => tile::<3, 2>(xp, wp, k, op, stride),
+                (3, 1) => tile::<3, 1>(xp, wp, k, op, stride),
+                (2, 3) => tile::<2, 3>(xp, wp, k, op, stride),
+                (2, 2) => tile::<2, 2>(xp, wp, k, op, stride),
+                (2, 1) => tile::<2, 1>(xp, wp, k, op, stride),
+                (1, 3) => tile::<1, 3>(xp, wp, k, op, stride),
+                (1, 2) => tile::<1, 2>(xp, wp, k, op, stride),
+                _ => tile::<1, 1>(xp, wp, k, op, stride),
             }
-            j += nr;
+            i += mr;
         }
-        i += mr;
+        j += nr;
     }
 }
 
 /// One tile: `MR` rows of `x` (at `x`, stride `k`) by `NR` rows of `w` (at `w`, stride `k`), each
 /// output a 16-lane accumulator along `k` (the tail masked), summed across lanes at the end and
-/// written to `out[jj * m + ii]`.
+/// written to `out[ii * stride + jj]`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512vl")]
 #[inline(never)]
 unsafe fn tile<const MR: usize, const NR: usize>(
     x: *const f32,
     w: *const f32,
     k: usize,
     out: *mut f32,
-    m: usize,
+    stride: usize,
 ) {
     use std::arch::x86_64::*;
     let mut acc = [[_mm512_setzero_ps(); NR]; MR];
@@ -139,6 +183,8 @@ unsafe fn tile<const MR: usize, const NR: usize>(
         let mut wv = [_mm512_setzero_ps(); NR];
         for (jj, v) in wv.iter_mut().enumerate() {
             *v = _mm512_loadu_ps(w.add(jj * k + p));
+            // The weight streams from memory once: ask for it well ahead of its use.
+            _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(jj * k + p + PREFETCH_FLOATS) as *const i8);
         }
         for (ii, row) in acc.iter_mut().enumerate() {
             let xv = _mm512_loadu_ps(x.add(ii * k + p));
@@ -163,7 +209,7 @@ unsafe fn tile<const MR: usize, const NR: usize>(
     }
     for (ii, row) in acc.iter().enumerate() {
         for (jj, a) in row.iter().enumerate() {
-            *out.add(jj * m + ii) = _mm512_reduce_add_ps(*a);
+            *out.add(ii * stride + jj) = _mm512_reduce_add_ps(*a);
         }
     }
 }
@@ -211,6 +257,7 @@ mod tests {
             (13, 67, 100),
             (32, 192, 576),
             (64, 65, 15),
+            (40, 50, 600),
         ] {
             let x = data(m * k, 1);
             let w = data(n * k, 2);
@@ -233,9 +280,9 @@ mod tests {
         }
         let (n, k) = (70, 300);
         let w = data(n * k, 3);
-        let x = data(9 * k, 4);
+        let x = data(64 * k, 4);
         let alone = matmul_xwt(&x[5 * k..6 * k], &w, 1, n, k).unwrap();
-        for m in [6, 7, 9] {
+        for m in [6, 7, 9, 40, 64] {
             let all = matmul_xwt(&x[..m * k], &w, m, n, k).unwrap();
             assert_eq!(&all[5 * n..6 * n], &alone[..], "batch of {m}");
         }

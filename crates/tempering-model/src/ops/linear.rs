@@ -2,7 +2,7 @@
 //! the input's gradient only) or a trainable one (both gradients). On the CPU in f32 the forward and
 //! both backward products (`dY @ W`, and `dY^T @ X` written straight into `[N, K]`) of weights at
 //! least 192 wide run through OpenBLAS ([`super::blas`]) when it is loaded, never materialising a
-//! transpose; decode's few rows (up to `few_rows::MAX_ROWS`, 16) of such weights through the
+//! transpose; decode's few rows (up to `few_rows::MAX_ROWS`, 64) of such weights through the
 //! AVX-512 kernel of [`super::few_rows`] where the CPU has it; elsewhere (other devices, dtypes,
 //! narrow weights, no OpenBLAS) through candle's own matmul kernel on the storage.
 
