@@ -82,6 +82,10 @@ impl Worker {
                     }
                     Work::Generate(job) => waiting.push_back(job),
                     Work::AddAdapter(name, engine) => {
+                        // An unload of this name queued before it (the API refuses to load a
+                        // loaded name) was for the engine this one replaces: applied after the
+                        // insert it would take the new one away.
+                        removals.retain(|r| *r != name);
                         self.adapters.insert(name, *engine);
                     }
                     Work::RemoveAdapter(name) => removals.push(name),
