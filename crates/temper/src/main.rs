@@ -125,6 +125,26 @@ fn quiet_candle_pool() {
     }
 }
 
+/// Makes the main thread one of rayon's workers (the pool keeps one thread per core, this one
+/// included), so that the matrix products it starts split with a worker that is already running
+/// instead of waking a sleeping one for each product and waiting on it. Decode on SmolLM2 runs about
+/// 1.15x faster at batch 1 this way (what serve's model thread gets by living on a worker). Not for
+/// `serve`, whose main thread blocks in the HTTP runtime and whose model thread is a worker already;
+/// not with one core (a job injected from another thread while the main thread blocks could then
+/// find no worker to run it); and not with `TEMPER_MAIN_IN_POOL=0`.
+fn main_thread_in_pool() {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cores < 2 || std::env::var("TEMPER_MAIN_IN_POOL").is_ok_and(|v| v == "0") {
+        return;
+    }
+    if let Err(e) = rayon::ThreadPoolBuilder::new()
+        .use_current_thread()
+        .build_global()
+    {
+        tracing::debug!("rayon's pool was already built: {e}");
+    }
+}
+
 fn main() {
     quiet_candle_pool();
     tune_allocator();
@@ -137,6 +157,9 @@ fn main() {
         .init();
     install_signal_handlers();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        main_thread_in_pool();
+    }
     if let Err(e) = dispatch(cli.command) {
         if let Some(stop) = e.downcast_ref::<commands::Interrupted>() {
             eprintln!("{stop}");

@@ -60,6 +60,44 @@ fn greedy_json_matches_the_transformers_fixture() {
     let lps = c["logprobs"].as_array().unwrap();
     assert_eq!(lps.len(), 12);
     assert!(lps.iter().all(|x| x.as_f64().unwrap() <= 0.0));
+
+    // bf16 inference weights (f32 activations): the same greedy tokens, logprobs close to f32's.
+    let out = temper()
+        .arg("generate")
+        .arg(&smol)
+        .args(["--prompt", "The capital of France is", "--temperature", "0"])
+        .args([
+            "--max-new-tokens",
+            "12",
+            "--json",
+            "--logprobs",
+            "--dtype",
+            "bf16",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let b = &v["completions"][0];
+    assert_eq!(
+        b["tokens"], c["tokens"],
+        "bf16 weights changed the greedy tokens"
+    );
+    let blps = b["logprobs"].as_array().unwrap();
+    let mut differ = 0;
+    for (x, y) in lps.iter().zip(blps) {
+        let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+        assert!((x - y).abs() < 0.1, "logprob {x} (f32) against {y} (bf16)");
+        differ += usize::from(x != y);
+    }
+    assert!(
+        differ > 0,
+        "bf16 weights left every logprob at its f32 bits: not applied?"
+    );
 }
 
 #[test]

@@ -31,9 +31,16 @@ fn main() -> Result<()> {
     };
     let batch: usize = batch.parse().context("BATCH")?;
     let new_tokens: usize = new_tokens.parse().context("NEW_TOKENS")?;
-    let files = ModelFiles::open(model.as_ref(), DType::F32, &Device::Cpu)?;
+    // BF16=1: the matrices in bf16, activations in f32 (what `--dtype bf16` does on the CPU).
+    let bf16 = std::env::var_os("BF16").is_some();
+    let dtype = if bf16 { DType::BF16 } else { DType::F32 };
+    let files = ModelFiles::open(model.as_ref(), dtype, &Device::Cpu)?;
     let tok = files.tokenizer.clone().context("tokenizer")?;
-    let engine = LocalEngine::new(files.transformer()?, tok).with_options(EngineOptions {
+    let mut transformer = files.transformer()?;
+    if bf16 {
+        transformer.store_linear_weights_bf16()?;
+    }
+    let engine = LocalEngine::new(transformer, tok).with_options(EngineOptions {
         max_batch_rows: batch,
     });
     let text = std::fs::read_to_string(prompts).context("PROMPTS")?;
@@ -84,7 +91,7 @@ fn main() -> Result<()> {
     println!(
         "{}",
         serde_json::json!({
-            "engine": "tempering",
+            "engine": if std::env::var_os("BF16").is_some() { "tempering-bf16" } else { "tempering" },
             "batch": batch,
             "new_tokens": n,
             "seconds": total,

@@ -97,6 +97,9 @@ pub struct Transformer {
     pub norm: Tensor,
     /// `None` when the LM head is tied to the embeddings.
     pub lm_head: Option<Tensor>,
+    /// The tied LM head's bf16 copy once [`Transformer::store_linear_weights_bf16`] made one (the
+    /// embeddings stay f32 for their lookups).
+    tied_head_bf16: Option<Tensor>,
     inv_freq: Vec<f64>,
     device: Device,
     dtype: DType,
@@ -156,6 +159,7 @@ impl Transformer {
             layers,
             norm,
             lm_head,
+            tied_head_bf16: None,
             inv_freq: c.rope_inv_freq(),
         })
     }
@@ -289,6 +293,67 @@ impl Transformer {
         Ok(vars)
     }
 
+    /// Inference on the CPU with bf16 matrices and f32 activations (what llama.cpp does with a bf16
+    /// GGUF): decode streams half the bytes, the few-row kernel widening each weight in registers.
+    /// From an f32 model, the projection weights of every layer and the LM head become bf16 (a tied
+    /// head gets its own bf16 copy; the embeddings stay f32). From a model loaded in bf16, which
+    /// never held f32 matrices (half the memory at load), the matrices and embeddings stay bf16
+    /// (looked-up rows widened to f32) and the norms and biases become f32. Either way the model
+    /// then computes in f32, its KV cache is f32, and a LoRA adapter applied later keeps f32
+    /// weights. An error for a model on another device, in another dtype, or with a trainable
+    /// projection: nothing trains bf16 weights stored this way.
+    pub fn store_linear_weights_bf16(&mut self) -> Result<()> {
+        let unsupported = || {
+            ModelError::Unsupported(format!(
+                "bf16 inference weights need an f32 or bf16 model on the CPU (this one is {:?} on \
+                 {:?})",
+                self.dtype, self.device
+            ))
+        };
+        if !self.device.is_cpu() || !matches!(self.dtype, DType::F32 | DType::BF16) {
+            return Err(unsupported());
+        }
+        let loaded_bf16 = self.dtype == DType::BF16;
+        let mut linears: Vec<&mut Linear> = Vec::new();
+        let mut vectors: Vec<&mut Tensor> = vec![&mut self.norm];
+        for l in self.layers.iter_mut() {
+            vectors.push(&mut l.input_layernorm);
+            vectors.push(&mut l.post_attention_layernorm);
+            let a = &mut l.self_attn;
+            let m = &mut l.mlp;
+            linears.extend([
+                &mut a.q_proj,
+                &mut a.k_proj,
+                &mut a.v_proj,
+                &mut a.o_proj,
+                &mut m.gate_proj,
+                &mut m.up_proj,
+                &mut m.down_proj,
+            ]);
+        }
+        if linears.iter().any(|l| l.weight.is_variable()) {
+            return Err(ModelError::Unsupported(
+                "bf16 inference weights: a projection weight is trainable".into(),
+            ));
+        }
+        for l in linears {
+            l.weight = l.weight.to_dtype(DType::BF16)?;
+            if let Some(b) = l.bias.as_mut() {
+                *b = b.to_dtype(DType::F32)?;
+            }
+        }
+        for v in vectors {
+            *v = v.to_dtype(DType::F32)?;
+        }
+        if let Some(h) = self.lm_head.as_mut() {
+            *h = h.to_dtype(DType::BF16)?;
+        } else if !loaded_bf16 {
+            self.tied_head_bf16 = Some(self.embed_tokens.to_dtype(DType::BF16)?);
+        }
+        self.dtype = DType::F32;
+        Ok(())
+    }
+
     /// Detaches every base weight from autograd, so that a backward pass computes no gradient for
     /// it (a weight that is a `Var`, say after full fine-tuning, would otherwise get one: wasted
     /// work when only adapters train). The storage is shared, not copied.
@@ -390,10 +455,12 @@ impl Transformer {
         let mask = self.attention_mask(layout, &keys, past)?;
         let (cos, sin) = self.rope_tables(layout)?;
 
+        // (Embeddings kept in bf16 for f32 compute: see `store_linear_weights_bf16`.)
         let mut x = self
             .embed_tokens
             .index_select(&input_ids.flatten_all()?, 0)?
-            .reshape((b, t, self.config.hidden_size))?;
+            .reshape((b, t, self.config.hidden_size))?
+            .to_dtype(self.dtype)?;
         for (i, layer) in self.layers.iter().enumerate() {
             let residual = x.clone();
             let hs = ops::rms_norm(&x, &layer.input_layernorm, self.config.rms_norm_eps)?;
@@ -419,7 +486,10 @@ impl Transformer {
 
     /// Logits [.., vocab] for hidden states [.., H].
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        let head = match (&self.lm_head, &self.tied_head_bf16) {
+            (Some(h), _) | (None, Some(h)) => h,
+            (None, None) => &self.embed_tokens,
+        };
         Linear::new(head.clone(), None).forward(hidden)
     }
 

@@ -283,3 +283,132 @@ fn f16_and_bf16_on_disk_load_as_their_rounded_values() {
         );
     }
 }
+
+/// `model` with every projection weight and the LM head rounded to bf16 but held in f32: what
+/// [`Transformer::store_linear_weights_bf16`] computes with, in the plain f32 paths.
+fn rounded_to_bf16(model: &Transformer) -> Transformer {
+    let round = |t: &Tensor| {
+        t.to_dtype(DType::BF16)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+    };
+    let mut r = model.clone();
+    for l in r.layers.iter_mut() {
+        for lin in [
+            &mut l.self_attn.q_proj,
+            &mut l.self_attn.k_proj,
+            &mut l.self_attn.v_proj,
+            &mut l.self_attn.o_proj,
+            &mut l.mlp.gate_proj,
+            &mut l.mlp.up_proj,
+            &mut l.mlp.down_proj,
+        ] {
+            lin.weight = round(&lin.weight);
+        }
+    }
+    r.lm_head = Some(round(r.lm_head.as_ref().unwrap_or(&r.embed_tokens)));
+    r
+}
+
+#[test]
+fn bf16_inference_weights_compute_the_f32_model_with_rounded_weights() {
+    for arch in [Architecture::Llama, Architecture::Qwen2] {
+        let cfg = tiny_config(arch);
+        let f32_model = Transformer::init_random(&cfg, 5, &Device::Cpu, DType::F32).unwrap();
+        let want_model = rounded_to_bf16(&f32_model);
+        let mut model = f32_model.clone();
+        model.store_linear_weights_bf16().unwrap();
+        assert_eq!(
+            model.layers[0].mlp.up_proj.weight.dtype(),
+            DType::BF16,
+            "{arch:?}"
+        );
+        // 2 x 40 rows: past the few-row kernel (prefill widens the weights); 1 row: the kernel.
+        let rows: Vec<Vec<u32>> = (0..2)
+            .map(|r| (0..40).map(|i| (i * 7 + r * 13) % 61).collect())
+            .collect();
+        let batch = ids(&[&rows[0], &rows[1]]);
+        let got = model.forward_causal(&batch).unwrap();
+        assert_eq!(got.dtype(), DType::F32);
+        let want = want_model.forward_causal(&batch).unwrap();
+        let d = max_abs_diff(&got, &want);
+        assert!(d < 1e-4, "{arch:?} prefill: max diff {d}");
+        let one = ids(&[&rows[0][..1]]);
+        let d = max_abs_diff(
+            &model.forward_causal(&one).unwrap(),
+            &want_model.forward_causal(&one).unwrap(),
+        );
+        assert!(d < 1e-4, "{arch:?} one row: max diff {d}");
+        // A LoRA adapter on top trains through the bf16 weights: the same gradients.
+        let lora = tempering_model::lora::LoraConfig::default();
+        let mut a = model.clone();
+        let mut b = want_model.clone();
+        let va = a.add_lora(&lora, 3).unwrap();
+        let vb = b.add_lora(&lora, 3).unwrap();
+        let loss = |m: &Transformer| {
+            let logits = m.forward_causal(&batch).unwrap();
+            let w = Tensor::arange(0f32, logits.elem_count() as f32, &Device::Cpu)
+                .unwrap()
+                .reshape(logits.dims())
+                .unwrap()
+                .affine(1e-4, -0.5)
+                .unwrap();
+            (logits * w).unwrap().sum_all().unwrap()
+        };
+        let (ga, gb) = (loss(&a).backward().unwrap(), loss(&b).backward().unwrap());
+        for ((name, x), (_, y)) in va.iter().zip(&vb) {
+            let (gx, gy) = (ga.get(x.as_tensor()), gb.get(y.as_tensor()));
+            let (Some(gx), Some(gy)) = (gx, gy) else {
+                panic!("{arch:?} {name}: no gradient");
+            };
+            let d = max_abs_diff(gx, gy);
+            assert!(d < 1e-3, "{arch:?} {name}: gradient max diff {d}");
+        }
+    }
+    // Nothing trains a bf16 inference weight, and only an f32 CPU model stores them.
+    let cfg = tiny_config(Architecture::Llama);
+    let mut m = Transformer::init_random(&cfg, 5, &Device::Cpu, DType::F32).unwrap();
+    m.make_trainable(|n| n.ends_with("q_proj.weight")).unwrap();
+    let e = m.store_linear_weights_bf16().unwrap_err().to_string();
+    assert!(e.contains("trainable"), "{e}");
+    let mut h = Transformer::init_random(&cfg, 5, &Device::Cpu, DType::F16).unwrap();
+    let e = h.store_linear_weights_bf16().unwrap_err().to_string();
+    assert!(e.contains("f32 or bf16 model"), "{e}");
+}
+
+#[test]
+fn a_model_loaded_in_bf16_computes_in_f32_with_its_bf16_matrices() {
+    for arch in [Architecture::Llama, Architecture::Qwen2] {
+        let cfg = tiny_config(arch);
+        let saved = Transformer::init_random(&cfg, 9, &Device::Cpu, DType::F32).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        save_hf_dir(dir.path(), &saved, None, None, DType::BF16).unwrap();
+        let open = |dtype| {
+            ModelFiles::open(dir.path(), dtype, &Device::Cpu)
+                .unwrap()
+                .transformer()
+                .unwrap()
+        };
+        // The same bf16 values, computed in f32 throughout.
+        let want_model = open(DType::F32);
+        let mut model = open(DType::BF16);
+        model.store_linear_weights_bf16().unwrap();
+        assert_eq!(model.dtype(), DType::F32);
+        assert_eq!(model.embed_tokens.dtype(), DType::BF16, "{arch:?}");
+        assert_eq!(model.norm.dtype(), DType::F32, "{arch:?}");
+        let rows: Vec<u32> = (0..80).map(|i| (i * 11) % 61).collect();
+        // One row and five (the few-row kernel), 2 x 40 (prefill widens the matrices).
+        for x in [
+            ids(&[&rows[..1]]),
+            ids(&[&rows[..5]]),
+            ids(&[&rows[..40], &rows[40..]]),
+        ] {
+            let len = x.elem_count();
+            let got = model.forward_causal(&x).unwrap();
+            assert_eq!(got.dtype(), DType::F32);
+            let d = max_abs_diff(&got, &want_model.forward_causal(&x).unwrap());
+            assert!(d < 1e-4, "{arch:?} {len} tokens: max diff {d}");
+        }
+    }
+}

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use candle_core::DType;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
@@ -204,10 +205,25 @@ pub fn load_engine_with_config(
     batch_rows: usize,
 ) -> Result<(LocalEngine, Option<ChatTemplate>, Option<Value>)> {
     let (dev, dtype) = device_and_dtype(&device.device, device.dtype.as_deref())?;
+    // On the CPU, bf16 means bf16 inference weights beside f32 activations (as llama.cpp runs a
+    // bf16 GGUF): decode streams half the bytes, and only the weights' rounding changes results.
+    // The weights load in bf16 (never all in f32 at once), then the norms widen.
+    let cpu_bf16 = dev.is_cpu() && dtype == DType::BF16;
     let files = ModelFiles::open(model, dtype, &dev)
         .with_context(|| format!("loading {}", model.display()))?;
     let tok = files.require_tokenizer()?.clone();
     let mut transformer = files.transformer()?;
+    let ModelFiles {
+        chat_template,
+        generation_config,
+        ..
+    } = files;
+    if cpu_bf16 {
+        transformer
+            .store_linear_weights_bf16()
+            .context("--dtype bf16")?;
+        tracing::info!("--dtype bf16: projection and LM head weights in bf16, activations in f32");
+    }
     if let Some(dir) = adapter {
         transformer
             .apply_peft(dir)
@@ -219,7 +235,7 @@ pub fn load_engine_with_config(
     let engine = LocalEngine::new(transformer, tok).with_options(EngineOptions {
         max_batch_rows: batch_rows,
     });
-    Ok((engine, files.chat_template, files.generation_config))
+    Ok((engine, chat_template, generation_config))
 }
 
 /// Prompt ids for plain text (with the model's BOS rule) or for a chat (the template writes any

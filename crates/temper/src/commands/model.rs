@@ -19,7 +19,9 @@ pub struct DeviceArgs {
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Compute dtype: f32 (default on CPU), bf16 (default on CUDA) or f16.
+    /// Compute dtype: f32 (default on CPU), bf16 (default on CUDA) or f16. For inference on the CPU
+    /// (generate, chat, search, eval, serve), bf16 stores the projection weights in bf16 and keeps
+    /// activations in f32: decode streams half the bytes.
     #[arg(long)]
     pub dtype: Option<String>,
 }

@@ -5,6 +5,9 @@
 //! while it sits in L1. General gemm kernels pack and block for many rows; at 8 to 64 they spend
 //! their time packing the weight. Every output is the same sequence of FMAs whatever `m`, the tile
 //! or chunk it falls in or the thread count, so a row decodes to the same bits alone or in a batch.
+//! The weight may be f32 or bf16 ([`matmul_xwt_bf16`], inference weights at half the bytes): a bf16
+//! weight vector is widened to f32 in registers (its bits shifted into the high half) and meets the
+//! f32 rows of `x` in the same FMAs, so only the weight's own rounding differs from f32.
 //! Knows nothing of candle: slices in, a vector out.
 
 use rayon::prelude::*;
@@ -15,9 +18,9 @@ use rayon::prelude::*;
 /// decode, whose weights stream from memory, ran 1.2x faster with it).
 pub const MAX_ROWS: usize = 64;
 
-/// Whether the CPU runs the kernel (AVX-512F and VL), unless `TEMPER_FEW_ROWS=off`. With VL the
+/// Whether the CPU runs the kernel (AVX-512F, VL and BW), unless `TEMPER_FEW_ROWS=off`. With VL the
 /// compiler may use all 32 vector registers: with AVX-512F alone LLVM kept the 24 accumulators in
-/// zmm0-18 and spilled the rest to the stack inside the loop.
+/// zmm0-18 and spilled the rest to the stack inside the loop. BW loads a bf16 weight's masked tail.
 pub fn available() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| {
@@ -28,6 +31,7 @@ pub fn available() -> bool {
         {
             std::arch::is_x86_feature_detected!("avx512f")
                 && std::arch::is_x86_feature_detected!("avx512vl")
+                && std::arch::is_x86_feature_detected!("avx512bw")
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
@@ -39,9 +43,34 @@ pub fn available() -> bool {
 /// Weight rows one task handles: enough work per task, few enough tasks to balance.
 const ROWS_PER_TASK: usize = 64;
 
-/// `x [m, k] @ w [n, k]^T` as `[m, n]` row-major, or `None` where the CPU lacks AVX-512F/VL or the
-/// slices are not `m * k` and `n * k` long.
+/// `x [m, k] @ w [n, k]^T` as `[m, n]` row-major, or `None` where the CPU lacks AVX-512F/VL/BW or
+/// the slices are not `m * k` and `n * k` long.
 pub fn matmul_xwt(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Option<Vec<f32>> {
+    product::<f32>(x, w, m, n, k)
+}
+
+/// [`matmul_xwt`] with a bf16 weight (its raw bits, as `half::bf16::to_bits` gives them): each
+/// weight element is exactly the f32 with those bits in its high half, so the result is the f32
+/// product with the rounded weight.
+pub fn matmul_xwt_bf16(x: &[f32], w: &[u16], m: usize, n: usize, k: usize) -> Option<Vec<f32>> {
+    product::<u16>(x, w, m, n, k)
+}
+
+/// A weight element the kernel reads: f32, or bf16 as its raw `u16` bits.
+pub trait WeightElem: Copy + Send + Sync + 'static {
+    /// Whether the element is bf16 (widened in registers) rather than f32.
+    const BF16: bool;
+}
+
+impl WeightElem for f32 {
+    const BF16: bool = false;
+}
+
+impl WeightElem for u16 {
+    const BF16: bool = true;
+}
+
+fn product<W: WeightElem>(x: &[f32], w: &[W], m: usize, n: usize, k: usize) -> Option<Vec<f32>> {
     if !available() || x.len() != m * k || w.len() != n * k || m == 0 || n == 0 || k == 0 {
         return None;
     }
@@ -51,9 +80,9 @@ pub fn matmul_xwt(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Option<
     (0..tasks).into_par_iter().for_each(|task| {
         let j0 = task * ROWS_PER_TASK;
         let rows = (n - j0).min(ROWS_PER_TASK);
-        // SAFETY: AVX-512F and VL were detected above; every pointer offset stays inside `x`, `w` (rows
-        // j0..j0+rows of n) and `out` (columns j0..j0+rows of every row), and tasks write
-        // disjoint columns.
+        // SAFETY: AVX-512F, VL and BW were detected above; every pointer offset stays inside `x`,
+        // `w` (rows j0..j0+rows of n) and `out` (columns j0..j0+rows of every row), and tasks
+        // write disjoint columns.
         #[cfg(target_arch = "x86_64")]
         unsafe {
             block_avx512(x, &w[j0 * k..(j0 + rows) * k], m, rows, k, dst.at(j0), n)
@@ -86,15 +115,15 @@ const NR: usize = 3;
 /// Rows of x that meet a weight tile in one pass: at 64 rows in one pass x spilled out of L2.
 const ROW_CHUNK: usize = 32;
 
-/// How far ahead of its loads a tile prefetches each weight row (floats).
-const PREFETCH_FLOATS: usize = 256;
+/// How far ahead of its loads a tile prefetches each weight row (bytes).
+const PREFETCH_BYTES: usize = 1024;
 
 /// Outputs `out[i * stride + j] = x_i . w_j` for `rows` weight rows, in tiles of [`MR`] x [`NR`].
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl")]
-unsafe fn block_avx512(
+#[target_feature(enable = "avx512f,avx512vl,avx512bw")]
+unsafe fn block_avx512<W: WeightElem>(
     x: &[f32],
-    w: &[f32],
+    w: &[W],
     m: usize,
     rows: usize,
     k: usize,
@@ -112,10 +141,10 @@ unsafe fn block_avx512(
 
 /// [`block_avx512`] for rows `c0..c1` of `x`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl")]
-unsafe fn chunk_avx512(
+#[target_feature(enable = "avx512f,avx512vl,avx512bw")]
+unsafe fn chunk_avx512<W: WeightElem>(
     x: &[f32],
-    w: &[f32],
+    w: &[W],
     (c0, c1): (usize, usize),
     rows: usize,
     k: usize,
@@ -132,30 +161,30 @@ unsafe fn chunk_avx512(
             let xp = x.as_ptr().add(i * k);
             let op = out.add(i * stride + j);
             match (mr, nr) {
-                (8, 3) => tile::<8, 3>(xp, wp, k, op, stride),
-                (8, 2) => tile::<8, 2>(xp, wp, k, op, stride),
-                (8, 1) => tile::<8, 1>(xp, wp, k, op, stride),
-                (7, 3) => tile::<7, 3>(xp, wp, k, op, stride),
-                (7, 2) => tile::<7, 2>(xp, wp, k, op, stride),
-                (7, 1) => tile::<7, 1>(xp, wp, k, op, stride),
-                (6, 3) => tile::<6, 3>(xp, wp, k, op, stride),
-                (6, 2) => tile::<6, 2>(xp, wp, k, op, stride),
-                (6, 1) => tile::<6, 1>(xp, wp, k, op, stride),
-                (5, 3) => tile::<5, 3>(xp, wp, k, op, stride),
-                (5, 2) => tile::<5, 2>(xp, wp, k, op, stride),
-                (5, 1) => tile::<5, 1>(xp, wp, k, op, stride),
-                (4, 3) => tile::<4, 3>(xp, wp, k, op, stride),
-                (4, 2) => tile::<4, 2>(xp, wp, k, op, stride),
-                (4, 1) => tile::<4, 1>(xp, wp, k, op, stride),
-                (3, 3) => tile::<3, 3>(xp, wp, k, op, stride),
-                (3, 2) => tile::<3, 2>(xp, wp, k, op, stride),
-                (3, 1) => tile::<3, 1>(xp, wp, k, op, stride),
-                (2, 3) => tile::<2, 3>(xp, wp, k, op, stride),
-                (2, 2) => tile::<2, 2>(xp, wp, k, op, stride),
-                (2, 1) => tile::<2, 1>(xp, wp, k, op, stride),
-                (1, 3) => tile::<1, 3>(xp, wp, k, op, stride),
-                (1, 2) => tile::<1, 2>(xp, wp, k, op, stride),
-                _ => tile::<1, 1>(xp, wp, k, op, stride),
+                (8, 3) => tile::<8, 3, W>(xp, wp, k, op, stride),
+                (8, 2) => tile::<8, 2, W>(xp, wp, k, op, stride),
+                (8, 1) => tile::<8, 1, W>(xp, wp, k, op, stride),
+                (7, 3) => tile::<7, 3, W>(xp, wp, k, op, stride),
+                (7, 2) => tile::<7, 2, W>(xp, wp, k, op, stride),
+                (7, 1) => tile::<7, 1, W>(xp, wp, k, op, stride),
+                (6, 3) => tile::<6, 3, W>(xp, wp, k, op, stride),
+                (6, 2) => tile::<6, 2, W>(xp, wp, k, op, stride),
+                (6, 1) => tile::<6, 1, W>(xp, wp, k, op, stride),
+                (5, 3) => tile::<5, 3, W>(xp, wp, k, op, stride),
+                (5, 2) => tile::<5, 2, W>(xp, wp, k, op, stride),
+                (5, 1) => tile::<5, 1, W>(xp, wp, k, op, stride),
+                (4, 3) => tile::<4, 3, W>(xp, wp, k, op, stride),
+                (4, 2) => tile::<4, 2, W>(xp, wp, k, op, stride),
+                (4, 1) => tile::<4, 1, W>(xp, wp, k, op, stride),
+                (3, 3) => tile::<3, 3, W>(xp, wp, k, op, stride),
+                (3, 2) => tile::<3, 2, W>(xp, wp, k, op, stride),
+                (3, 1) => tile::<3, 1, W>(xp, wp, k, op, stride),
+                (2, 3) => tile::<2, 3, W>(xp, wp, k, op, stride),
+                (2, 2) => tile::<2, 2, W>(xp, wp, k, op, stride),
+                (2, 1) => tile::<2, 1, W>(xp, wp, k, op, stride),
+                (1, 3) => tile::<1, 3, W>(xp, wp, k, op, stride),
+                (1, 2) => tile::<1, 2, W>(xp, wp, k, op, stride),
+                _ => tile::<1, 1, W>(xp, wp, k, op, stride),
             }
             i += mr;
         }
@@ -167,11 +196,11 @@ unsafe fn chunk_avx512(
 /// output a 16-lane accumulator along `k` (the tail masked), summed across lanes at the end and
 /// written to `out[ii * stride + jj]`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl")]
+#[target_feature(enable = "avx512f,avx512vl,avx512bw")]
 #[inline(never)]
-unsafe fn tile<const MR: usize, const NR: usize>(
+unsafe fn tile<const MR: usize, const NR: usize, W: WeightElem>(
     x: *const f32,
-    w: *const f32,
+    w: *const W,
     k: usize,
     out: *mut f32,
     stride: usize,
@@ -182,9 +211,10 @@ unsafe fn tile<const MR: usize, const NR: usize>(
     while p + 16 <= k {
         let mut wv = [_mm512_setzero_ps(); NR];
         for (jj, v) in wv.iter_mut().enumerate() {
-            *v = _mm512_loadu_ps(w.add(jj * k + p));
+            *v = load_w(w.add(jj * k + p));
             // The weight streams from memory once: ask for it well ahead of its use.
-            _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(jj * k + p + PREFETCH_FLOATS) as *const i8);
+            let ahead = PREFETCH_BYTES / std::mem::size_of::<W>();
+            _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(jj * k + p + ahead) as *const i8);
         }
         for (ii, row) in acc.iter_mut().enumerate() {
             let xv = _mm512_loadu_ps(x.add(ii * k + p));
@@ -198,7 +228,7 @@ unsafe fn tile<const MR: usize, const NR: usize>(
         let mask: __mmask16 = ((1u32 << (k - p)) - 1) as __mmask16;
         let mut wv = [_mm512_setzero_ps(); NR];
         for (jj, v) in wv.iter_mut().enumerate() {
-            *v = _mm512_maskz_loadu_ps(mask, w.add(jj * k + p));
+            *v = load_w_masked(mask, w.add(jj * k + p));
         }
         for (ii, row) in acc.iter_mut().enumerate() {
             let xv = _mm512_maskz_loadu_ps(mask, x.add(ii * k + p));
@@ -211,6 +241,37 @@ unsafe fn tile<const MR: usize, const NR: usize>(
         for (jj, a) in row.iter().enumerate() {
             *out.add(ii * stride + jj) = _mm512_reduce_add_ps(*a);
         }
+    }
+}
+
+/// 16 weight elements at `w` as f32 lanes: a plain load, or bf16 bits widened into the high half.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx512bw")]
+#[inline]
+unsafe fn load_w<W: WeightElem>(w: *const W) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    if W::BF16 {
+        let h = _mm256_loadu_si256(w as *const __m256i);
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+    } else {
+        _mm512_loadu_ps(w as *const f32)
+    }
+}
+
+/// [`load_w`] of the lanes set in `mask`, zeros elsewhere (nothing read past them).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx512bw")]
+#[inline]
+unsafe fn load_w_masked<W: WeightElem>(
+    mask: std::arch::x86_64::__mmask16,
+    w: *const W,
+) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    if W::BF16 {
+        let h = _mm256_maskz_loadu_epi16(mask, w as *const i16);
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+    } else {
+        _mm512_maskz_loadu_ps(mask, w as *const f32)
     }
 }
 
@@ -286,5 +347,43 @@ mod tests {
             let all = matmul_xwt(&x[..m * k], &w, m, n, k).unwrap();
             assert_eq!(&all[5 * n..6 * n], &alone[..], "batch of {m}");
         }
+    }
+
+    /// bf16 bits of an f32 (round to nearest even), as `half::bf16::from_f32` gives them.
+    fn bf16_bits(v: f32) -> u16 {
+        let b = v.to_bits();
+        ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
+    }
+
+    #[test]
+    fn a_bf16_weight_gives_the_f32_product_with_the_rounded_weight() {
+        if !available() {
+            return;
+        }
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (1, 5, 17),
+            (3, 7, 16),
+            (8, 130, 576),
+            (40, 50, 600),
+        ] {
+            let x = data(m * k, 5);
+            let w: Vec<u16> = data(n * k, 6).into_iter().map(bf16_bits).collect();
+            let wide: Vec<f32> = w
+                .iter()
+                .map(|&b| f32::from_bits(u32::from(b) << 16))
+                .collect();
+            let got = matmul_xwt_bf16(&x, &w, m, n, k).unwrap();
+            // The same FMAs on the widened weight: the same bits.
+            assert_eq!(
+                got,
+                matmul_xwt(&x, &wide, m, n, k).unwrap(),
+                "m {m} n {n} k {k}"
+            );
+            for (g, want) in got.iter().zip(naive(&x, &wide, m, n, k)) {
+                assert!((f64::from(*g) - want).abs() <= 1e-4 * (1.0 + want.abs()));
+            }
+        }
+        assert!(matmul_xwt_bf16(&[1.0; 3], &[1; 4], 1, 2, 2).is_none());
     }
 }

@@ -174,6 +174,17 @@ fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
+/// A bf16 weight's elements, in its layout's order, as f32 (exact: bf16 widens without rounding).
+fn widen_bf16(w: &[half::bf16], wl: &Layout) -> candle_core::Result<Vec<f32>> {
+    use half::slice::HalfFloatSliceExt;
+    if let Some((a, b)) = wl.contiguous_offsets() {
+        let mut out = vec![0f32; b - a];
+        w[a..b].convert_to_f32_slice(&mut out);
+        return Ok(out);
+    }
+    candle_core::bail!("linear: a bf16 weight must be contiguous")
+}
+
 /// One gemm of `[M, K]` by the transposed view of `[N, K]`, exactly as `Tensor::matmul` sets it up.
 fn fwd<S: BackendStorage>(
     xs: &S,
@@ -207,6 +218,26 @@ impl CustomOp2 for Linear {
         ws: &CpuStorage,
         wl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        if let (CpuStorage::F32(x), CpuStorage::BF16(w)) = (xs, ws) {
+            // Inference weights stored in bf16 beside f32 activations: decode's few rows through
+            // the kernel that widens the weight in registers (half the bytes streamed); more rows
+            // (prefill) widen the weight once and take the f32 paths below.
+            let (m, k) = xl.shape().dims2()?;
+            let (n, _) = wl.shape().dims2()?;
+            if let (Some((xa, xb)), Some((wa, wb))) =
+                (xl.contiguous_offsets(), wl.contiguous_offsets())
+            {
+                use half::slice::HalfFloatSliceExt;
+                if m <= super::few_rows::MAX_ROWS {
+                    let bits: &[u16] = w[wa..wb].reinterpret_cast();
+                    if let Some(y) = super::few_rows::matmul_xwt_bf16(&x[xa..xb], bits, m, n, k) {
+                        return Ok((CpuStorage::F32(y), Shape::from((m, n))));
+                    }
+                }
+            }
+            let wide = CpuStorage::F32(widen_bf16(w, wl)?);
+            return self.cpu_fwd(xs, xl, &wide, &Layout::contiguous(wl.shape()));
+        }
         if let (CpuStorage::F32(x), CpuStorage::F32(w)) = (xs, ws) {
             let (m, k) = xl.shape().dims2()?;
             let (n, k2) = wl.shape().dims2()?;
@@ -289,7 +320,8 @@ impl CustomOp2 for Linear {
         g: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let g = g.contiguous()?;
-        let w = w.detach();
+        // A bf16 inference weight meets f32 gradients widened (exactly) to their dtype.
+        let w = w.detach().to_dtype(g.dtype())?;
         let wide = blas_width(&w);
         // dX = dY @ W.
         let dx = match wide.then(|| blas_matmul(&g, false, &w, false)).flatten() {

@@ -182,7 +182,8 @@ pub fn token_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
 /// `x @ w.T` for a frozen weight `w` `[N, K]` and `x` `[..., K]`, giving `[..., N]`. The backward
 /// returns the gradient of `x` only (`g @ w`): no gradient for `w` is computed or stored, even if
 /// `w` is a `Var`. On the CPU in f32 it runs through OpenBLAS where loaded ([`blas`]), elsewhere
-/// through candle's own matmul kernel.
+/// through candle's own matmul kernel. On the CPU a bf16 `w` may meet an f32 `x` (inference
+/// weights at half the bytes, see `Transformer::store_linear_weights_bf16`): the result is f32.
 pub fn linear_frozen(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     linear_with("linear_frozen", x, w, false)
 }
@@ -210,7 +211,15 @@ fn linear_with(op: &str, x: &Tensor, w: &Tensor, weight_grad: bool) -> Result<Te
             ),
         ));
     }
-    same_dtype(op, x, w)?;
+    // Inference weights stored in bf16 meet f32 activations (frozen only: nothing trains them).
+    let bf16_weight = !weight_grad
+        && x.dtype() == DType::F32
+        && w.dtype() == DType::BF16
+        && x.device().is_cpu()
+        && w.device().is_cpu();
+    if !bf16_weight {
+        same_dtype(op, x, w)?;
+    }
     let m: usize = dims[..dims.len() - 1].iter().product();
     let x2 = x.reshape((m, k))?;
     let y = if !weight_grad {
