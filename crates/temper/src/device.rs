@@ -28,6 +28,10 @@ pub fn device_and_dtype(name: &str, dtype: Option<&str>) -> Result<(Device, DTyp
         Some("f32") => DType::F32,
         Some("bf16") => DType::BF16,
         Some("f16") => DType::F16,
+        Some("q8_0") => bail!(
+            "--dtype q8_0: for inference only (generate, chat, search, eval, serve) on the CPU; \
+             expected f32, bf16 or f16 here"
+        ),
         Some(other) => bail!("--dtype {other}: expected f32, bf16 or f16"),
     };
     if device.is_cpu() {
@@ -48,4 +52,24 @@ fn announce_cpu_kernels() {
             tracing::warn!("{line}");
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dtypes_are_named_and_q8_0_is_refused_outside_inference() {
+        assert_eq!(device_and_dtype("cpu", None).unwrap().1, DType::F32);
+        assert_eq!(
+            device_and_dtype("cpu", Some("bf16")).unwrap().1,
+            DType::BF16
+        );
+        let e = device_and_dtype("cpu", Some("q8_0"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--dtype q8_0") && e.contains("inference"), "{e}");
+        let e = device_and_dtype("cpu", Some("f8")).unwrap_err().to_string();
+        assert!(e.contains("expected f32, bf16 or f16"), "{e}");
+    }
 }

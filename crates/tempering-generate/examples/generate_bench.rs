@@ -31,14 +31,18 @@ fn main() -> Result<()> {
     };
     let batch: usize = batch.parse().context("BATCH")?;
     let new_tokens: usize = new_tokens.parse().context("NEW_TOKENS")?;
-    // BF16=1: the matrices in bf16, activations in f32 (what `--dtype bf16` does on the CPU).
+    // BF16=1: the matrices in bf16, activations in f32 (what `--dtype bf16` does on the CPU);
+    // Q8=1: the matrices in Q8_0 (`--dtype q8_0`).
     let bf16 = std::env::var_os("BF16").is_some();
+    let q8 = std::env::var_os("Q8").is_some();
     let dtype = if bf16 { DType::BF16 } else { DType::F32 };
     let files = ModelFiles::open(model.as_ref(), dtype, &Device::Cpu)?;
     let tok = files.tokenizer.clone().context("tokenizer")?;
     let mut transformer = files.transformer()?;
     if bf16 {
-        transformer.store_linear_weights_bf16()?;
+        transformer.store_inference_weights(tempering_model::InferenceWeights::Bf16)?;
+    } else if q8 {
+        transformer.store_inference_weights(tempering_model::InferenceWeights::Q8_0)?;
     }
     let engine = LocalEngine::new(transformer, tok).with_options(EngineOptions {
         max_batch_rows: batch,
@@ -91,7 +95,7 @@ fn main() -> Result<()> {
     println!(
         "{}",
         serde_json::json!({
-            "engine": if std::env::var_os("BF16").is_some() { "tempering-bf16" } else { "tempering" },
+            "engine": if bf16 { "tempering-bf16" } else if q8 { "tempering-q8_0" } else { "tempering" },
             "batch": batch,
             "new_tokens": n,
             "seconds": total,

@@ -37,5 +37,5 @@ pub use heads::{save_classifier, Classifier, ClassifierSave, HeadKind, ScoreHead
 pub use loader::{ModelFiles, ModelFormat, ModelInfo};
 pub use lora::{load_peft, save_peft, DropoutRng, LoraConfig, LoraLinear, LoraTarget, PeftAdapter};
 pub use tokenizer::Tokenizer;
-pub use transformer::{KvCache, TokenLayout, Transformer};
+pub use transformer::{InferenceWeights, KvCache, TokenLayout, Transformer};
 pub use weights::{write_atomic, Weights};

@@ -28,9 +28,13 @@ const MASKED: f32 = -1e9;
 /// A frozen `W` goes through [`ops::linear_frozen`], whose backward computes no gradient for it.
 #[derive(Clone, Debug)]
 pub struct Linear {
+    /// `[out, in]`; for a Q8_0 inference weight, its signed bytes in u8 storage.
     pub weight: Tensor,
     pub bias: Option<Tensor>,
     pub lora: Option<LoraLinear>,
+    /// A Q8_0 inference weight's scales `[out, in / 32]` (see
+    /// [`Transformer::store_inference_weights`]); `None` for a plain weight.
+    pub q8_scales: Option<Tensor>,
 }
 
 impl Linear {
@@ -40,6 +44,7 @@ impl Linear {
             weight,
             bias,
             lora: None,
+            q8_scales: None,
         }
     }
 
@@ -53,7 +58,9 @@ impl Linear {
     }
 
     fn forward_base(&self, x: &Tensor) -> Result<Tensor> {
-        let y = if self.weight.is_variable() {
+        let y = if let Some(scales) = &self.q8_scales {
+            ops::linear_q8(x, &self.weight, scales)?
+        } else if self.weight.is_variable() {
             ops::linear(x, &self.weight)?
         } else {
             ops::linear_frozen(x, &self.weight)?
@@ -63,6 +70,36 @@ impl Linear {
             None => Ok(y),
         }
     }
+}
+
+/// How [`Transformer::store_inference_weights`] stores the matrices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InferenceWeights {
+    /// bf16: half of f32's bytes, rounding each weight to 8 bits of mantissa.
+    Bf16,
+    /// Q8_0: a signed byte per weight and an f32 scale per block of 32 (8.5 bits a weight).
+    Q8_0,
+}
+
+/// A frozen weight `[out, in]` stored as `kind` asks (a Q8_0 request keeps bf16 where `in` is not
+/// a multiple of 32), without bias or adapter.
+fn compact_linear(w: &Tensor, kind: InferenceWeights) -> Result<Linear> {
+    let (n, k) = w.dims2()?;
+    if kind == InferenceWeights::Q8_0 && k.is_multiple_of(ops::few_rows::Q8_BLOCK) {
+        let wf = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let (q, scales) = ops::few_rows::quantize_q8(&wf, n, k).ok_or_else(|| {
+            ModelError::Unsupported(format!("Q8_0: cannot quantize a [{n}, {k}] weight"))
+        })?;
+        let bytes: Vec<u8> = q.into_iter().map(|v| v as u8).collect();
+        let mut l = Linear::new(Tensor::from_vec(bytes, (n, k), w.device())?, None);
+        l.q8_scales = Some(Tensor::from_vec(
+            scales,
+            (n, k / ops::few_rows::Q8_BLOCK),
+            w.device(),
+        )?);
+        return Ok(l);
+    }
+    Ok(Linear::new(w.to_dtype(DType::BF16)?, None))
 }
 
 #[derive(Clone, Debug)]
@@ -97,9 +134,10 @@ pub struct Transformer {
     pub norm: Tensor,
     /// `None` when the LM head is tied to the embeddings.
     pub lm_head: Option<Tensor>,
-    /// The tied LM head's bf16 copy once [`Transformer::store_linear_weights_bf16`] made one (the
-    /// embeddings stay f32 for their lookups).
-    tied_head_bf16: Option<Tensor>,
+    /// The LM head as [`Transformer::store_inference_weights`] stored it, where it could not be
+    /// stored in `lm_head` (a tied head's own copy; a Q8_0 head); used by [`Transformer::logits`]
+    /// before the others.
+    inference_head: Option<Linear>,
     inv_freq: Vec<f64>,
     device: Device,
     dtype: DType,
@@ -159,7 +197,7 @@ impl Transformer {
             layers,
             norm,
             lm_head,
-            tied_head_bf16: None,
+            inference_head: None,
             inv_freq: c.rope_inv_freq(),
         })
     }
@@ -293,20 +331,27 @@ impl Transformer {
         Ok(vars)
     }
 
-    /// Inference on the CPU with bf16 matrices and f32 activations (what llama.cpp does with a bf16
-    /// GGUF): decode streams half the bytes, the few-row kernel widening each weight in registers.
-    /// From an f32 model, the projection weights of every layer and the LM head become bf16 (a tied
-    /// head gets its own bf16 copy; the embeddings stay f32). From a model loaded in bf16, which
-    /// never held f32 matrices (half the memory at load), the matrices and embeddings stay bf16
-    /// (looked-up rows widened to f32) and the norms and biases become f32. Either way the model
-    /// then computes in f32, its KV cache is f32, and a LoRA adapter applied later keeps f32
-    /// weights. An error for a model on another device, in another dtype, or with a trainable
-    /// projection: nothing trains bf16 weights stored this way.
+    /// [`Transformer::store_inference_weights`] with bf16 matrices.
     pub fn store_linear_weights_bf16(&mut self) -> Result<()> {
+        self.store_inference_weights(InferenceWeights::Bf16)
+    }
+
+    /// Inference on the CPU with compact matrices and f32 activations (what llama.cpp does with a
+    /// bf16 or Q8_0 GGUF): decode streams half (bf16) or about a quarter (Q8_0: a byte per element
+    /// and an f32 scale per 32) of f32's bytes, the few-row kernel widening each weight vector in
+    /// registers. The projection weights of every layer and the LM head are stored so (a tied head
+    /// gets its own copy; Q8_0 needs an input width that is a multiple of 32 and keeps bf16 where
+    /// it is not). From an f32 model the embeddings stay f32; from a model loaded in bf16, which
+    /// never held f32 matrices (half the memory at load), they stay bf16 (looked-up rows widened
+    /// to f32) and the norms and biases become f32. Either way the model then computes in f32, its
+    /// KV cache is f32, and a LoRA adapter applied later keeps f32 weights. Only the weights'
+    /// rounding changes results. An error for a model on another device or in another dtype, or
+    /// with a trainable projection: nothing trains weights stored this way.
+    pub fn store_inference_weights(&mut self, kind: InferenceWeights) -> Result<()> {
         let unsupported = || {
             ModelError::Unsupported(format!(
-                "bf16 inference weights need an f32 or bf16 model on the CPU (this one is {:?} on \
-                 {:?})",
+                "{kind:?} inference weights need an f32 or bf16 model on the CPU (this one is \
+                 {:?} on {:?})",
                 self.dtype, self.device
             ))
         };
@@ -331,24 +376,36 @@ impl Transformer {
                 &mut m.down_proj,
             ]);
         }
-        if linears.iter().any(|l| l.weight.is_variable()) {
-            return Err(ModelError::Unsupported(
-                "bf16 inference weights: a projection weight is trainable".into(),
-            ));
+        if linears
+            .iter()
+            .any(|l| l.weight.is_variable() || l.q8_scales.is_some() || l.lora.is_some())
+        {
+            return Err(ModelError::Unsupported(format!(
+                "{kind:?} inference weights: a projection weight is trainable, carries an \
+                 adapter (apply it after) or is already stored for inference"
+            )));
         }
         for l in linears {
-            l.weight = l.weight.to_dtype(DType::BF16)?;
-            if let Some(b) = l.bias.as_mut() {
-                *b = b.to_dtype(DType::F32)?;
-            }
+            *l = Linear {
+                bias: l
+                    .bias
+                    .as_ref()
+                    .map(|b| b.to_dtype(DType::F32))
+                    .transpose()?,
+                ..compact_linear(&l.weight, kind)?
+            };
         }
         for v in vectors {
             *v = v.to_dtype(DType::F32)?;
         }
-        if let Some(h) = self.lm_head.as_mut() {
-            *h = h.to_dtype(DType::BF16)?;
-        } else if !loaded_bf16 {
-            self.tied_head_bf16 = Some(self.embed_tokens.to_dtype(DType::BF16)?);
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        let stored = compact_linear(head, kind)?;
+        let tied_bf16 = self.lm_head.is_none() && loaded_bf16 && stored.q8_scales.is_none();
+        if stored.q8_scales.is_none() && self.lm_head.is_some() {
+            self.lm_head = Some(stored.weight);
+        } else if !tied_bf16 {
+            // (A tied head loaded in bf16 is the embedding matrix itself: nothing to copy.)
+            self.inference_head = Some(stored);
         }
         self.dtype = DType::F32;
         Ok(())
@@ -486,10 +543,10 @@ impl Transformer {
 
     /// Logits [.., vocab] for hidden states [.., H].
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        let head = match (&self.lm_head, &self.tied_head_bf16) {
-            (Some(h), _) | (None, Some(h)) => h,
-            (None, None) => &self.embed_tokens,
-        };
+        if let Some(head) = &self.inference_head {
+            return head.forward(hidden);
+        }
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
         Linear::new(head.clone(), None).forward(hidden)
     }
 

@@ -6,7 +6,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use tempering_model::config::{Architecture, ModelConfig};
 use tempering_model::loader::save_hf_dir;
-use tempering_model::{ModelFiles, TokenLayout, Transformer};
+use tempering_model::{InferenceWeights, ModelFiles, TokenLayout, Transformer};
 
 fn tiny_config(arch: Architecture) -> ModelConfig {
     ModelConfig {
@@ -284,10 +284,18 @@ fn f16_and_bf16_on_disk_load_as_their_rounded_values() {
     }
 }
 
-/// `model` with every projection weight and the LM head rounded to bf16 but held in f32: what
-/// [`Transformer::store_linear_weights_bf16`] computes with, in the plain f32 paths.
-fn rounded_to_bf16(model: &Transformer) -> Transformer {
+/// `model` with every projection weight and the LM head as `kind` stores them (rounded to bf16,
+/// or quantized to Q8_0 and back where the input width allows), held in f32: what
+/// [`Transformer::store_inference_weights`] computes with, in the plain f32 paths.
+fn rounded_to(model: &Transformer, kind: InferenceWeights) -> Transformer {
     let round = |t: &Tensor| {
+        let (n, k) = t.dims2().unwrap();
+        if kind == InferenceWeights::Q8_0 && k % 32 == 0 {
+            let w = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let (q, s) = tempering_model::ops::few_rows::quantize_q8(&w, n, k).unwrap();
+            let d = tempering_model::ops::few_rows::dequantize_q8(&q, &s);
+            return Tensor::from_vec(d, (n, k), &Device::Cpu).unwrap();
+        }
         t.to_dtype(DType::BF16)
             .unwrap()
             .to_dtype(DType::F32)
@@ -309,6 +317,61 @@ fn rounded_to_bf16(model: &Transformer) -> Transformer {
     }
     r.lm_head = Some(round(r.lm_head.as_ref().unwrap_or(&r.embed_tokens)));
     r
+}
+
+fn rounded_to_bf16(model: &Transformer) -> Transformer {
+    rounded_to(model, InferenceWeights::Bf16)
+}
+
+#[test]
+fn q8_0_inference_weights_compute_the_f32_model_with_dequantized_weights() {
+    for arch in [Architecture::Llama, Architecture::Qwen2] {
+        let cfg = tiny_config(arch);
+        let f32_model = Transformer::init_random(&cfg, 6, &Device::Cpu, DType::F32).unwrap();
+        let want_model = rounded_to(&f32_model, InferenceWeights::Q8_0);
+        let mut model = f32_model.clone();
+        model
+            .store_inference_weights(InferenceWeights::Q8_0)
+            .unwrap();
+        let up = &model.layers[0].mlp.up_proj;
+        assert_eq!(up.weight.dtype(), DType::U8, "{arch:?}");
+        assert_eq!(up.q8_scales.as_ref().unwrap().dims(), [48, 1]);
+        // down_proj reads 48 wide, not a multiple of 32: kept in bf16.
+        assert_eq!(model.layers[0].mlp.down_proj.weight.dtype(), DType::BF16);
+        let rows: Vec<u32> = (0..80).map(|i| (i * 5 + 3) % 61).collect();
+        for x in [ids(&[&rows[..1]]), ids(&[&rows[..40], &rows[40..]])] {
+            let d = max_abs_diff(
+                &model.forward_causal(&x).unwrap(),
+                &want_model.forward_causal(&x).unwrap(),
+            );
+            assert!(d < 1e-4, "{arch:?} {:?}: max diff {d}", x.dims());
+        }
+        // LoRA on top: the same gradients as on the dequantized model.
+        let lora = tempering_model::lora::LoraConfig::default();
+        let (mut a, mut b) = (model.clone(), want_model.clone());
+        let (va, vb) = (a.add_lora(&lora, 4).unwrap(), b.add_lora(&lora, 4).unwrap());
+        let x = ids(&[&rows[..40], &rows[40..]]);
+        let loss = |m: &Transformer| {
+            m.forward_causal(&x)
+                .unwrap()
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+        };
+        let (ga, gb) = (loss(&a).backward().unwrap(), loss(&b).backward().unwrap());
+        for ((name, p), (_, q)) in va.iter().zip(&vb) {
+            let d = max_abs_diff(
+                ga.get(p.as_tensor()).unwrap(),
+                gb.get(q.as_tensor()).unwrap(),
+            );
+            assert!(d < 1e-3, "{arch:?} {name}: gradient max diff {d}");
+        }
+        // Stored once only.
+        assert!(model
+            .store_inference_weights(InferenceWeights::Bf16)
+            .is_err());
+    }
 }
 
 #[test]

@@ -17,7 +17,7 @@ use tempering_generate::{
     render_chat, Completion, EngineOptions, GenError, GenEvent, GenRequest, LocalEngine,
     SamplingParams,
 };
-use tempering_model::{ChatMessage, ChatTemplate, ModelFiles, Tokenizer};
+use tempering_model::{ChatMessage, ChatTemplate, InferenceWeights, ModelFiles, Tokenizer};
 
 use crate::commands::backend_flags::{open_generator, BackendFlags, Opened};
 use crate::commands::model::DeviceArgs;
@@ -204,11 +204,28 @@ pub fn load_engine_with_config(
     device: &DeviceArgs,
     batch_rows: usize,
 ) -> Result<(LocalEngine, Option<ChatTemplate>, Option<Value>)> {
-    let (dev, dtype) = device_and_dtype(&device.device, device.dtype.as_deref())?;
-    // On the CPU, bf16 means bf16 inference weights beside f32 activations (as llama.cpp runs a
-    // bf16 GGUF): decode streams half the bytes, and only the weights' rounding changes results.
-    // The weights load in bf16 (never all in f32 at once), then the norms widen.
-    let cpu_bf16 = dev.is_cpu() && dtype == DType::BF16;
+    // Q8_0 is an inference format of our own making: the model loads in f32, then quantizes.
+    let q8 = device.dtype.as_deref() == Some("q8_0");
+    let asked = if q8 {
+        Some("f32")
+    } else {
+        device.dtype.as_deref()
+    };
+    let (dev, dtype) = device_and_dtype(&device.device, asked)?;
+    if q8 && !dev.is_cpu() {
+        bail!(
+            "--dtype q8_0: for inference on the CPU only (--device {})",
+            device.device
+        );
+    }
+    // On the CPU, bf16 means bf16 matrices beside f32 activations (as llama.cpp runs a bf16
+    // GGUF): decode streams half the bytes, and only the weights' rounding changes results. The
+    // weights load in bf16 (never all in f32 at once), then the norms widen.
+    let stored = match (q8, dev.is_cpu() && dtype == DType::BF16) {
+        (true, _) => Some(InferenceWeights::Q8_0),
+        (false, true) => Some(InferenceWeights::Bf16),
+        (false, false) => None,
+    };
     let files = ModelFiles::open(model, dtype, &dev)
         .with_context(|| format!("loading {}", model.display()))?;
     let tok = files.require_tokenizer()?.clone();
@@ -218,11 +235,10 @@ pub fn load_engine_with_config(
         generation_config,
         ..
     } = files;
-    if cpu_bf16 {
-        transformer
-            .store_linear_weights_bf16()
-            .context("--dtype bf16")?;
-        tracing::info!("--dtype bf16: projection and LM head weights in bf16, activations in f32");
+    if let Some(kind) = stored {
+        let flag = if q8 { "--dtype q8_0" } else { "--dtype bf16" };
+        transformer.store_inference_weights(kind).context(flag)?;
+        tracing::info!("{flag}: projection and LM head weights as {kind:?}, activations in f32");
     }
     if let Some(dir) = adapter {
         transformer

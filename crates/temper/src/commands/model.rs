@@ -21,7 +21,8 @@ pub struct DeviceArgs {
     pub device: String,
     /// Compute dtype: f32 (default on CPU), bf16 (default on CUDA) or f16. For inference on the CPU
     /// (generate, chat, search, eval, serve), bf16 stores the projection weights in bf16 and keeps
-    /// activations in f32: decode streams half the bytes.
+    /// activations in f32: decode streams half the bytes; q8_0 (inference on the CPU only) stores
+    /// them as Q8_0 (a byte per weight, a scale per 32): about a quarter.
     #[arg(long)]
     pub dtype: Option<String>,
 }

@@ -56,24 +56,100 @@ pub fn matmul_xwt_bf16(x: &[f32], w: &[u16], m: usize, n: usize, k: usize) -> Op
     product::<u16>(x, w, m, n, k)
 }
 
-/// A weight element the kernel reads: f32, or bf16 as its raw `u16` bits.
+/// [`matmul_xwt`] with a Q8_0 weight: `q` `[n, k]` signed bytes and `scales` `[n, k / 32]`, each
+/// scale shared by a block of 32 consecutive bytes of its row; element `(j, p)` is
+/// `q[j, p] as f32 * scales[j, p / 32]` (that f32 product, exactly as [`dequantize_q8`] gives it).
+/// `None` also where `k` is not a multiple of 32.
+pub fn matmul_xwt_q8(
+    x: &[f32],
+    q: &[i8],
+    scales: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Option<Vec<f32>> {
+    if !k.is_multiple_of(Q8_BLOCK) || scales.len() != n * (k / Q8_BLOCK) {
+        return None;
+    }
+    product_scaled::<i8>(x, q, scales, m, n, k)
+}
+
+/// Elements of a Q8_0 row that share one scale.
+pub const Q8_BLOCK: usize = 32;
+
+/// Q8_0 of a row-major `[n, k]` matrix (`k` a multiple of 32): per block of 32, the scale is the
+/// largest magnitude over 127 and each element its nearest multiple of it (as llama.cpp's Q8_0,
+/// with an f32 scale). `None` where `k` is not a multiple of 32 or `w` is not `n * k` long.
+pub fn quantize_q8(w: &[f32], n: usize, k: usize) -> Option<(Vec<i8>, Vec<f32>)> {
+    if !k.is_multiple_of(Q8_BLOCK) || w.len() != n * k {
+        return None;
+    }
+    let mut q = vec![0i8; n * k];
+    let mut scales = vec![0f32; n * k / Q8_BLOCK];
+    for ((block, qb), s) in w
+        .chunks_exact(Q8_BLOCK)
+        .zip(q.chunks_exact_mut(Q8_BLOCK))
+        .zip(scales.iter_mut())
+    {
+        let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let scale = amax / 127.0;
+        *s = scale;
+        let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+        for (o, v) in qb.iter_mut().zip(block) {
+            *o = (v * inv).round().clamp(-127.0, 127.0) as i8;
+        }
+    }
+    Some((q, scales))
+}
+
+/// The f32 matrix a Q8_0 weight stands for: `q * scale`, element by element.
+pub fn dequantize_q8(q: &[i8], scales: &[f32]) -> Vec<f32> {
+    q.chunks(Q8_BLOCK)
+        .zip(scales)
+        .flat_map(|(b, &s)| b.iter().map(move |&v| f32::from(v) * s))
+        .collect()
+}
+
+/// A weight element the kernel reads: f32, bf16 as its raw `u16` bits, or Q8_0's `i8`.
 pub trait WeightElem: Copy + Send + Sync + 'static {
-    /// Whether the element is bf16 (widened in registers) rather than f32.
+    /// Whether the element is bf16 (widened in registers).
     const BF16: bool;
+    /// Whether the element is a Q8_0 byte (widened and scaled in registers).
+    const Q8: bool;
 }
 
 impl WeightElem for f32 {
     const BF16: bool = false;
+    const Q8: bool = false;
 }
 
 impl WeightElem for u16 {
     const BF16: bool = true;
+    const Q8: bool = false;
+}
+
+impl WeightElem for i8 {
+    const BF16: bool = false;
+    const Q8: bool = true;
 }
 
 fn product<W: WeightElem>(x: &[f32], w: &[W], m: usize, n: usize, k: usize) -> Option<Vec<f32>> {
+    product_scaled(x, w, &[], m, n, k)
+}
+
+/// The product with `scales` (Q8_0's, `[n, k / 32]`; empty for the other elements).
+fn product_scaled<W: WeightElem>(
+    x: &[f32],
+    w: &[W],
+    scales: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Option<Vec<f32>> {
     if !available() || x.len() != m * k || w.len() != n * k || m == 0 || n == 0 || k == 0 {
         return None;
     }
+    let blocks = if W::Q8 { k / Q8_BLOCK } else { 0 };
     let mut out = vec![0f32; m * n];
     let dst = OutPtr(out.as_mut_ptr());
     let tasks = n.div_ceil(ROWS_PER_TASK);
@@ -85,7 +161,8 @@ fn product<W: WeightElem>(x: &[f32], w: &[W], m: usize, n: usize, k: usize) -> O
         // write disjoint columns.
         #[cfg(target_arch = "x86_64")]
         unsafe {
-            block_avx512(x, &w[j0 * k..(j0 + rows) * k], m, rows, k, dst.at(j0), n)
+            let s = &scales[(j0 * blocks).min(scales.len())..];
+            block_avx512(x, &w[j0 * k..(j0 + rows) * k], s, m, rows, k, dst.at(j0), n)
         };
     });
     Some(out)
@@ -121,9 +198,11 @@ const PREFETCH_BYTES: usize = 1024;
 /// Outputs `out[i * stride + j] = x_i . w_j` for `rows` weight rows, in tiles of [`MR`] x [`NR`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx512bw")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn block_avx512<W: WeightElem>(
     x: &[f32],
     w: &[W],
+    scales: &[f32],
     m: usize,
     rows: usize,
     k: usize,
@@ -135,16 +214,18 @@ unsafe fn block_avx512<W: WeightElem>(
     // every tile of the chunk's rows while it sits in L1.
     for c0 in (0..m).step_by(ROW_CHUNK) {
         let c1 = (c0 + ROW_CHUNK).min(m);
-        chunk_avx512(x, w, (c0, c1), rows, k, out, stride);
+        chunk_avx512(x, w, scales, (c0, c1), rows, k, out, stride);
     }
 }
 
 /// [`block_avx512`] for rows `c0..c1` of `x`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx512bw")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn chunk_avx512<W: WeightElem>(
     x: &[f32],
     w: &[W],
+    scales: &[f32],
     (c0, c1): (usize, usize),
     rows: usize,
     k: usize,
@@ -154,7 +235,13 @@ unsafe fn chunk_avx512<W: WeightElem>(
     let mut j = 0;
     while j < rows {
         let nr = (rows - j).min(NR);
-        let wp = w.as_ptr().add(j * k);
+        let wp = Rows {
+            w: w.as_ptr().add(j * k),
+            // Q8_0's scales of these rows (never read for the other elements).
+            scales: scales
+                .as_ptr()
+                .wrapping_add(if W::Q8 { j * (k / Q8_BLOCK) } else { 0 }),
+        };
         let mut i = c0;
         while i < c1 {
             let mr = (c1 - i).min(MR);
@@ -200,7 +287,7 @@ unsafe fn chunk_avx512<W: WeightElem>(
 #[inline(never)]
 unsafe fn tile<const MR: usize, const NR: usize, W: WeightElem>(
     x: *const f32,
-    w: *const W,
+    w: Rows<W>,
     k: usize,
     out: *mut f32,
     stride: usize,
@@ -211,10 +298,10 @@ unsafe fn tile<const MR: usize, const NR: usize, W: WeightElem>(
     while p + 16 <= k {
         let mut wv = [_mm512_setzero_ps(); NR];
         for (jj, v) in wv.iter_mut().enumerate() {
-            *v = load_w(w.add(jj * k + p));
+            *v = load_w(w, jj, k, p);
             // The weight streams from memory once: ask for it well ahead of its use.
             let ahead = PREFETCH_BYTES / std::mem::size_of::<W>();
-            _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(jj * k + p + ahead) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(w.w.wrapping_add(jj * k + p + ahead) as *const i8);
         }
         for (ii, row) in acc.iter_mut().enumerate() {
             let xv = _mm512_loadu_ps(x.add(ii * k + p));
@@ -228,7 +315,7 @@ unsafe fn tile<const MR: usize, const NR: usize, W: WeightElem>(
         let mask: __mmask16 = ((1u32 << (k - p)) - 1) as __mmask16;
         let mut wv = [_mm512_setzero_ps(); NR];
         for (jj, v) in wv.iter_mut().enumerate() {
-            *v = load_w_masked(mask, w.add(jj * k + p));
+            *v = load_w_masked(mask, w, jj, k, p);
         }
         for (ii, row) in acc.iter_mut().enumerate() {
             let xv = _mm512_maskz_loadu_ps(mask, x.add(ii * k + p));
@@ -244,15 +331,36 @@ unsafe fn tile<const MR: usize, const NR: usize, W: WeightElem>(
     }
 }
 
-/// 16 weight elements at `w` as f32 lanes: a plain load, or bf16 bits widened into the high half.
+/// Consecutive weight rows (stride `k` elements) and, for Q8_0, their scales (stride `k / 32`).
+#[derive(Clone, Copy)]
+struct Rows<W> {
+    w: *const W,
+    scales: *const f32,
+}
+
+/// The weight elements `p..p + 16` of row `jj` as f32 lanes: a plain load, bf16 bits widened into
+/// the high half, or Q8_0 bytes widened and multiplied by their block's scale.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx512bw")]
 #[inline]
-unsafe fn load_w<W: WeightElem>(w: *const W) -> std::arch::x86_64::__m512 {
+unsafe fn load_w<W: WeightElem>(
+    rows: Rows<W>,
+    jj: usize,
+    k: usize,
+    p: usize,
+) -> std::arch::x86_64::__m512 {
     use std::arch::x86_64::*;
+    let w = rows.w.add(jj * k + p);
     if W::BF16 {
         let h = _mm256_loadu_si256(w as *const __m256i);
         _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+    } else if W::Q8 {
+        let b = _mm_loadu_si128(w as *const __m128i);
+        let s = *rows.scales.add(jj * (k / Q8_BLOCK) + p / Q8_BLOCK);
+        _mm512_mul_ps(
+            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)),
+            _mm512_set1_ps(s),
+        )
     } else {
         _mm512_loadu_ps(w as *const f32)
     }
@@ -264,12 +372,23 @@ unsafe fn load_w<W: WeightElem>(w: *const W) -> std::arch::x86_64::__m512 {
 #[inline]
 unsafe fn load_w_masked<W: WeightElem>(
     mask: std::arch::x86_64::__mmask16,
-    w: *const W,
+    rows: Rows<W>,
+    jj: usize,
+    k: usize,
+    p: usize,
 ) -> std::arch::x86_64::__m512 {
     use std::arch::x86_64::*;
+    let w = rows.w.add(jj * k + p);
     if W::BF16 {
         let h = _mm256_maskz_loadu_epi16(mask, w as *const i16);
         _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+    } else if W::Q8 {
+        let b = _mm_maskz_loadu_epi8(mask, w as *const i8);
+        let s = *rows.scales.add(jj * (k / Q8_BLOCK) + p / Q8_BLOCK);
+        _mm512_mul_ps(
+            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)),
+            _mm512_set1_ps(s),
+        )
     } else {
         _mm512_maskz_loadu_ps(mask, w as *const f32)
     }
@@ -385,5 +504,37 @@ mod tests {
             }
         }
         assert!(matmul_xwt_bf16(&[1.0; 3], &[1; 4], 1, 2, 2).is_none());
+    }
+
+    #[test]
+    fn a_q8_weight_gives_the_f32_product_with_the_dequantized_weight() {
+        if !available() {
+            return;
+        }
+        for &(m, n, k) in &[
+            (1, 1, 32),
+            (1, 5, 64),
+            (3, 7, 96),
+            (8, 130, 576),
+            (40, 50, 608),
+        ] {
+            let x = data(m * k, 7);
+            let (q, s) = quantize_q8(&data(n * k, 8), n, k).unwrap();
+            let wide = dequantize_q8(&q, &s);
+            let got = matmul_xwt_q8(&x, &q, &s, m, n, k).unwrap();
+            assert_eq!(
+                got,
+                matmul_xwt(&x, &wide, m, n, k).unwrap(),
+                "m {m} n {n} k {k}"
+            );
+        }
+        // Quantization: every element within half a step of its block's scale.
+        let w = data(4 * 64, 9);
+        let (q, s) = quantize_q8(&w, 4, 64).unwrap();
+        for ((v, d), i) in w.iter().zip(dequantize_q8(&q, &s)).zip(0..) {
+            assert!((v - d).abs() <= s[i / 32] * 0.5 + 1e-7, "{v} against {d}");
+        }
+        assert!(quantize_q8(&[0.0; 48], 1, 48).is_none());
+        assert!(matmul_xwt_q8(&[1.0; 48], &[1; 48], &[1.0], 1, 1, 48).is_none());
     }
 }

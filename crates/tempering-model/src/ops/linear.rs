@@ -9,7 +9,8 @@
 use super::blas::{self, Product};
 use candle_core::backend::BackendStorage;
 use candle_core::{
-    CpuStorage, CudaStorage, CustomOp2, DType, Layout, MetalStorage, Shape, Storage, Tensor,
+    CpuStorage, CudaStorage, CustomOp2, CustomOp3, DType, Layout, MetalStorage, Shape, Storage,
+    Tensor,
 };
 
 /// `x` `[M, K]` (contiguous rows), `w` `[N, K]` gives `[M, N]`; no gradient for `w`.
@@ -24,6 +25,86 @@ pub(super) fn linear_trainable(x: &Tensor, w: &Tensor) -> crate::Result<Tensor> 
 
 struct Linear {
     weight_grad: bool,
+}
+
+/// `x` `[M, K]` (contiguous rows) by a Q8_0 weight: `q` `[N, K]` (u8 storage holding the signed
+/// bytes) and `scales` `[N, K / 32]` give `[M, N]`; the backward yields the input's gradient only.
+pub(super) fn linear_q8(x: &Tensor, q: &Tensor, scales: &Tensor) -> crate::Result<Tensor> {
+    Ok(x.apply_op3(q, scales, LinearQ8)?)
+}
+
+struct LinearQ8;
+
+/// A U8 storage's bytes as the signed bytes of a Q8_0 weight.
+fn as_i8(v: &[u8]) -> &[i8] {
+    // SAFETY: u8 and i8 have the same size and alignment, and every bit pattern is valid for both.
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const i8, v.len()) }
+}
+
+/// The f32 weight `[N, K]` a Q8_0 pair stands for.
+fn dequantize_q8_tensor(q: &Tensor, scales: &Tensor) -> candle_core::Result<Tensor> {
+    let (n, k) = q.dims2()?;
+    let qv = q.flatten_all()?.to_vec1::<u8>()?;
+    let sv = scales.flatten_all()?.to_vec1::<f32>()?;
+    let w = super::few_rows::dequantize_q8(as_i8(&qv), &sv);
+    Tensor::from_vec(w, (n, k), q.device())
+}
+
+impl CustomOp3 for LinearQ8 {
+    fn name(&self) -> &'static str {
+        "tempering-linear-q8"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        qs: &CpuStorage,
+        ql: &Layout,
+        ss: &CpuStorage,
+        sl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(x), CpuStorage::U8(q), CpuStorage::F32(sc)) = (xs, qs, ss) else {
+            candle_core::bail!("linear_q8: expected f32 x, u8 weight and f32 scales");
+        };
+        let (m, k) = xl.shape().dims2()?;
+        let (n, k2) = ql.shape().dims2()?;
+        let (Some((xa, xb)), Some((qa, qb)), Some((sa, sb))) = (
+            xl.contiguous_offsets(),
+            ql.contiguous_offsets(),
+            sl.contiguous_offsets(),
+        ) else {
+            candle_core::bail!("linear_q8: the operands must be contiguous");
+        };
+        if k != k2 || sb - sa != n * (k / super::few_rows::Q8_BLOCK) {
+            candle_core::bail!(
+                "linear_q8: x [{m}, {k}], weight [{n}, {k2}], {} scales",
+                sb - sa
+            );
+        }
+        let (q, sc) = (as_i8(&q[qa..qb]), &sc[sa..sb]);
+        if m <= super::few_rows::MAX_ROWS {
+            if let Some(y) = super::few_rows::matmul_xwt_q8(&x[xa..xb], q, sc, m, n, k) {
+                return Ok((CpuStorage::F32(y), Shape::from((m, n))));
+            }
+        }
+        // More rows (prefill), or no AVX-512: the dequantized weight through the f32 paths.
+        let wide = CpuStorage::F32(super::few_rows::dequantize_q8(q, sc));
+        Linear { weight_grad: false }.cpu_fwd(xs, xl, &wide, &Layout::contiguous((n, k)))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        q: &Tensor,
+        scales: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // dX = dY @ W; nothing for the quantized weight.
+        let w = dequantize_q8_tensor(q, scales)?;
+        Ok((Some(g.contiguous()?.matmul(&w)?), None, None))
+    }
 }
 
 /// OpenBLAS runs a layer's products only where both sides of its weight are at least this wide

@@ -241,6 +241,52 @@ fn linear_with(op: &str, x: &Tensor, w: &Tensor, weight_grad: bool) -> Result<Te
     Ok(y.reshape(out_dims)?)
 }
 
+/// `x @ w.T` for a frozen Q8_0 weight (inference only, see `Transformer::store_inference_weights`):
+/// `q` `[N, K]` u8 storage of the signed bytes, `scales` `[N, K / 32]` f32 (one per block of 32
+/// elements of a row), `x` `[..., K]` f32 on the CPU, giving `[..., N]` f32. Decode's few rows
+/// run through the AVX-512 kernel (each weight vector widened and scaled in registers), more rows
+/// through the dequantized weight. The backward returns the gradient of `x` only.
+pub fn linear_q8(x: &Tensor, q: &Tensor, scales: &Tensor) -> Result<Tensor> {
+    const OP: &str = "linear_q8";
+    let (n, k) = q
+        .dims2()
+        .map_err(|_| unsupported(OP, format!("weight must be [N, K], got {:?}", q.dims())))?;
+    let blocks = k / few_rows::Q8_BLOCK;
+    if !k.is_multiple_of(few_rows::Q8_BLOCK) || scales.dims() != [n, blocks] {
+        return Err(unsupported(
+            OP,
+            format!(
+                "weight {:?} needs K a multiple of {} and scales [{n}, {blocks}], got {:?}",
+                q.dims(),
+                few_rows::Q8_BLOCK,
+                scales.dims()
+            ),
+        ));
+    }
+    let dims = x.dims();
+    if dims.last() != Some(&k) {
+        return Err(unsupported(
+            OP,
+            format!("x {dims:?} does not end in K = {k}"),
+        ));
+    }
+    let on_cpu = [x, q, scales].iter().all(|t| t.device().is_cpu());
+    if !on_cpu || x.dtype() != DType::F32 || q.dtype() != DType::U8 || scales.dtype() != DType::F32
+    {
+        return Err(unsupported(
+            OP,
+            "expected f32 x, a u8 weight and f32 scales on the CPU",
+        ));
+    }
+    let m: usize = dims[..dims.len() - 1].iter().product();
+    let y = linear::linear_q8(&x.reshape((m, k))?.contiguous()?, q, scales)?;
+    let mut out_dims = dims.to_vec();
+    if let Some(last) = out_dims.last_mut() {
+        *last = n;
+    }
+    Ok(y.reshape(out_dims)?)
+}
+
 /// SwiGLU's gate: `silu(gate) * up`, fused, with gradients to both. Shapes must be equal.
 pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     const OP: &str = "silu_mul";
