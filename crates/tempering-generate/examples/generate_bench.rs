@@ -39,6 +39,8 @@ fn main() -> Result<()> {
     let files = ModelFiles::open(model.as_ref(), dtype, &Device::Cpu)?;
     let tok = files.tokenizer.clone().context("tokenizer")?;
     let mut transformer = files.transformer()?;
+    // As `temper` does: the loaded weights go before the matrices are stored compactly.
+    drop(files);
     if bf16 {
         transformer.store_inference_weights(tempering_model::InferenceWeights::Bf16)?;
     } else if q8 {
