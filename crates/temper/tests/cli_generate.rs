@@ -7,6 +7,30 @@ mod common;
 
 use common::temper;
 
+/// `temper generate --json --logprobs` of 12 greedy tokens after "The capital of France is".
+fn greedy_france(smol: &std::path::Path, dtype: &str) -> Value {
+    let out = temper()
+        .arg("generate")
+        .arg(smol)
+        .args(["--prompt", "The capital of France is", "--temperature", "0"])
+        .args([
+            "--max-new-tokens",
+            "12",
+            "--json",
+            "--logprobs",
+            "--dtype",
+            dtype,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{dtype}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 #[test]
 fn greedy_json_matches_the_transformers_fixture() {
     let Some(smol) =
@@ -33,19 +57,7 @@ fn greedy_json_matches_the_transformers_fixture() {
         .iter()
         .map(|x| x.as_u64().unwrap())
         .collect();
-    let out = temper()
-        .arg("generate")
-        .arg(&smol)
-        .args(["--prompt", "The capital of France is", "--temperature", "0"])
-        .args(["--max-new-tokens", "12", "--json", "--logprobs"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = greedy_france(&smol, "f32");
     let c = &v["completions"][0];
     let tokens: Vec<u64> = c["tokens"]
         .as_array()
@@ -64,26 +76,7 @@ fn greedy_json_matches_the_transformers_fixture() {
     // bf16 and Q8_0 inference weights (f32 activations): the same greedy tokens here, logprobs
     // close to f32's (measured: within 0.01 for bf16, 0.11 for Q8_0).
     for (dtype, tol) in [("bf16", 0.1), ("q8_0", 0.25)] {
-        let out = temper()
-            .arg("generate")
-            .arg(&smol)
-            .args(["--prompt", "The capital of France is", "--temperature", "0"])
-            .args([
-                "--max-new-tokens",
-                "12",
-                "--json",
-                "--logprobs",
-                "--dtype",
-                dtype,
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let v = greedy_france(&smol, dtype);
         let b = &v["completions"][0];
         assert_eq!(
             b["tokens"], c["tokens"],

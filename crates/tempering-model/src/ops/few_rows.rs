@@ -352,18 +352,34 @@ unsafe fn load_w<W: WeightElem>(
     use std::arch::x86_64::*;
     let w = rows.w.add(jj * k + p);
     if W::BF16 {
-        let h = _mm256_loadu_si256(w as *const __m256i);
-        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+        widen_bf16(_mm256_loadu_si256(w as *const __m256i))
     } else if W::Q8 {
-        let b = _mm_loadu_si128(w as *const __m128i);
         let s = *rows.scales.add(jj * (k / Q8_BLOCK) + p / Q8_BLOCK);
-        _mm512_mul_ps(
-            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)),
-            _mm512_set1_ps(s),
-        )
+        widen_q8(_mm_loadu_si128(w as *const __m128i), s)
     } else {
         _mm512_loadu_ps(w as *const f32)
     }
+}
+
+/// 16 bf16 values as f32 lanes: each one's bits in the high half (exact).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx512bw")]
+#[inline]
+fn widen_bf16(h: std::arch::x86_64::__m256i) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+}
+
+/// 16 Q8_0 bytes as f32 lanes, each multiplied by the block's `scale`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx512bw")]
+#[inline]
+fn widen_q8(b: std::arch::x86_64::__m128i, scale: f32) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    _mm512_mul_ps(
+        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)),
+        _mm512_set1_ps(scale),
+    )
 }
 
 /// [`load_w`] of the lanes set in `mask`, zeros elsewhere (nothing read past them).
@@ -380,15 +396,10 @@ unsafe fn load_w_masked<W: WeightElem>(
     use std::arch::x86_64::*;
     let w = rows.w.add(jj * k + p);
     if W::BF16 {
-        let h = _mm256_maskz_loadu_epi16(mask, w as *const i16);
-        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+        widen_bf16(_mm256_maskz_loadu_epi16(mask, w as *const i16))
     } else if W::Q8 {
-        let b = _mm_maskz_loadu_epi8(mask, w as *const i8);
         let s = *rows.scales.add(jj * (k / Q8_BLOCK) + p / Q8_BLOCK);
-        _mm512_mul_ps(
-            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)),
-            _mm512_set1_ps(s),
-        )
+        widen_q8(_mm_maskz_loadu_epi8(mask, w as *const i8), s)
     } else {
         _mm512_maskz_loadu_ps(mask, w as *const f32)
     }
