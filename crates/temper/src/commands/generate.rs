@@ -239,6 +239,12 @@ pub fn load_engine_with_config(
         let flag = if q8 { "--dtype q8_0" } else { "--dtype bf16" };
         transformer.store_inference_weights(kind).context(flag)?;
         tracing::info!("{flag}: projection and LM head weights as {kind:?}, activations in f32");
+        if !tempering_model::ops::few_rows::available() {
+            tracing::warn!(
+                "{flag}: this CPU lacks AVX-512 (F, VL and BW), so every product widens its matrix \
+                 to f32 first: slower than --dtype f32"
+            );
+        }
     }
     if let Some(dir) = adapter {
         transformer
