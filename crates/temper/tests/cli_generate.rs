@@ -74,7 +74,7 @@ fn greedy_json_matches_the_transformers_fixture() {
     assert!(lps.iter().all(|x| x.as_f64().unwrap() <= 0.0));
 
     // bf16 and Q8_0 inference weights (f32 activations): the same greedy tokens here, logprobs
-    // close to f32's (measured: within 0.01 for bf16, 0.11 for Q8_0).
+    // close to f32's (measured: within 0.03 for bf16, 0.11 for Q8_0).
     for (dtype, tol) in [("bf16", 0.1), ("q8_0", 0.25)] {
         let v = greedy_france(&smol, dtype);
         let b = &v["completions"][0];

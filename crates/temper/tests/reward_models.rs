@@ -74,6 +74,40 @@ fn per_problem_accuracy(rows: &[Value]) -> f64 {
     wins / pairs.max(1) as f64
 }
 
+/// `temper label-steps --labels LABELS` of the tiny policy's solutions to `n` level-1 problems of
+/// `split`, 8 samples each, into `out`.
+fn label_steps(labels: &str, split: &str, n: &str, seed: &str, out: &Path) {
+    run_ok(
+        temper()
+            .args(["label-steps", "--labels", labels, "--policy"])
+            .arg(policy())
+            .args(["--task", "arithmetic", "--level", "1", "--split", split])
+            .args(["--n", n, "--samples", "8", "--seed", seed])
+            .args(["--max-new-tokens", "32", "--output"])
+            .arg(out),
+    );
+}
+
+/// An implicit PRM directory's `implicit_prm.json`.
+fn implicit_spec(model: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(model.join("implicit_prm.json")).unwrap())
+        .unwrap()
+}
+
+/// `temper score MODEL --data DATA --output OUT`: the held-out AUC it prints and the rows it wrote.
+fn score(model: &Path, data: &Path, out: &Path) -> (f64, Vec<Value>) {
+    let printed = run_ok(
+        temper()
+            .arg("score")
+            .arg(model)
+            .arg("--data")
+            .arg(data)
+            .arg("--output")
+            .arg(out),
+    );
+    (auc_of(&printed), read_jsonl(out))
+}
+
 fn last_metrics(run: &Path, key: &str) -> f64 {
     read_jsonl(&run.join("metrics.jsonl"))
         .iter()
@@ -456,19 +490,8 @@ fn an_implicit_prm_learns_outcomes_and_scores_steps() {
     let tiny = policy();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let label = |split: &str, n: &str, seed: &str, out: &Path| {
-        run_ok(
-            temper()
-                .args(["label-steps", "--labels", "outcome", "--policy"])
-                .arg(tiny)
-                .args(["--task", "arithmetic", "--level", "1", "--split", split])
-                .args(["--n", n, "--samples", "8", "--seed", seed])
-                .args(["--max-new-tokens", "32", "--output"])
-                .arg(out),
-        );
-    };
     let train = d.join("outcomes.jsonl");
-    label("train", "300", "1", &train);
+    label_steps("outcome", "train", "300", "1", &train);
     let rows = read_jsonl(&train);
     for r in &rows {
         // Every step carries the solution's verdict.
@@ -477,7 +500,7 @@ fn an_implicit_prm_learns_outcomes_and_scores_steps() {
         }
     }
     let heldout = d.join("heldout.jsonl");
-    label("test", "100", "7", &heldout);
+    label_steps("outcome", "test", "100", "7", &heldout);
 
     let run = d.join("implicit");
     run_ok(
@@ -494,26 +517,13 @@ fn an_implicit_prm_learns_outcomes_and_scores_steps() {
     let config: Value =
         serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["architectures"][0], "LlamaForCausalLM");
-    let spec: Value =
-        serde_json::from_str(&std::fs::read_to_string(model.join("implicit_prm.json")).unwrap())
-            .unwrap();
+    let spec = implicit_spec(&model);
     assert_eq!(spec["beta"], 0.5);
     assert!(Path::new(spec["reference"].as_str().unwrap()).is_absolute());
     // It learned the training outcomes: the reward's sign matches the label on most solutions.
     assert!(last_metrics(&run, "accuracy") > 0.6);
 
-    let scores = d.join("scores.jsonl");
-    let out = run_ok(
-        temper()
-            .arg("score")
-            .arg(&model)
-            .arg("--data")
-            .arg(&heldout)
-            .arg("--output")
-            .arg(&scores),
-    );
-    let auc = auc_of(&out);
-    let scored = read_jsonl(&scores);
+    let (auc, scored) = score(&model, &heldout, &d.join("scores.jsonl"));
     for r in &scored {
         let s = r["step_scores"].as_array().unwrap();
         assert_eq!(s.len(), r["completions"].as_array().unwrap().len());
@@ -618,21 +628,10 @@ fn an_implicit_prm_against_the_policy_as_reference_ranks_its_solutions() {
             .arg(&verifier_run),
     );
     let verifier = verifier_run.join("model");
-    let label = |split: &str, labels: &str, n: &str, seed: &str, out: &Path| {
-        run_ok(
-            temper()
-                .args(["label-steps", "--labels", labels, "--policy"])
-                .arg(tiny)
-                .args(["--task", "arithmetic", "--level", "1", "--split", split])
-                .args(["--n", n, "--samples", "8", "--seed", seed])
-                .args(["--max-new-tokens", "32", "--output"])
-                .arg(out),
-        );
-    };
     let train = d.join("outcomes.jsonl");
-    label("train", "outcome", "100", "1", &train);
+    label_steps("outcome", "train", "100", "1", &train);
     let heldout = d.join("heldout.jsonl");
-    label("test", "rule", "100", "7", &heldout);
+    label_steps("rule", "test", "100", "7", &heldout);
 
     let run = d.join("implicit");
     run_ok(
@@ -648,25 +647,13 @@ fn an_implicit_prm_against_the_policy_as_reference_ranks_its_solutions() {
             .arg(&run),
     );
     let model = run.join("model");
-    let spec: Value =
-        serde_json::from_str(&std::fs::read_to_string(model.join("implicit_prm.json")).unwrap())
-            .unwrap();
+    let spec = implicit_spec(&model);
     assert_eq!(
         Path::new(spec["reference"].as_str().unwrap()),
         tiny.canonicalize().unwrap(),
         "{spec}"
     );
-    let out = run_ok(
-        temper()
-            .arg("score")
-            .arg(&model)
-            .arg("--data")
-            .arg(&heldout)
-            .arg("--output")
-            .arg(d.join("scores.jsonl")),
-    );
-    let auc = auc_of(&out);
-    let scored = read_jsonl(&d.join("scores.jsonl"));
+    let (auc, scored) = score(&model, &heldout, &d.join("scores.jsonl"));
     let same_problem = per_problem_accuracy(&scored);
     eprintln!(
         "implicit PRM against the policy: held-out AUC {auc:.3}, same-problem pairs {same_problem:.3}"

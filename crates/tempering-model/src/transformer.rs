@@ -358,7 +358,6 @@ impl Transformer {
         if !self.device.is_cpu() || !matches!(self.dtype, DType::F32 | DType::BF16) {
             return Err(unsupported());
         }
-        let loaded_bf16 = self.dtype == DType::BF16;
         let mut linears: Vec<&mut Linear> = Vec::new();
         let mut vectors: Vec<&mut Tensor> = vec![&mut self.norm];
         for l in self.layers.iter_mut() {
@@ -399,13 +398,11 @@ impl Transformer {
             *v = v.to_dtype(DType::F32)?;
         }
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        // (A tied head loaded in bf16 shares the embeddings' storage: `to_dtype` copies nothing.)
         let stored = compact_linear(head, kind)?;
-        let tied_bf16 = self.lm_head.is_none() && loaded_bf16 && stored.q8_scales.is_none();
-        if stored.q8_scales.is_none() && self.lm_head.is_some() {
-            self.lm_head = Some(stored.weight);
-        } else if !tied_bf16 {
-            // (A tied head loaded in bf16 is the embedding matrix itself: nothing to copy.)
-            self.inference_head = Some(stored);
+        match (&mut self.lm_head, &stored.q8_scales) {
+            (Some(h), None) => *h = stored.weight,
+            _ => self.inference_head = Some(stored),
         }
         self.dtype = DType::F32;
         Ok(())
