@@ -6,14 +6,17 @@
 //! Each step writes out the current value, the quotient times the base and the subtraction that
 //! leaves the remainder (`199: 24*8=192 199-192=7`), so that no step hides a computation.
 //!
-//! Levels (bases drawn from, digits of the answer = division steps), calibrated on the tiny recipe of
-//! `tempering-train` (docs/sft.md): level 3 is the hardest and the default.
+//! Levels (bases drawn from, digits of the answer = division steps), levels 1-3 calibrated on the tiny
+//! recipe of `tempering-train` (docs/sft.md): level 3 is the default. Level 4 is for pretrained
+//! models: levels 2 and 3 hold only 170 and about 1,700 problems (21 and 192 in the test split),
+//! too few to measure a held-out gain or to draw RL prompts fresh; level 4 holds 13,308.
 //!
 //! | level | bases | digits |
 //! |-------|-------|--------|
 //! | 1     | 2..=9 | 2      |
 //! | 2     | 2..=5 | 3      |
 //! | 3     | 2..=9 | 3      |
+//! | 4     | 2..=9 | 4      |
 //!
 //! Longer answers (up to 18 digits) and base 10 are a [`BaseParams`] away from code.
 
@@ -31,7 +34,7 @@ const PROMPT_PREFIX: &str = "Convert ";
 const PROMPT_MIDDLE: &str = " to base ";
 const PROMPT_SUFFIX: &str = ":\n";
 /// (min_base, max_base, digits) per level.
-const LEVELS: [(u32, u32, u32); 3] = [(2, 9, 2), (2, 5, 3), (2, 9, 3)];
+const LEVELS: [(u32, u32, u32); 4] = [(2, 9, 2), (2, 5, 3), (2, 9, 3), (2, 9, 4)];
 /// Bases above 10 would need letters for digits; the alphabet stays digits only.
 const MAX_BASE: u32 = 10;
 const MAX_DIGITS: u32 = 18;
@@ -179,7 +182,8 @@ impl Task for BaseConversion {
 
     fn description(&self) -> &'static str {
         "Write a decimal number in base 2..=9 by repeated division, one division per step, reading the \
-         remainders last to first. Level 1..=3: answers of 2, 3, 3 digits in bases 2-9, 2-5, 2-9."
+         remainders last to first. Level 1..=4: answers of 2, 3, 3, 4 digits in bases 2-9, 2-5, 2-9, \
+         2-9 (3 is the default; 4 has room for pretrained models)."
     }
 
     fn levels(&self) -> RangeInclusive<u32> {

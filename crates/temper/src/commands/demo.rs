@@ -25,10 +25,12 @@ use setup::{prepare_output, BaseModel, Cmd, Plan, HACKABLE_PROXY, LORA_FLAGS};
 
 #[derive(Args, Debug, Clone)]
 pub struct DemoArgs {
-    /// The built-in task.
-    #[arg(long, default_value = "arithmetic")]
-    pub task: String,
-    /// The task level (default: the task's default, the hardest; level 1 with --fast).
+    /// The built-in task (default: arithmetic for the tiny model; base-conversion for a pretrained
+    /// one, where SmolLM2's SFT model leaves room for RL: arithmetic it already solves).
+    #[arg(long)]
+    pub task: Option<String>,
+    /// The task level (default: the task's default for the tiny model; level 4 of the pretrained
+    /// model's default task; level 1 with --fast).
     #[arg(long)]
     pub level: Option<u32>,
     #[arg(long, default_value_t = 1)]
@@ -54,6 +56,8 @@ pub struct DemoArgs {
 /// What the stages share.
 struct Demo {
     args: DemoArgs,
+    /// `--task`, or the base model's default task.
+    task_name: String,
     task: Box<dyn Task>,
     level: u32,
     base: BaseModel,
@@ -148,7 +152,7 @@ impl Demo {
         let seed = self.args.seed;
         eprintln!(
             "[1/7] data: {} level {}, seed {seed}",
-            self.args.task, self.level
+            self.task_name, self.level
         );
         let test = self.distinct(self.level, self.plan.test_problems, Split::Test, seed)?;
         let test_path = self.data.join("test.jsonl");
@@ -193,7 +197,7 @@ impl Demo {
                     (self.plan.sft_mix_fraction * 100.0).round(),
                     data.retain_level
                 );
-                Cmd::new(&["tasks", "train-tiny", &a.task])
+                Cmd::new(&["tasks", "train-tiny", &self.task_name])
                     .arg("--level", self.level)
                     .arg("--mix-levels", data.retain_level)
                     .arg("--mix-fraction", self.plan.sft_mix_fraction)
@@ -208,7 +212,7 @@ impl Demo {
             BaseModel::Pretrained(model) => {
                 eprintln!("[2/7] SFT: LoRA on {}", model.display());
                 let train_path = self.data.join("train.jsonl");
-                Cmd::new(&["tasks", "generate", &a.task])
+                Cmd::new(&["tasks", "generate", &self.task_name])
                     .arg("--level", self.level)
                     .arg("--n", self.plan.sft_problems)
                     .arg("--seed", a.seed)
@@ -256,7 +260,7 @@ impl Demo {
                 p.verifier_steps
             );
             let worked = self.data.join("verifier-train.jsonl");
-            Cmd::new(&["tasks", "generate", &a.task])
+            Cmd::new(&["tasks", "generate", &self.task_name])
                 .arg("--level", self.level)
                 .arg("--n", p.sft_problems)
                 .arg("--seed", a.seed + 9)
@@ -284,28 +288,28 @@ impl Demo {
         let steps = self.data.join("steps.jsonl");
         Cmd::new(&["label-steps"])
             .path("--policy", sft)
-            .arg("--task", &a.task)
+            .arg("--task", &self.task_name)
             .arg("--level", self.level)
             .arg("--split", "train")
             .arg("--n", p.label_problems)
             .arg("--samples", p.label_samples)
             .arg("--labels", "outcome")
-            .arg("--max-new-tokens", 64)
+            .arg("--max-new-tokens", p.max_new_tokens)
             .arg("--batch-rows", p.batch_rows)
             .arg("--seed", a.seed)
             .path("--output", &steps)
             .run()?;
         let heldout = self.data.join("steps-heldout.jsonl");
         // Rule labels cost no rollouts: the held-out check can afford more problems.
-        let rule = a.task == "arithmetic";
+        let rule = self.task_name == "arithmetic";
         let mut c = Cmd::new(&["label-steps"])
             .path("--policy", sft)
-            .arg("--task", &a.task)
+            .arg("--task", &self.task_name)
             .arg("--level", self.level)
             .arg("--split", "test")
             .arg("--n", if rule { p.test_problems / 2 } else { 16 })
             .arg("--samples", 4)
-            .arg("--max-new-tokens", 64)
+            .arg("--max-new-tokens", p.max_new_tokens)
             .arg("--batch-rows", p.batch_rows)
             .arg("--seed", a.seed + 1)
             .path("--output", &heldout);
@@ -348,7 +352,7 @@ impl Demo {
                     .words([v.display().to_string()])
                     .path("--data", &data.test)
                     .arg("--strategies", "greedy")
-                    .arg("--max-new-tokens", 64)
+                    .arg("--max-new-tokens", p.max_new_tokens)
                     .arg("--batch-rows", p.batch_rows)
                     .arg("--seed", a.seed)
                     .path("--output", &dir)
@@ -383,7 +387,7 @@ impl Demo {
         let p = &self.plan;
         let mut c = Cmd::new(&["grpo"])
             .path("--model", sft)
-            .arg("--task", &a.task)
+            .arg("--task", &self.task_name)
             .arg("--level", self.level)
             .arg("--num-prompts", p.grpo_num_prompts)
             .arg("--reward", "task_verifier")
@@ -396,7 +400,7 @@ impl Demo {
             .arg("--loss-type", "dapo")
             .arg("--beta", 0)
             .arg("--dynamic-sampling-rounds", p.grpo_dynamic_rounds)
-            .arg("--max-completion-length", 64)
+            .arg("--max-completion-length", p.max_new_tokens)
             .path("--retain-data", &data.retain)
             .arg("--retain-every", (p.grpo_steps / 4).max(1))
             .arg("--log-rollouts-every", 5)
@@ -406,7 +410,7 @@ impl Demo {
         // math_answer compares final answers by value: an independent check of arithmetic and
         // base conversion, but countdown has many right expressions, which only its own verifier
         // accepts.
-        if a.task != "countdown" {
+        if self.task_name != "countdown" {
             c = c.arg("--verifier", "math_answer");
         }
         if replay {
@@ -447,7 +451,7 @@ impl Demo {
             let run = self.out.join(format!("runs/{name}"));
             let mut c = Cmd::new(&["grpo"])
                 .path("--model", sft)
-                .arg("--task", &a.task)
+                .arg("--task", &self.task_name)
                 .arg("--level", self.level)
                 .arg("--num-prompts", self.plan.grpo_num_prompts)
                 .arg("--reward", HACKABLE_PROXY)
@@ -458,7 +462,7 @@ impl Demo {
                 .arg("--micro-batch-size", 64)
                 .arg("--learning-rate", 1e-4)
                 .arg("--beta", beta)
-                .arg("--max-completion-length", 64)
+                .arg("--max-completion-length", self.plan.max_new_tokens)
                 .arg("--hacking-window", 6)
                 .arg("--log-rollouts-every", 0)
                 .arg("--seed", a.seed)
@@ -479,7 +483,7 @@ impl Demo {
         &mut self,
         models: &[(&str, &Path)],
         data: &DataFiles,
-        prm: &Path,
+        prm: Option<&Path>,
     ) -> Result<Vec<EvalSummary>> {
         eprintln!(
             "[5/7] test-time search on {} held-out problems",
@@ -492,22 +496,29 @@ impl Demo {
             voting.push(format!("sc@{n}"));
             scored.push(format!("bon@{n}:min"));
         }
-        voting.push(format!(
-            "adaptive@{}",
-            self.plan.budgets.iter().max().copied().unwrap_or(4)
-        ));
+        if self.plan.adaptive {
+            voting.push(format!(
+                "adaptive@{}",
+                self.plan.budgets.iter().max().copied().unwrap_or(4)
+            ));
+        }
         scored.extend(self.plan.beams.iter().map(|b| b.to_string()));
         let mut out = Vec::new();
         for (name, model) in models {
             let mut rows = Vec::new();
-            let prm_flags = vec!["--prm".to_string(), prm.display().to_string()];
+            let prm_flags = prm.map(|p| vec!["--prm".to_string(), p.display().to_string()]);
             let rule_flags = vec!["--scorer".to_string(), "rule".to_string()];
             for (label, slug, strategies, scorer) in [
                 ("", "", &voting, None),
-                (" (PRM)", "-prm", &scored, Some(prm_flags)),
+                (" (PRM)", "-prm", &scored, prm_flags.clone()),
                 (" (rule)", "-rule", &scored, Some(rule_flags)),
             ] {
-                if slug == "-rule" && self.args.task != "arithmetic" {
+                let skip = match slug {
+                    "-prm" => prm.is_none(),
+                    "-rule" => self.task_name != "arithmetic",
+                    _ => false,
+                };
+                if skip {
                     continue;
                 }
                 let dir = self.out.join(format!("eval/{name}{slug}"));
@@ -516,7 +527,7 @@ impl Demo {
                     .path("--data", &data.test)
                     .arg("--strategies", strategies.join(","))
                     .words(scorer.unwrap_or_default())
-                    .arg("--max-new-tokens", 64)
+                    .arg("--max-new-tokens", self.plan.max_new_tokens)
                     .arg("--batch-rows", self.plan.batch_rows)
                     .arg("--seed", self.args.seed)
                     .path("--output", &dir)
@@ -538,7 +549,7 @@ impl Demo {
                 .words([model.display().to_string()])
                 .path("--data", &data.retain)
                 .arg("--strategies", "greedy")
-                .arg("--max-new-tokens", 64)
+                .arg("--max-new-tokens", self.plan.max_new_tokens)
                 .arg("--batch-rows", self.plan.batch_rows)
                 .arg("--seed", self.args.seed)
                 .path("--output", &dir)
@@ -556,14 +567,26 @@ impl Demo {
 
 pub fn demo(a: DemoArgs) -> Result<()> {
     let started = Instant::now();
-    let task = task_by_name(&a.task)?;
+    let base = BaseModel::parse(&a.model)?;
+    let pretrained = matches!(base, BaseModel::Pretrained(_));
+    let task_name = a.task.clone().unwrap_or_else(|| {
+        if pretrained {
+            "base-conversion"
+        } else {
+            "arithmetic"
+        }
+        .to_string()
+    });
+    let task = task_by_name(&task_name)?;
     let level = match (a.level, a.fast) {
         (Some(l), _) => l,
         (None, true) => *task.levels().start(),
+        // Base conversion's level 4 (4-digit answers): levels 2 and 3 have too few distinct
+        // problems (21 and 192 held out) to measure a gain or to draw RL prompts fresh.
+        (None, false) if pretrained && a.task.is_none() => 4,
         (None, false) => task.default_level(),
     };
-    let base = BaseModel::parse(&a.model)?;
-    let plan = Plan::new(a.fast, matches!(base, BaseModel::Pretrained(_)));
+    let plan = Plan::new(a.fast, pretrained);
     let out = a.output.clone();
     prepare_output(&out)?;
     let data_dir = out.join("data");
@@ -571,6 +594,7 @@ pub fn demo(a: DemoArgs) -> Result<()> {
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let mut d = Demo {
         args: a.clone(),
+        task_name: task_name.clone(),
         task,
         level,
         base,
@@ -582,7 +606,12 @@ pub fn demo(a: DemoArgs) -> Result<()> {
 
     let data = d.timed("data", |d| d.data())?;
     let sft = d.timed("sft", |d| d.sft(&data))?;
-    let prm = d.timed("prm", |d| d.prm(&sft, &data))?;
+    let prm = if d.plan.prm_steps > 0 {
+        Some(d.timed("prm", |d| d.prm(&sft, &data))?)
+    } else {
+        eprintln!("[3/7] PRM: not in this plan (see Plan::prm_steps)");
+        None
+    };
     eprintln!("[4/7] GRPO: the task's verifier as reward, guards on");
     let grpo = d.timed("grpo", |d| d.grpo("grpo", &sft, &data, false))?;
     let replay = if d.plan.replay {
@@ -597,7 +626,11 @@ pub fn demo(a: DemoArgs) -> Result<()> {
         None
     };
     let evals = d.timed("search", |d| {
-        d.search(&[("sft", &sft), ("grpo", &grpo.model)], &data, &prm.model)
+        d.search(
+            &[("sft", &sft), ("grpo", &grpo.model)],
+            &data,
+            prm.as_ref().map(|p| p.model.as_path()),
+        )
     })?;
     let mut retain_models: Vec<(&str, &Path)> = vec![("sft", &sft), ("grpo", &grpo.model)];
     if let Some(r) = &replay {
@@ -617,7 +650,7 @@ pub fn demo(a: DemoArgs) -> Result<()> {
         ));
     }
     let report = Report {
-        task: a.task.clone(),
+        task: task_name,
         level,
         seed: a.seed,
         fast: a.fast,
@@ -625,8 +658,8 @@ pub fn demo(a: DemoArgs) -> Result<()> {
         test_problems: evals.first().map_or(0, |e| e.problems()),
         evals,
         retain,
-        prm_auc: prm.auc,
-        verifier: prm.verifier_greedy,
+        prm_auc: prm.as_ref().and_then(|p| p.auc),
+        verifier: prm.and_then(|p| p.verifier_greedy),
         rl_metrics,
         hacking,
         timings: d.timings.clone(),
