@@ -125,18 +125,6 @@ fn quiet_candle_pool() {
     }
 }
 
-/// OpenBLAS's worker threads spin after each product, calling `sched_yield` for 2^28 TSC cycles
-/// (about 0.1 s) before they sleep: beside rayon's pool on a 2-core machine that spinning thread
-/// takes the time slices candle's ops between two products need. `OPENBLAS_THREAD_TIMEOUT` (the
-/// log2 of those cycles, read when the library is opened) set to its minimum sends them to sleep
-/// at once. Set here, before any thread exists, unless the environment says otherwise.
-fn quiet_openblas_threads() {
-    if std::env::var_os("OPENBLAS_THREAD_TIMEOUT").is_none() {
-        // Called first thing in `main`, before any other thread exists.
-        std::env::set_var("OPENBLAS_THREAD_TIMEOUT", "4");
-    }
-}
-
 /// Makes the main thread one of rayon's workers (the pool keeps one thread per core, this one
 /// included), so that the matrix products it starts split with a worker that is already running
 /// instead of waking a sleeping one for each product and waiting on it. Decode on SmolLM2 runs about
@@ -159,7 +147,6 @@ fn main_thread_in_pool() {
 
 fn main() {
     quiet_candle_pool();
-    quiet_openblas_threads();
     tune_allocator();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -29,8 +29,7 @@ pub struct DemoArgs {
     /// pretrained one, where SmolLM2's SFT model leaves room for RL: arithmetic it already solves).
     #[arg(long)]
     pub task: Option<String>,
-    /// The task level (default: the task's default for the tiny model; level 4 of the pretrained
-    /// model's default task; level 1 with --fast).
+    /// The task level (default: the task's default; level 1 with --fast).
     #[arg(long)]
     pub level: Option<u32>,
     #[arg(long, default_value_t = 1)]
@@ -583,9 +582,6 @@ pub fn demo(a: DemoArgs) -> Result<()> {
     let level = match (a.level, a.fast) {
         (Some(l), _) => l,
         (None, true) => *task.levels().start(),
-        // Base conversion's level 4 (4-digit answers): levels 2 and 3 have too few distinct
-        // problems (21 and 192 held out) to measure a gain or to draw RL prompts fresh.
-        (None, false) if pretrained && a.task.is_none() => 4,
         (None, false) => task.default_level(),
     };
     let plan = Plan::new(a.fast, pretrained);
