@@ -183,7 +183,7 @@ impl Task for BaseConversion {
     fn description(&self) -> &'static str {
         "Write a decimal number in base 2..=9 by repeated division, one division per step, reading the \
          remainders last to first. Level 1..=4: answers of 2, 3, 3, 4 digits in bases 2-9, 2-5, 2-9, \
-         2-9 (3 is the default; 4 has room for pretrained models)."
+         2-9 (3 is the default; 4 holds enough problems for a held-out set of thousands)."
     }
 
     fn levels(&self) -> RangeInclusive<u32> {

@@ -55,8 +55,6 @@ pub struct DemoArgs {
 /// What the stages share.
 struct Demo {
     args: DemoArgs,
-    /// `--task`, or the base model's default task.
-    task_name: String,
     task: Box<dyn Task>,
     level: u32,
     base: BaseModel,
@@ -151,7 +149,8 @@ impl Demo {
         let seed = self.args.seed;
         eprintln!(
             "[1/7] data: {} level {}, seed {seed}",
-            self.task_name, self.level
+            self.task.name(),
+            self.level
         );
         let test = self.distinct(self.level, self.plan.test_problems, Split::Test, seed)?;
         let test_path = self.data.join("test.jsonl");
@@ -196,7 +195,7 @@ impl Demo {
                     (self.plan.sft_mix_fraction * 100.0).round(),
                     data.retain_level
                 );
-                Cmd::new(&["tasks", "train-tiny", &self.task_name])
+                Cmd::new(&["tasks", "train-tiny", self.task.name()])
                     .arg("--level", self.level)
                     .arg("--mix-levels", data.retain_level)
                     .arg("--mix-fraction", self.plan.sft_mix_fraction)
@@ -211,7 +210,7 @@ impl Demo {
             BaseModel::Pretrained(model) => {
                 eprintln!("[2/7] SFT: LoRA on {}", model.display());
                 let train_path = self.data.join("train.jsonl");
-                Cmd::new(&["tasks", "generate", &self.task_name])
+                Cmd::new(&["tasks", "generate", self.task.name()])
                     .arg("--level", self.level)
                     .arg("--n", self.plan.sft_problems)
                     .arg("--seed", a.seed)
@@ -259,7 +258,7 @@ impl Demo {
                 p.verifier_steps
             );
             let worked = self.data.join("verifier-train.jsonl");
-            Cmd::new(&["tasks", "generate", &self.task_name])
+            Cmd::new(&["tasks", "generate", self.task.name()])
                 .arg("--level", self.level)
                 .arg("--n", p.sft_problems)
                 .arg("--seed", a.seed + 9)
@@ -287,7 +286,7 @@ impl Demo {
         let steps = self.data.join("steps.jsonl");
         Cmd::new(&["label-steps"])
             .path("--policy", sft)
-            .arg("--task", &self.task_name)
+            .arg("--task", self.task.name())
             .arg("--level", self.level)
             .arg("--split", "train")
             .arg("--n", p.label_problems)
@@ -300,10 +299,10 @@ impl Demo {
             .run()?;
         let heldout = self.data.join("steps-heldout.jsonl");
         // Rule labels cost no rollouts: the held-out check can afford more problems.
-        let rule = self.task_name == "arithmetic";
+        let rule = self.task.name() == "arithmetic";
         let mut c = Cmd::new(&["label-steps"])
             .path("--policy", sft)
-            .arg("--task", &self.task_name)
+            .arg("--task", self.task.name())
             .arg("--level", self.level)
             .arg("--split", "test")
             .arg("--n", if rule { p.test_problems / 2 } else { 16 })
@@ -386,7 +385,7 @@ impl Demo {
         let p = &self.plan;
         let mut c = Cmd::new(&["grpo"])
             .path("--model", sft)
-            .arg("--task", &self.task_name)
+            .arg("--task", self.task.name())
             .arg("--level", self.level)
             .arg("--num-prompts", p.grpo_num_prompts)
             .arg("--reward", "task_verifier")
@@ -409,7 +408,7 @@ impl Demo {
         // math_answer compares final answers by value: an independent check of arithmetic and
         // base conversion, but countdown has many right expressions, which only its own verifier
         // accepts.
-        if self.task_name != "countdown" {
+        if self.task.name() != "countdown" {
             c = c.arg("--verifier", "math_answer");
         }
         if replay {
@@ -450,7 +449,7 @@ impl Demo {
             let run = self.out.join(format!("runs/{name}"));
             let mut c = Cmd::new(&["grpo"])
                 .path("--model", sft)
-                .arg("--task", &self.task_name)
+                .arg("--task", self.task.name())
                 .arg("--level", self.level)
                 .arg("--num-prompts", self.plan.grpo_num_prompts)
                 .arg("--reward", HACKABLE_PROXY)
@@ -509,12 +508,12 @@ impl Demo {
             let rule_flags = vec!["--scorer".to_string(), "rule".to_string()];
             for (label, slug, strategies, scorer) in [
                 ("", "", &voting, None),
-                (" (PRM)", "-prm", &scored, prm_flags.clone()),
+                (" (PRM)", "-prm", &scored, prm_flags),
                 (" (rule)", "-rule", &scored, Some(rule_flags)),
             ] {
                 let skip = match slug {
                     "-prm" => prm.is_none(),
-                    "-rule" => self.task_name != "arithmetic",
+                    "-rule" => self.task.name() != "arithmetic",
                     _ => false,
                 };
                 if skip {
@@ -570,15 +569,12 @@ pub fn demo(a: DemoArgs) -> Result<()> {
     let pretrained = matches!(base, BaseModel::Pretrained(_));
     // The smoke run (--fast) stays on arithmetic, whose short answers SmolLM2 already writes: a
     // 10-step SFT model on base conversion never answers, so its beam searches run to their depth.
-    let task_name = a.task.clone().unwrap_or_else(|| {
-        if pretrained && !a.fast {
-            "base-conversion"
-        } else {
-            "arithmetic"
-        }
-        .to_string()
-    });
-    let task = task_by_name(&task_name)?;
+    let task_name = match &a.task {
+        Some(name) => name.as_str(),
+        None if pretrained && !a.fast => "base-conversion",
+        None => "arithmetic",
+    };
+    let task = task_by_name(task_name)?;
     let level = match (a.level, a.fast) {
         (Some(l), _) => l,
         (None, true) => *task.levels().start(),
@@ -592,7 +588,6 @@ pub fn demo(a: DemoArgs) -> Result<()> {
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let mut d = Demo {
         args: a.clone(),
-        task_name: task_name.clone(),
         task,
         level,
         base,
@@ -648,7 +643,7 @@ pub fn demo(a: DemoArgs) -> Result<()> {
         ));
     }
     let report = Report {
-        task: task_name,
+        task: task_name.to_string(),
         level,
         seed: a.seed,
         fast: a.fast,

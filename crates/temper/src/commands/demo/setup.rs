@@ -106,9 +106,10 @@ impl Plan {
             // A 135M-parameter model on 2 CPU cores: LoRA trains, and the full plan spends its time
             // on SFT, GRPO and a held-out measurement (greedy and voting on up to 200 problems;
             // base conversion's level 3 holds 192). Measured (docs/experiments.md): at level 4
-            // these 150 SFT steps leave greedy at 0.5%, too little for RL to work on. Its PRM stage and PRM-scored search (an implicit PRM of
-            // SmolLM2 itself: 326 s to train, 3.4 s a problem to search with) are left to
-            // `--fast`, a smoke run of every stage, not a measurement.
+            // these 150 SFT steps leave greedy at 0.5%, too little for RL to work on. Its PRM
+            // stage and PRM-scored search (an implicit PRM of SmolLM2 itself: labelling and
+            // training took 326 s, beam search 3.4 s a problem) are left to `--fast`, a smoke run
+            // of every stage, not a measurement.
             return Plan {
                 sft_steps: if fast { 10 } else { 150 },
                 sft_problems: 4000,
