@@ -10,6 +10,7 @@
 //! | 1     | 3     | 2    | 1..=10  | ..=100   |
 //! | 2     | 3     | 3    | 1..=6   | ..=100   |
 //! | 3     | 3     | 3    | 1..=10  | ..=100   |
+//! | 4     | 4     | 3    | 1..=10  | ..=100   |
 //!
 //! Level 3 is calibrated on the tiny recipe of `tempering-train` (docs/sft.md); harder games (more
 //! numbers, larger targets) are a [`CountdownParams`] away from code.
@@ -30,7 +31,12 @@ use crate::task::{
 pub const NAME: &str = "countdown";
 const PROMPT_PREFIX: &str = "Make ";
 const PROMPT_MIDDLE: &str = " from: ";
-const LEVELS: [(u32, u32, u64, u64); 3] = [(3, 2, 10, 100), (3, 3, 6, 100), (3, 3, 10, 100)];
+const LEVELS: [(u32, u32, u64, u64); 4] = [
+    (3, 2, 10, 100),
+    (3, 3, 6, 100),
+    (3, 3, 10, 100),
+    (4, 3, 10, 100),
+];
 const MAX_GIVEN: u32 = 12;
 const MAX_LIMIT: u64 = 1_000_000;
 
@@ -246,8 +252,8 @@ impl Task for Countdown {
 
     fn description(&self) -> &'static str {
         "Reach the target from the given numbers with + - * /, each number at most once, integer \
-         intermediate results; any correct expression is accepted. Level 1..=3: 3 numbers given, the \
-         reference uses 2, 3, 3 of them; numbers up to 10, 6, 10; targets up to 100."
+         intermediate results; any correct expression is accepted. Level 1..=4: 3, 3, 3, 4 numbers given, the \
+         reference uses 2, 3, 3, 3 of them; numbers up to 10, 6, 10, 10; targets up to 100."
     }
 
     fn levels(&self) -> RangeInclusive<u32> {

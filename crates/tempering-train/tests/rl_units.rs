@@ -356,3 +356,51 @@ fn the_reference_forward_runs_only_where_the_kl_is_needed() {
         }
     }
 }
+
+/// A reward every completion ties on.
+struct Constant(f64);
+
+impl Verifier for Constant {
+    fn name(&self) -> &str {
+        "constant"
+    }
+    fn score(&self, _: &ScoreInput<'_>) -> tempering_reward::Result<Scored> {
+        Ok(Scored {
+            score: self.0,
+            correct: None,
+        })
+    }
+}
+
+/// Dynamic sampling replaces every group whose rewards all tie, up to its last round (which keeps
+/// whatever it draws), and the metrics log the first round's reward beside the batch's.
+#[test]
+fn dynamic_sampling_replaces_tied_groups_and_logs_the_unfiltered_reward() {
+    for rounds in [0usize, 1, 2] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(2, 1);
+        c.dynamic_sampling_rounds = rounds;
+        let (model, tok) = random_model(5);
+        let prompts = prompt_items(&problems(2, 24, 1, Split::Train), &tok);
+        let mut policy = model.clone();
+        let params = policy.make_trainable(|_| true).unwrap();
+        run_online(
+            &c,
+            OnlineInputs::new(policy, params, Some(model), &tok, &prompts, &Constant(0.25)),
+            dir.path(),
+            false,
+        )
+        .unwrap();
+        let recs = read(&dir.path().join("metrics.jsonl")).unwrap();
+        assert_eq!(recs.len(), 2);
+        for r in &recs {
+            let case = format!("rounds {rounds}: {r:?}");
+            // Every group ties, so every round but the last drops all it drew.
+            let dropped = r["dynamic_sampling_dropped"].as_u64().unwrap() as usize;
+            assert_eq!(dropped, rounds * c.online.prompts_per_step, "{case}");
+            assert_eq!(r["reward"].as_f64(), Some(0.25), "{case}");
+            let before = r.get("reward_before_filter").and_then(|v| v.as_f64());
+            assert_eq!(before, (rounds > 0).then_some(0.25), "{case}");
+        }
+    }
+}

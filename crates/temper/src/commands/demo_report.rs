@@ -173,11 +173,22 @@ impl Report {
             // Search against greedy, per model: the best strategy and what voting alone does.
             for e in [sft, rl] {
                 let greedy = e.get("greedy").map(|r| r.accuracy()).unwrap_or(0.0);
-                if let Some(best) = e
+                let best = e
                     .rows
                     .iter()
-                    .max_by(|x, y| x.accuracy().total_cmp(&y.accuracy()))
-                {
+                    .filter(|r| r.strategy != "greedy")
+                    .max_by(|x, y| x.accuracy().total_cmp(&y.accuracy()));
+                if let Some(best) = best.filter(|b| b.accuracy() <= greedy) {
+                    out.push(format!(
+                        "{}: no search strategy beat greedy's {:.1}% (the best, {}, reached {:.1}% \
+                         with {:.0} tokens a problem).",
+                        e.model,
+                        100.0 * greedy,
+                        best.strategy,
+                        100.0 * best.accuracy(),
+                        best.mean_tokens
+                    ));
+                } else if let Some(best) = best {
                     out.push(format!(
                         "{}: the best strategy is {} at {:.1}% ({:.0} tokens a problem) against \
                          greedy's {:.1}%.",
@@ -256,10 +267,19 @@ impl Report {
             ));
         }
         for (name, recs) in &self.rl_metrics {
-            if let Some((r0, r1)) = first_last(recs, "reward") {
+            // Dynamic sampling replaces groups whose rewards all tie, which biases the batch's
+            // own mean; the first round's rewards are what the policy earned on fresh prompts.
+            let (key, what) = match first_last(recs, "reward_before_filter") {
+                Some(_) => (
+                    "reward_before_filter",
+                    "training reward on fresh prompts (before dynamic sampling)",
+                ),
+                None => ("reward", "training reward"),
+            };
+            if let Some((r0, r1)) = first_last(recs, key) {
                 let w = warnings(recs);
                 out.push(format!(
-                    "{name}: training reward {r0:.3} -> {r1:.3} (first and last quarter of the \
+                    "{name}: {what} {r0:.3} -> {r1:.3} (first and last quarter of the \
                      batches); guard warnings: {}.",
                     if w.is_empty() {
                         "none".into()
@@ -514,5 +534,71 @@ impl Report {
                 "pass_at_k": r.candidates.map(|c| c.1 as f64 / r.n.max(1) as f64),
             })).collect::<Vec<_>>()))).collect::<Map<String, Value>>(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn row(strategy: &str, per: &[bool], tokens: f64) -> StrategyResult {
+        StrategyResult {
+            strategy: strategy.into(),
+            family: strategy.split('@').next().unwrap_or(strategy).into(),
+            correct: per.iter().filter(|&&c| c).count(),
+            n: per.len(),
+            mean_tokens: tokens,
+            per_problem: per.iter().copied().enumerate().collect::<BTreeMap<_, _>>(),
+            candidates: None,
+        }
+    }
+
+    fn report(evals: Vec<EvalSummary>) -> Report {
+        Report {
+            task: "countdown".into(),
+            level: 4,
+            seed: 1,
+            fast: false,
+            model: "m".into(),
+            test_problems: 4,
+            evals,
+            retain: vec![],
+            prm_auc: None,
+            verifier: None,
+            rl_metrics: vec![],
+            hacking: None,
+            timings: vec![],
+            seconds: 1.0,
+        }
+    }
+
+    #[test]
+    fn findings_say_when_no_search_strategy_beats_greedy() {
+        let sft = EvalSummary {
+            model: "SFT".into(),
+            rows: vec![
+                row("greedy", &[true, true, false, false], 20.0),
+                row("sc@4", &[true, false, false, false], 80.0),
+            ],
+        };
+        let rl = EvalSummary {
+            model: "GRPO".into(),
+            rows: vec![
+                row("greedy", &[true, false, false, false], 20.0),
+                row("sc@4", &[true, true, true, false], 80.0),
+            ],
+        };
+        let text = report(vec![sft, rl]).findings().join("\n");
+        assert!(
+            text.contains(
+                "SFT: no search strategy beat greedy's 50.0% (the best, sc@4, reached 25.0%"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("GRPO: the best strategy is sc@4 at 75.0% (80 tokens a problem) against greedy's 25.0%"),
+            "{text}"
+        );
     }
 }

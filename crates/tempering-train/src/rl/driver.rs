@@ -425,6 +425,9 @@ pub fn run<A: RlAlgorithm>(
         let mut groups: Vec<Group> = Vec::new();
         let (mut gen_s, mut score_s) = (0.0, 0.0);
         let mut dropped = 0usize;
+        // The first round's rewards, before tied groups are replaced: what the policy earns on
+        // fresh prompts (the batch's own mean is biased towards mixed groups).
+        let mut first_round = (0.0f64, 0usize);
         for round in 0..=rounds {
             let want = config.prompts_per_step - groups.len();
             if want == 0 {
@@ -439,6 +442,10 @@ pub fn run<A: RlAlgorithm>(
             score_s += t1.elapsed().as_secs_f64();
             for g in fresh {
                 let rewards: Vec<f64> = g.samples.iter().map(|s| s.reward).collect();
+                if round == 0 {
+                    first_round.0 += rewards.iter().sum::<f64>();
+                    first_round.1 += rewards.len();
+                }
                 if round < rounds && tied_groups(&rewards, rewards.len())[0] {
                     dropped += 1;
                     continue;
@@ -473,6 +480,12 @@ pub fn run<A: RlAlgorithm>(
         let reward_mean = rewards.iter().sum::<f64>() / n;
         rec.insert("reward".into(), json!(reward_mean));
         rec.insert("reward_std".into(), json!(std_unbiased(&rewards)));
+        if rounds > 0 && first_round.1 > 0 {
+            rec.insert(
+                "reward_before_filter".into(),
+                json!(first_round.0 / first_round.1 as f64),
+            );
+        }
         let mean_len = all
             .iter()
             .map(|s| s.completion.tokens.len() as f64)
