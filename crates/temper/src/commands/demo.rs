@@ -25,11 +25,12 @@ use setup::{prepare_output, BaseModel, Cmd, Plan, HACKABLE_PROXY, LORA_FLAGS};
 
 #[derive(Args, Debug, Clone)]
 pub struct DemoArgs {
-    /// The built-in task (default: arithmetic for the tiny model and --fast; base-conversion for a
-    /// pretrained one, where SmolLM2's SFT model leaves room for RL: arithmetic it already solves).
+    /// The built-in task (default: arithmetic for the tiny model and --fast; countdown level 4 for
+    /// a pretrained one, where SmolLM2's SFT model leaves room for RL: arithmetic it already solves).
     #[arg(long)]
     pub task: Option<String>,
-    /// The task level (default: the task's default; level 1 with --fast).
+    /// The task level (default: 4 for a pretrained model's default countdown, else the task's
+    /// default; level 1 with --fast).
     #[arg(long)]
     pub level: Option<u32>,
     #[arg(long, default_value_t = 1)]
@@ -392,7 +393,7 @@ impl Demo {
             .arg("--num-generations", p.grpo_generations)
             .arg("--prompts-per-step", p.grpo_prompts)
             .arg("--steps", p.grpo_steps)
-            .arg("--micro-batch-size", 64)
+            .arg("--micro-batch-size", p.grpo_micro_batch)
             .arg("--learning-rate", p.grpo_lr)
             .arg("--temperature", p.grpo_temperature)
             .arg("--loss-type", "dapo")
@@ -457,7 +458,7 @@ impl Demo {
                 .arg("--num-generations", 8)
                 .arg("--prompts-per-step", 8)
                 .arg("--steps", self.plan.hacking_steps)
-                .arg("--micro-batch-size", 64)
+                .arg("--micro-batch-size", self.plan.grpo_micro_batch)
                 .arg("--learning-rate", 1e-4)
                 .arg("--beta", beta)
                 .arg("--max-completion-length", self.plan.max_new_tokens)
@@ -569,16 +570,19 @@ pub fn demo(a: DemoArgs) -> Result<()> {
     let pretrained = matches!(base, BaseModel::Pretrained(_));
     // The smoke run (--fast) stays on arithmetic, whose short answers SmolLM2 already writes: a
     // 10-step SFT model on base conversion never answers, so its beam searches run to their depth.
-    let task_name = match &a.task {
-        Some(name) => name.as_str(),
-        None if pretrained && !a.fast => "base-conversion",
-        None => "arithmetic",
+    // A pretrained model's full run defaults to countdown level 4 (four numbers, 1,828 test
+    // problems), where SmolLM2's SFT model leaves room: arithmetic it already solves.
+    let (task_name, default_level) = match &a.task {
+        Some(name) => (name.as_str(), None),
+        None if pretrained && !a.fast => ("countdown", Some(4)),
+        None => ("arithmetic", None),
     };
     let task = task_by_name(task_name)?;
-    let level = match (a.level, a.fast) {
-        (Some(l), _) => l,
-        (None, true) => *task.levels().start(),
-        (None, false) => task.default_level(),
+    let level = match (a.level, default_level, a.fast) {
+        (Some(l), _, _) => l,
+        (None, Some(l), _) => l,
+        (None, None, true) => *task.levels().start(),
+        (None, None, false) => task.default_level(),
     };
     let plan = Plan::new(a.fast, pretrained);
     let out = a.output.clone();

@@ -82,6 +82,8 @@ pub(super) struct Plan {
     pub(super) grpo_temperature: f64,
     /// Train-split prompts drawn for RL (duplicates allowed when the split is smaller).
     pub(super) grpo_num_prompts: usize,
+    /// Rows of one forward and backward in the RL updates (the hacking stage's too).
+    pub(super) grpo_micro_batch: usize,
     /// Run GRPO a second time with replay of retain-level worked solutions.
     pub(super) replay: bool,
     pub(super) test_problems: usize,
@@ -104,14 +106,14 @@ impl Plan {
     pub(super) fn new(fast: bool, pretrained: bool) -> Self {
         if pretrained {
             // A 135M-parameter model on 2 CPU cores: LoRA trains, and the full plan spends its time
-            // on SFT, GRPO and a held-out measurement (greedy and voting on up to 200 problems;
-            // base conversion's level 3 holds 192). Measured (docs/experiments.md): at level 4
-            // these 150 SFT steps leave greedy at 0.5%, too little for RL to work on. Its PRM
-            // stage and PRM-scored search (an implicit PRM of SmolLM2 itself: labelling and
-            // training took 326 s, beam search 3.4 s a problem) are left to `--fast`, a smoke run
-            // of every stage, not a measurement.
+            // on SFT, GRPO and a held-out measurement (greedy and voting on 400 problems of
+            // countdown level 4, which holds 1,828 test problems). Measured (docs/experiments.md):
+            // 400 SFT steps leave greedy at 17.5% against a pass@4 of 40.5%, room for RL; 150
+            // steps left 10% against 22.5%. Its PRM stage and PRM-scored search (an implicit PRM
+            // of SmolLM2 itself: labelling and training took 326 s, beam search 3.4 s a problem)
+            // are left to `--fast`, a smoke run of every stage, not a measurement.
             return Plan {
-                sft_steps: if fast { 10 } else { 150 },
+                sft_steps: if fast { 10 } else { 400 },
                 sft_problems: 4000,
                 sft_mix_fraction: 0.0,
                 verifier_steps: 0,
@@ -121,15 +123,18 @@ impl Plan {
                 prm_steps: if fast { 2 } else { 0 },
                 prm_lr: 2e-5,
                 prm_beta: 0.05,
-                grpo_steps: if fast { 1 } else { 40 },
-                grpo_prompts: 4,
+                grpo_steps: if fast { 1 } else { 60 },
+                grpo_prompts: if fast { 4 } else { 8 },
                 grpo_generations: if fast { 4 } else { 8 },
-                grpo_lr: 2e-4,
+                grpo_lr: 1e-4,
                 grpo_dynamic_rounds: if fast { 0 } else { 1 },
-                grpo_temperature: 1.0,
-                grpo_num_prompts: 4000,
+                grpo_temperature: if fast { 1.0 } else { 0.7 },
+                grpo_num_prompts: 8000,
+                // The update's logits are rows x padded length x 49,152 floats: 64 rows, one of
+                // them a 112-token completion, took a GRPO run past 24 GB.
+                grpo_micro_batch: 16,
                 replay: false,
-                test_problems: if fast { 3 } else { 200 },
+                test_problems: if fast { 3 } else { 400 },
                 retain_problems: if fast { 3 } else { 100 },
                 budgets: vec![if fast { 2 } else { 4 }],
                 adaptive: fast,
@@ -158,6 +163,7 @@ impl Plan {
                 grpo_dynamic_rounds: 1,
                 grpo_temperature: 1.0,
                 grpo_num_prompts: 2000,
+                grpo_micro_batch: 64,
                 replay: true,
                 test_problems: 40,
                 retain_problems: 20,
@@ -190,6 +196,7 @@ impl Plan {
                 grpo_dynamic_rounds: 2,
                 grpo_temperature: 0.6,
                 grpo_num_prompts: 20_000,
+                grpo_micro_batch: 64,
                 replay: true,
                 test_problems: 400,
                 retain_problems: 200,
