@@ -21,7 +21,9 @@ use crate::rl::driver::{
 };
 use crate::rl::kl::kl_value;
 use crate::rl::policy_loss::{LossType, PolicyLossConfig, PolicyObjective, RolloutSample};
-use crate::rl::rollout::{no_grad_logprobs, rollout_samples, Group, PromptItem, SampleOut};
+use crate::rl::rollout::{
+    by_length, no_grad_logprobs, rollout_samples, Group, PromptItem, SampleOut,
+};
 use crate::schedule::Schedule;
 use crate::sft::{SftObjective, SftSequence};
 use crate::trainer::Trainer;
@@ -223,6 +225,7 @@ impl RlAlgorithm for Grpo<'_> {
             .as_mut()
             .ok_or_else(|| TrainError::config("algorithm", "update before prepare"))?;
         objective.policy_weight = samples_weight(c, &samples);
+        let order = by_length(&samples);
         let examples: Vec<RlExample> = samples.into_iter().map(RlExample::Policy).collect();
         let replay_examples: Vec<RlExample> = match (self.replay, self.replay_order.as_mut()) {
             (Some(r), Some(order)) if c.replay_coef > 0.0 => order
@@ -232,12 +235,16 @@ impl RlAlgorithm for Grpo<'_> {
                 .collect(),
             _ => Vec::new(),
         };
+        // Micro-batches of similar lengths, as `no_grad_logprobs` forms them (`by_length`). The
+        // loss weights are the whole batch's, so the grouping changes no gradient beyond float
+        // summation order.
+        let by_length: Vec<&RlExample> = order.iter().map(|&i| &examples[i]).collect();
         let mut step_metrics: Vec<(String, f64)> = Vec::new();
         let mut first_loss = None;
         for _ in 0..c.num_iterations {
-            let mut micro: Vec<Vec<&RlExample>> = examples
+            let mut micro: Vec<Vec<&RlExample>> = by_length
                 .chunks(o.micro_batch_size)
-                .map(|c| c.iter().collect())
+                .map(|c| c.to_vec())
                 .collect();
             if !replay_examples.is_empty() {
                 micro.push(replay_examples.iter().collect());

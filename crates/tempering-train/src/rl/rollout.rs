@@ -157,6 +157,15 @@ pub fn rollout_samples(
     out
 }
 
+/// Sample indices shortest first (ties in order): micro-batches of similar lengths, since a row is
+/// padded to the longest of its micro-batch, and one long completion among short ones would cost
+/// every row its length (in time, and in logits of rows x length x vocabulary).
+pub fn by_length(samples: &[RolloutSample]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..samples.len()).collect();
+    order.sort_by_key(|&i| samples[i].ids.len());
+    order
+}
+
 /// Logprobs of each sample's completion, chunked exactly as the update's micro-batches (so the
 /// first update's ratio is exactly 1).
 pub fn no_grad_logprobs(
@@ -167,12 +176,11 @@ pub fn no_grad_logprobs(
     temperature: f64,
 ) -> Result<Vec<Vec<f32>>> {
     let mut out = vec![Vec::new(); samples.len()];
-    for (ci, chunk) in samples.chunks(micro.max(1)).enumerate() {
+    for chunk in by_length(samples).chunks(micro.max(1)) {
         let active: Vec<(usize, &RolloutSample)> = chunk
             .iter()
-            .enumerate()
+            .map(|&i| (i, &samples[i]))
             .filter(|(_, s)| s.in_loss && s.completion_len() > 0)
-            .map(|(j, s)| (ci * micro.max(1) + j, s))
             .collect();
         if active.is_empty() {
             continue;
@@ -225,4 +233,34 @@ pub fn write_rollouts(
         writeln!(f, "{rec}").map_err(|e| TrainError::io(path, e))?;
     }
     f.flush().map_err(|e| TrainError::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(len: usize) -> RolloutSample {
+        RolloutSample {
+            ids: vec![1; len],
+            prompt_len: 1,
+            advantages: Vec::new(),
+            old_logprobs: None,
+            ref_logprobs: None,
+            in_loss: true,
+        }
+    }
+
+    #[test]
+    fn micro_batches_group_samples_of_similar_length() {
+        let samples: Vec<RolloutSample> = [9, 3, 112, 4, 3, 8].map(sample).to_vec();
+        let order = by_length(&samples);
+        // Shortest first, ties in their original order: the 112-token row pads only its own
+        // micro-batch of two.
+        assert_eq!(order, vec![1, 4, 3, 5, 0, 2]);
+        let chunks: Vec<Vec<usize>> = order
+            .chunks(2)
+            .map(|c| c.iter().map(|&i| samples[i].ids.len()).collect())
+            .collect();
+        assert_eq!(chunks, vec![vec![3, 3], vec![4, 8], vec![9, 112]]);
+    }
 }
