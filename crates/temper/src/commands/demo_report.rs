@@ -372,8 +372,23 @@ impl Report {
             &retain_rows,
         );
         let mut plots = String::new();
+        // With dynamic sampling the batch's own reward is biased towards mixed groups; the first
+        // sampling round's is what the policy earned on fresh prompts.
+        let filtered = self
+            .rl_metrics
+            .iter()
+            .any(|(_, recs)| recs.iter().any(|r| r.contains_key("reward_before_filter")));
+        let reward = if filtered {
+            (
+                "reward_before_filter",
+                "Training reward on fresh prompts (task verifier, before dynamic sampling)",
+                "rollout_step",
+            )
+        } else {
+            ("reward", "Training reward (task verifier)", "rollout_step")
+        };
         for (key, title, x) in [
-            ("reward", "Training reward (task verifier)", "rollout_step"),
+            reward,
             (
                 "verifier_reward",
                 "Held-out verifier on the rollouts (math_answer)",
@@ -571,6 +586,31 @@ mod tests {
             timings: vec![],
             seconds: 1.0,
         }
+    }
+
+    #[test]
+    fn the_reward_plot_shows_the_reward_before_dynamic_sampling_when_logged() {
+        let rec = |step: u64, r: f64, before: Option<f64>| {
+            let mut m = Map::new();
+            m.insert("rollout_step".into(), json!(step));
+            m.insert("reward".into(), json!(r));
+            if let Some(b) = before {
+                m.insert("reward_before_filter".into(), json!(b));
+            }
+            m
+        };
+        let mut plain = report(vec![]);
+        plain.rl_metrics = vec![("grpo".into(), vec![rec(1, 0.5, None), rec(2, 0.6, None)])];
+        let page = plain.html().unwrap();
+        assert!(page.contains("Training reward (task verifier)"));
+        let mut filtered = report(vec![]);
+        filtered.rl_metrics = vec![(
+            "grpo".into(),
+            vec![rec(1, 0.5, Some(0.2)), rec(2, 0.6, Some(0.3))],
+        )];
+        let page = filtered.html().unwrap();
+        assert!(page.contains("before dynamic sampling"), "{page}");
+        assert!(!page.contains("Training reward (task verifier)"));
     }
 
     #[test]
