@@ -568,9 +568,9 @@ pub fn demo(a: DemoArgs) -> Result<()> {
     let started = Instant::now();
     let base = BaseModel::parse(&a.model)?;
     let pretrained = matches!(base, BaseModel::Pretrained(_));
-    // The smoke run (--fast) stays on arithmetic, whose short answers SmolLM2 already writes: a
-    // 10-step SFT model on base conversion never answers, so its beam searches run to their depth.
-    // A pretrained model's full run defaults to countdown level 4 (four numbers, 1,828 test
+    // The smoke run (--fast) stays on arithmetic, whose short answers SmolLM2 already writes (a
+    // 10-step SFT model on base conversion never answered, so its beam searches ran to their
+    // depth). A pretrained model's full run defaults to countdown level 4 (four numbers, 1,828 test
     // problems), where SmolLM2's SFT model leaves room: arithmetic it already solves.
     let (task_name, default_level) = match &a.task {
         Some(name) => (name.as_str(), None),
@@ -578,12 +578,11 @@ pub fn demo(a: DemoArgs) -> Result<()> {
         None => ("arithmetic", None),
     };
     let task = task_by_name(task_name)?;
-    let level = match (a.level, default_level, a.fast) {
-        (Some(l), _, _) => l,
-        (None, Some(l), _) => l,
-        (None, None, true) => *task.levels().start(),
-        (None, None, false) => task.default_level(),
-    };
+    let level = a.level.or(default_level).unwrap_or(if a.fast {
+        *task.levels().start()
+    } else {
+        task.default_level()
+    });
     let plan = Plan::new(a.fast, pretrained);
     let out = a.output.clone();
     prepare_output(&out)?;
@@ -647,7 +646,7 @@ pub fn demo(a: DemoArgs) -> Result<()> {
         ));
     }
     let report = Report {
-        task: task_name.to_string(),
+        task: d.task.name().to_string(),
         level,
         seed: a.seed,
         fast: a.fast,

@@ -60,6 +60,16 @@ fn first_last(recs: &[Map<String, Value>], key: &str) -> Option<(f64, f64)> {
     ))
 }
 
+/// The first sampling round's mean reward. Dynamic sampling replaces groups whose rewards all
+/// tie, which biases the batch's own `reward` towards mixed groups; this is what the policy
+/// earned on fresh prompts.
+const FRESH_REWARD: &str = "reward_before_filter";
+
+/// Whether a run logged [`FRESH_REWARD`] (GRPO with dynamic sampling).
+fn logs_fresh_reward(recs: &[Map<String, Value>]) -> bool {
+    recs.iter().any(|r| r.contains_key(FRESH_REWARD))
+}
+
 fn warnings(recs: &[Map<String, Value>]) -> Vec<String> {
     let mut w: Vec<String> = recs
         .iter()
@@ -267,14 +277,13 @@ impl Report {
             ));
         }
         for (name, recs) in &self.rl_metrics {
-            // Dynamic sampling replaces groups whose rewards all tie, which biases the batch's
-            // own mean; the first round's rewards are what the policy earned on fresh prompts.
-            let (key, what) = match first_last(recs, "reward_before_filter") {
-                Some(_) => (
-                    "reward_before_filter",
+            let (key, what) = if logs_fresh_reward(recs) {
+                (
+                    FRESH_REWARD,
                     "training reward on fresh prompts (before dynamic sampling)",
-                ),
-                None => ("reward", "training reward"),
+                )
+            } else {
+                ("reward", "training reward")
             };
             if let Some((r0, r1)) = first_last(recs, key) {
                 let w = warnings(recs);
@@ -372,15 +381,13 @@ impl Report {
             &retain_rows,
         );
         let mut plots = String::new();
-        // With dynamic sampling the batch's own reward is biased towards mixed groups; the first
-        // sampling round's is what the policy earned on fresh prompts.
-        let filtered = self
+        let reward = if self
             .rl_metrics
             .iter()
-            .any(|(_, recs)| recs.iter().any(|r| r.contains_key("reward_before_filter")));
-        let reward = if filtered {
+            .any(|(_, recs)| logs_fresh_reward(recs))
+        {
             (
-                "reward_before_filter",
+                FRESH_REWARD,
                 "Training reward on fresh prompts (task verifier, before dynamic sampling)",
                 "rollout_step",
             )
