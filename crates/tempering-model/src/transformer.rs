@@ -16,6 +16,7 @@ use crate::weights::Weights;
 
 mod cache;
 mod gather;
+mod lean;
 
 use cache::LayerKv;
 pub use cache::{KvCache, TokenLayout};
@@ -141,6 +142,9 @@ pub struct Transformer {
     inv_freq: Vec<f64>,
     device: Device,
     dtype: DType,
+    /// Whether cached steps of few rows take the lean path (`transformer/lean.rs`); on unless
+    /// [`Transformer::set_lean_decode`] turned it off.
+    lean_decode: bool,
 }
 
 impl Transformer {
@@ -199,6 +203,7 @@ impl Transformer {
             lm_head,
             inference_head: None,
             inv_freq: c.rope_inv_freq(),
+            lean_decode: true,
         })
     }
 
@@ -460,6 +465,12 @@ impl Transformer {
         Ok(())
     }
 
+    /// Turns the lean path for cached steps of few rows on or off (on by default; off, every
+    /// step runs candle's ops, as a GPU does). Both give the same results to float rounding.
+    pub fn set_lean_decode(&mut self, on: bool) {
+        self.lean_decode = on;
+    }
+
     /// A fresh cache for this model.
     pub fn new_cache(&self) -> KvCache {
         KvCache::new(self.config.num_layers)
@@ -506,6 +517,12 @@ impl Transformer {
         }
         let s = keys[0].len();
         let past = s - t;
+        if let Some(c) = cache.as_deref_mut() {
+            if let Some(h) = self.lean_forward(input_ids, layout, c, &keys, past)? {
+                c.key_positions = keys;
+                return Ok(h);
+            }
+        }
         let mask = self.attention_mask(layout, &keys, past)?;
         let (cos, sin) = self.rope_tables(layout)?;
 

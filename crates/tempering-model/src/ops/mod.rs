@@ -10,7 +10,7 @@
 
 pub mod blas;
 pub mod few_rows;
-mod kernels;
+pub(crate) mod kernels;
 mod linear;
 mod norm;
 mod rope;

@@ -3,7 +3,7 @@
 //! new token's position and whether it is padding). Knows tensors and positions; nothing of the
 //! weights, attention or what the tokens mean.
 
-use candle_core::{Device, Tensor};
+use candle_core::{CpuStorage, Device, InplaceOp1, Layout, Tensor};
 
 use crate::error::{ModelError, Result};
 
@@ -35,6 +35,21 @@ impl LayerKv {
         v: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
         let (b, h, t, d) = k.dims4()?;
+        let s = Self::reserve(slot, (b, h, t, d), k.dtype(), k.device())?;
+        s.k.slice_set(&k.contiguous()?, 2, s.len)?;
+        s.v.slice_set(&v.contiguous()?, 2, s.len)?;
+        s.len += t;
+        Ok((s.k.narrow(2, 0, s.len)?, s.v.narrow(2, 0, s.len)?))
+    }
+
+    /// `slot`'s buffers with room for `t` more slots of `[b, h, _, d]`, grown (the history
+    /// copied) or made its own where a clone of the cache shares them.
+    fn reserve<'a>(
+        slot: &'a mut Option<LayerKv>,
+        (b, h, t, d): (usize, usize, usize, usize),
+        dtype: candle_core::DType,
+        device: &Device,
+    ) -> Result<&'a mut LayerKv> {
         let len = slot.as_ref().map_or(0, |s| s.len);
         let need = len + t;
         let fits = match slot.as_ref() {
@@ -44,8 +59,8 @@ impl LayerKv {
         if !fits {
             // Growth by half plus a margin keeps appends amortised O(1) per token.
             let cap = need + need / 2 + 64;
-            let nk = Tensor::zeros((b, h, cap, d), k.dtype(), k.device())?;
-            let nv = Tensor::zeros((b, h, cap, d), v.dtype(), v.device())?;
+            let nk = Tensor::zeros((b, h, cap, d), dtype, device)?;
+            let nv = Tensor::zeros((b, h, cap, d), dtype, device)?;
             if let Some(s) = slot.as_ref().filter(|s| s.len > 0) {
                 nk.slice_set(&s.k.narrow(2, 0, s.len)?.contiguous()?, 2, 0)?;
                 nv.slice_set(&s.v.narrow(2, 0, s.len)?.contiguous()?, 2, 0)?;
@@ -57,13 +72,39 @@ impl LayerKv {
                 owner: std::sync::Arc::new(()),
             });
         }
-        let s = slot
-            .as_mut()
-            .ok_or_else(|| ModelError::Unsupported("kv cache slot left empty".into()))?;
-        s.k.slice_set(&k.contiguous()?, 2, s.len)?;
-        s.v.slice_set(&v.contiguous()?, 2, s.len)?;
-        s.len = need;
-        Ok((s.k.narrow(2, 0, need)?, s.v.narrow(2, 0, need)?))
+        slot.as_mut()
+            .ok_or_else(|| ModelError::Unsupported("kv cache slot left empty".into()))
+    }
+
+    /// [`LayerKv::append`] for keys and values given as projection rows `[b, t, h * d]` (f32, on
+    /// the CPU), written straight into the buffers; returns the whole buffers `[b, h, cap, d]`,
+    /// of which the first `len` slots are filled.
+    pub(super) fn append_raw(
+        slot: &mut Option<LayerKv>,
+        k: &[f32],
+        v: &[f32],
+        dims: (usize, usize, usize, usize),
+        device: &Device,
+    ) -> Result<(Tensor, Tensor)> {
+        let s = Self::reserve(slot, dims, candle_core::DType::F32, device)?;
+        for (buf, src) in [(&s.k, k), (&s.v, v)] {
+            buf.inplace_op1(&WriteRows {
+                src,
+                dims,
+                at: s.len,
+            })?;
+        }
+        s.len += dims.2;
+        Ok((s.k.clone(), s.v.clone()))
+    }
+
+    /// Whether the buffers are f32 on the CPU (what the lean path writes).
+    pub(super) fn is_f32_cpu(&self) -> bool {
+        self.k.device().is_cpu()
+            && self.k.dtype() == candle_core::DType::F32
+            && self.v.dtype() == candle_core::DType::F32
+            && self.k.is_contiguous()
+            && self.v.is_contiguous()
     }
 }
 
@@ -203,5 +244,47 @@ impl TokenLayout {
                 .map(|&l| (0..t).map(|i| i + l >= t).collect())
                 .collect(),
         }
+    }
+}
+
+/// Writes new keys or values `[b, t, heads * d]` (rows of a projection) at slots `at..at + t` of
+/// a cache buffer `[b, heads, cap, d]`.
+struct WriteRows<'a> {
+    src: &'a [f32],
+    dims: (usize, usize, usize, usize),
+    at: usize,
+}
+
+impl InplaceOp1 for WriteRows<'_> {
+    fn name(&self) -> &'static str {
+        "tempering-kv-write"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
+        let (b, heads, t, d) = self.dims;
+        let (_, _, cap, _) = layout.shape().dims4()?;
+        let CpuStorage::F32(buf) = storage else {
+            candle_core::bail!("kv cache: an f32 buffer was expected");
+        };
+        let Some((o0, o1)) = layout.contiguous_offsets() else {
+            candle_core::bail!("kv cache: the buffer must be contiguous");
+        };
+        let buf = &mut buf[o0..o1];
+        if self.at + t > cap
+            || buf.len() != b * heads * cap * d
+            || self.src.len() != b * t * heads * d
+        {
+            candle_core::bail!("kv cache: the new rows do not fit the buffer");
+        }
+        for bi in 0..b {
+            for ti in 0..t {
+                let row = &self.src[(bi * t + ti) * heads * d..][..heads * d];
+                for (h, v) in row.chunks_exact(d).enumerate() {
+                    let at = ((bi * heads + h) * cap + self.at + ti) * d;
+                    buf[at..at + d].copy_from_slice(v);
+                }
+            }
+        }
+        Ok(())
     }
 }
