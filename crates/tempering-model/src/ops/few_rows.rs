@@ -304,11 +304,15 @@ unsafe fn tile<const MR: usize, const NR: usize, W: WeightElem>(
     let mut p = 0;
     while p + 16 <= k {
         let mut wv = [_mm512_setzero_ps(); NR];
+        // Once per cache line of weight: every step for f32, every 2nd for bf16, 4th for Q8_0.
+        let line = (p * std::mem::size_of::<W>()).is_multiple_of(64);
         for (jj, v) in wv.iter_mut().enumerate() {
             *v = load_w(w, jj, k, p);
             // The weight streams from memory once: ask for it well ahead of its use.
-            let ahead = PREFETCH_BYTES / std::mem::size_of::<W>();
-            _mm_prefetch::<_MM_HINT_T1>(w.w.wrapping_add(jj * k + p + ahead) as *const i8);
+            if line {
+                let ahead = PREFETCH_BYTES / std::mem::size_of::<W>();
+                _mm_prefetch::<_MM_HINT_T1>(w.w.wrapping_add(jj * k + p + ahead) as *const i8);
+            }
         }
         for (ii, row) in acc.iter_mut().enumerate() {
             let xv = _mm512_loadu_ps(x.add(ii * k + p));
