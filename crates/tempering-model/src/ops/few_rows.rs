@@ -77,6 +77,12 @@ pub fn matmul_xwt_q8(
     product_scaled::<i8>(x, q, scales, m, n, k)
 }
 
+/// A Q8_0 weight's bytes as candle stores them (U8) read as the signed bytes they are.
+pub fn as_i8(v: &[u8]) -> &[i8] {
+    // SAFETY: u8 and i8 have the same size and alignment, and every bit pattern is valid for both.
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const i8, v.len()) }
+}
+
 /// Elements of a Q8_0 row that share one scale.
 pub const Q8_BLOCK: usize = 32;
 

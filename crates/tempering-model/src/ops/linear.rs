@@ -35,18 +35,12 @@ pub(super) fn linear_q8(x: &Tensor, q: &Tensor, scales: &Tensor) -> crate::Resul
 
 struct LinearQ8;
 
-/// A U8 storage's bytes as the signed bytes of a Q8_0 weight.
-fn as_i8(v: &[u8]) -> &[i8] {
-    // SAFETY: u8 and i8 have the same size and alignment, and every bit pattern is valid for both.
-    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const i8, v.len()) }
-}
-
 /// The f32 weight `[N, K]` a Q8_0 pair stands for.
 fn dequantize_q8_tensor(q: &Tensor, scales: &Tensor) -> candle_core::Result<Tensor> {
     let (n, k) = q.dims2()?;
     let qv = q.flatten_all()?.to_vec1::<u8>()?;
     let sv = scales.flatten_all()?.to_vec1::<f32>()?;
-    let w = super::few_rows::dequantize_q8(as_i8(&qv), &sv);
+    let w = super::few_rows::dequantize_q8(super::few_rows::as_i8(&qv), &sv);
     Tensor::from_vec(w, (n, k), q.device())
 }
 
@@ -82,7 +76,7 @@ impl CustomOp3 for LinearQ8 {
                 sb - sa
             );
         }
-        let (q, sc) = (as_i8(&q[qa..qb]), &sc[sa..sb]);
+        let (q, sc) = (super::few_rows::as_i8(&q[qa..qb]), &sc[sa..sb]);
         if m <= super::few_rows::MAX_ROWS {
             if let Some(y) = super::few_rows::matmul_xwt_q8(&x[xa..xb], q, sc, m, n, k) {
                 return Ok((CpuStorage::F32(y), Shape::from((m, n))));

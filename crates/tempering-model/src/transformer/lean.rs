@@ -71,7 +71,9 @@ fn project(lin: &Linear, x: &[f32], m: usize) -> Result<Vec<f32>> {
     let (n, k) = lin.weight.dims2()?;
     let y = match &lin.q8_scales {
         Some(scales) => with_slice::<u8, _>(&lin.weight, |q| {
-            with_slice::<f32, _>(scales, |s| few_rows::matmul_xwt_q8(x, as_i8(q), s, m, n, k))
+            with_slice::<f32, _>(scales, |s| {
+                few_rows::matmul_xwt_q8(x, few_rows::as_i8(q), s, m, n, k)
+            })
         })
         .flatten()
         .flatten(),
@@ -123,12 +125,6 @@ fn small_xwt(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
         }
     }
     y
-}
-
-/// A U8 storage's bytes as the signed bytes of a Q8_0 weight.
-fn as_i8(v: &[u8]) -> &[i8] {
-    // SAFETY: u8 and i8 have the same size and alignment, and every bit pattern is valid for both.
-    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const i8, v.len()) }
 }
 
 fn lean_error(what: &str) -> ModelError {
