@@ -18,8 +18,8 @@ mod cache;
 mod gather;
 mod lean;
 
-use cache::LayerKv;
 pub use cache::{KvCache, TokenLayout};
+use cache::{LayerKv, Visibility};
 
 /// Added to attention scores of keys a query must not see. Finite, so that a padded query row with no
 /// visible key gives a uniform (ignored) distribution rather than NaNs.
@@ -603,44 +603,54 @@ impl Transformer {
         let b = keys.len();
         let s = keys[0].len();
         let t = s - past;
-        let window = self.config.sliding_window.map(|w| w as u32);
+        let visible = self.visibility(layout, keys, past);
         let mut m = vec![0f32; b * t * s];
-        for (bi, row) in keys.iter().enumerate() {
-            for ti in 0..t {
-                let qp = layout.positions[bi][ti];
-                let out = &mut m[(bi * t + ti) * s..(bi * t + ti + 1) * s];
-                for (si, kp) in row.iter().enumerate() {
-                    let visible = match kp {
-                        None => false,
-                        Some(kp) => {
-                            si <= past + ti && *kp <= qp && window.is_none_or(|w| qp - kp < w)
-                        }
-                    };
-                    if !visible {
-                        out[si] = MASKED;
-                    }
+        for (bt, out) in m.chunks_exact_mut(s).enumerate() {
+            for (si, o) in out.iter_mut().enumerate() {
+                if !visible.at(bt / t, bt % t, si) {
+                    *o = MASKED;
                 }
             }
         }
         Ok(Tensor::from_vec(m, (b, 1, 1, t, s), &self.device)?.to_dtype(self.dtype)?)
     }
 
+    /// Which key slots each new token of `layout` may see (`keys`: the cache's key positions, then
+    /// the new tokens'; `past`: the slots already cached).
+    fn visibility<'a>(
+        &self,
+        layout: &'a TokenLayout,
+        keys: &'a [Vec<Option<u32>>],
+        past: usize,
+    ) -> Visibility<'a> {
+        Visibility {
+            layout,
+            keys,
+            past,
+            window: self.config.sliding_window.map(|w| w as u32),
+        }
+    }
+
+    /// RoPE's cosines and sines `[B * T * half]` for the positions of `layout`.
+    fn rope_angles(&self, layout: &TokenLayout) -> (Vec<f32>, Vec<f32>) {
+        let n = layout.positions.iter().map(Vec::len).sum::<usize>() * self.inv_freq.len();
+        let (mut cos, mut sin) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for &p in layout.positions.iter().flatten() {
+            for f in &self.inv_freq {
+                // HF computes the angle in f32; so do we, for identical rounding.
+                let angle = (p as f32) * (*f as f32);
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+        (cos, sin)
+    }
+
     fn rope_tables(&self, layout: &TokenLayout) -> Result<(Tensor, Tensor)> {
         let b = layout.positions.len();
         let t = layout.positions[0].len();
         let half = self.inv_freq.len();
-        let mut cos = Vec::with_capacity(b * t * half);
-        let mut sin = Vec::with_capacity(b * t * half);
-        for row in &layout.positions {
-            for &p in row {
-                for f in &self.inv_freq {
-                    // HF computes the angle in f32; so do we, for identical rounding.
-                    let angle = (p as f32) * (*f as f32);
-                    cos.push(angle.cos());
-                    sin.push(angle.sin());
-                }
-            }
-        }
+        let (cos, sin) = self.rope_angles(layout);
         let cos = Tensor::from_vec(cos, (b, t, half), &self.device)?.to_dtype(self.dtype)?;
         let sin = Tensor::from_vec(sin, (b, t, half), &self.device)?.to_dtype(self.dtype)?;
         Ok((cos, sin))

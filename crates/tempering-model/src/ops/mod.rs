@@ -17,6 +17,11 @@ mod rope;
 mod softmax;
 mod swiglu;
 
+// One row or element of the fused ops' forward, for the lean decode path.
+pub(crate) use norm::rms_norm_row;
+pub(crate) use softmax::softmax_row;
+pub(crate) use swiglu::silu_mul_one;
+
 pub mod composed;
 
 use crate::{ModelError, Result};

@@ -12,6 +12,16 @@ pub(super) fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> crate::Result<Tensor
     Ok(x.apply_op2(w, RmsNorm { eps })?)
 }
 
+/// One row's RMSNorm, `yr = xr / sqrt(mean(xr^2) + eps) * w`: the forward's formula, shared with
+/// the lean decode path (`transformer/lean.rs`) so both give the same bits.
+pub(crate) fn rms_norm_row<T: Real>(xr: &[T], w: &[T], eps: T, yr: &mut [T]) {
+    let inv_d = T::of(1.0 / w.len() as f64);
+    let inv = T::ONE / (dot(xr, xr) * inv_d + eps).sqrt_();
+    for ((o, &xv), &wv) in yr.iter_mut().zip(xr).zip(w) {
+        *o = xv * inv * wv;
+    }
+}
+
 struct RmsNorm {
     eps: f64,
 }
@@ -28,14 +38,9 @@ impl RmsNorm {
         let w = slice::<T>(ws, wl, "rms_norm")?;
         let d = w.len();
         let eps = T::of(self.eps);
-        let inv_d = T::of(1.0 / d as f64);
         let mut y = vec![T::ZERO; x.len()];
         for_chunks(&mut y, d, x.len(), |r, yr| {
-            let xr = &x[r * d..(r + 1) * d];
-            let inv = T::ONE / (dot(xr, xr) * inv_d + eps).sqrt_();
-            for ((o, &xv), &wv) in yr.iter_mut().zip(xr).zip(w) {
-                *o = xv * inv * wv;
-            }
+            rms_norm_row(&x[r * d..(r + 1) * d], w, eps, yr)
         });
         Ok((T::to_cpu_storage_owned(y), xl.shape().clone()))
     }

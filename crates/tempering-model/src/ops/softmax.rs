@@ -21,6 +21,18 @@ fn last_dim(l: &Layout) -> usize {
     l.shape().dims().last().copied().unwrap_or(1).max(1)
 }
 
+/// One row's softmax into `yr`, given the row's maximum `m`: the forward's formula, shared with
+/// the lean decode path's attention.
+pub(crate) fn softmax_row<T: Real>(xr: &[T], m: T, yr: &mut [T]) {
+    for (o, &v) in yr.iter_mut().zip(xr) {
+        *o = (v - m).exp_();
+    }
+    let inv = T::ONE / sum(yr);
+    for o in yr.iter_mut() {
+        *o *= inv;
+    }
+}
+
 struct Softmax {
     log: bool,
 }
@@ -43,13 +55,7 @@ impl Softmax {
                     *o = v - lse;
                 }
             } else {
-                for (o, &v) in yr.iter_mut().zip(xr) {
-                    *o = (v - m).exp_();
-                }
-                let inv = T::ONE / sum(yr);
-                for o in yr.iter_mut() {
-                    *o *= inv;
-                }
+                softmax_row(xr, m, yr);
             }
         });
         Ok((T::to_cpu_storage_owned(y), xl.shape().clone()))

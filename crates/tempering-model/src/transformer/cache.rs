@@ -22,7 +22,7 @@ pub struct KvCache {
 pub(super) struct LayerKv {
     k: Tensor,
     v: Tensor,
-    len: usize,
+    pub(super) len: usize,
     /// Shared by clones of the cache: buffers are written in place only when no clone sees them.
     owner: std::sync::Arc<()>,
 }
@@ -286,5 +286,28 @@ impl InplaceOp1 for WriteRows<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// Which key slots each new token may attend to: a real key (not padding) at or before the
+/// query's own slot and position, and within the sliding window where the model has one. The one
+/// rule of both the attention mask and the lean decode path.
+pub(super) struct Visibility<'a> {
+    pub(super) layout: &'a TokenLayout,
+    /// Each row's key positions: the cache's history, then the new tokens' (`None` for padding).
+    pub(super) keys: &'a [Vec<Option<u32>>],
+    /// Key slots cached before this step.
+    pub(super) past: usize,
+    pub(super) window: Option<u32>,
+}
+
+impl Visibility<'_> {
+    /// Whether new token `ti` of row `bi` sees key slot `si`.
+    pub(super) fn at(&self, bi: usize, ti: usize, si: usize) -> bool {
+        let qp = self.layout.positions[bi][ti];
+        match self.keys[bi][si] {
+            None => false,
+            Some(kp) => si <= self.past + ti && kp <= qp && self.window.is_none_or(|w| qp - kp < w),
+        }
     }
 }

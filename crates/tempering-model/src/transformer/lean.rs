@@ -12,11 +12,12 @@
 use candle_core::{DType, Storage, Tensor, WithDType};
 use rayon::prelude::*;
 
-use super::cache::LayerKv;
-use super::{Attention, KvCache, Linear, TokenLayout, Transformer, MASKED};
+use super::cache::{LayerKv, Visibility};
+use super::{Attention, KvCache, Linear, TokenLayout, Transformer};
 use crate::error::{ModelError, Result};
 use crate::ops::few_rows;
-use crate::ops::kernels::{dot, exp_f32, max, sum};
+use crate::ops::kernels::{dot, max};
+use crate::ops::{rms_norm_row, silu_mul_one, softmax_row};
 
 /// Whether the lean path may run at all: the few-row kernel is there (AVX-512) and
 /// `TEMPER_LEAN_DECODE` is not `off` (the switch for A/B measurements against the candle path).
@@ -133,18 +134,13 @@ fn lean_error(what: &str) -> ModelError {
     ))
 }
 
-/// RMSNorm of each `w.len()`-wide row of `x`, with the fused op's formula.
+/// RMSNorm of each `w.len()`-wide row of `x`, with the fused op's row.
 fn rms_norm_rows(x: &[f32], w: &Tensor, eps: f64) -> Result<Vec<f32>> {
     with_slice::<f32, _>(w, |w| {
         let d = w.len();
-        let inv_d = 1.0 / d as f32;
-        let eps = eps as f32;
         let mut y = vec![0f32; x.len()];
         for (xr, yr) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
-            let inv = 1.0 / (dot(xr, xr) * inv_d + eps).sqrt();
-            for ((o, &xv), &wv) in yr.iter_mut().zip(xr).zip(w) {
-                *o = xv * inv * wv;
-            }
+            rms_norm_row(xr, w, eps as f32, yr);
         }
         y
     })
@@ -238,25 +234,8 @@ impl Transformer {
             })
         };
         gathered.ok_or_else(|| lean_error("the embeddings"))?;
-        // RoPE's tables for the new tokens, angles in f32 as `rope_tables` computes them.
-        let half = self.inv_freq.len();
-        let (mut cos, mut sin) = (
-            Vec::with_capacity(b * t * half),
-            Vec::with_capacity(b * t * half),
-        );
-        for &p in layout.positions.iter().flatten() {
-            for f in &self.inv_freq {
-                let angle = (p as f32) * (*f as f32);
-                cos.push(angle.cos());
-                sin.push(angle.sin());
-            }
-        }
-        let visible = Visibility {
-            layout,
-            keys,
-            past,
-            window: c.sliding_window.map(|w| w as u32),
-        };
+        let (cos, sin) = self.rope_angles(layout);
+        let visible = self.visibility(layout, keys, past);
         let eps = c.rms_norm_eps;
         let m = b * t;
         for (i, layer) in self.layers.iter().enumerate() {
@@ -271,7 +250,7 @@ impl Transformer {
             let mut gate = project(&layer.mlp.gate_proj, &hs, m)?;
             let up = project(&layer.mlp.up_proj, &hs, m)?;
             for (g, &u) in gate.iter_mut().zip(&up) {
-                *g = *g * (1.0 / (1.0 + exp_f32(-*g))) * u;
+                *g = silu_mul_one(*g, u);
             }
             let down = project(&layer.mlp.down_proj, &gate, m)?;
             for (o, d) in x.iter_mut().zip(&down) {
@@ -314,7 +293,7 @@ impl Transformer {
                 // One query row (a new token of one sequence, all heads) at a time.
                 let row = |r: usize, o: &mut [f32]| {
                     let (bi, ti) = (r / t, r % t);
-                    let mut scores = vec![0f32; s];
+                    let (mut scores, mut probs) = (vec![0f32; s], vec![0f32; s]);
                     for head in 0..nh {
                         let g = head / rep;
                         let qv = &q[(r * nh + head) * hd..][..hd];
@@ -323,20 +302,15 @@ impl Transformer {
                             *sc = if visible.at(bi, ti, si) {
                                 dot(qv, &kc[(base + si) * hd..][..hd]) * scale
                             } else {
-                                MASKED
+                                super::MASKED
                             };
                         }
-                        let mx = max(&scores);
-                        for sc in scores.iter_mut() {
-                            *sc = exp_f32(*sc - mx);
-                        }
-                        let inv = 1.0 / sum(&scores);
+                        softmax_row(&scores, max(&scores), &mut probs);
                         let oh = &mut o[head * hd..(head + 1) * hd];
-                        for (si, &p) in scores.iter().enumerate() {
+                        for (si, &p) in probs.iter().enumerate() {
                             if p == 0.0 {
                                 continue;
                             }
-                            let p = p * inv;
                             for (ov, &vv) in oh.iter_mut().zip(&vc[(base + si) * hd..][..hd]) {
                                 *ov += p * vv;
                             }
@@ -360,20 +334,63 @@ impl Transformer {
     }
 }
 
-/// Which key slots each new token may attend to: the rule of `Transformer::attention_mask`.
-struct Visibility<'a> {
-    layout: &'a TokenLayout,
-    keys: &'a [Vec<Option<u32>>],
-    past: usize,
-    window: Option<u32>,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Architecture, ModelConfig};
+    use candle_core::Device;
 
-impl Visibility<'_> {
-    fn at(&self, bi: usize, ti: usize, si: usize) -> bool {
-        let qp = self.layout.positions[bi][ti];
-        match self.keys[bi][si] {
-            None => false,
-            Some(kp) => si <= self.past + ti && kp <= qp && self.window.is_none_or(|w| qp - kp < w),
+    fn tiny() -> Transformer {
+        let cfg = ModelConfig {
+            architecture: Architecture::Llama,
+            vocab_size: 40,
+            hidden_size: 32,
+            intermediate_size: 48,
+            num_layers: 2,
+            num_heads: 4,
+            num_kv_heads: 2,
+            head_dim: 8,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10000.0,
+            rope_scaling: None,
+            max_position_embeddings: 128,
+            tie_word_embeddings: false,
+            attention_bias: false,
+            sliding_window: None,
+            bos_token_id: None,
+            eos_token_ids: vec![1],
+        };
+        Transformer::init_random(&cfg, 1, &Device::Cpu, DType::F32).unwrap()
+    }
+
+    /// Runs `lean_forward` on one row of `t` fresh tokens.
+    fn step(model: &Transformer, t: usize, cache: &mut KvCache) -> Option<Tensor> {
+        let ids = Tensor::from_vec(vec![3u32; t], (1, t), &Device::Cpu).unwrap();
+        let layout = TokenLayout::contiguous(1, t, 0);
+        let keys = vec![(0..t as u32).map(Some).collect::<Vec<_>>()];
+        model.lean_forward(&ids, &layout, cache, &keys, 0).unwrap()
+    }
+
+    #[test]
+    fn eligible_steps_take_the_lean_path_and_others_leave_the_cache_alone() {
+        // The equality tests in tests/model.rs compare this path with candle's ops; this one
+        // checks they compared something: an eligible step runs here (where the CPU has the
+        // few-row kernel), a step of too many rows or a model with the path off does not.
+        let mut model = tiny();
+        let mut cache = model.new_cache();
+        let h = step(&model, 3, &mut cache);
+        assert_eq!(h.is_some(), enabled());
+        if let Some(h) = h {
+            assert_eq!(h.dims(), &[1, 3, 32]);
+            assert!(cache
+                .layers
+                .iter()
+                .all(|l| l.as_ref().is_some_and(|l| l.len == 3)));
         }
+        let mut fresh = model.new_cache();
+        assert!(step(&model, few_rows::MAX_ROWS + 1, &mut fresh).is_none());
+        model.set_lean_decode(false);
+        assert!(step(&model, 3, &mut fresh).is_none());
+        assert!(fresh.layers.iter().all(Option::is_none));
     }
 }
