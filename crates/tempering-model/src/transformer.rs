@@ -696,10 +696,7 @@ impl Transformer {
         // so GQA needs no copy of the keys.
         let q = q.reshape((b, nkv, rep * t, hd))?;
         let scale = 1.0 / (hd as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?;
-        let scores = scores.reshape((b, nkv, rep, t, s))?.broadcast_add(mask)?;
-        let probs = ops::softmax_last_dim(&scores)?;
-        let out = probs.reshape((b, nkv, rep * t, s))?.matmul(&v)?;
+        let out = ops::attention(&q, &k, &v, &mask.reshape((b, t, s))?, scale)?;
         let out = out
             .reshape((b, nh, t, hd))?
             .transpose(1, 2)?

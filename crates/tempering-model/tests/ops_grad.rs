@@ -442,3 +442,165 @@ fn linear_frozen_small_batch_kernel_matches_matmul() {
         );
     }
 }
+
+/// An additive attention mask `[B, T, S]` with the model's masked value: row 0 causal over all `S`
+/// keys (the first `S - T` already cached), row 1 left-padded by two slots, with `blind` its first
+/// token seeing nothing at all (a padding query), and a hole in the middle of row 0's last token.
+fn attention_mask(b: usize, t: usize, s: usize, blind: bool, dt: DType) -> Result<Tensor> {
+    const MASKED: f64 = -1e9;
+    let past = s - t;
+    let mut m = vec![0f64; b * t * s];
+    for bi in 0..b {
+        for ti in 0..t {
+            for si in 0..s {
+                let causal = si <= past + ti;
+                let padded = bi == 1 && (si < 2 || (blind && ti == 0));
+                let hole = bi == 0 && ti == t - 1 && si == 1;
+                if !causal || padded || hole {
+                    m[(bi * t + ti) * s + si] = MASKED;
+                }
+            }
+        }
+    }
+    Ok(Tensor::from_vec(m, (b, t, s), &Device::Cpu)?.to_dtype(dt)?)
+}
+
+#[test]
+fn attention_matches_the_composition_and_finite_differences() -> Result<()> {
+    // Two key/value heads shared by two query heads each (GQA), 5 new tokens over 7 keys.
+    let (b, g, rep, t, s, d) = (2, 2, 2, 5, 7, 8);
+    let scale = 1.0 / (d as f64).sqrt();
+    for dt in [DType::F32, DType::F64] {
+        let q = rand_t(&[b, g, rep * t, d], 30, 1.5, dt)?;
+        let k = rand_t(&[b, g, s, d], 31, 1.5, dt)?;
+        let v = rand_t(&[b, g, s, d], 32, 1.0, dt)?;
+        let mask = attention_mask(b, t, s, true, dt)?;
+        let fused = ops::attention(&q, &k, &v, &mask, scale)?;
+        let plain = composed::attention(&q, &k, &v, &mask, scale)?;
+        let diff = max_abs_diff(&fused, &plain)?;
+        assert!(diff < 1e-5, "{dt:?}: attention forward differs by {diff:e}");
+        // The gradients of both agree too (the composition's come from candle's autograd).
+        let grads = |f: &dyn Fn(&[Tensor]) -> Result<Tensor>| -> Result<Vec<Tensor>> {
+            let vars: Vec<Var> = [&q, &k, &v]
+                .iter()
+                .map(|t| Var::from_tensor(t))
+                .collect::<candle_core::Result<_>>()?;
+            let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+            let store = loss(&f(&ts)?, 5)?.backward()?;
+            ts.iter()
+                .map(|t| {
+                    store.get(t).cloned().ok_or_else(|| {
+                        tempering_model::ModelError::Unsupported("no gradient".into())
+                    })
+                })
+                .collect()
+        };
+        let a = grads(&|t| ops::attention(&t[0], &t[1], &t[2], &mask, scale))?;
+        let c = grads(&|t| composed::attention(&t[0], &t[1], &t[2], &mask, scale))?;
+        for (i, (a, c)) in a.iter().zip(&c).enumerate() {
+            let diff = max_abs_diff(a, c)?;
+            assert!(
+                diff < 1e-5 * (1.0 + max_abs(c)?),
+                "{dt:?}: gradient of input {i} differs by {diff:e}"
+            );
+        }
+    }
+    let q = rand_t(&[b, g, rep * t, d], 33, 1.5, DType::F64)?;
+    let k = rand_t(&[b, g, s, d], 34, 1.5, DType::F64)?;
+    let v = rand_t(&[b, g, s, d], 35, 1.0, DType::F64)?;
+    // No blind query here: its scores are all near -1e9, where a step of 1e-5 is below f64's
+    // resolution and central differences measure rounding (the comparison above covers it).
+    let mask = attention_mask(b, t, s, false, DType::F64)?;
+    let err = fd_check(
+        &|t| ops::attention(&t[0], &t[1], &t[2], &mask, scale),
+        &[q, k, v],
+        &[0, 1, 2],
+    )?;
+    assert!(err < FD_TOL, "attention gradient error {err:e}");
+    Ok(())
+}
+
+#[test]
+fn attention_refuses_shapes_that_do_not_fit() -> Result<()> {
+    let q = rand_t(&[1, 2, 6, 4], 40, 1.0, DType::F32)?;
+    let k = rand_t(&[1, 2, 5, 4], 41, 1.0, DType::F32)?;
+    // 6 query rows are not a whole number of 4-token heads.
+    let mask = attention_mask(1, 4, 5, true, DType::F32)?;
+    let err = ops::attention(&q, &k, &k, &mask, 0.5)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("attention") && err.contains("[1, 4, 5]"),
+        "{err}"
+    );
+    let mask = attention_mask(1, 3, 6, true, DType::F32)?;
+    assert!(ops::attention(&q, &k, &k, &mask, 0.5).is_err());
+    Ok(())
+}
+
+/// `log_softmax(h w^T / temperature)[label]` from the product and the standalone log-probabilities.
+fn head_logprobs_composed(h: &Tensor, w: &Tensor, labels: &[u32], temp: f64) -> Result<Tensor> {
+    let logits = (h.matmul(&w.t()?)? / temp)?;
+    let n = labels.len();
+    ops::token_logprobs(
+        &logits,
+        &Tensor::from_vec(labels.to_vec(), n, &Device::Cpu)?,
+    )
+}
+
+#[test]
+fn head_logprobs_match_the_composition_and_finite_differences() -> Result<()> {
+    // 70 rows: more than one block of 64, the second partial.
+    let (n, k, v) = (70, 12, 37);
+    let labels: Vec<u32> = (0..n).map(|i| ((i * 7 + 3) % v) as u32).collect();
+    for dt in [DType::F32, DType::F64] {
+        for temp in [1.0, 0.7] {
+            let h = Var::from_tensor(&rand_t(&[n, k], 50, 2.0, dt)?)?;
+            let w = Var::from_tensor(&rand_t(&[v, k], 51, 1.0, dt)?)?;
+            let fused = ops::head_logprobs(&h, &w, &labels, temp)?;
+            let plain = head_logprobs_composed(&h, &w, &labels, temp)?;
+            let diff = max_abs_diff(&fused, &plain)?;
+            assert!(diff < 1e-5, "{dt:?} t={temp}: forward differs by {diff:e}");
+            let ga = loss(&fused, 8)?.backward()?;
+            let gc = loss(&plain, 8)?.backward()?;
+            for (name, t) in [("h", h.as_tensor()), ("w", w.as_tensor())] {
+                let (a, c) = (ga.get(t).expect("fused grad"), gc.get(t).expect("grad"));
+                let diff = max_abs_diff(a, c)?;
+                assert!(
+                    diff < 1e-5 * (1.0 + max_abs(c)?),
+                    "{dt:?} t={temp}: gradient of {name} differs by {diff:e}"
+                );
+            }
+        }
+    }
+    // A frozen head gets no gradient; the hidden states still do.
+    let h = Var::from_tensor(&rand_t(&[5, k], 52, 2.0, DType::F32)?)?;
+    let w = rand_t(&[v, k], 53, 1.0, DType::F32)?;
+    let grads = ops::head_logprobs(&h, &w, &labels[..5], 1.0)?
+        .sum_all()?
+        .backward()?;
+    assert!(grads.get(&w).is_none() && grads.get(h.as_tensor()).is_some());
+    // Finite differences, f64, both inputs.
+    let (n, k, v) = (6, 4, 9);
+    let h = rand_t(&[n, k], 54, 1.5, DType::F64)?;
+    let w = rand_t(&[v, k], 55, 1.5, DType::F64)?;
+    let labels = [0u32, 8, 3, 3, 5, 1];
+    let err = fd_check(
+        &|t| ops::head_logprobs(&t[0], &t[1], &labels, 0.8),
+        &[h, w],
+        &[0, 1],
+    )?;
+    assert!(err < FD_TOL, "head_logprobs gradient error {err:e}");
+    // Labels outside the vocabulary and a zero temperature are refused, naming the op.
+    let h = rand_t(&[2, 4], 56, 1.0, DType::F32)?;
+    let w = rand_t(&[3, 4], 57, 1.0, DType::F32)?;
+    let err = ops::head_logprobs(&h, &w, &[0, 3], 1.0)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("head_logprobs") && err.contains("label 3"),
+        "{err}"
+    );
+    assert!(ops::head_logprobs(&h, &w, &[0, 1], 0.0).is_err());
+    Ok(())
+}

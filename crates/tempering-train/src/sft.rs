@@ -329,7 +329,7 @@ impl Objective for SftObjective {
             });
         }
         let seqs: Vec<&[u32]> = batch.iter().map(|s| s.ids.as_slice()).collect();
-        let (lp, _) = model.token_logprobs_at(&seqs, &positions, labels, self.pad_id, 1.0)?;
+        let lp = model.label_logprobs_at(&seqs, &positions, labels, self.pad_id, 1.0)?;
         let loss_sum = lp.sum_all()?.neg()?;
         Ok(LossOutput {
             loss_sum,

@@ -140,6 +140,16 @@ impl Product {
 /// Computes `p` with OpenBLAS; `false` (and `c` untouched) when the library is not loaded or the
 /// slices do not have the product's sizes: the caller then uses candle's kernels.
 pub fn sgemm(p: Product, a: &[f32], b: &[f32], c: &mut [f32]) -> bool {
+    gemm(p, a, b, c, 0.0)
+}
+
+/// [`sgemm`] adding the product to what `c` holds (`c += op(a) @ op(b)`).
+pub fn sgemm_add(p: Product, a: &[f32], b: &[f32], c: &mut [f32]) -> bool {
+    gemm(p, a, b, c, 1.0)
+}
+
+/// `c = op(a) @ op(b) + beta * c`.
+fn gemm(p: Product, a: &[f32], b: &[f32], c: &mut [f32], beta: f32) -> bool {
     let Loaded::Ready(lib) = load() else {
         return false;
     };
@@ -167,7 +177,7 @@ pub fn sgemm(p: Product, a: &[f32], b: &[f32], c: &mut [f32]) -> bool {
             lda as i32,
             b.as_ptr(),
             ldb as i32,
-            0.0,
+            beta,
             c.as_mut_ptr(),
             ldc as i32,
         );

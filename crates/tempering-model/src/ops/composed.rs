@@ -33,6 +33,19 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     Ok(candle_nn::ops::softmax(x, D::Minus1)?)
 }
 
+/// `softmax(q k^T * scale + mask) v` with `q` `[B, G, R, D]`, `k`, `v` `[B, G, S, D]` and `mask`
+/// `[B, T, S]` added to the scores of every head's token `r % T` (see [`crate::ops::attention`]).
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
+    let (b, g, r, _) = q.dims4()?;
+    let (_, t, s) = mask.dims3()?;
+    let scores = (q.matmul(&k.t()?)? * scale)?;
+    let scores = scores
+        .reshape((b, g, r / t, t, s))?
+        .broadcast_add(&mask.reshape((b, 1, 1, t, s))?.to_dtype(q.dtype())?)?;
+    let probs = softmax_last_dim(&scores)?;
+    Ok(probs.reshape((b, g, r, s))?.matmul(v)?)
+}
+
 /// Log-softmax over the last dimension.
 pub fn log_softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     let max = x.max_keepdim(D::Minus1)?.detach();

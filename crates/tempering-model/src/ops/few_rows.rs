@@ -1,8 +1,8 @@
 //! `x [m, k] @ w [n, k]^T` for few rows of `x` (batched decode: one row per sequence), on
 //! AVX-512: register-blocked dot products, a tile of up to 8 rows of `x` by 3 rows of `w` held in
-//! 24 vector accumulators along `k`. Each task owns a block of 64 weight rows; a tile of 3 of them
-//! is prefetched from memory once per chunk of 32 rows of `x` and meets every tile of that chunk
-//! while it sits in L1. General gemm kernels pack and block for many rows; at 8 to 64 they spend
+//! 24 vector accumulators along `k`. Each task owns a block of 24 weight rows, taken in panels of
+//! 12: every tile of `x` meets a panel while it sits in cache, and the second tile prefetches the
+//! next panel while the others compute. General gemm kernels pack and block for many rows; at 8 to 64 they spend
 //! their time packing the weight. Every output is the same sequence of FMAs whatever `m`, the tile
 //! or chunk it falls in or the thread count, so a row decodes to the same bits alone or in a batch.
 //! The weight may be f32 or bf16 ([`matmul_xwt_bf16`], inference weights at half the bytes): a bf16
@@ -198,8 +198,9 @@ impl OutPtr {
 const MR: usize = 8;
 const NR: usize = 3;
 
-/// Rows of x that meet a weight tile in one pass: at 64 rows in one pass x spilled out of L2.
-const ROW_CHUNK: usize = 32;
+/// Weight rows that meet every tile of `x` before the next ones: small enough to stay in L1-L2
+/// while the tiles of `x` pass, large enough that prefetching the next panel runs well ahead.
+const PANEL: usize = 12;
 
 /// How far ahead of its loads a tile prefetches the weight (bytes). A decode step streams some
 /// 200 distinct matrices of 0.2-2 MB each; with 1 KB in flight per weight row the products ran
@@ -222,73 +223,67 @@ unsafe fn block_avx512<W: WeightElem>(
     out: *mut f32,
     stride: usize,
 ) {
-    // Chunks of ROW_CHUNK rows of x outside (each small enough to stay in L2), then weight
-    // rows: a tile of them comes from memory once per chunk (from L2 after the first) and meets
-    // every tile of the chunk's rows while it sits in L1.
-    for c0 in (0..m).step_by(ROW_CHUNK) {
-        let c1 = (c0 + ROW_CHUNK).min(m);
-        chunk_avx512(x, w, scales, (c0, c1), rows, k, out, stride);
-    }
-}
-
-/// [`block_avx512`] for rows `c0..c1` of `x`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,avx512bw")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn chunk_avx512<W: WeightElem>(
-    x: &[f32],
-    w: &[W],
-    scales: &[f32],
-    (c0, c1): (usize, usize),
-    rows: usize,
-    k: usize,
-    out: *mut f32,
-    stride: usize,
-) {
-    let mut j = 0;
-    while j < rows {
-        let nr = (rows - j).min(NR);
-        let wp = Rows {
-            w: w.as_ptr().add(j * k),
-            // Q8_0's scales of these rows (never read for the other elements).
-            scales: scales
-                .as_ptr()
-                .wrapping_add(if W::Q8 { j * (k / Q8_BLOCK) } else { 0 }),
-        };
-        let mut i = c0;
-        while i < c1 {
-            let mr = (c1 - i).min(MR);
+    // Panels of PANEL weight rows outside; inside, each tile of x's rows meets the panel's
+    // weight tiles while it sits in L1. The first tile streams the panel from memory (prefetching
+    // ahead of itself); the second, with the panel now in cache, prefetches the next panel, so
+    // the memory works while the remaining tiles compute.
+    let mut j0 = 0;
+    while j0 < rows {
+        let j1 = (j0 + PANEL).min(rows);
+        let mut i = 0;
+        while i < m {
+            let mr = (m - i).min(MR);
             let xp = x.as_ptr().add(i * k);
-            let op = out.add(i * stride + j);
-            match (mr, nr) {
-                (8, 3) => tile::<8, 3, W>(xp, wp, k, op, stride),
-                (8, 2) => tile::<8, 2, W>(xp, wp, k, op, stride),
-                (8, 1) => tile::<8, 1, W>(xp, wp, k, op, stride),
-                (7, 3) => tile::<7, 3, W>(xp, wp, k, op, stride),
-                (7, 2) => tile::<7, 2, W>(xp, wp, k, op, stride),
-                (7, 1) => tile::<7, 1, W>(xp, wp, k, op, stride),
-                (6, 3) => tile::<6, 3, W>(xp, wp, k, op, stride),
-                (6, 2) => tile::<6, 2, W>(xp, wp, k, op, stride),
-                (6, 1) => tile::<6, 1, W>(xp, wp, k, op, stride),
-                (5, 3) => tile::<5, 3, W>(xp, wp, k, op, stride),
-                (5, 2) => tile::<5, 2, W>(xp, wp, k, op, stride),
-                (5, 1) => tile::<5, 1, W>(xp, wp, k, op, stride),
-                (4, 3) => tile::<4, 3, W>(xp, wp, k, op, stride),
-                (4, 2) => tile::<4, 2, W>(xp, wp, k, op, stride),
-                (4, 1) => tile::<4, 1, W>(xp, wp, k, op, stride),
-                (3, 3) => tile::<3, 3, W>(xp, wp, k, op, stride),
-                (3, 2) => tile::<3, 2, W>(xp, wp, k, op, stride),
-                (3, 1) => tile::<3, 1, W>(xp, wp, k, op, stride),
-                (2, 3) => tile::<2, 3, W>(xp, wp, k, op, stride),
-                (2, 2) => tile::<2, 2, W>(xp, wp, k, op, stride),
-                (2, 1) => tile::<2, 1, W>(xp, wp, k, op, stride),
-                (1, 3) => tile::<1, 3, W>(xp, wp, k, op, stride),
-                (1, 2) => tile::<1, 2, W>(xp, wp, k, op, stride),
-                _ => tile::<1, 1, W>(xp, wp, k, op, stride),
+            let mut j = j0;
+            while j < j1 {
+                let nr = (j1 - j).min(NR);
+                let base = w.as_ptr().add(j * k);
+                let wp = Rows {
+                    w: base,
+                    // Q8_0's scales of these rows (never read for the other elements).
+                    scales: scales.as_ptr().wrapping_add(if W::Q8 {
+                        j * (k / Q8_BLOCK)
+                    } else {
+                        0
+                    }),
+                    prefetch: match i / MR {
+                        0 => base.wrapping_add(PREFETCH_BYTES / std::mem::size_of::<W>()),
+                        1 => base.wrapping_add(PANEL * k),
+                        _ => std::ptr::null(),
+                    },
+                };
+                let op = out.add(i * stride + j);
+                match (mr, nr) {
+                    (8, 3) => tile::<8, 3, W>(xp, wp, k, op, stride),
+                    (8, 2) => tile::<8, 2, W>(xp, wp, k, op, stride),
+                    (8, 1) => tile::<8, 1, W>(xp, wp, k, op, stride),
+                    (7, 3) => tile::<7, 3, W>(xp, wp, k, op, stride),
+                    (7, 2) => tile::<7, 2, W>(xp, wp, k, op, stride),
+                    (7, 1) => tile::<7, 1, W>(xp, wp, k, op, stride),
+                    (6, 3) => tile::<6, 3, W>(xp, wp, k, op, stride),
+                    (6, 2) => tile::<6, 2, W>(xp, wp, k, op, stride),
+                    (6, 1) => tile::<6, 1, W>(xp, wp, k, op, stride),
+                    (5, 3) => tile::<5, 3, W>(xp, wp, k, op, stride),
+                    (5, 2) => tile::<5, 2, W>(xp, wp, k, op, stride),
+                    (5, 1) => tile::<5, 1, W>(xp, wp, k, op, stride),
+                    (4, 3) => tile::<4, 3, W>(xp, wp, k, op, stride),
+                    (4, 2) => tile::<4, 2, W>(xp, wp, k, op, stride),
+                    (4, 1) => tile::<4, 1, W>(xp, wp, k, op, stride),
+                    (3, 3) => tile::<3, 3, W>(xp, wp, k, op, stride),
+                    (3, 2) => tile::<3, 2, W>(xp, wp, k, op, stride),
+                    (3, 1) => tile::<3, 1, W>(xp, wp, k, op, stride),
+                    (2, 3) => tile::<2, 3, W>(xp, wp, k, op, stride),
+                    (2, 2) => tile::<2, 2, W>(xp, wp, k, op, stride),
+                    (2, 1) => tile::<2, 1, W>(xp, wp, k, op, stride),
+                    (1, 3) => tile::<1, 3, W>(xp, wp, k, op, stride),
+                    (1, 2) => tile::<1, 2, W>(xp, wp, k, op, stride),
+                    _ => tile::<1, 1, W>(xp, wp, k, op, stride),
+                }
+                j += nr;
             }
             i += mr;
         }
-        j += nr;
+        j0 = j1;
     }
 }
 
@@ -315,9 +310,8 @@ unsafe fn tile<const MR: usize, const NR: usize, W: WeightElem>(
         for (jj, v) in wv.iter_mut().enumerate() {
             *v = load_w(w, jj, k, p);
             // The weight streams from memory once: ask for it well ahead of its use.
-            if line {
-                let ahead = PREFETCH_BYTES / std::mem::size_of::<W>();
-                _mm_prefetch::<_MM_HINT_T1>(w.w.wrapping_add(jj * k + p + ahead) as *const i8);
+            if line && !w.prefetch.is_null() {
+                _mm_prefetch::<_MM_HINT_T1>(w.prefetch.wrapping_add(jj * k + p) as *const i8);
             }
         }
         for (ii, row) in acc.iter_mut().enumerate() {
@@ -353,6 +347,9 @@ unsafe fn tile<const MR: usize, const NR: usize, W: WeightElem>(
 struct Rows<W> {
     w: *const W,
     scales: *const f32,
+    /// Where row 0's element `p` is prefetched from at step `p` (row `jj` at `jj * k` past it):
+    /// ahead in the same rows, the next panel's rows, or nothing (null).
+    prefetch: *const W,
 }
 
 /// The weight elements `p..p + 16` of row `jj` as f32 lanes: a plain load, bf16 bits widened into

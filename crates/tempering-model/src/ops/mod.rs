@@ -8,8 +8,10 @@
 //! equivalent compositions of differentiable candle ops in [`composed`]; on the CPU, f16 and bf16 run
 //! through the f32 loops. This module knows tensors only: nothing of layers, models or training.
 
+mod attention;
 pub mod blas;
 pub mod few_rows;
+mod head;
 pub(crate) mod kernels;
 mod linear;
 mod norm;
@@ -124,6 +126,113 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         }
         Path::Composed => composed::rope(x, cos, sin),
     }
+}
+
+/// Scaled dot-product attention, `softmax(q k^T * scale + mask) v`, differentiable in `q`, `k` and
+/// `v`: `q` `[B, G, R, D]` holds the query heads grouped by the key/value head they share (`R =
+/// rep x T` rows: the `rep` heads of group `g`, T tokens each), `k` and `v` are `[B, G, S, D]`, `mask`
+/// `[B, T, S]` is added to every head's scores of token `t` (0 where visible, the model's large
+/// negative value where not). On the CPU in f32/f64 it is one fused op that never holds a `[B, H, T,
+/// S]` tensor; elsewhere the composition of candle ops.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
+    const OP: &str = "attention";
+    let (b, g, r, d) = q
+        .dims4()
+        .map_err(|_| unsupported(OP, format!("q must be [B, G, R, D], got {:?}", q.dims())))?;
+    let (kb, kg, s, kd) = k
+        .dims4()
+        .map_err(|_| unsupported(OP, format!("k must be [B, G, S, D], got {:?}", k.dims())))?;
+    let t = mask.dims3().map(|(_, t, _)| t).unwrap_or(0);
+    if (kb, kg, kd) != (b, g, d)
+        || v.dims() != k.dims()
+        || mask.dims() != [b, t, s]
+        || t == 0
+        || r % t != 0
+    {
+        return Err(unsupported(
+            OP,
+            format!(
+                "q {:?}, k {:?}, v {:?} and mask {:?} do not fit [B, G, R, D], [B, G, S, D] \
+                 twice and [B, T, S] with R a multiple of T",
+                q.dims(),
+                k.dims(),
+                v.dims(),
+                mask.dims()
+            ),
+        ));
+    }
+    same_dtype(OP, q, k)?;
+    same_dtype(OP, q, v)?;
+    match path(&[q, k, v]) {
+        Path::Fused => attention::attention(
+            &q.contiguous()?,
+            &k.contiguous()?,
+            &v.contiguous()?,
+            mask,
+            scale,
+        ),
+        Path::CastF32 => {
+            let dt = q.dtype();
+            let f = |t: &Tensor| t.to_dtype(DType::F32);
+            Ok(attention::attention(&f(q)?, &f(k)?, &f(v)?, mask, scale)?.to_dtype(dt)?)
+        }
+        Path::Composed => composed::attention(q, k, v, mask, scale),
+    }
+}
+
+/// The LM head and each row's label log-probability, `log_softmax(h w^T / temperature)[label]`:
+/// `h` `[N, H]`, `w` `[V, H]`, one label per row, result `[N]`, with gradients to `h` and (where it
+/// is tracked) `w`. On the CPU (f32 with OpenBLAS, or f64) one fused op that holds a block of rows'
+/// logits at a time, in the forward and the backward; elsewhere the product and
+/// [`token_logprobs`].
+pub fn head_logprobs(h: &Tensor, w: &Tensor, labels: &[u32], temperature: f64) -> Result<Tensor> {
+    const OP: &str = "head_logprobs";
+    let (n, k) = h
+        .dims2()
+        .map_err(|_| unsupported(OP, format!("h must be [N, H], got {:?}", h.dims())))?;
+    let (v, k2) = w
+        .dims2()
+        .map_err(|_| unsupported(OP, format!("w must be [V, H], got {:?}", w.dims())))?;
+    if k != k2 || n != labels.len() {
+        return Err(unsupported(
+            OP,
+            format!(
+                "h {:?}, w {:?} and {} labels do not fit [N, H], [V, H] and N labels",
+                h.dims(),
+                w.dims(),
+                labels.len()
+            ),
+        ));
+    }
+    if let Some(&y) = labels.iter().find(|&&y| y as usize >= v) {
+        return Err(unsupported(
+            OP,
+            format!("label {y} is outside the vocabulary of {v}"),
+        ));
+    }
+    if temperature.is_nan() || temperature <= 0.0 {
+        return Err(unsupported(
+            OP,
+            format!("temperature {temperature} (expected above 0)"),
+        ));
+    }
+    same_dtype(OP, h, w)?;
+    if path(&[h, w]) == Path::Fused && head::runs(h.dtype()) {
+        return head::head_logprobs(&h.contiguous()?, &w.contiguous()?, labels, temperature);
+    }
+    let logits = if w.is_variable() {
+        linear(h, w)?
+    } else {
+        linear_frozen(h, w)?
+    }
+    .to_dtype(DType::F32)?;
+    let logits = if temperature != 1.0 {
+        (logits / temperature)?
+    } else {
+        logits
+    };
+    let n = labels.len();
+    token_logprobs(&logits, &Tensor::from_vec(labels.to_vec(), n, h.device())?)
 }
 
 /// Numerically stable softmax over the last dimension, differentiable.

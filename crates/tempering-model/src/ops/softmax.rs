@@ -23,6 +23,7 @@ fn last_dim(l: &Layout) -> usize {
 
 /// One row's softmax into `yr`, given the row's maximum `m`: the forward's formula, shared with
 /// the lean decode path's attention.
+#[inline(always)]
 pub(crate) fn softmax_row<T: Real>(xr: &[T], m: T, yr: &mut [T]) {
     for (o, &v) in yr.iter_mut().zip(xr) {
         *o = (v - m).exp_();

@@ -62,12 +62,52 @@ impl Transformer {
         temperature: f64,
     ) -> Result<(Tensor, Tensor)> {
         let picked = self.hidden_at(seqs, positions, pad)?;
-        let mut logits = self.logits(&picked)?.to_dtype(DType::F32)?;
+        self.head_logprobs_with_logits(&picked, labels, temperature)
+    }
+
+    /// The logits of `picked` (f32, divided by `temperature` unless it is 1) and each row's
+    /// label log-probability under them.
+    fn head_logprobs_with_logits(
+        &self,
+        picked: &Tensor,
+        labels: Vec<u32>,
+        temperature: f64,
+    ) -> Result<(Tensor, Tensor)> {
+        let mut logits = self.logits(picked)?.to_dtype(DType::F32)?;
         if temperature != 1.0 {
             logits = (logits / temperature)?;
         }
         let n = labels.len();
         let lp = ops::token_logprobs(&logits, &Tensor::from_vec(labels, n, self.device())?)?;
         Ok((lp, logits))
+    }
+
+    /// The log-probabilities of [`Transformer::token_logprobs_at`] alone, `[N]`, without their
+    /// logits. Where the LM head trains (full fine-tuning) they go through the fused head
+    /// ([`ops::head_logprobs`]), which holds a block of rows' logits at a time instead of `[N, V]`
+    /// and its gradient: SmolLM2's full SFT step peaked 128 MB lower and ran 2.50 s against 2.56
+    /// (`scripts/bench/train.sh`). A frozen head keeps the logits for the backward instead of
+    /// recomputing them: the fused head measured 0.06-0.11 s slower on the LoRA step.
+    pub fn label_logprobs_at(
+        &self,
+        seqs: &[&[u32]],
+        positions: &[Vec<usize>],
+        labels: Vec<u32>,
+        pad: u32,
+        temperature: f64,
+    ) -> Result<Tensor> {
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        if self.inference_head.is_some() || !head.track_op() {
+            return Ok(self
+                .token_logprobs_at(seqs, positions, labels, pad, temperature)?
+                .0);
+        }
+        let picked = self.hidden_at(seqs, positions, pad)?;
+        if picked.dtype() != head.dtype() {
+            return Ok(self
+                .head_logprobs_with_logits(&picked, labels, temperature)?
+                .0);
+        }
+        ops::head_logprobs(&picked, head, &labels, temperature)
     }
 }

@@ -74,7 +74,7 @@ pub fn completion_logps_with_prompts(
         });
     }
     let seqs: Vec<&[u32]> = rows.iter().map(|s| s.ids.as_slice()).collect();
-    let (lp, _) = model.token_logprobs_at(&seqs, &positions, labels, pad_id, 1.0)?;
+    let lp = model.label_logprobs_at(&seqs, &positions, labels, pad_id, 1.0)?;
     // Row sums as a product with a [2R, N] 0/1 matrix: completions in rows 0..R, prompts in R..2R.
     let mut onehot = vec![0f32; 2 * r * n];
     for (k, &(i, completion)) in owner.iter().enumerate() {
