@@ -31,7 +31,14 @@ pub fn task() -> &'static dyn Task {
 /// The committed tiny SFT model (`fixtures/models/tiny-arith-sft`: the default recipe, arithmetic
 /// level 3).
 pub fn sft_fixture() -> (Transformer, Tokenizer) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/models/tiny-arith-sft");
+    open_fixture("tiny-arith-sft")
+}
+
+/// A committed model of `fixtures/models/` and its tokenizer, f32 on the CPU.
+pub fn open_fixture(name: &str) -> (Transformer, Tokenizer) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures/models")
+        .join(name);
     let files =
         tempering_model::ModelFiles::open(&dir, candle_core::DType::F32, &candle_core::Device::Cpu)
             .unwrap();
