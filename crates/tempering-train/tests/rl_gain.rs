@@ -442,7 +442,6 @@ fn train(
 }
 
 #[test]
-#[ignore = "fails on this machine at the base commit 71fdfbd too, like the level-1 GRPO test (its SFT baseline measures 47.3% here, recorded 39.4%): run with --ignored"]
 fn ppo_raises_greedy_accuracy_of_the_tiny_sft_model() {
     let (before, after, summary, recs) = train(Method::Ppo);
     assert_eq!(summary.steps, ac_config(Method::Ppo).online.steps);
