@@ -10,7 +10,7 @@
 use super::kernels::{bad_dtype, max, slice, Real};
 use super::softmax::softmax_row;
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Storage, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -162,6 +162,42 @@ impl Attention {
             }
             softmax_row(sc, max(sc), pr);
         }
+    }
+
+    /// [`Attention::grads`] on the tensors' CPU storage, as tensors of their shapes.
+    fn backward<T: Real>(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        grad: &Tensor,
+        dims: Dims,
+    ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+        let (dq, dk, dv) = {
+            let (qs, ql) = q.storage_and_layout();
+            let (ks, kl) = k.storage_and_layout();
+            let (vs, vl) = v.storage_and_layout();
+            let (gs, gl) = grad.storage_and_layout();
+            let (Storage::Cpu(qs), Storage::Cpu(ks), Storage::Cpu(vs), Storage::Cpu(gs)) =
+                (&*qs, &*ks, &*vs, &*gs)
+            else {
+                candle_core::bail!("attention backward: the fused op runs on the CPU only");
+            };
+            const OP: &str = "attention backward";
+            self.grads(
+                slice::<T>(qs, ql, OP)?,
+                slice::<T>(ks, kl, OP)?,
+                slice::<T>(vs, vl, OP)?,
+                slice::<T>(gs, gl, OP)?,
+                dims,
+            )
+        };
+        let dev = q.device();
+        Ok((
+            Tensor::from_vec(dq, q.shape(), dev)?,
+            Tensor::from_vec(dk, k.shape(), dev)?,
+            Tensor::from_vec(dv, v.shape(), dev)?,
+        ))
     }
 
     /// The three gradients (`dq`, `dk`, `dv`), one key/value head of one batch row per task.
@@ -352,28 +388,9 @@ impl CustomOp3 for Attention {
             }
             self.dims(ql, kl, vl)?
         };
-        let shapes = (q.shape().clone(), k.shape().clone());
         let (dq, dk, dv) = match q.dtype() {
-            DType::F32 => {
-                let f = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
-                let (dq, dk, dv) = self.grads(&f(&q)?, &f(&k)?, &f(&v)?, &f(&grad)?, dims);
-                let dev = q.device();
-                (
-                    Tensor::from_vec(dq, &shapes.0, dev)?,
-                    Tensor::from_vec(dk, &shapes.1, dev)?,
-                    Tensor::from_vec(dv, &shapes.1, dev)?,
-                )
-            }
-            DType::F64 => {
-                let f = |t: &Tensor| t.flatten_all()?.to_vec1::<f64>();
-                let (dq, dk, dv) = self.grads(&f(&q)?, &f(&k)?, &f(&v)?, &f(&grad)?, dims);
-                let dev = q.device();
-                (
-                    Tensor::from_vec(dq, &shapes.0, dev)?,
-                    Tensor::from_vec(dk, &shapes.1, dev)?,
-                    Tensor::from_vec(dv, &shapes.1, dev)?,
-                )
-            }
+            DType::F32 => self.backward::<f32>(&q, &k, &v, &grad, dims)?,
+            DType::F64 => self.backward::<f64>(&q, &k, &v, &grad, dims)?,
             dt => return Err(bad_dtype(self.name(), dt)),
         };
         Ok((Some(dq), Some(dk), Some(dv)))
