@@ -24,13 +24,17 @@ pub(super) fn attention(
     mask: &Tensor,
     scale: f64,
 ) -> crate::Result<Tensor> {
-    let (b, t, s) = mask.dims3()?;
+    let (_, t, s) = mask.dims3()?;
     let mask = mask.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
     Ok(q.apply_op3(
         k,
         v,
         Attention {
-            mask: Mask::new(mask, b, t, s),
+            mask: Mask {
+                values: mask,
+                tokens: t,
+                keys: s,
+            },
             scale,
         },
     )?)
@@ -44,14 +48,6 @@ struct Mask {
 }
 
 impl Mask {
-    fn new(values: Vec<f32>, _b: usize, t: usize, s: usize) -> Self {
-        Self {
-            values,
-            tokens: t,
-            keys: s,
-        }
-    }
-
     /// The mask row of query row `r` of batch row `bi`.
     fn row(&self, bi: usize, r: usize) -> &[f32] {
         let i = bi * self.tokens + r % self.tokens;
@@ -379,15 +375,7 @@ impl CustomOp3 for Attention {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (q, k, v) = (q.detach(), k.detach(), v.detach());
         let grad = grad.detach().contiguous()?;
-        let dims = {
-            let (qs, ql) = q.storage_and_layout();
-            let (_, kl) = k.storage_and_layout();
-            let (_, vl) = v.storage_and_layout();
-            if !qs.device().is_cpu() {
-                candle_core::bail!("attention backward: the fused op runs on the CPU only");
-            }
-            self.dims(ql, kl, vl)?
-        };
+        let dims = self.dims(q.layout(), k.layout(), v.layout())?;
         let (dq, dk, dv) = match q.dtype() {
             DType::F32 => self.backward::<f32>(&q, &k, &v, &grad, dims)?,
             DType::F64 => self.backward::<f64>(&q, &k, &v, &grad, dims)?,
