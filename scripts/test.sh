@@ -10,7 +10,7 @@
 # Arguments go to a single `cargo test --workspace` instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/install-openblas.sh
+scripts/install-blas.sh
 scripts/fetch-smollm2.sh
 scripts/setup-openai-venv.sh || echo "the openai client's venv could not be set up: cli_openai will skip, saying so"
 scripts/llama-server.sh || echo "llama-server could not be built: cli_remote's llama-server test will skip, saying so"

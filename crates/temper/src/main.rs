@@ -118,10 +118,25 @@ fn tune_allocator() {
 /// while other builds ran; on idle cores both measured the same (update 0.78-0.82 s, SmolLM2
 /// prefill 520-533 tok/s; release build, 2026-12-06). So that pool is off (one thread: the caller
 /// runs the op) unless `CANDLE_NUM_THREADS` says otherwise; rayon's pool is untouched.
-fn quiet_candle_pool() {
+///
+/// oneDNN's OpenMP threads (see `tempering_model::ops::blas`) read their settings when the library
+/// loads: they wait passively, and there are as many as rayon's, unless the environment says
+/// otherwise. Set here, before any thread exists, rather than by the library at load time.
+fn quiet_thread_pools() {
+    // Called first thing in `main`, before any other thread exists.
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        // Called first thing in `main`, before any other thread exists.
         std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+    if std::env::var_os("OMP_WAIT_POLICY").is_none() {
+        std::env::set_var("OMP_WAIT_POLICY", "passive");
+    }
+    if std::env::var_os("OMP_NUM_THREADS").is_none() {
+        let rayon = std::env::var("RAYON_NUM_THREADS").ok();
+        let threads = rayon
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        std::env::set_var("OMP_NUM_THREADS", threads.to_string());
     }
 }
 
@@ -146,7 +161,7 @@ fn main_thread_in_pool() {
 }
 
 fn main() {
-    quiet_candle_pool();
+    quiet_thread_pools();
     tune_allocator();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -1,8 +1,9 @@
-//! The OpenBLAS path of the CPU's matrix products against candle's matmul: every transpose form, on
+//! The BLAS path of the CPU's matrix products (oneDNN and OpenBLAS, each alone and as chosen per
+//! shape) against candle's matmul: every transpose form, on
 //! shapes that include one row and inner sizes that are no multiple of the kernels' widths; the
 //! linear layer's two gradients against the composition's; sizes that do not fit are refused.
-//! Where OpenBLAS is not installed the product tests say so and check nothing (`.ci/run` and the
-//! README's set-up install it).
+//! Where neither library is installed the product tests say so and check nothing (`.ci/run` and
+//! the README's set-up install both).
 
 use candle_core::{DType, Device, Tensor, Var};
 use tempering_model::ops::blas::{self, Product};
@@ -74,10 +75,22 @@ fn products_match_candle_in_every_transpose_form() -> Res {
             };
             let av = a.flatten_all()?.to_vec1::<f32>()?;
             let bv = b.flatten_all()?.to_vec1::<f32>()?;
-            let got = blas::sgemm_new(p, &av, &bv).ok_or("OpenBLAS refused a valid product")?;
+            let got = blas::sgemm_new(p, &av, &bv).ok_or("the BLAS refused a valid product")?;
             let got = Tensor::from_vec(got, (m, n), &Device::Cpu)?;
             let d = max_abs_diff(&got, &want)?;
             assert!(d < TOL, "{p:?}: differs from candle by {d:e}");
+            // Each library on its own, into an output full of NaN: with nothing to add (beta 0)
+            // neither may read it.
+            for backend in blas::backends() {
+                let mut c = vec![f32::NAN; m * n];
+                assert!(
+                    blas::sgemm_on(backend, p, &av, &bv, &mut c),
+                    "{backend:?} refused {p:?}"
+                );
+                let got = Tensor::from_vec(c, (m, n), &Device::Cpu)?;
+                let d = max_abs_diff(&got, &want)?;
+                assert!(d < TOL, "{backend:?}, {p:?}: differs from candle by {d:e}");
+            }
         }
     }
     Ok(())
@@ -102,6 +115,14 @@ fn sizes_that_do_not_fit_are_refused_and_the_output_left_alone() -> Res {
     if blas::available() {
         assert!(blas::sgemm(p, &a, &b, &mut c));
         assert!(c.iter().all(|&x| x == 4.0), "{c:?}");
+        assert!(blas::sgemm_add(p, &a, &b, &mut c));
+        assert!(c.iter().all(|&x| x == 8.0), "adds to the output: {c:?}");
+    }
+    for backend in blas::backends() {
+        assert!(
+            !blas::sgemm_on(backend, p, &a[..7], &b, &mut c),
+            "{backend:?}: a too short"
+        );
     }
     Ok(())
 }

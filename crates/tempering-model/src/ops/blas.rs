@@ -1,13 +1,17 @@
-//! The system's OpenBLAS, opened at run time, for the CPU's f32 matrix products: the linear layers'
-//! forward and both backward products, and LoRA's. Debian's `libopenblas0` picks kernels for the
-//! CPU it runs on (AVX-512 "SkylakeX"/"Cooperlake" on recent Intel cores); measured on the model's
-//! shapes (`cargo bench -p tempering-model --bench gemm`) it matches candle's `gemm` crate at 1024
-//! rows and is up to 2-3x as fast at 8-64 rows (batched decode, LoRA's rank-8 products); SmolLM2's
-//! prefill gained 4-8%, a LoRA SFT step 12% (docs/performance.md).
+//! The system's BLAS libraries, opened at run time, for the CPU's f32 matrix products: the linear
+//! layers' forward and both backward products, LoRA's, the LM head's. Two are used where installed:
+//! oneDNN (Debian's `libdnnl2`, the library PyTorch's CPU products build on) for most shapes, and
+//! OpenBLAS (`libopenblas0`, which picks AVX-512 kernels for the CPU it runs on) for the widest (the
+//! LM head's forward), each where it measured faster on the model's shapes
+//! (`scripts/bench/gemm_libs.py`: oneDNN up to 1.4x OpenBLAS on the 192-wide key and value
+//! projections). Either alone runs every product. Against candle's `gemm` crate OpenBLAS matched it
+//! at 1024 rows and was 2-3x as fast at 8-64 rows; oneDNN over OpenBLAS made a SmolLM2 SFT step
+//! 7-15% faster (docs/performance.md).
 //!
-//! The library is opened once, on first use, with `dlopen` (no link-time dependency: a machine
-//! without it builds and runs, on candle's kernels, and says so once). `TEMPER_BLAS=off` turns it
-//! off, `TEMPER_BLAS=/path/libopenblas.so` names another build. OpenBLAS uses as many threads as
+//! Each library is opened once, on first use, with `dlopen` (no link-time dependency: a machine
+//! without them builds and runs, on candle's kernels, and says so once). `TEMPER_BLAS=off` turns
+//! both off, `TEMPER_BLAS=/path/libopenblas.so` names another OpenBLAS build, `TEMPER_DNNL=off`
+//! leaves oneDNN out and `TEMPER_DNNL=all` gives it every product. Both use as many threads as
 //! rayon's pool has. (Single-threaded calls split into blocks over rayon's threads were measured
 //! too: 5-10% slower at the model level, as each block packs the shared operand again.)
 //!
@@ -33,16 +37,52 @@ type Sgemm = unsafe extern "C" fn(
     i32,
 );
 
+/// `dnnl_sgemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)`, row-major,
+/// returning a status (0: success).
+type DnnlSgemm = unsafe extern "C" fn(
+    std::ffi::c_char,
+    std::ffi::c_char,
+    i64,
+    i64,
+    i64,
+    f32,
+    *const f32,
+    i64,
+    *const f32,
+    i64,
+    f32,
+    *mut f32,
+    i64,
+) -> i32;
+
 const ROW_MAJOR: i32 = 101;
 const NO_TRANS: i32 = 111;
 const TRANS: i32 = 112;
 
+/// What runs the products: oneDNN and OpenBLAS where each loaded; at least one of them.
 struct Library {
+    openblas: Option<OpenBlas>,
+    dnnl: Option<Dnnl>,
+}
+
+struct OpenBlas {
     sgemm: Sgemm,
     name: String,
     /// Kept open for the life of the process: `sgemm` points into it.
     _lib: libloading::Library,
 }
+
+struct Dnnl {
+    sgemm: DnnlSgemm,
+    /// Every product, or (the default) all but those OpenBLAS runs faster where it is loaded.
+    everything: bool,
+    _lib: libloading::Library,
+}
+
+/// Products at least this wide (`n`: the LM head's 49,152-column forward) go to OpenBLAS where both
+/// libraries are loaded: at 512-1024 rows x 576 it ran them at 283-318 GFLOP/s against oneDNN's
+/// 289-298, where oneDNN led on every narrower shape (`scripts/bench/gemm_libs.py`).
+const OPENBLAS_MIN_N: usize = 8192;
 
 enum Loaded {
     Ready(Library),
@@ -63,17 +103,31 @@ fn load() -> &'static Loaded {
             _ => vec!["libopenblas.so.0".into(), "libopenblas.so".into()],
         };
         let mut errors = Vec::new();
+        let mut openblas = None;
         for path in &candidates {
-            match open(path) {
-                Ok(lib) => return Loaded::Ready(lib),
+            match open_openblas(path) {
+                Ok(lib) => {
+                    openblas = Some(lib);
+                    break;
+                }
                 Err(e) => errors.push(format!("{path}: {e}")),
             }
         }
-        Loaded::Missing(errors.join("; "))
+        let dnnl = match open_dnnl() {
+            Ok(d) => d,
+            Err(e) => {
+                errors.push(format!("libdnnl.so.2: {e}"));
+                None
+            }
+        };
+        if openblas.is_none() && dnnl.is_none() {
+            return Loaded::Missing(errors.join("; "));
+        }
+        Loaded::Ready(Library { openblas, dnnl })
     })
 }
 
-fn open(path: &str) -> Result<Library, libloading::Error> {
+fn open_openblas(path: &str) -> Result<OpenBlas, libloading::Error> {
     // SAFETY: opening OpenBLAS runs its initialisers only (thread-pool set-up); the symbols are
     // looked up with the C signatures OpenBLAS documents in cblas.h and openblas_config.h.
     unsafe {
@@ -92,7 +146,7 @@ fn open(path: &str) -> Result<Library, libloading::Error> {
                 name = format!("OpenBLAS ({path}, {core} kernels)");
             }
         }
-        Ok(Library {
+        Ok(OpenBlas {
             sgemm,
             name,
             _lib: lib,
@@ -100,7 +154,44 @@ fn open(path: &str) -> Result<Library, libloading::Error> {
     }
 }
 
-/// Whether the products run through OpenBLAS.
+/// oneDNN (Debian's `libdnnl2`), unless `TEMPER_DNNL=off`; `TEMPER_DNNL=all` gives it every
+/// product. Its threads are OpenMP's (`libgomp`), which read their settings once, when the library
+/// loads: as many threads as rayon's pool, and (where the environment says nothing) waiting
+/// passively, since a spinning OpenMP worker takes the core that rayon's element-wise ops run on
+/// between two products (measured: a SmolLM2 SFT step 2.9 s spinning against 2.3 s passive).
+fn open_dnnl() -> Result<Option<Dnnl>, libloading::Error> {
+    let everything = match std::env::var("TEMPER_DNNL").ok().as_deref() {
+        Some("off") => return Ok(None),
+        Some("all") => true,
+        _ => false,
+    };
+    for (var, value) in [
+        ("OMP_WAIT_POLICY", "passive".to_string()),
+        (
+            "OMP_NUM_THREADS",
+            rayon::current_num_threads().clamp(1, 256).to_string(),
+        ),
+    ] {
+        if std::env::var_os(var).is_none() {
+            // `temper` sets both before any thread starts; a library user that has not gets them
+            // set here, before OpenMP reads them.
+            std::env::set_var(var, value);
+        }
+    }
+    // SAFETY: opening oneDNN runs its initialisers (and OpenMP's); the symbol is looked up with the
+    // signature of `dnnl_sgemm` in oneDNN's dnnl.h.
+    unsafe {
+        let lib = libloading::Library::new("libdnnl.so.2")?;
+        let sgemm = *lib.get::<DnnlSgemm>(b"dnnl_sgemm\0")?;
+        Ok(Some(Dnnl {
+            sgemm,
+            everything,
+            _lib: lib,
+        }))
+    }
+}
+
+/// Whether the products run through a BLAS (oneDNN or OpenBLAS).
 pub fn available() -> bool {
     matches!(load(), Loaded::Ready(_))
 }
@@ -108,10 +199,27 @@ pub fn available() -> bool {
 /// One line for a start-up message: which kernels the CPU's matrix products use, and why.
 pub fn describe() -> String {
     match load() {
-        Loaded::Ready(l) => format!("matrix products: {}", l.name),
+        Loaded::Ready(Library { openblas, dnnl }) => match (openblas, dnnl) {
+            (Some(o), Some(d)) if d.everything => {
+                format!(
+                    "matrix products: oneDNN (libdnnl.so.2; {} loaded, unused)",
+                    o.name
+                )
+            }
+            (Some(o), Some(_)) => format!(
+                "matrix products: oneDNN (libdnnl.so.2), and {} for the widest (the LM head)",
+                o.name
+            ),
+            (Some(o), None) => format!(
+                "matrix products: {} (oneDNN not loaded: `apt-get install libdnnl2` makes \
+                 training faster)",
+                o.name
+            ),
+            (None, _) => "matrix products: oneDNN (libdnnl.so.2)".to_string(),
+        },
         Loaded::Missing(why) => format!(
-            "matrix products: candle's gemm kernels (OpenBLAS not loaded: {why}; \
-             `apt-get install libopenblas0` makes training and prefill faster)"
+            "matrix products: candle's gemm kernels (no BLAS loaded: {why}; \
+             `apt-get install libdnnl2 libopenblas0-pthread` makes training and prefill faster)"
         ),
     }
 }
@@ -129,15 +237,22 @@ pub struct Product {
 
 impl Product {
     fn fits(&self, a: &[f32], b: &[f32], c: &[f32]) -> bool {
+        self.fits_inputs(a, b) && c.len() == self.m * self.n
+    }
+
+    fn fits_inputs(&self, a: &[f32], b: &[f32]) -> bool {
         let dims = [self.m, self.n, self.k];
         dims.iter().all(|&d| d > 0 && d <= i32::MAX as usize)
+            && self
+                .m
+                .checked_mul(self.n)
+                .is_some_and(|mn| mn <= isize::MAX as usize / 4)
             && a.len() == self.m * self.k
             && b.len() == self.k * self.n
-            && c.len() == self.m * self.n
     }
 }
 
-/// Computes `p` with OpenBLAS; `false` (and `c` untouched) when the library is not loaded or the
+/// Computes `p` with oneDNN or OpenBLAS; `false` (and `c` untouched) when neither is loaded or the
 /// slices do not have the product's sizes: the caller then uses candle's kernels.
 pub fn sgemm(p: Product, a: &[f32], b: &[f32], c: &mut [f32]) -> bool {
     gemm(p, a, b, c, 0.0)
@@ -150,46 +265,161 @@ pub fn sgemm_add(p: Product, a: &[f32], b: &[f32], c: &mut [f32]) -> bool {
 
 /// `c = op(a) @ op(b) + beta * c`.
 fn gemm(p: Product, a: &[f32], b: &[f32], c: &mut [f32], beta: f32) -> bool {
+    if !p.fits(a, b, c) {
+        return false;
+    }
+    // SAFETY: the sizes fit the slices, checked above.
+    unsafe { gemm_raw(p, a.as_ptr(), b.as_ptr(), c.as_mut_ptr(), beta) }
+}
+
+/// One of the libraries, to run a product on it alone ([`sgemm_on`]; tests compare each with
+/// candle's kernels).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    OneDnn,
+    OpenBlas,
+}
+
+/// Which libraries loaded.
+pub fn backends() -> Vec<Backend> {
+    match load() {
+        Loaded::Ready(lib) => lib
+            .dnnl
+            .as_ref()
+            .map(|_| Backend::OneDnn)
+            .into_iter()
+            .chain(lib.openblas.as_ref().map(|_| Backend::OpenBlas))
+            .collect(),
+        Loaded::Missing(_) => Vec::new(),
+    }
+}
+
+/// [`sgemm`] on `backend` only; `false` (and `c` untouched) when that library is not loaded or the
+/// slices do not fit.
+pub fn sgemm_on(backend: Backend, p: Product, a: &[f32], b: &[f32], c: &mut [f32]) -> bool {
     let Loaded::Ready(lib) = load() else {
         return false;
     };
     if !p.fits(a, b, c) {
         return false;
     }
-    let (lda, ldb, ldc) = (
-        if p.trans_a { p.m } else { p.k },
-        if p.trans_b { p.k } else { p.n },
-        p.n,
-    );
-    let flag = |t: bool| if t { TRANS } else { NO_TRANS };
-    // SAFETY: the sizes were checked against the slices above (dense, so the leading dimensions
-    // are the row lengths), and all fit in i32.
+    let (a, b, c) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
+    // SAFETY: the sizes fit the slices, checked above.
     unsafe {
-        (lib.sgemm)(
-            ROW_MAJOR,
-            flag(p.trans_a),
-            flag(p.trans_b),
-            p.m as i32,
-            p.n as i32,
-            p.k as i32,
-            1.0,
-            a.as_ptr(),
-            lda as i32,
-            b.as_ptr(),
-            ldb as i32,
-            beta,
-            c.as_mut_ptr(),
-            ldc as i32,
-        );
+        match backend {
+            Backend::OneDnn => lib.dnnl.as_ref().is_some_and(|d| d.run(p, a, b, c, 0.0)),
+            Backend::OpenBlas => lib
+                .openblas
+                .as_ref()
+                .is_some_and(|o| o.run(p, a, b, c, 0.0)),
+        }
     }
-    true
 }
 
-/// `p` into a new vector, or `None` when OpenBLAS is not loaded.
+impl Product {
+    /// The leading dimensions of dense row-major operands.
+    fn leading(&self) -> (usize, usize, usize) {
+        (
+            if self.trans_a { self.m } else { self.k },
+            if self.trans_b { self.k } else { self.n },
+            self.n,
+        )
+    }
+}
+
+impl Dnnl {
+    /// # Safety
+    /// As [`gemm_raw`].
+    unsafe fn run(&self, p: Product, a: *const f32, b: *const f32, c: *mut f32, beta: f32) -> bool {
+        let (lda, ldb, ldc) = p.leading();
+        let flag = |t: bool| (if t { b'T' } else { b'N' }) as std::ffi::c_char;
+        // SAFETY: the caller's sizes (dense, so the leading dimensions are the row lengths).
+        let status = unsafe {
+            (self.sgemm)(
+                flag(p.trans_a),
+                flag(p.trans_b),
+                p.m as i64,
+                p.n as i64,
+                p.k as i64,
+                1.0,
+                a,
+                lda as i64,
+                b,
+                ldb as i64,
+                beta,
+                c,
+                ldc as i64,
+            )
+        };
+        status == 0
+    }
+}
+
+impl OpenBlas {
+    /// # Safety
+    /// As [`gemm_raw`].
+    unsafe fn run(&self, p: Product, a: *const f32, b: *const f32, c: *mut f32, beta: f32) -> bool {
+        let (lda, ldb, ldc) = p.leading();
+        let flag = |t: bool| if t { TRANS } else { NO_TRANS };
+        // SAFETY: the caller's sizes (dense, so the leading dimensions are the row lengths), all
+        // in i32.
+        unsafe {
+            (self.sgemm)(
+                ROW_MAJOR,
+                flag(p.trans_a),
+                flag(p.trans_b),
+                p.m as i32,
+                p.n as i32,
+                p.k as i32,
+                1.0,
+                a,
+                lda as i32,
+                b,
+                ldb as i32,
+                beta,
+                c,
+                ldc as i32,
+            );
+        }
+        true
+    }
+}
+
+/// # Safety
+/// `a`, `b` hold `m * k` and `k * n` readable values and `c` room for `m * n` (read where
+/// `beta != 0`); all three sizes fit in i32.
+unsafe fn gemm_raw(p: Product, a: *const f32, b: *const f32, c: *mut f32, beta: f32) -> bool {
+    let Loaded::Ready(lib) = load() else {
+        return false;
+    };
+    if let Some(d) = &lib.dnnl {
+        let openblas_leads = !d.everything && p.n >= OPENBLAS_MIN_N && lib.openblas.is_some();
+        // SAFETY: the caller's contract.
+        if !openblas_leads && unsafe { d.run(p, a, b, c, beta) } {
+            return true;
+        }
+        // Else OpenBLAS: it leads on this shape, or oneDNN refused (out of memory for its
+        // packing buffers); candle where OpenBLAS is missing too.
+    }
+    // SAFETY: the caller's contract.
+    lib.openblas
+        .as_ref()
+        .is_some_and(|o| unsafe { o.run(p, a, b, c, beta) })
+}
+
+/// `p` into a new vector, or `None` when no BLAS is loaded.
 pub fn sgemm_new(p: Product, a: &[f32], b: &[f32]) -> Option<Vec<f32>> {
-    if !available() {
+    if !available() || !p.fits_inputs(a, b) {
         return None;
     }
-    let mut c = vec![0f32; p.m * p.n];
-    sgemm(p, a, b, &mut c).then_some(c)
+    let mut c: Vec<f32> = Vec::with_capacity(p.m * p.n);
+    // SAFETY: sizes checked; with beta 0 the libraries write every entry of `c` without reading
+    // it, so the vector's length is set only after the product.
+    unsafe {
+        if !gemm_raw(p, a.as_ptr(), b.as_ptr(), c.as_mut_ptr(), 0.0) {
+            return None;
+        }
+        c.set_len(p.m * p.n);
+    }
+    Some(c)
 }
