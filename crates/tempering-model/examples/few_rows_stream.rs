@@ -1,15 +1,18 @@
 //! How fast `ops::few_rows` streams a decode step's weights: SmolLM2-135M's 211 matrices (30
 //! layers of q, k, v, o, gate, up, down, then the 49152-row LM head), bf16 or f32, one row of `x`
 //! each, all distinct memory, on a rayon worker as `temper` runs. Prints milliseconds per step,
-//! GB/s, and the step rate this would allow if the products were all a decode step did.
+//! GB/s, and the step rate this would allow if the products were all a decode step did. `blas`
+//! runs the same f32 products through `ops::blas` (oneDNN / OpenBLAS) instead, for comparison.
 //!
-//!   cargo run --release -p tempering-model --example few_rows_stream [f32|bf16] [ROWS]
+//!   cargo run --release -p tempering-model --example few_rows_stream [f32|bf16|blas] [ROWS]
 
 use std::time::Instant;
-use tempering_model::ops::few_rows;
+use tempering_model::ops::{blas, few_rows};
 
 fn main() {
-    let f32_weights = std::env::args().nth(1).is_some_and(|a| a == "f32");
+    let mode = std::env::args().nth(1).unwrap_or_default();
+    let through_blas = mode == "blas";
+    let f32_weights = mode == "f32" || through_blas;
     let rows: usize = std::env::args()
         .nth(2)
         .and_then(|a| a.parse().ok())
@@ -17,10 +20,10 @@ fn main() {
     let pool = rayon::ThreadPoolBuilder::new()
         .build()
         .expect("a rayon pool");
-    pool.install(|| run(f32_weights, rows));
+    pool.install(|| run(f32_weights, through_blas, rows));
 }
 
-fn run(f32_weights: bool, m: usize) {
+fn run(f32_weights: bool, through_blas: bool, m: usize) {
     if !few_rows::available() {
         println!("the few-row kernel needs AVX-512F, VL and BW: nothing to measure");
         return;
@@ -57,7 +60,16 @@ fn run(f32_weights: bool, m: usize) {
     let x = vec![0.5f32; m * 1536];
     let step = || {
         for (i, &(n, k)) in shapes.iter().enumerate() {
-            let y = if f32_weights {
+            let y = if through_blas {
+                let p = blas::Product {
+                    trans_a: false,
+                    trans_b: true,
+                    m,
+                    n,
+                    k,
+                };
+                blas::sgemm_new(p, &x[..m * k], &w32[i])
+            } else if f32_weights {
                 few_rows::matmul_xwt(&x[..m * k], &w32[i], m, n, k)
             } else {
                 few_rows::matmul_xwt_bf16(&x[..m * k], &w16[i], m, n, k)
@@ -66,6 +78,9 @@ fn run(f32_weights: bool, m: usize) {
         }
     };
     step();
+    if through_blas {
+        println!("{}", blas::describe());
+    }
     println!(
         "{} weights, {m} row(s), {} threads",
         if f32_weights { "f32" } else { "bf16" },
