@@ -40,7 +40,7 @@ pub fn device_and_dtype(name: &str, dtype: Option<&str>) -> Result<(Device, DTyp
     Ok((device, dtype))
 }
 
-/// Says once which kernels the CPU's matrix products use: OpenBLAS at info level (`TEMPER_LOG=info`),
+/// Says once which kernels the CPU's matrix products use: oneDNN or OpenBLAS at info level (`TEMPER_LOG=info`),
 /// or, as a warning, that it is missing and candle's slower kernels run instead.
 fn announce_cpu_kernels() {
     static SAID: std::sync::Once = std::sync::Once::new();

@@ -28,7 +28,7 @@ pub(super) fn head_logprobs(
     )?)
 }
 
-/// Whether the fused op can run on `h`'s dtype here (f32 needs OpenBLAS for its products).
+/// Whether the fused op can run on `h`'s dtype here (f32 needs a BLAS, oneDNN or OpenBLAS, for its products).
 pub(super) fn runs(dtype: DType) -> bool {
     match dtype {
         DType::F32 => blas::available(),
@@ -37,7 +37,7 @@ pub(super) fn runs(dtype: DType) -> bool {
     }
 }
 
-/// The element types the op runs in, with their block product: OpenBLAS for f32, a plain loop for
+/// The element types the op runs in, with their block product: the BLAS for f32, a plain loop for
 /// f64 (finite-difference tests only).
 trait HeadFloat: Real {
     /// `c = op(a) @ op(b)`, or `c +=` it with `add`; `false` where nothing ran.
@@ -118,7 +118,7 @@ impl HeadLogprobs {
             k,
         };
         if !T::gemm(p, &h[r0 * k..(r0 + c) * k], w, z, false) {
-            candle_core::bail!("head_logprobs: no matrix product for this dtype (OpenBLAS)");
+            candle_core::bail!("head_logprobs: no matrix product for this dtype (no BLAS loaded)");
         }
         if self.temperature != 1.0 {
             let inv = T::of(1.0 / self.temperature);
@@ -188,7 +188,7 @@ impl HeadLogprobs {
                 k: v,
             };
             if !T::gemm(dh_p, z, w, &mut dh[r0 * k..(r0 + c) * k], false) {
-                candle_core::bail!("head_logprobs backward: no matrix product (OpenBLAS)");
+                candle_core::bail!("head_logprobs backward: no matrix product (no BLAS loaded)");
             }
             if with_dw {
                 let dw_p = Product {
@@ -199,7 +199,9 @@ impl HeadLogprobs {
                     k: c,
                 };
                 if !T::gemm(dw_p, z, &h[r0 * k..(r0 + c) * k], &mut dw, true) {
-                    candle_core::bail!("head_logprobs backward: no matrix product (OpenBLAS)");
+                    candle_core::bail!(
+                        "head_logprobs backward: no matrix product (no BLAS loaded)"
+                    );
                 }
             }
         }

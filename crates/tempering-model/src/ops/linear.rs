@@ -1,10 +1,10 @@
 //! The linear layer's product `x @ w.T`, as a candle op: with a frozen weight (the backward yields
 //! the input's gradient only) or a trainable one (both gradients). On the CPU in f32 the forward and
 //! both backward products (`dY @ W`, and `dY^T @ X` written straight into `[N, K]`) of weights at
-//! least 192 wide run through OpenBLAS ([`super::blas`]) when it is loaded, never materialising a
+//! least 192 wide run through the BLAS ([`super::blas`]: oneDNN, OpenBLAS) where loaded, never materialising a
 //! transpose; decode's few rows (up to `few_rows::MAX_ROWS`, 64) of such weights through the
 //! AVX-512 kernel of [`super::few_rows`] where the CPU has it; elsewhere (other devices, dtypes,
-//! narrow weights, no OpenBLAS) through candle's own matmul kernel on the storage.
+//! narrow weights, no BLAS) through candle's own matmul kernel on the storage.
 
 use super::blas::{self, Product};
 use candle_core::backend::BackendStorage;
@@ -101,18 +101,20 @@ impl CustomOp3 for LinearQ8 {
     }
 }
 
-/// OpenBLAS runs a layer's products only where both sides of its weight are at least this wide
+/// The BLAS runs a layer's products only where both sides of its weight are at least this wide
 /// (SmolLM2's narrowest is 192). Below it (the tiny model's 128-wide layers, LoRA's rank-8 factors)
-/// candle's kernels measured faster: a tiny-model GRPO update took 0.53-0.55 s on them against
-/// 0.57-0.81 s through OpenBLAS.
+/// candle's kernels measured faster with OpenBLAS (a tiny-model GRPO update 0.53-0.55 s against
+/// 0.57-0.81 s); with oneDNN the tiny model's update was 8% faster, but its different rounding moved
+/// the tiny recipe's outcome (greedy accuracy 43.5% -> 25.5% after `train-tiny`'s 150 steps) and
+/// the tests built on it, so those layers keep candle's kernels; LoRA's factors gained nothing.
 const BLAS_MIN_WIDTH: usize = 192;
 
 pub(super) fn blas_width(w: &Tensor) -> bool {
     w.dims2().is_ok_and(|(n, k)| n.min(k) >= BLAS_MIN_WIDTH)
 }
 
-/// `op(a) @ op(b)` for 2-D CPU f32 tensors through OpenBLAS; `None` (the caller uses candle) when
-/// OpenBLAS is not loaded or a tensor is elsewhere, another dtype, or not contiguous.
+/// `op(a) @ op(b)` for 2-D CPU f32 tensors through the BLAS; `None` (the caller uses candle) when
+/// none is loaded or a tensor is elsewhere, another dtype, or not contiguous.
 fn blas_matmul(a: &Tensor, trans_a: bool, b: &Tensor, trans_b: bool) -> Option<Tensor> {
     if !blas::available() || a.dtype() != DType::F32 || b.dtype() != DType::F32 {
         return None;
@@ -347,7 +349,7 @@ impl CustomOp2 for Linear {
                         }
                         return Ok((CpuStorage::F32(y), Shape::from((m, n))));
                     }
-                    // Many rows (prefill, training): OpenBLAS where loaded. (At 3-64 rows the
+                    // Many rows (prefill, training): the BLAS where loaded. (At 3-64 rows the
                     // swapped product above measured 3-10% faster in batched decode.)
                     let p = Product {
                         trans_a: false,
