@@ -119,25 +119,21 @@ fn tune_allocator() {
 /// prefill 520-533 tok/s; release build, 2026-12-06). So that pool is off (one thread: the caller
 /// runs the op) unless `CANDLE_NUM_THREADS` says otherwise; rayon's pool is untouched.
 ///
-/// oneDNN's OpenMP threads (see `tempering_model::ops::blas`) read their settings when the library
-/// loads: they wait passively, and there are as many as rayon's, unless the environment says
-/// otherwise. Set here, before any thread exists, rather than by the library at load time.
+/// oneDNN's OpenMP threads read their settings when the library loads
+/// (`tempering_model::ops::blas::openmp_defaults`): set here, before any thread exists, rather
+/// than by the library at load time.
 fn quiet_thread_pools() {
     // Called first thing in `main`, before any other thread exists.
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
-    if std::env::var_os("OMP_WAIT_POLICY").is_none() {
-        std::env::set_var("OMP_WAIT_POLICY", "passive");
-    }
-    if std::env::var_os("OMP_NUM_THREADS").is_none() {
-        let rayon = std::env::var("RAYON_NUM_THREADS").ok();
-        let threads = rayon
-            .and_then(|n| n.parse::<usize>().ok())
-            .filter(|&n| n > 0)
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        std::env::set_var("OMP_NUM_THREADS", threads.to_string());
-    }
+    // rayon's own default, read here without building its pool (`main_thread_in_pool` does that).
+    let rayon_threads = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    tempering_model::ops::blas::openmp_defaults(rayon_threads);
 }
 
 /// Makes the main thread one of rayon's workers (the pool keeps one thread per core, this one

@@ -11,7 +11,7 @@ use tempering_model::ops::{blas, few_rows};
 
 // temper's allocator: its large buffers start on 64-byte lines, as the model's weights and
 // activations do there. (With the system allocator's 16-byte-aligned buffers every 512-bit load
-// splits two cache lines: the kernel measured 156-183 GFLOP/s in cache against 222-239 aligned.)
+// splits two cache lines: the kernel measured 140-183 GFLOP/s in cache against 222-239 aligned.)
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -6,7 +6,7 @@
 //! (`scripts/bench/gemm_libs.py`: oneDNN up to 1.4x OpenBLAS on the 192-wide key and value
 //! projections). Either alone runs every product. Against candle's `gemm` crate OpenBLAS matched it
 //! at 1024 rows and was 2-3x as fast at 8-64 rows; oneDNN over OpenBLAS made a SmolLM2 SFT step
-//! 7-15% faster (docs/performance.md).
+//! 6-17% faster in two interleaved rounds (docs/performance.md).
 //!
 //! Each library is opened once, on first use, with `dlopen` (no link-time dependency: a machine
 //! without them builds and runs, on candle's kernels, and says so once). `TEMPER_BLAS=off` turns
@@ -80,8 +80,10 @@ struct Dnnl {
 }
 
 /// Products at least this wide (`n`: the LM head's 49,152-column forward) go to OpenBLAS where both
-/// libraries are loaded: at 512-1024 rows x 576 it ran them at 283-318 GFLOP/s against oneDNN's
-/// 289-298, where oneDNN led on every narrower shape (`scripts/bench/gemm_libs.py`).
+/// libraries are loaded: at 1024 rows x 576 it ran them at 318 GFLOP/s against oneDNN's 298 (at 512
+/// rows level: 283 against 289), where oneDNN led on every narrower shape by up to 1.4x
+/// (`scripts/bench/gemm_libs.py`, one run). The model-level A/B (`TEMPER_DNNL=all` against this
+/// split, one SFT round) was within its noise.
 const OPENBLAS_MIN_N: usize = 8192;
 
 enum Loaded {
@@ -154,30 +156,32 @@ fn open_openblas(path: &str) -> Result<OpenBlas, libloading::Error> {
     }
 }
 
-/// oneDNN (Debian's `libdnnl2`), unless `TEMPER_DNNL=off`; `TEMPER_DNNL=all` gives it every
-/// product. Its threads are OpenMP's (`libgomp`), which read their settings once, when the library
-/// loads: as many threads as rayon's pool, and (where the environment says nothing) waiting
+/// oneDNN's threads are OpenMP's (`libgomp`), which read their settings once, when the library
+/// loads: unless the environment says otherwise, `threads` of them (rayon's count), waiting
 /// passively, since a spinning OpenMP worker takes the core that rayon's element-wise ops run on
-/// between two products (measured: a SmolLM2 SFT step 2.9 s spinning against 2.3 s passive).
+/// between two products (a SmolLM2 SFT step took 2.9 s with `OMP_WAIT_POLICY=active`, 2.3 s
+/// passive). A program calls this before it starts any thread (`temper` does, first thing in
+/// `main`); [`open_dnnl`] calls it too, before loading, for a program that has not.
+pub fn openmp_defaults(threads: usize) {
+    for (var, value) in [
+        ("OMP_WAIT_POLICY", "passive".to_string()),
+        ("OMP_NUM_THREADS", threads.clamp(1, 256).to_string()),
+    ] {
+        if std::env::var_os(var).is_none() {
+            std::env::set_var(var, value);
+        }
+    }
+}
+
+/// oneDNN (Debian's `libdnnl2`), unless `TEMPER_DNNL=off`; `TEMPER_DNNL=all` gives it every
+/// product.
 fn open_dnnl() -> Result<Option<Dnnl>, libloading::Error> {
     let everything = match std::env::var("TEMPER_DNNL").ok().as_deref() {
         Some("off") => return Ok(None),
         Some("all") => true,
         _ => false,
     };
-    for (var, value) in [
-        ("OMP_WAIT_POLICY", "passive".to_string()),
-        (
-            "OMP_NUM_THREADS",
-            rayon::current_num_threads().clamp(1, 256).to_string(),
-        ),
-    ] {
-        if std::env::var_os(var).is_none() {
-            // `temper` sets both before any thread starts; a library user that has not gets them
-            // set here, before OpenMP reads them.
-            std::env::set_var(var, value);
-        }
-    }
+    openmp_defaults(rayon::current_num_threads());
     // SAFETY: opening oneDNN runs its initialisers (and OpenMP's); the symbol is looked up with the
     // signature of `dnnl_sgemm` in oneDNN's dnnl.h.
     unsafe {
