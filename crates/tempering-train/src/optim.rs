@@ -11,6 +11,7 @@ use candle_core::{
 };
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use tempering_model::ops::simd::wide;
 
 use crate::error::{Result, TrainError};
 
@@ -279,13 +280,15 @@ impl InplaceOp2 for AdamWKernel<'_> {
             .zip(m.par_chunks_mut(CHUNK))
             .zip(v.par_chunks_mut(CHUNK))
             .for_each(|(((w, g), m), v)| {
-                for i in 0..w.len() {
-                    let gi = g[i] * k.scale;
-                    m[i] = k.beta1 * m[i] + (1.0 - k.beta1) * gi;
-                    v[i] = k.beta2 * v[i] + (1.0 - k.beta2) * gi * gi;
-                    let denom = v[i].sqrt() / k.bc2_sqrt + k.eps;
-                    w[i] = w[i] * k.decay - k.step_size * m[i] / denom;
-                }
+                wide(|| {
+                    for i in 0..w.len() {
+                        let gi = g[i] * k.scale;
+                        m[i] = k.beta1 * m[i] + (1.0 - k.beta1) * gi;
+                        v[i] = k.beta2 * v[i] + (1.0 - k.beta2) * gi * gi;
+                        let denom = v[i].sqrt() / k.bc2_sqrt + k.eps;
+                        w[i] = w[i] * k.decay - k.step_size * m[i] / denom;
+                    }
+                })
             });
         Ok(())
     }
@@ -343,7 +346,7 @@ impl InplaceOp2 for AddInPlace {
         a[lo..hi]
             .par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK))
-            .for_each(|(a, g)| a.iter_mut().zip(g).for_each(|(a, g)| *a += g));
+            .for_each(|(a, g)| wide(|| a.iter_mut().zip(g).for_each(|(a, g)| *a += g)));
         Ok(())
     }
 }

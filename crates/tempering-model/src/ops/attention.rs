@@ -8,6 +8,7 @@
 //! additive mask; nothing of layers, caches or what the mask means.
 
 use super::kernels::{bad_dtype, max, slice, Real};
+use super::simd::wide;
 use super::softmax::softmax_row;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Storage, Tensor};
@@ -49,6 +50,7 @@ struct Mask {
 
 impl Mask {
     /// The mask row of query row `r` of batch row `bi`.
+    #[inline]
     fn row(&self, bi: usize, r: usize) -> &[f32] {
         let i = bi * self.tokens + r % self.tokens;
         &self.values[i * self.keys..(i + 1) * self.keys]
@@ -151,13 +153,7 @@ impl Attention {
             (r, s, d),
             par,
         );
-        let scale = T::of(self.scale);
-        for (i, (sc, pr)) in scores.chunks_mut(s).zip(p.chunks_mut(s)).enumerate() {
-            for (x, &m) in sc.iter_mut().zip(self.mask.row(bi, i)) {
-                *x = *x * scale + T::of(f64::from(m));
-            }
-            softmax_row(sc, max(sc), pr);
-        }
+        masked_softmax_rows(&mut scores, p, s, &self.mask, bi, T::of(self.scale));
     }
 
     /// [`Attention::grads`] on the tensors' CPU storage, as tensors of their shapes.
@@ -222,15 +218,7 @@ impl Attention {
                 // dP = dO V^T: [R, D] @ [D, S]; then dS = P (dP - sum_j P dP) * scale, in place.
                 let mut ds = vec![T::ZERO; r * s];
                 matmul(&mut ds, Mat::rows(du, d), Mat::cols(vu, d), (r, s, d), par);
-                for (dsr, pr) in ds.chunks_mut(s).zip(p.chunks(s)) {
-                    let mut delta = T::ZERO;
-                    for (&x, &pj) in dsr.iter().zip(pr) {
-                        delta += pj * x;
-                    }
-                    for (x, &pj) in dsr.iter_mut().zip(pr) {
-                        *x = pj * (*x - delta) * scale;
-                    }
-                }
+                softmax_grad_rows(&mut ds, &p, s, scale);
                 // dQ = dS K: [R, S] @ [S, D]; dK = dS^T Q: [S, R] @ [R, D].
                 matmul(dq, Mat::rows(&ds, s), Mat::rows(ku, d), (r, d, s), par);
                 matmul(dk, Mat::cols(&ds, s), Mat::rows(qu, d), (s, d, r), par);
@@ -240,6 +228,41 @@ impl Attention {
             .zip(dk.chunks_mut(kn).zip(dv.chunks_mut(kn)));
         per_unit(b * g, chunks, unit);
         (dq, dk, dv)
+    }
+}
+
+crate::wide_fn! {
+    /// `p = softmax(scores * scale + mask)` row by row (`s` keys a row), the composed path's
+    /// formula (a masked entry's probability is exactly zero).
+    fn masked_softmax_rows<T: Real>(
+        scores: &mut [T],
+        p: &mut [T],
+        s: usize,
+        mask: &Mask,
+        bi: usize,
+        scale: T,
+    ) {
+        for (i, (sc, pr)) in scores.chunks_mut(s).zip(p.chunks_mut(s)).enumerate() {
+            for (x, &m) in sc.iter_mut().zip(mask.row(bi, i)) {
+                *x = *x * scale + T::of(f64::from(m));
+            }
+            softmax_row(sc, max(sc), pr);
+        }
+    }
+}
+
+crate::wide_fn! {
+    /// The softmax's backward in place, row by row: `dS = P (dP - sum_j P dP) * scale`.
+    fn softmax_grad_rows<T: Real>(ds: &mut [T], p: &[T], s: usize, scale: T) {
+        for (dsr, pr) in ds.chunks_mut(s).zip(p.chunks(s)) {
+            let mut delta = T::ZERO;
+            for (&x, &pj) in dsr.iter().zip(pr) {
+                delta += pj * x;
+            }
+            for (x, &pj) in dsr.iter_mut().zip(pr) {
+                *x = pj * (*x - delta) * scale;
+            }
+        }
     }
 }
 
@@ -257,14 +280,14 @@ fn per_unit<C: Send>(
             .collect::<Vec<_>>()
             .into_par_iter()
             .enumerate()
-            .for_each(|(u, c)| f(u, c, Parallelism::None));
+            .for_each(|(u, c)| wide(|| f(u, c, Parallelism::None)));
     } else {
         let par = if threads > 1 {
             Parallelism::Rayon(threads)
         } else {
             Parallelism::None
         };
-        chunks.enumerate().for_each(|(u, c)| f(u, c, par));
+        chunks.enumerate().for_each(|(u, c)| wide(|| f(u, c, par)));
     }
 }
 

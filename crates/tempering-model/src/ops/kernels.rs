@@ -2,6 +2,7 @@
 //! vectorisable `exp` for f32, reductions with several accumulators (so the compiler can use SIMD
 //! without reassociating a single sum), and row-parallel iteration over rayon.
 
+use super::simd::wide;
 use candle_core::{bail, CpuStorage, DType, Layout, WithDType};
 use rayon::prelude::*;
 use std::ops::{Add, Div, Mul, Neg, Sub};
@@ -126,7 +127,7 @@ pub(crate) fn bad_dtype(op: &str, dt: DType) -> candle_core::Error {
 }
 
 /// Runs `f(index, chunk)` over `chunk`-sized pieces of `dst`, in parallel when the tensor is large,
-/// and returns the results in chunk order (so reductions over them are deterministic).
+/// compiled for the CPU's widest vectors ([`wide`]), and returns the results in chunk order (so reductions over them are deterministic).
 pub(crate) fn map_chunks<T, R, F>(dst: &mut [T], chunk: usize, f: F) -> Vec<R>
 where
     T: Send,
@@ -137,13 +138,15 @@ where
     if dst.len() >= PAR_MIN_ELEMS && rayon::current_num_threads() > 1 {
         dst.par_chunks_mut(chunk)
             .enumerate()
-            .map(|(i, c)| f(i, c))
+            .map(|(i, c)| wide(|| f(i, c)))
             .collect()
     } else {
-        dst.chunks_mut(chunk)
-            .enumerate()
-            .map(|(i, c)| f(i, c))
-            .collect()
+        wide(|| {
+            dst.chunks_mut(chunk)
+                .enumerate()
+                .map(|(i, c)| f(i, c))
+                .collect()
+        })
     }
 }
 
@@ -158,9 +161,9 @@ where
     if work >= PAR_MIN_ELEMS && rayon::current_num_threads() > 1 {
         dst.par_chunks_mut(chunk)
             .enumerate()
-            .for_each(|(i, c)| f(i, c));
+            .for_each(|(i, c)| wide(|| f(i, c)));
     } else {
-        dst.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
+        wide(|| dst.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c)));
     }
 }
 

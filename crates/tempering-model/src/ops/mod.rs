@@ -16,6 +16,7 @@ pub(crate) mod kernels;
 mod linear;
 mod norm;
 mod rope;
+pub mod simd;
 mod softmax;
 mod swiglu;
 

@@ -15,49 +15,51 @@ struct Rope {
 }
 
 impl Rope {
-    fn run<T: Real>(
-        &self,
-        xs: &CpuStorage,
-        xl: &Layout,
-        cs: &CpuStorage,
-        cl: &Layout,
-        ss: &CpuStorage,
-        sl: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (_b, h, t, d) = xl.shape().dims4()?;
-        let x = slice::<T>(xs, xl, "rope")?;
-        let cos = slice::<T>(cs, cl, "rope")?;
-        let sin = slice::<T>(ss, sl, "rope")?;
-        let half = d / 2;
-        let per_row = cl.shape().rank() == 3;
-        let mut y = vec![T::ZERO; x.len()];
-        // One chunk is one (batch, head) block of T positions.
-        for_chunks(&mut y, t * d, x.len(), |bh, yb| {
-            let b = bh / h;
-            for (p, yr) in yb.chunks_mut(d).enumerate() {
-                let xr = &x[(bh * t + p) * d..][..d];
-                let c0 = if per_row {
-                    (b * t + p) * half
-                } else {
-                    p * half
-                };
-                let (c, s) = (&cos[c0..c0 + half], &sin[c0..c0 + half]);
-                let (x1, x2) = xr.split_at(half);
-                let (y1, y2) = yr.split_at_mut(half);
-                if self.inverse {
-                    for i in 0..half {
-                        y1[i] = x1[i] * c[i] + x2[i] * s[i];
-                        y2[i] = x2[i] * c[i] - x1[i] * s[i];
-                    }
-                } else {
-                    for i in 0..half {
-                        y1[i] = x1[i] * c[i] - x2[i] * s[i];
-                        y2[i] = x2[i] * c[i] + x1[i] * s[i];
+    crate::wide_fn! {
+        fn run<T: Real>(
+            inverse: bool,
+            xs: &CpuStorage,
+            xl: &Layout,
+            cs: &CpuStorage,
+            cl: &Layout,
+            ss: &CpuStorage,
+            sl: &Layout,
+        ) -> candle_core::Result<(CpuStorage, Shape)> {
+            let (_b, h, t, d) = xl.shape().dims4()?;
+            let x = slice::<T>(xs, xl, "rope")?;
+            let cos = slice::<T>(cs, cl, "rope")?;
+            let sin = slice::<T>(ss, sl, "rope")?;
+            let half = d / 2;
+            let per_row = cl.shape().rank() == 3;
+            let mut y = vec![T::ZERO; x.len()];
+            // One chunk is one (batch, head) block of T positions.
+            for_chunks(&mut y, t * d, x.len(), |bh, yb| {
+                let b = bh / h;
+                for (p, yr) in yb.chunks_mut(d).enumerate() {
+                    let xr = &x[(bh * t + p) * d..][..d];
+                    let c0 = if per_row {
+                        (b * t + p) * half
+                    } else {
+                        p * half
+                    };
+                    let (c, s) = (&cos[c0..c0 + half], &sin[c0..c0 + half]);
+                    let (x1, x2) = xr.split_at(half);
+                    let (y1, y2) = yr.split_at_mut(half);
+                    if inverse {
+                        for i in 0..half {
+                            y1[i] = x1[i] * c[i] + x2[i] * s[i];
+                            y2[i] = x2[i] * c[i] - x1[i] * s[i];
+                        }
+                    } else {
+                        for i in 0..half {
+                            y1[i] = x1[i] * c[i] - x2[i] * s[i];
+                            y2[i] = x2[i] * c[i] + x1[i] * s[i];
+                        }
                     }
                 }
-            }
-        });
-        Ok((T::to_cpu_storage_owned(y), xl.shape().clone()))
+            });
+            Ok((T::to_cpu_storage_owned(y), xl.shape().clone()))
+        }
     }
 }
 
@@ -76,8 +78,8 @@ impl CustomOp3 for Rope {
         sl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         match xs {
-            CpuStorage::F32(_) => self.run::<f32>(xs, xl, cs, cl, ss, sl),
-            CpuStorage::F64(_) => self.run::<f64>(xs, xl, cs, cl, ss, sl),
+            CpuStorage::F32(_) => Self::run::<f32>(self.inverse, xs, xl, cs, cl, ss, sl),
+            CpuStorage::F64(_) => Self::run::<f64>(self.inverse, xs, xl, cs, cl, ss, sl),
             s => Err(bad_dtype("rope", s.dtype())),
         }
     }

@@ -25,22 +25,24 @@ pub(crate) fn silu_mul_one<T: Real>(g: T, u: T) -> T {
 struct SiluMul;
 
 impl SiluMul {
-    fn run<T: Real>(
-        gs: &CpuStorage,
-        gl: &Layout,
-        us: &CpuStorage,
-        ul: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = slice::<T>(gs, gl, "silu_mul")?;
-        let u = slice::<T>(us, ul, "silu_mul")?;
-        let mut y = vec![T::ZERO; g.len()];
-        for_chunks(&mut y, CHUNK, g.len(), |c, yc| {
-            let o = c * CHUNK;
-            for ((y, &gv), &uv) in yc.iter_mut().zip(&g[o..]).zip(&u[o..]) {
-                *y = silu_mul_one(gv, uv);
-            }
-        });
-        Ok((T::to_cpu_storage_owned(y), gl.shape().clone()))
+    crate::wide_fn! {
+        fn run<T: Real>(
+            gs: &CpuStorage,
+            gl: &Layout,
+            us: &CpuStorage,
+            ul: &Layout,
+        ) -> candle_core::Result<(CpuStorage, Shape)> {
+            let g = slice::<T>(gs, gl, "silu_mul")?;
+            let u = slice::<T>(us, ul, "silu_mul")?;
+            let mut y = vec![T::ZERO; g.len()];
+            for_chunks(&mut y, CHUNK, g.len(), |c, yc| {
+                let o = c * CHUNK;
+                for ((y, &gv), &uv) in yc.iter_mut().zip(&g[o..]).zip(&u[o..]) {
+                    *y = silu_mul_one(gv, uv);
+                }
+            });
+            Ok((T::to_cpu_storage_owned(y), gl.shape().clone()))
+        }
     }
 }
 
@@ -82,36 +84,38 @@ impl CustomOp2 for SiluMul {
 struct SiluMulBwd;
 
 impl SiluMulBwd {
-    fn run<T: Real>(
-        gs: &CpuStorage,
-        gl: &Layout,
-        us: &CpuStorage,
-        ul: &Layout,
-        rs: &CpuStorage,
-        rl: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = slice::<T>(gs, gl, "silu_mul backward")?;
-        let u = slice::<T>(us, ul, "silu_mul backward")?;
-        let r = slice::<T>(rs, rl, "silu_mul backward")?;
-        let n = g.len();
-        let mut out = vec![T::ZERO; 2 * n];
-        let (dg, du) = out.split_at_mut(n);
-        for_chunks(dg, CHUNK, n, |c, dgc| {
-            let o = c * CHUNK;
-            for (i, d) in dgc.iter_mut().enumerate() {
-                let (gv, uv, rv) = (g[o + i], u[o + i], r[o + i]);
-                let s = sigmoid(gv);
-                *d = rv * uv * s * (T::ONE + gv * (T::ONE - s));
-            }
-        });
-        for_chunks(du, CHUNK, n, |c, duc| {
-            let o = c * CHUNK;
-            for (i, d) in duc.iter_mut().enumerate() {
-                let gv = g[o + i];
-                *d = r[o + i] * gv * sigmoid(gv);
-            }
-        });
-        Ok((T::to_cpu_storage_owned(out), Shape::from((2, n))))
+    crate::wide_fn! {
+        fn run<T: Real>(
+            gs: &CpuStorage,
+            gl: &Layout,
+            us: &CpuStorage,
+            ul: &Layout,
+            rs: &CpuStorage,
+            rl: &Layout,
+        ) -> candle_core::Result<(CpuStorage, Shape)> {
+            let g = slice::<T>(gs, gl, "silu_mul backward")?;
+            let u = slice::<T>(us, ul, "silu_mul backward")?;
+            let r = slice::<T>(rs, rl, "silu_mul backward")?;
+            let n = g.len();
+            let mut out = vec![T::ZERO; 2 * n];
+            let (dg, du) = out.split_at_mut(n);
+            for_chunks(dg, CHUNK, n, |c, dgc| {
+                let o = c * CHUNK;
+                for (i, d) in dgc.iter_mut().enumerate() {
+                    let (gv, uv, rv) = (g[o + i], u[o + i], r[o + i]);
+                    let s = sigmoid(gv);
+                    *d = rv * uv * s * (T::ONE + gv * (T::ONE - s));
+                }
+            });
+            for_chunks(du, CHUNK, n, |c, duc| {
+                let o = c * CHUNK;
+                for (i, d) in duc.iter_mut().enumerate() {
+                    let gv = g[o + i];
+                    *d = r[o + i] * gv * sigmoid(gv);
+                }
+            });
+            Ok((T::to_cpu_storage_owned(out), Shape::from((2, n))))
+        }
     }
 }
 

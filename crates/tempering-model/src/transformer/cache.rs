@@ -303,6 +303,7 @@ pub(super) struct Visibility<'a> {
 
 impl Visibility<'_> {
     /// Whether new token `ti` of row `bi` sees key slot `si`.
+    #[inline]
     pub(super) fn at(&self, bi: usize, ti: usize, si: usize) -> bool {
         let qp = self.layout.positions[bi][ti];
         match self.keys[bi][si] {

@@ -17,6 +17,7 @@ use super::{Attention, KvCache, Linear, TokenLayout, Transformer};
 use crate::error::{ModelError, Result};
 use crate::ops::few_rows;
 use crate::ops::kernels::{dot, max};
+use crate::ops::simd::wide;
 use crate::ops::{rms_norm_row, silu_mul_one, softmax_row};
 
 /// Whether the lean path may run at all: the few-row kernel is there (AVX-512) and
@@ -139,9 +140,11 @@ fn rms_norm_rows(x: &[f32], w: &Tensor, eps: f64) -> Result<Vec<f32>> {
     with_slice::<f32, _>(w, |w| {
         let d = w.len();
         let mut y = vec![0f32; x.len()];
-        for (xr, yr) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
-            rms_norm_row(xr, w, eps as f32, yr);
-        }
+        wide(|| {
+            for (xr, yr) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
+                rms_norm_row(xr, w, eps as f32, yr);
+            }
+        });
         y
     })
     .ok_or_else(|| lean_error("a norm weight"))
@@ -150,6 +153,11 @@ fn rms_norm_rows(x: &[f32], w: &Tensor, eps: f64) -> Result<Vec<f32>> {
 /// Rotates each head of each row in place: `x [rows, heads * d]`, `cos`/`sin` `[rows, d / 2]`.
 fn rope_rows(x: &mut [f32], heads: usize, d: usize, cos: &[f32], sin: &[f32]) {
     let half = d / 2;
+    wide(|| rope_rows_in(x, heads, d, half, cos, sin));
+}
+
+#[inline(always)]
+fn rope_rows_in(x: &mut [f32], heads: usize, d: usize, half: usize, cos: &[f32], sin: &[f32]) {
     for (r, row) in x.chunks_exact_mut(heads * d).enumerate() {
         let (c, s) = (
             &cos[r * half..(r + 1) * half],
@@ -243,19 +251,25 @@ impl Transformer {
             let slot = &mut cache.layers[i];
             let attn =
                 self.lean_attention(&layer.self_attn, &hs, (b, t), (&cos, &sin), &visible, slot)?;
-            for (o, a) in x.iter_mut().zip(&attn) {
-                *o += a;
-            }
+            wide(|| {
+                for (o, a) in x.iter_mut().zip(&attn) {
+                    *o += a;
+                }
+            });
             let hs = rms_norm_rows(&x, &layer.post_attention_layernorm, eps)?;
             let mut gate = project(&layer.mlp.gate_proj, &hs, m)?;
             let up = project(&layer.mlp.up_proj, &hs, m)?;
-            for (g, &u) in gate.iter_mut().zip(&up) {
-                *g = silu_mul_one(*g, u);
-            }
+            wide(|| {
+                for (g, &u) in gate.iter_mut().zip(&up) {
+                    *g = silu_mul_one(*g, u);
+                }
+            });
             let down = project(&layer.mlp.down_proj, &gate, m)?;
-            for (o, d) in x.iter_mut().zip(&down) {
-                *o += d;
-            }
+            wide(|| {
+                for (o, d) in x.iter_mut().zip(&down) {
+                    *o += d;
+                }
+            });
         }
         let out = rms_norm_rows(&x, &self.norm, eps)?;
         Ok(Some(Tensor::from_vec(out, (b, t, h), &self.device)?))
@@ -276,7 +290,6 @@ impl Transformer {
     ) -> Result<Vec<f32>> {
         let c = &self.config;
         let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
-        let rep = nh / nkv;
         let m = b * t;
         let mut q = project(&a.q_proj, x, m)?;
         let mut k = project(&a.k_proj, x, m)?;
@@ -286,51 +299,104 @@ impl Transformer {
         let (kb, vb) = LayerKv::append_raw(slot, &k, &v, (b, nkv, t, hd), &self.device)?;
         let s = visible.past + t;
         let cap = kb.dim(2)?;
-        let scale = 1.0 / (hd as f32).sqrt();
         let mut out = vec![0f32; m * nh * hd];
+        let dims = RowDims {
+            t,
+            nh,
+            nkv,
+            hd,
+            cap,
+            s,
+        };
         let done = with_slice::<f32, _>(&kb, |kc| {
-            with_slice::<f32, _>(&vb, |vc| {
-                // One query row (a new token of one sequence, all heads) at a time.
-                let row = |r: usize, o: &mut [f32]| {
-                    let (bi, ti) = (r / t, r % t);
-                    let (mut scores, mut probs) = (vec![0f32; s], vec![0f32; s]);
-                    for head in 0..nh {
-                        let g = head / rep;
-                        let qv = &q[(r * nh + head) * hd..][..hd];
-                        let base = (bi * nkv + g) * cap;
-                        for (si, sc) in scores.iter_mut().enumerate() {
-                            *sc = if visible.at(bi, ti, si) {
-                                dot(qv, &kc[(base + si) * hd..][..hd]) * scale
-                            } else {
-                                super::MASKED
-                            };
-                        }
-                        softmax_row(&scores, max(&scores), &mut probs);
-                        let oh = &mut o[head * hd..(head + 1) * hd];
-                        for (si, &p) in probs.iter().enumerate() {
-                            if p == 0.0 {
-                                continue;
-                            }
-                            for (ov, &vv) in oh.iter_mut().zip(&vc[(base + si) * hd..][..hd]) {
-                                *ov += p * vv;
-                            }
-                        }
-                    }
-                };
-                if m > 1 && m * s * nh * hd >= PAR_ATTENTION_WORK {
-                    out.par_chunks_mut(nh * hd)
-                        .enumerate()
-                        .for_each(|(r, o)| row(r, o));
-                } else {
-                    for (r, o) in out.chunks_mut(nh * hd).enumerate() {
-                        row(r, o);
-                    }
-                }
-            })
+            with_slice::<f32, _>(&vb, |vc| attend_rows(&mut out, &q, kc, vc, visible, dims))
         })
         .flatten();
         done.ok_or_else(|| lean_error("the KV cache"))?;
         project(&a.o_proj, &out, m)
+    }
+}
+
+/// The sizes [`attend_rows`] works with: new tokens per sequence, query and key/value heads, head
+/// width, the cache's slots per sequence and the slots in use.
+#[derive(Clone, Copy)]
+struct RowDims {
+    t: usize,
+    nh: usize,
+    nkv: usize,
+    hd: usize,
+    cap: usize,
+    s: usize,
+}
+
+crate::ops::simd::wide_fn! {
+    /// Attention of every new query row (one token of one sequence, all heads) over the cached
+    /// slots it may see: scores, softmax, `@ V` into `out` `[rows, heads * hd]`; rows in parallel
+    /// when there is enough work.
+    fn attend_rows(
+        out: &mut [f32],
+        q: &[f32],
+        kc: &[f32],
+        vc: &[f32],
+        visible: &Visibility<'_>,
+        d: RowDims,
+    ) {
+        let RowDims { t, nh, nkv, hd, cap, s } = d;
+        let rep = nh / nkv;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let m = out.len() / (nh * hd);
+        let row = |r: usize, o: &mut [f32]| {
+            let (bi, ti) = (r / t, r % t);
+            let (mut scores, mut probs) = (vec![0f32; s], vec![0f32; s]);
+            let mut nonzero: Vec<(&[f32], f32)> = Vec::with_capacity(s);
+            for head in 0..nh {
+                let g = head / rep;
+                let qv = &q[(r * nh + head) * hd..][..hd];
+                let base = (bi * nkv + g) * cap;
+                for (si, sc) in scores.iter_mut().enumerate() {
+                    *sc = if visible.at(bi, ti, si) {
+                        dot(qv, &kc[(base + si) * hd..][..hd]) * scale
+                    } else {
+                        super::MASKED
+                    };
+                }
+                softmax_row(&scores, max(&scores), &mut probs);
+                let oh = &mut o[head * hd..(head + 1) * hd];
+                // `oh += p * v` over the slots with p != 0, in slot order, four slots per pass
+                // over `oh`: the same additions in the same order, fewer trips through memory.
+                nonzero.clear();
+                nonzero.extend(
+                    probs
+                        .iter()
+                        .enumerate()
+                        .filter(|&(_, &p)| p != 0.0)
+                        .map(|(si, &p)| (&vc[(base + si) * hd..][..hd], p)),
+                );
+                let quads = nonzero.chunks_exact(4);
+                let rest = quads.remainder();
+                for quad in quads {
+                    let [(v0, p0), (v1, p1), (v2, p2), (v3, p3)] = [quad[0], quad[1], quad[2], quad[3]];
+                    let (v0, v1, v2, v3) = (&v0[..hd], &v1[..hd], &v2[..hd], &v3[..hd]);
+                    for i in 0..hd {
+                        oh[i] = oh[i] + p0 * v0[i] + p1 * v1[i] + p2 * v2[i] + p3 * v3[i];
+                    }
+                }
+                for &(v, p) in rest {
+                    for (ov, &vv) in oh.iter_mut().zip(v) {
+                        *ov += p * vv;
+                    }
+                }
+            }
+        };
+        if m > 1 && m * s * nh * hd >= PAR_ATTENTION_WORK {
+            out.par_chunks_mut(nh * hd)
+                .enumerate()
+                .for_each(|(r, o)| row(r, o));
+        } else {
+            for (r, o) in out.chunks_mut(nh * hd).enumerate() {
+                row(r, o);
+            }
+        }
     }
 }
 
