@@ -168,6 +168,18 @@ mod tests {
             ops::rope(&x, &cos, &sin).unwrap(),
             ops::attention(&q, &k, &v, &mask, 0.3).unwrap(),
             ops::silu_mul(&gate, &up).unwrap(),
+            ops::softmax_last_dim(&x).unwrap(),
+            ops::log_softmax_last_dim(&x).unwrap(),
+            ops::token_logprobs(
+                &x.reshape((b * 3 * s, d)).unwrap(),
+                &Tensor::from_vec(
+                    (0..(b * 3 * s) as u32).map(|i| i * 7 % d as u32).collect::<Vec<_>>(),
+                    b * 3 * s,
+                    &dev,
+                )
+                .unwrap(),
+            )
+            .unwrap(),
         ];
         let mut loss = Tensor::new(0f32, &dev).unwrap();
         for o in &outs {

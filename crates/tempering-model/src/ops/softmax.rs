@@ -39,27 +39,29 @@ struct Softmax {
 }
 
 impl Softmax {
-    fn run<T: Real>(
-        &self,
-        xs: &CpuStorage,
-        xl: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = slice::<T>(xs, xl, "softmax")?;
-        let d = last_dim(xl);
-        let mut y = vec![T::ZERO; x.len()];
-        for_chunks(&mut y, d, x.len(), |r, yr| {
-            let xr = &x[r * d..(r + 1) * d];
-            let m = max(xr);
-            if self.log {
-                let lse = m + sum_exp(xr, m).ln_();
-                for (o, &v) in yr.iter_mut().zip(xr) {
-                    *o = v - lse;
+    crate::wide_fn! {
+        fn run<T: Real>(
+            log: bool,
+            xs: &CpuStorage,
+            xl: &Layout,
+        ) -> candle_core::Result<(CpuStorage, Shape)> {
+            let x = slice::<T>(xs, xl, "softmax")?;
+            let d = last_dim(xl);
+            let mut y = vec![T::ZERO; x.len()];
+            for_chunks(&mut y, d, x.len(), |r, yr| {
+                let xr = &x[r * d..(r + 1) * d];
+                let m = max(xr);
+                if log {
+                    let lse = m + sum_exp(xr, m).ln_();
+                    for (o, &v) in yr.iter_mut().zip(xr) {
+                        *o = v - lse;
+                    }
+                } else {
+                    softmax_row(xr, m, yr);
                 }
-            } else {
-                softmax_row(xr, m, yr);
-            }
-        });
-        Ok((T::to_cpu_storage_owned(y), xl.shape().clone()))
+            });
+            Ok((T::to_cpu_storage_owned(y), xl.shape().clone()))
+        }
     }
 }
 
@@ -74,8 +76,8 @@ impl CustomOp1 for Softmax {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         match s {
-            CpuStorage::F32(_) => self.run::<f32>(s, l),
-            CpuStorage::F64(_) => self.run::<f64>(s, l),
+            CpuStorage::F32(_) => Self::run::<f32>(self.log, s, l),
+            CpuStorage::F64(_) => Self::run::<f64>(self.log, s, l),
             s => Err(bad_dtype(self.name(), s.dtype())),
         }
     }
@@ -93,32 +95,34 @@ struct SoftmaxBwd {
 }
 
 impl SoftmaxBwd {
-    fn run<T: Real>(
-        &self,
-        ys: &CpuStorage,
-        yl: &Layout,
-        gs: &CpuStorage,
-        gl: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let y = slice::<T>(ys, yl, "softmax backward")?;
-        let g = slice::<T>(gs, gl, "softmax backward")?;
-        let d = last_dim(yl);
-        let mut dx = vec![T::ZERO; y.len()];
-        for_chunks(&mut dx, d, y.len(), |r, dr| {
-            let (yr, gr) = (&y[r * d..(r + 1) * d], &g[r * d..(r + 1) * d]);
-            if self.log {
-                let s = sum(gr);
-                for ((o, &yv), &gv) in dr.iter_mut().zip(yr).zip(gr) {
-                    *o = gv - yv.exp_() * s;
+    crate::wide_fn! {
+        fn run<T: Real>(
+            log: bool,
+            ys: &CpuStorage,
+            yl: &Layout,
+            gs: &CpuStorage,
+            gl: &Layout,
+        ) -> candle_core::Result<(CpuStorage, Shape)> {
+            let y = slice::<T>(ys, yl, "softmax backward")?;
+            let g = slice::<T>(gs, gl, "softmax backward")?;
+            let d = last_dim(yl);
+            let mut dx = vec![T::ZERO; y.len()];
+            for_chunks(&mut dx, d, y.len(), |r, dr| {
+                let (yr, gr) = (&y[r * d..(r + 1) * d], &g[r * d..(r + 1) * d]);
+                if log {
+                    let s = sum(gr);
+                    for ((o, &yv), &gv) in dr.iter_mut().zip(yr).zip(gr) {
+                        *o = gv - yv.exp_() * s;
+                    }
+                } else {
+                    let s = dot(gr, yr);
+                    for ((o, &yv), &gv) in dr.iter_mut().zip(yr).zip(gr) {
+                        *o = yv * (gv - s);
+                    }
                 }
-            } else {
-                let s = dot(gr, yr);
-                for ((o, &yv), &gv) in dr.iter_mut().zip(yr).zip(gr) {
-                    *o = yv * (gv - s);
-                }
-            }
-        });
-        Ok((T::to_cpu_storage_owned(dx), yl.shape().clone()))
+            });
+            Ok((T::to_cpu_storage_owned(dx), yl.shape().clone()))
+        }
     }
 }
 
@@ -135,8 +139,8 @@ impl CustomOp2 for SoftmaxBwd {
         gl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         match ys {
-            CpuStorage::F32(_) => self.run::<f32>(ys, yl, gs, gl),
-            CpuStorage::F64(_) => self.run::<f64>(ys, yl, gs, gl),
+            CpuStorage::F32(_) => Self::run::<f32>(self.log, ys, yl, gs, gl),
+            CpuStorage::F64(_) => Self::run::<f64>(self.log, ys, yl, gs, gl),
             s => Err(bad_dtype(self.name(), s.dtype())),
         }
     }
@@ -167,22 +171,24 @@ fn targets(ts: &CpuStorage, tl: &Layout, vocab: usize) -> candle_core::Result<Ve
 struct TokenLogprobs;
 
 impl TokenLogprobs {
-    fn run<T: Real>(
-        ls: &CpuStorage,
-        ll: &Layout,
-        ts: &CpuStorage,
-        tl: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = slice::<T>(ls, ll, "token_logprobs")?;
-        let v = last_dim(ll);
-        let tgt = targets(ts, tl, v)?;
-        let mut out = vec![T::ZERO; tgt.len()];
-        for_chunks(&mut out, 1, x.len(), |r, o| {
-            let xr = &x[r * v..(r + 1) * v];
-            let m = max(xr);
-            o[0] = xr[tgt[r]] - m - sum_exp(xr, m).ln_();
-        });
-        Ok((T::to_cpu_storage_owned(out), Shape::from(tgt.len())))
+    crate::wide_fn! {
+        fn run<T: Real>(
+            ls: &CpuStorage,
+            ll: &Layout,
+            ts: &CpuStorage,
+            tl: &Layout,
+        ) -> candle_core::Result<(CpuStorage, Shape)> {
+            let x = slice::<T>(ls, ll, "token_logprobs")?;
+            let v = last_dim(ll);
+            let tgt = targets(ts, tl, v)?;
+            let mut out = vec![T::ZERO; tgt.len()];
+            for_chunks(&mut out, 1, x.len(), |r, o| {
+                let xr = &x[r * v..(r + 1) * v];
+                let m = max(xr);
+                o[0] = xr[tgt[r]] - m - sum_exp(xr, m).ln_();
+            });
+            Ok((T::to_cpu_storage_owned(out), Shape::from(tgt.len())))
+        }
     }
 }
 
@@ -224,34 +230,36 @@ impl CustomOp2 for TokenLogprobs {
 struct TokenLogprobsBwd;
 
 impl TokenLogprobsBwd {
-    fn run<T: Real>(
-        ls: &CpuStorage,
-        ll: &Layout,
-        ts: &CpuStorage,
-        tl: &Layout,
-        aux: &CpuStorage,
-        al: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = slice::<T>(ls, ll, "token_logprobs backward")?;
-        let aux = slice::<T>(aux, al, "token_logprobs backward")?;
-        let v = last_dim(ll);
-        let tgt = targets(ts, tl, v)?;
-        let mut dx = vec![T::ZERO; x.len()];
-        for_chunks(&mut dx, v, x.len(), |r, dr| {
-            let xr = &x[r * v..(r + 1) * v];
-            let (logp, g) = (aux[2 * r], aux[2 * r + 1]);
-            let mut lse = xr[tgt[r]] - logp;
-            if !lse.to_f64().is_finite() {
-                // A target logit of -inf leaves nothing to recover the sum from: recompute it.
-                let m = max(xr);
-                lse = m + sum_exp(xr, m).ln_();
-            }
-            for (o, &xv) in dr.iter_mut().zip(xr) {
-                *o = -(g * (xv - lse).exp_());
-            }
-            dr[tgt[r]] += g;
-        });
-        Ok((T::to_cpu_storage_owned(dx), ll.shape().clone()))
+    crate::wide_fn! {
+        fn run<T: Real>(
+            ls: &CpuStorage,
+            ll: &Layout,
+            ts: &CpuStorage,
+            tl: &Layout,
+            aux: &CpuStorage,
+            al: &Layout,
+        ) -> candle_core::Result<(CpuStorage, Shape)> {
+            let x = slice::<T>(ls, ll, "token_logprobs backward")?;
+            let aux = slice::<T>(aux, al, "token_logprobs backward")?;
+            let v = last_dim(ll);
+            let tgt = targets(ts, tl, v)?;
+            let mut dx = vec![T::ZERO; x.len()];
+            for_chunks(&mut dx, v, x.len(), |r, dr| {
+                let xr = &x[r * v..(r + 1) * v];
+                let (logp, g) = (aux[2 * r], aux[2 * r + 1]);
+                let mut lse = xr[tgt[r]] - logp;
+                if !lse.to_f64().is_finite() {
+                    // A target logit of -inf leaves nothing to recover the sum from: recompute it.
+                    let m = max(xr);
+                    lse = m + sum_exp(xr, m).ln_();
+                }
+                for (o, &xv) in dr.iter_mut().zip(xr) {
+                    *o = -(g * (xv - lse).exp_());
+                }
+                dr[tgt[r]] += g;
+            });
+            Ok((T::to_cpu_storage_owned(dx), ll.shape().clone()))
+        }
     }
 }
 
