@@ -173,7 +173,9 @@ mod tests {
             ops::token_logprobs(
                 &x.reshape((b * 3 * s, d)).unwrap(),
                 &Tensor::from_vec(
-                    (0..(b * 3 * s) as u32).map(|i| i * 7 % d as u32).collect::<Vec<_>>(),
+                    (0..(b * 3 * s) as u32)
+                        .map(|i| i * 7 % d as u32)
+                        .collect::<Vec<_>>(),
                     b * 3 * s,
                     &dev,
                 )
