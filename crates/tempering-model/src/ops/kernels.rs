@@ -127,7 +127,10 @@ pub(crate) fn bad_dtype(op: &str, dt: DType) -> candle_core::Error {
 }
 
 /// Runs `f(index, chunk)` over `chunk`-sized pieces of `dst`, in parallel when the tensor is large,
-/// compiled for the CPU's widest vectors ([`wide`]), and returns the results in chunk order (so reductions over them are deterministic).
+/// and returns the results in chunk order (so reductions over them are deterministic). Each call
+/// goes through [`wide`], which compiles `f` for AVX-512 only where the compiler inlines it; an
+/// op whose loop must run wide is written inside `wide_fn!`, where its closures inherit the
+/// features.
 pub(crate) fn map_chunks<T, R, F>(dst: &mut [T], chunk: usize, f: F) -> Vec<R>
 where
     T: Send,
