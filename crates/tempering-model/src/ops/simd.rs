@@ -45,11 +45,20 @@ fn detected() -> bool {
     }
 }
 
-/// For tests: run later calls of [`wide`] on the baseline code (`true`) or the detected one.
+/// For tests: `f` on the baseline code (`true`) or the detected one. The mode is global, so the
+/// tests that set it take turns (another test running meanwhile computes the same bits either way).
 #[cfg(test)]
-pub(crate) fn force_baseline(on: bool) {
-    let mode = if !on && detected() { WIDE } else { BASELINE };
+pub(crate) fn with_mode<R>(baseline: bool, f: impl FnOnce() -> R) -> R {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let mode = if !baseline && detected() {
+        WIDE
+    } else {
+        BASELINE
+    };
     MODE.store(mode, Ordering::Relaxed);
+    assert_eq!(wide_available(), mode == WIDE);
+    f()
 }
 
 /// Runs `f` compiled for AVX-512 where the CPU has it, else as built. Only code the compiler
@@ -123,10 +132,8 @@ mod tests {
         let xs: Vec<f32> = (0..1037)
             .map(|i| ((i * 7919 % 1000) as f32 / 97.0).sin() * 3.0)
             .collect();
-        force_baseline(true);
-        let base = wide(|| work(&xs));
-        force_baseline(false);
-        let fast = wide(|| work(&xs));
+        let base = with_mode(true, || wide(|| work(&xs)));
+        let fast = with_mode(false, || wide(|| work(&xs)));
         assert_eq!(base, fast);
     }
 
@@ -209,11 +216,8 @@ mod tests {
 
     #[test]
     fn fused_ops_give_the_same_bits_wide_and_baseline() {
-        force_baseline(true);
-        let base = fused_ops_bits();
-        force_baseline(false);
-        assert_eq!(wide_available(), detected());
-        let fast = fused_ops_bits();
+        let base = with_mode(true, fused_ops_bits);
+        let fast = with_mode(false, fused_ops_bits);
         assert_eq!(base, fast);
     }
 }
