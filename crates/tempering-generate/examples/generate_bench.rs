@@ -50,23 +50,44 @@ fn main() -> Result<()> {
         max_batch_rows: batch,
     });
     let text = std::fs::read_to_string(prompts).context("PROMPTS")?;
-    let params = SamplingParams {
-        ignore_eos: true,
-        ..SamplingParams::greedy(new_tokens)
+    // `SAMPLES=N`: batch / N prompts, N samples each at temperature 1 with their logprobs (an RL
+    // rollout's shape, the prompts' prefill shared); otherwise one greedy sample a prompt.
+    let samples: usize = match std::env::var("SAMPLES") {
+        Ok(v) => v.parse().context("SAMPLES")?,
+        Err(_) => 1,
+    };
+    anyhow::ensure!(
+        samples >= 1 && batch.is_multiple_of(samples),
+        "SAMPLES must divide BATCH"
+    );
+    let params = if samples > 1 {
+        SamplingParams {
+            temperature: 1.0,
+            logprobs: true,
+            seed: 1,
+            max_new_tokens: new_tokens,
+            ignore_eos: true,
+            ..SamplingParams::default()
+        }
+    } else {
+        SamplingParams {
+            ignore_eos: true,
+            ..SamplingParams::greedy(new_tokens)
+        }
     };
     let reqs: Vec<GenRequest> = text
         .lines()
-        .take(batch)
+        .take(batch / samples)
         .map(|l| {
             Ok(GenRequest::new(
                 engine.encode(&l.replace("\\n", "\n"))?,
-                1,
+                samples,
                 params.clone(),
             ))
         })
         .collect::<Result<_>>()?;
     anyhow::ensure!(
-        reqs.len() == batch,
+        reqs.len() * samples == batch,
         "the prompt file has fewer than {batch} lines"
     );
     // Warm-up: one short run, so first-touch page faults do not count.

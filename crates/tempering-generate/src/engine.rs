@@ -6,6 +6,7 @@
 //! nothing of rewards, search or the command line.
 
 use candle_core::Tensor;
+use rayon::prelude::*;
 use tempering_model::{TokenLayout, Tokenizer, Transformer};
 
 use crate::backend::{Backend, GenEvent};
@@ -164,12 +165,19 @@ impl LocalEngine {
             }
             let a = active.len();
             let lv = logit_rows(&logits, a, vocab)?;
-            let next: Vec<u32> = active
-                .iter()
-                .enumerate()
-                .map(|(k, &r)| {
-                    let row = &mut rows[r];
-                    let logits_k = &lv[k * vocab..(k + 1) * vocab];
+            // The active rows (`active` is increasing), drawing on every core: each from its own
+            // stream, so the draws do not depend on the order they run in.
+            let mut drawing: Vec<&mut Row> = Vec::with_capacity(a);
+            let mut wanted = active.iter().copied().peekable();
+            for (r, row) in rows.iter_mut().enumerate() {
+                if wanted.next_if_eq(&r).is_some() {
+                    drawing.push(row);
+                }
+            }
+            let next: Vec<u32> = drawing
+                .into_par_iter()
+                .zip(lv.par_chunks_exact(vocab))
+                .map(|(row, logits_k)| {
                     row.seq
                         .draw(logits_k, &reqs[row.req].params, &stop_ids[row.req])
                 })

@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 
 use candle_core::Tensor;
+use rayon::prelude::*;
 use tempering_model::{KvCache, TokenLayout};
 
 use crate::backend::GenEvent;
@@ -210,12 +211,17 @@ impl DecodeBatch {
                 crate::GenError::Unsupported(format!("a row of request {id}, which is gone"))
             })
         };
-        let mut next = Vec::with_capacity(a);
-        for (k, row) in self.rows.iter_mut().enumerate() {
-            let e = entry(row.id)?;
-            let row_logits = &lv[k * vocab..(k + 1) * vocab];
-            next.push(row.seq.draw(row_logits, &e.params, &e.stop_ids));
-        }
+        // Rows draw on every core: each from its own stream, so the draws do not depend on the
+        // order they run in.
+        let next = self
+            .rows
+            .par_iter_mut()
+            .zip(lv.par_chunks_exact(vocab))
+            .map(|(row, row_logits)| {
+                let e = entry(row.id)?;
+                Ok(row.seq.draw(row_logits, &e.params, &e.stop_ids))
+            })
+            .collect::<Result<Vec<u32>>>()?;
         let params = self
             .rows
             .iter()
