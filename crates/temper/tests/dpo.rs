@@ -1,4 +1,4 @@
-//! DPO end to end on a built-in task, CI-sized and seeded: the shared tiny SFT model, pairs of the
+//! DPO end to end on a built-in task, CI-sized and seeded: the committed tiny SFT model, pairs of the
 //! worked solution against its wrong greedy answer on the distinct training problems, `temper dpo`,
 //! and a check that greedy accuracy on those problems does not fall (the gain is asserted by the
 //! library's test, `tempering-train/tests/rl_gain.rs`; see the README for why not the test split).
@@ -15,7 +15,6 @@ use tempering_model::{ModelFiles, Tokenizer};
 use tempering_tasks::{generate, task_by_name, GenerateSpec, Problem, Split, Verdict};
 
 mod common;
-mod shared_sft;
 
 use common::temper;
 
@@ -177,7 +176,7 @@ fn setup() -> Setup {
         Err(_) => dir.path().to_path_buf(),
     };
     std::fs::create_dir_all(&root).unwrap();
-    let sft = shared_sft::tiny_arith_sft();
+    let sft = common::fixture_sft_level1();
     let prefs = root.join("prefs.jsonl");
     let pairs = write_pairs(&sft, &prefs);
     Setup {

@@ -3,7 +3,7 @@
 //! on correct-versus-incorrect pairs of them (`temper rm`) and a PRM on the step labels (`temper
 //! prm`), and both must rank held-out solutions (test-split problems) correct above incorrect
 //! clearly better than chance (`temper score`). Bad inputs get errors that say what is wrong.
-//! The tiny policy is trained once and shared with the other CLI tests (`shared_sft`).
+//! The tiny policy is the committed level-1 SFT model (`fixtures/models/tiny-arith-sft-level1`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -13,14 +13,13 @@ use std::sync::OnceLock;
 use serde_json::{json, Value};
 
 mod common;
-mod shared_sft;
 
 use common::{run_ok, temper};
 
-/// The tiny policy (arithmetic level 1), trained once for the test binaries that share it.
+/// The tiny policy (arithmetic level 1): the committed SFT model.
 fn policy() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(shared_sft::tiny_arith_sft)
+    DIR.get_or_init(common::fixture_sft_level1)
 }
 
 fn read_jsonl(path: &Path) -> Vec<Value> {

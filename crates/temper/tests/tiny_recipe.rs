@@ -1,18 +1,24 @@
 //! The tiny-model recipe end to end through the CLI: generate a task's data, train a decoder from
 //! scratch with a character tokenizer, save it as an HF directory, and measure greedy accuracy on the
-//! test split. Small enough for CI (level 1, 150 steps; the run is `shared_sft`'s, which other CLI
-//! tests start from); the recorded figure is in the README.
+//! test split. Small enough for CI (level 1, 150 steps); the recorded figure is in the README. (The
+//! tests that need a trained tiny policy start from the committed one instead,
+//! `fixtures/models/tiny-arith-sft-level1`: a fresh run moves with training's float rounding.)
 
 mod common;
-mod shared_sft;
 
-use common::temper;
+use common::{run_ok, temper};
 
 #[test]
 fn tiny_recipe_learns_arithmetic_level_1() {
-    // The command's run is shared with the other CLI tests that start from this model.
-    let out = shared_sft::tiny_arith_sft();
-    let stdout = shared_sft::tiny_arith_sft_stdout();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m");
+    let run = run_ok(
+        temper()
+            .args(["tasks", "train-tiny", "arithmetic", "--level", "1"])
+            .args(["--steps", "150", "--eval-problems", "200", "--output"])
+            .arg(&out),
+    );
+    let stdout = String::from_utf8_lossy(&run.stdout);
     // An ordinary HF directory that the other commands accept.
     for f in [
         "config.json",
@@ -27,8 +33,10 @@ fn tiny_recipe_learns_arithmetic_level_1() {
         .find_map(|l| l.strip_prefix("greedy accuracy on 200 test problems (level 1): "))
         .and_then(|s| s.trim_end_matches('%').parse().ok())
         .unwrap_or_else(|| panic!("no accuracy line in:\n{stdout}"));
-    // Chance is well under 5% (the answer is an integer up to 81); the recipe reached 40% here.
-    assert!(acc >= 25.0, "greedy accuracy {acc}% after training");
+    // Chance is about 1% (the answer is an integer up to 81). The recipe reached 39.5% here; over
+    // seeds 0-2 and two matmul kernels (their rounding alone) 150 steps gave 11-51%, so the floor
+    // asks that it learned, not how well.
+    assert!(acc >= 10.0, "greedy accuracy {acc}% after training");
     // The saved model evaluates the same through `temper tasks eval`.
     let eval = temper()
         .args(["tasks", "eval"])
