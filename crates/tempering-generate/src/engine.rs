@@ -174,6 +174,12 @@ impl LocalEngine {
                     drawing.push(row);
                 }
             }
+            if drawing.len() != a {
+                return Err(GenError::Unsupported(format!(
+                    "{} of {a} decoding rows found in order: the active rows lost their order",
+                    drawing.len()
+                )));
+            }
             let next: Vec<u32> = drawing
                 .into_par_iter()
                 .zip(lv.par_chunks_exact(vocab))
