@@ -301,10 +301,13 @@ fn dpo_on_verified_pairs_end_to_end() {
         eval["eval_rewards/accuracies"].as_f64().unwrap() > 0.6,
         "{eval}"
     );
-    // The gain is not robust (README: 67.5% -> 68.2% on one machine, 66.8% -> 66.2% on another):
-    // what the test holds is that DPO at this step size does not cost accuracy.
+    // The gain is not robust (from fresh SFT runs: 67.5% -> 68.2% on one machine, 66.8% -> 66.2%
+    // on another; from the committed model 40.9% -> 39.0%, three problems of 159): what the test
+    // holds is that DPO at this step size does not cost accuracy beyond the noise. A paired
+    // difference over some ten discordant problems of 159 has a standard error near 2 points, so
+    // the bound is two of them.
     assert!(
-        after >= before - 2.0,
+        after >= before - 4.0,
         "DPO lost greedy accuracy: {before}% -> {after}%"
     );
 
