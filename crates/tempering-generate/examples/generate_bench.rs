@@ -88,7 +88,8 @@ fn main() -> Result<()> {
         .collect::<Result<_>>()?;
     anyhow::ensure!(
         reqs.len() * samples == batch,
-        "the prompt file has fewer than {batch} lines"
+        "the prompt file has fewer than {} lines",
+        batch / samples
     );
     // Warm-up: one short run, so first-touch page faults do not count.
     engine.generate(&[GenRequest::new(

@@ -329,23 +329,13 @@ fn chunk_sums_of_squares(group: &[f32]) -> Vec<f64> {
             .map(|c| c.iter().map(|&v| square(v)).sum::<f64>())
             .collect();
     }
-    let (c0, rest) = group.split_at(CHUNK);
-    let (c1, rest) = rest.split_at(CHUNK);
-    let (c2, rest) = rest.split_at(CHUNK);
-    let (c3, rest) = rest.split_at(CHUNK);
-    let (c4, rest) = rest.split_at(CHUNK);
-    let (c5, rest) = rest.split_at(CHUNK);
-    let (c6, c7) = rest.split_at(CHUNK);
+    let chunks: [&[f32]; SIDE_BY_SIDE] =
+        std::array::from_fn(|j| &group[j * CHUNK..(j + 1) * CHUNK]);
     let mut acc = [0f64; SIDE_BY_SIDE];
     for i in 0..CHUNK {
-        acc[0] += square(c0[i]);
-        acc[1] += square(c1[i]);
-        acc[2] += square(c2[i]);
-        acc[3] += square(c3[i]);
-        acc[4] += square(c4[i]);
-        acc[5] += square(c5[i]);
-        acc[6] += square(c6[i]);
-        acc[7] += square(c7[i]);
+        for (a, c) in acc.iter_mut().zip(&chunks) {
+            *a += square(c[i]);
+        }
     }
     acc.to_vec()
 }
